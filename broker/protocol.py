@@ -1,0 +1,714 @@
+"""The wire protocol: frames, events and an I/O-free codec shared by the server and every client.
+
+A frame is a 4-byte unsigned big-endian length N, then N bytes holding exactly one msgpack array
+whose first element is the operation name. `Connection` turns received bytes into events and
+events into bytes, in the style of h11: it never touches a socket, so the server, every client and
+the tests drive it the same way. See docs/protocol.md for the contract.
+
+Events are `NamedTuple`s rather than frozen dataclasses: they are built once per message on the
+hot path, where a frozen dataclass costs about three times as much. They stay immutable, typed and
+usable in `match`; equality also compares the event type, so `Ping() != Pong()`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from enum import Enum, StrEnum
+from typing import Any, Final, NamedTuple, NoReturn, TypeAlias, final
+
+import msgpack
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_FRAME",
+    "FATAL_ERRORS",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "Err",
+    "ErrorCode",
+    "Event",
+    "Hello",
+    "LocalProtocolError",
+    "Msg",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Pub",
+    "RemoteProtocolError",
+    "Role",
+    "Sub",
+    "Unsub",
+    "Welcome",
+    "encode_msg_tail",
+    "frame_msg",
+    "msg_prefix",
+]
+
+PROTOCOL_VERSION: Final = 1
+#: Largest frame accepted when nothing else is configured: 1 MiB of payload plus envelope.
+DEFAULT_MAX_FRAME: Final = 1024 * 1024 + 64 * 1024
+
+_HEADER = struct.Struct(">I")
+_HEADER_SIZE: Final = _HEADER.size
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+_packb: Callable[[object], bytes] = msgpack.packb
+
+
+class ErrorCode(StrEnum):
+    """The stable codes carried by ERR frames; see docs/protocol.md for which are fatal."""
+
+    BAD_FRAME = "bad_frame"
+    BAD_HANDSHAKE = "bad_handshake"
+    UNKNOWN_OP = "unknown_op"
+    FRAME_TOO_LARGE = "frame_too_large"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    BAD_SUBJECT = "bad_subject"
+    BAD_SID = "bad_sid"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    MAX_CONNECTIONS = "max_connections"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    SLOW_CONSUMER = "slow_consumer"
+    MESSAGES_DROPPED = "messages_dropped"
+    STALE_CONNECTION = "stale_connection"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
+
+
+#: Codes after which the server closes the connection. The others leave it open.
+FATAL_ERRORS: Final = frozenset(
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.BAD_HANDSHAKE,
+        ErrorCode.UNKNOWN_OP,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.MAX_CONNECTIONS,
+        ErrorCode.HANDSHAKE_TIMEOUT,
+        ErrorCode.SLOW_CONSUMER,
+        ErrorCode.STALE_CONNECTION,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.INTERNAL_ERROR,
+    }
+)
+
+
+class ProtocolError(Exception):
+    """A violation of the wire contract, with the ERR code that reports it."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code.value!r}, {self.message!r})"
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to send something the contract forbids (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the contract forbids; the connection cannot be trusted further."""
+
+
+class _Sentinel(Enum):
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+
+#: `next_event()` found no complete frame; feed more bytes.
+NEED_DATA: Final = _Sentinel.NEED_DATA
+#: `next_event()` after the peer's EOF with nothing left to decode.
+CLOSED: Final = _Sentinel.CLOSED
+
+Headers: TypeAlias = "dict[str, str]"
+
+
+class Hello(NamedTuple):
+    """First frame from a client: `["HELLO", {options}]`."""
+
+    options: dict[str, Any]
+
+
+class Welcome(NamedTuple):
+    """The server's answer to HELLO: `["WELCOME", {info}]`."""
+
+    info: dict[str, Any]
+
+
+class Sub(NamedTuple):
+    """`["SUB", sid, subject, queue]`: subscribe `sid` (client-chosen int) to a pattern."""
+
+    sid: int
+    subject: str
+    queue: str | None = None
+
+
+class Unsub(NamedTuple):
+    """`["UNSUB", sid, max_msgs]`: None unsubscribes now; N after N deliveries in total."""
+
+    sid: int
+    max_msgs: int | None = None
+
+
+class Pub(NamedTuple):
+    """`["PUB", subject, payload, reply_to, headers]`."""
+
+    subject: str
+    payload: bytes
+    reply_to: str | None = None
+    headers: Headers | None = None
+
+
+class Msg(NamedTuple):
+    """`["MSG", sid, subject, payload, reply_to, headers]`: one delivery to one subscription."""
+
+    sid: int
+    subject: str
+    payload: bytes
+    reply_to: str | None = None
+    headers: Headers | None = None
+
+
+class Ping(NamedTuple):
+    """`["PING"]`: the peer answers PONG once every earlier frame of ours is processed."""
+
+
+class Pong(NamedTuple):
+    """`["PONG"]`."""
+
+
+class Err(NamedTuple):
+    """`["ERR", code, message, details]`; details is an optional map (e.g. `{"sid": 3}`)."""
+
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the server closes the connection after this error."""
+        return self.code in FATAL_ERRORS
+
+
+Event: TypeAlias = Hello | Welcome | Sub | Unsub | Pub | Msg | Ping | Pong | Err
+
+_EVENT_TYPES: tuple[type[tuple[Any, ...]], ...] = (
+    Hello,
+    Welcome,
+    Sub,
+    Unsub,
+    Pub,
+    Msg,
+    Ping,
+    Pong,
+    Err,
+)
+
+
+def _event_eq(self: tuple[Any, ...], other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)
+
+
+def _event_ne(self: tuple[Any, ...], other: object) -> bool:
+    return not _event_eq(self, other)
+
+
+def _event_hash(self: tuple[Any, ...]) -> int:
+    return hash((type(self).__name__, tuple(self)))
+
+
+for _cls in _EVENT_TYPES:
+    # Plain tuples compare by value alone, which would make Ping() == Pong() == ().
+    _cls.__eq__ = _event_eq  # type: ignore[method-assign]
+    _cls.__ne__ = _event_ne  # type: ignore[assignment,method-assign]
+    _cls.__hash__ = _event_hash  # type: ignore[method-assign]
+
+
+class Role(Enum):
+    """Which end of the connection a `Connection` speaks for."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+
+# ---------------------------------------------------------------------------------------------
+# Field checks, shared by decoding (remote input) and sending (local input). Each returns an
+# error message, or None when the value is acceptable.
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _check_sid(value: object) -> str | None:
+    if type(value) is not int or not 0 <= value < 2**63:
+        return f"sid must be an int between 0 and 2**63-1, got {value!r}"
+    return None
+
+
+def _check_optional_str(name: str, value: object) -> str | None:
+    if value is not None and type(value) is not str:
+        return f"{name} must be a str or nil, got {type(value).__name__}"
+    return None
+
+
+def _check_headers(value: object) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not dict:
+        return f"headers must be a map of str to str or nil, got {type(value).__name__}"
+    for key, item in value.items():
+        if type(key) is not str or type(item) is not str:
+            return f"headers must map str to str, got {key!r}: {item!r}"
+    return None
+
+
+def _check_subject_type(value: object) -> str | None:
+    if type(value) is not str:
+        return f"subject must be a str, got {type(value).__name__}"
+    return None
+
+
+def _check_payload(value: object) -> str | None:
+    if type(value) is not bytes:
+        return f"payload must be bin (bytes), got {type(value).__name__}"
+    return None
+
+
+def _check_options(name: str, value: object) -> str | None:
+    if type(value) is not dict:
+        return f"{name} must be a map, got {type(value).__name__}"
+    return None
+
+
+def _check_hello(options: dict[str, Any]) -> str | None:
+    version = options.get("version", PROTOCOL_VERSION)
+    if not _is_int(version):
+        return f"HELLO version must be an int, got {version!r}"
+    if version != PROTOCOL_VERSION:
+        return f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}"
+    if type(options.get("echo", True)) is not bool:
+        return f"HELLO echo must be a bool, got {options.get('echo')!r}"
+    for key in ("name", "token"):
+        if (problem := _check_optional_str(f"HELLO {key}", options.get(key))) is not None:
+            return problem
+    return None
+
+
+def _fields(op: str, items: list[Any], minimum: int, maximum: int) -> list[Any] | str:
+    """Pad trailing omitted nils, or say why the arity is wrong."""
+    count = len(items) - 1
+    if not minimum <= count <= maximum:
+        if minimum == maximum:
+            return f"{op} takes {minimum} fields, got {count}"
+        return f"{op} takes {minimum} to {maximum} fields, got {count}"
+    return items[1:] + [None] * (maximum - count)
+
+
+def _first_problem(*problems: str | None) -> str | None:
+    for problem in problems:
+        if problem is not None:
+            return problem
+    return None
+
+
+_Parser: TypeAlias = "Callable[[list[Any]], Event | str]"
+
+
+def _parse_hello(items: list[Any]) -> Event | str:
+    fields = _fields("HELLO", items, 0, 1)
+    if isinstance(fields, str):
+        return fields
+    options = {} if fields[0] is None else fields[0]
+    problem = _check_options("HELLO options", options) or _check_hello(options)
+    return problem if problem is not None else Hello(options)
+
+
+def _parse_welcome(items: list[Any]) -> Event | str:
+    fields = _fields("WELCOME", items, 1, 1)
+    if isinstance(fields, str):
+        return fields
+    problem = _check_options("WELCOME info", fields[0])
+    return problem if problem is not None else Welcome(fields[0])
+
+
+def _parse_sub(items: list[Any]) -> Event | str:
+    fields = _fields("SUB", items, 2, 3)
+    if isinstance(fields, str):
+        return fields
+    sid, subject, queue = fields
+    problem = _first_problem(
+        _check_sid(sid), _check_subject_type(subject), _check_optional_str("queue", queue)
+    )
+    return problem if problem is not None else Sub(sid, subject, queue)
+
+
+def _parse_unsub(items: list[Any]) -> Event | str:
+    fields = _fields("UNSUB", items, 1, 2)
+    if isinstance(fields, str):
+        return fields
+    sid, max_msgs = fields
+    if (problem := _check_sid(sid)) is not None:
+        return problem
+    if max_msgs is not None and (not _is_int(max_msgs) or max_msgs < 0):
+        return f"UNSUB max_msgs must be a non-negative int or nil, got {max_msgs!r}"
+    return Unsub(sid, max_msgs)
+
+
+def _parse_pub(items: list[Any]) -> Event | str:
+    count = len(items)
+    if count == 3:
+        # The common case (no reply, no headers), checked inline: it is the hot path.
+        subject = items[1]
+        payload = items[2]
+        if type(subject) is str and type(payload) is bytes:
+            return Pub(subject, payload)
+    fields = _fields("PUB", items, 2, 4)
+    if isinstance(fields, str):
+        return fields
+    subject, payload, reply_to, headers = fields
+    problem = _first_problem(
+        _check_subject_type(subject),
+        _check_payload(payload),
+        _check_optional_str("reply_to", reply_to),
+        _check_headers(headers),
+    )
+    return problem if problem is not None else Pub(subject, payload, reply_to, headers)
+
+
+def _parse_msg(items: list[Any]) -> Event | str:
+    fields = _fields("MSG", items, 3, 5)
+    if isinstance(fields, str):
+        return fields
+    sid, subject, payload, reply_to, headers = fields
+    problem = _first_problem(
+        _check_sid(sid),
+        _check_subject_type(subject),
+        _check_payload(payload),
+        _check_optional_str("reply_to", reply_to),
+        _check_headers(headers),
+    )
+    return problem if problem is not None else Msg(sid, subject, payload, reply_to, headers)
+
+
+def _parse_ping(items: list[Any]) -> Event | str:
+    fields = _fields("PING", items, 0, 0)
+    return fields if isinstance(fields, str) else _PING
+
+
+def _parse_pong(items: list[Any]) -> Event | str:
+    fields = _fields("PONG", items, 0, 0)
+    return fields if isinstance(fields, str) else _PONG
+
+
+def _parse_err(items: list[Any]) -> Event | str:
+    fields = _fields("ERR", items, 2, 3)
+    if isinstance(fields, str):
+        return fields
+    code, message, details = fields
+    if type(code) is not str or type(message) is not str:
+        return f"ERR code and message must be str, got {code!r}, {message!r}"
+    if details is not None and type(details) is not dict:
+        return f"ERR details must be a map or nil, got {type(details).__name__}"
+    return Err(code, message, details)
+
+
+_PING: Final = Ping()
+_PONG: Final = Pong()
+
+#: What each role may receive, by operation name.
+_PARSERS: Final[dict[Role, dict[str, _Parser]]] = {
+    Role.SERVER: {
+        "PUB": _parse_pub,
+        "SUB": _parse_sub,
+        "UNSUB": _parse_unsub,
+        "PING": _parse_ping,
+        "PONG": _parse_pong,
+        "HELLO": _parse_hello,
+    },
+    Role.CLIENT: {
+        "MSG": _parse_msg,
+        "PING": _parse_ping,
+        "PONG": _parse_pong,
+        "ERR": _parse_err,
+        "WELCOME": _parse_welcome,
+    },
+}
+
+#: The handshake frame each role must see first, and what else may stand in for it.
+_OPENING: Final = {Role.SERVER: (Hello,), Role.CLIENT: (Welcome, Err)}
+
+_MSGPACK_ERRORS: Final = (
+    msgpack.UnpackException,
+    ValueError,
+    TypeError,
+    UnicodeDecodeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+def _event_items(event: Event) -> list[Any]:
+    """The wire array for an event, with trailing nils omitted."""
+    op = _OP_NAMES[type(event)]
+    items: list[Any] = [op, *event]
+    while len(items) > 1 and items[-1] is None:
+        items.pop()
+    return items
+
+
+_OP_NAMES: Final[dict[type[Any], str]] = {
+    Hello: "HELLO",
+    Welcome: "WELCOME",
+    Sub: "SUB",
+    Unsub: "UNSUB",
+    Pub: "PUB",
+    Msg: "MSG",
+    Ping: "PING",
+    Pong: "PONG",
+    Err: "ERR",
+}
+
+#: What each role may send.
+_SENDABLE: Final[dict[Role, frozenset[type[Any]]]] = {
+    Role.CLIENT: frozenset({Hello, Sub, Unsub, Pub, Ping, Pong}),
+    Role.SERVER: frozenset({Welcome, Msg, Ping, Pong, Err}),
+}
+
+
+def _encode(items: list[Any]) -> bytes:
+    body = _packb(items)
+    return _pack_header(len(body)) + body
+
+
+# ---------------------------------------------------------------------------------------------
+# Fan-out encoding: a MSG frame differs between subscribers only in its sid, so the server
+# encodes the rest once per publish and joins a per-subscription prefix onto it.
+
+_MSG_ARRAY_HEAD: Final = b"\x96\xa3MSG"  # fixarray of 6, fixstr "MSG"
+
+
+def encode_msg_tail(
+    subject: str, payload: bytes, reply_to: str | None, headers: Headers | None
+) -> bytes:
+    """Encode the part of a MSG frame after the sid, shared by every subscriber of a publish."""
+    return b"".join((_packb(subject), _packb(payload), _packb(reply_to), _packb(headers)))
+
+
+def msg_prefix(sid: int) -> bytes:
+    """Encode the array head, op name and sid of a MSG; a subscription computes this once."""
+    return _MSG_ARRAY_HEAD + _packb(sid)
+
+
+def frame_msg(prefix: bytes, tail: bytes) -> bytes:
+    """Join a subscription's `msg_prefix` and a publish's `encode_msg_tail` into one frame."""
+    return _pack_header(len(prefix) + len(tail)) + prefix + tail
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@final
+class Connection:
+    """One end of a broker connection, with no I/O: bytes in, events out, and back.
+
+    Feed received bytes to `receive_data` (`b""` for EOF), then call `next_event` until it
+    returns `NEED_DATA`, or take every complete event at once with `events()`: the server does
+    that so one read's frames are handled in one pass. `send` turns an event into the bytes to
+    write. A frame whose length header exceeds `max_frame` is refused before its body is read.
+
+    After a `RemoteProtocolError` the connection is unusable: the peer can no longer be trusted
+    to be frame-aligned, so every later call raises the same error again.
+    """
+
+    def __init__(self, our_role: Role, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 16:
+            raise ValueError(f"max_frame must be at least 16 bytes, got {max_frame}")
+        self.our_role = our_role
+        self.their_role = Role.CLIENT if our_role is Role.SERVER else Role.SERVER
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._parsers = _PARSERS[our_role]
+        self._sendable = _SENDABLE[our_role]
+        self._their_opening: tuple[type[Any], ...] | None = _OPENING[our_role]
+        self._our_opening: tuple[type[Any], ...] | None = _OPENING[self.their_role]
+
+    @property
+    def handshake_received(self) -> bool:
+        """Whether the peer's opening frame (HELLO, or WELCOME/ERR for a client) has arrived."""
+        return self._their_opening is None
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Add bytes read from the peer; `b""` means the peer closed its side."""
+        if self._eof and data:
+            raise LocalProtocolError(ErrorCode.BAD_FRAME, "received data after EOF")
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | _Sentinel:
+        """Decode the next complete frame; `NEED_DATA` if there is none, `CLOSED` after EOF."""
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        available = len(buffer)
+        if available >= _HEADER_SIZE:
+            (length,) = _unpack_header(buffer, 0)
+            if length > self.max_frame:
+                self._fail(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {length} bytes exceeds the limit of {self.max_frame} bytes",
+                )
+            end = _HEADER_SIZE + length
+            if available >= end:
+                event = self._decode(buffer[_HEADER_SIZE:end])
+                del buffer[:end]
+                return event
+        if self._eof:
+            if available:
+                self._fail(
+                    ErrorCode.BAD_FRAME,
+                    f"connection closed in the middle of a frame ({available} bytes pending)",
+                )
+            return CLOSED
+        return NEED_DATA
+
+    def events(self) -> list[Event]:
+        """Every complete event in the buffer, decoded in one pass (the server's batch read).
+
+        Raises `RemoteProtocolError` at the first bad frame; events before it were consumed and
+        are lost to the caller, so callers that must act on them use `next_event` instead.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        available = len(buffer)
+        position = 0
+        out: list[Event] = []
+        max_frame = self.max_frame
+        decode = self._decode
+        try:
+            while available - position >= _HEADER_SIZE:
+                (length,) = _unpack_header(buffer, position)
+                if length > max_frame:
+                    self._fail(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame of {length} bytes exceeds the limit of {max_frame} bytes",
+                    )
+                end = position + _HEADER_SIZE + length
+                if end > available:
+                    break
+                out.append(decode(buffer[position + _HEADER_SIZE : end]))
+                position = end
+        except RemoteProtocolError:
+            # Hand back what decoded cleanly; the stored error is raised by the next call.
+            if out:
+                return out
+            raise
+        if position:
+            del buffer[:position]
+        if not out and self._eof and buffer:
+            self._fail(
+                ErrorCode.BAD_FRAME,
+                f"connection closed in the middle of a frame ({len(buffer)} bytes pending)",
+            )
+        return out
+
+    @property
+    def closed(self) -> bool:
+        """Whether the peer sent EOF and every complete frame before it has been taken."""
+        return self._eof and not self._buffer
+
+    def _fail(self, code: ErrorCode, message: str) -> NoReturn:
+        self._error = RemoteProtocolError(code, message)
+        raise self._error
+
+    def _decode(self, body: bytearray) -> Event:
+        if not body:
+            self._fail(ErrorCode.BAD_FRAME, "empty frame: a frame holds one msgpack array")
+        try:
+            items = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        except _MSGPACK_ERRORS as error:
+            self._fail(ErrorCode.BAD_FRAME, f"frame is not one valid msgpack value: {error}")
+        if type(items) is not list or not items or type(items[0]) is not str:
+            self._fail(
+                ErrorCode.BAD_FRAME,
+                "a frame must hold an array whose first element is the operation name, "
+                f"got {_describe(items)}",
+            )
+        op = items[0]
+        parser = self._parsers.get(op)
+        if parser is None:
+            self._fail(
+                ErrorCode.UNKNOWN_OP,
+                f"unknown operation {op[:32]!r} from the {self.their_role.value}",
+            )
+        result = parser(items)
+        if type(result) is str:
+            self._fail(ErrorCode.BAD_FRAME, result)
+        event: Event = result  # type: ignore[assignment]
+        opening = self._their_opening
+        if opening is not None:
+            if not isinstance(event, opening):
+                self._fail(
+                    ErrorCode.BAD_HANDSHAKE,
+                    f"first frame from the {self.their_role.value} must be "
+                    f"{_OP_NAMES[opening[0]]}, got {op}",
+                )
+            self._their_opening = None
+        elif type(event) is Hello:
+            self._fail(ErrorCode.BAD_HANDSHAKE, "HELLO may only be sent once")
+        return event
+
+    def send(self, event: Event) -> bytes:
+        """Encode one event as a frame; `LocalProtocolError` if this role may not send it."""
+        kind = type(event)
+        if kind not in self._sendable:
+            raise LocalProtocolError(
+                ErrorCode.BAD_FRAME,
+                f"a {self.our_role.value} cannot send {kind.__name__}",
+            )
+        opening = self._our_opening
+        if opening is not None:
+            if kind not in opening:
+                raise LocalProtocolError(
+                    ErrorCode.BAD_HANDSHAKE,
+                    f"the first frame a {self.our_role.value} sends must be "
+                    f"{_OP_NAMES[opening[0]]}, not {_OP_NAMES[kind]}",
+                )
+            self._our_opening = None
+        items = _event_items(event)
+        problem = _PARSERS[self.their_role][items[0]](list(items))
+        if type(problem) is str:
+            raise LocalProtocolError(ErrorCode.BAD_FRAME, problem)
+        data = _encode(items)
+        if len(data) - _HEADER_SIZE > self.max_frame:
+            raise LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {len(data) - _HEADER_SIZE} bytes exceeds the limit of "
+                f"{self.max_frame} bytes",
+            )
+        return data
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def encode_frame(event: Event) -> bytes:
+    """Encode one event without handshake bookkeeping (tests and load generators)."""
+    return _encode(_event_items(event))
+
+
+def headers_from(mapping: Mapping[str, str] | None) -> Headers | None:
+    """Copy user headers into the plain dict the wire takes (None stays None)."""
+    return None if mapping is None else dict(mapping)

@@ -1,0 +1,656 @@
+"""One client connection: handshake, a reader task, a writer task, and the bounded outbox between.
+
+Data flows one way. The reader decodes every complete frame of a read in one pass and routes
+publishes itself: for each matching subscription it encodes the frame and offers it to that
+subscriber's `Outbox` without waiting. A full outbox makes its owner a slow consumer, handled by
+the configured policy. Each session's writer is the only task that writes to its socket; it takes
+everything pending and sends it in one `send_all`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Final, final
+
+import trio
+
+from ._version import __version__
+from .config import Config
+from .protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connection,
+    Err,
+    ErrorCode,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    Pub,
+    RemoteProtocolError,
+    Role,
+    Sub,
+    Unsub,
+    Welcome,
+    encode_frame,
+    encode_msg_tail,
+    frame_msg,
+    msg_prefix,
+)
+from .routing import RoutingTable
+from .stats import Counters
+from .subjects import SubjectError, validate_subject
+
+__all__ = ["Hub", "Outbox", "Session", "Subscription"]
+
+log = logging.getLogger("broker.session")
+
+#: Bytes asked of the socket per read; one read's frames are decoded and routed in one pass.
+READ_SIZE: Final = 64 * 1024
+#: How long a closing connection is drained so the peer reads our final ERR, not a reset.
+LINGER_SECONDS: Final = 0.5
+_NO_RESPONDERS_HEADERS: Final = {"status": "503"}
+
+
+@final
+class Hub:
+    """What every session shares: the config, the routing table, counters and live sessions."""
+
+    __slots__ = ("config", "counters", "info", "next_client_id", "sessions", "table")
+
+    def __init__(self, config: Config, *, server_id: str) -> None:
+        self.config = config
+        self.table: RoutingTable[Subscription] = RoutingTable(
+            max_subject_length=config.max_subject_length,
+            max_subject_tokens=config.max_subject_tokens,
+        )
+        self.counters = Counters()
+        self.sessions: set[Session] = set()
+        self.next_client_id = 1
+        self.info: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "server_id": server_id,
+            "server_name": "broker",
+            "broker_version": __version__,
+            "max_payload": config.max_payload,
+            "max_frame": config.frame_limit,
+            "max_subscriptions": config.max_subscriptions,
+            "ping_interval": config.ping_interval,
+            "slow_consumer_policy": config.slow_consumer_policy,
+            "headers": True,
+        }
+
+
+@final
+class Subscription:
+    """One SUB of one session; routed by identity, so it is never compared by value."""
+
+    __slots__ = ("delivered", "max_msgs", "pattern", "prefix", "queue", "session", "sid")
+
+    def __init__(self, session: Session, sid: int, pattern: str, queue: str | None) -> None:
+        self.session = session
+        self.sid = sid
+        self.pattern = pattern
+        self.queue = queue
+        self.prefix = msg_prefix(sid)
+        self.delivered = 0
+        self.max_msgs: int | None = None
+
+
+class _Control(bytes):
+    """A frame (PING, PONG, ERR) that the drop policies must never discard."""
+
+    __slots__ = ()
+
+
+@final
+class Outbox:
+    """The bounded queue of encoded frames between fan-out and one client's writer.
+
+    A trio memory channel bounds only the item count; this queue also bounds bytes, lets the
+    drop_oldest policy discard from the head, and hands the writer everything at once as one
+    buffer. Bounds apply to what is waiting, not to the batch the writer is sending.
+    """
+
+    __slots__ = ("_frames", "_lot", "_waiting", "bytes", "max_bytes", "max_messages", "messages")
+
+    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+        self._frames: deque[bytes] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._waiting = False
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.messages = 0
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a message frame; False (and nothing queued) if that would pass a bound."""
+        size = len(frame)
+        if self.messages >= self.max_messages or self.bytes + size > self.max_bytes:
+            return False
+        self._frames.append(frame)
+        self.messages += 1
+        self.bytes += size
+        if self._waiting:
+            self._wake()
+        return True
+
+    def push_control(self, frame: bytes) -> None:
+        """Queue a control frame; it counts towards bytes but is never dropped by policy."""
+        self._frames.append(_Control(frame))
+        self.bytes += len(frame)
+        if self._waiting:
+            self._wake()
+
+    def drop_oldest(self, room: int) -> int:
+        """Discard the oldest message frames until one of `room` bytes fits; return how many."""
+        frames = self._frames
+        kept: list[bytes] = []
+        dropped = 0
+        while frames and (self.messages >= self.max_messages or self.bytes + room > self.max_bytes):
+            frame = frames.popleft()
+            if type(frame) is _Control:
+                kept.append(frame)
+                continue
+            self.messages -= 1
+            self.bytes -= len(frame)
+            dropped += 1
+        frames.extendleft(reversed(kept))
+        return dropped
+
+    def clear(self) -> None:
+        """Discard everything queued (the client is being cut off)."""
+        self._frames.clear()
+        self.messages = 0
+        self.bytes = 0
+
+    def take_all(self) -> bytes:
+        """Everything queued, as one buffer for one `send_all`."""
+        frames = self._frames
+        data = frames.popleft() if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        self.messages = 0
+        self.bytes = 0
+        return data
+
+    async def wait(self) -> None:
+        """Sleep until something is queued (or the caller's cancel scope fires)."""
+        if self._frames:
+            return
+        self._waiting = True
+        try:
+            await self._lot.park()
+        finally:
+            self._waiting = False
+
+    def _wake(self) -> None:
+        self._waiting = False
+        self._lot.unpark_all()
+
+
+@final
+class Session:
+    """One client: performs the handshake, then runs its reader and writer until closed."""
+
+    def __init__(self, hub: Hub, stream: trio.abc.HalfCloseableStream, peer: str) -> None:
+        config = hub.config
+        self.hub = hub
+        self.stream = stream
+        self.peer = peer
+        self.client_id = hub.next_client_id
+        hub.next_client_id += 1
+        self.name = ""
+        self.echo = True
+        self.conn = Connection(Role.SERVER, max_frame=config.frame_limit)
+        self.outbox = Outbox(
+            max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
+        )
+        self.subs: dict[int, Subscription] = {}
+        self.dropped_unreported = 0
+        self.dropped_total = 0
+        self._max_payload = config.max_payload
+        self._policy = config.slow_consumer_policy
+        self._fatal: tuple[ErrorCode, str] | None = None
+        self._accepting = True
+        self._eof = False
+        self._shutting_down = False
+        self._slow = False
+        self._reader_scope = trio.CancelScope()
+        self._write_scope: trio.CancelScope | None = None
+        self._handshake_scope = trio.CancelScope()
+        self._last_received = 0.0
+        self._last_ping = 0.0
+        self._pings_outstanding = 0
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"<Session {self.client_id}{name} {self.peer}>"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
+        hub = self.hub
+        hub.sessions.add(self)
+        try:
+            if not await self._handshake():
+                return
+            log.debug("%r connected", self)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_loop)
+                await self._write_loop()
+                self._reader_scope.cancel()
+            if self._fatal is not None or self._shutting_down:
+                await self._linger()
+        finally:
+            self._accepting = False
+            hub.sessions.discard(self)
+            table = hub.table
+            for sub in self.subs.values():
+                table.discard(sub)
+            self.subs.clear()
+            log.debug("%r closed", self)
+
+    def begin_shutdown(self) -> None:
+        """Tell the client the server is stopping; flush what is queued, then close."""
+        if self._fatal is not None or self._shutting_down:
+            return
+        self._shutting_down = True
+        self._reader_scope.cancel()
+        self._handshake_scope.cancel()
+        self.outbox.push_control(
+            self._err_frame(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+        )
+
+    async def _handshake(self) -> bool:
+        config = self.hub.config
+        conn = self.conn
+        event: Event | None = None
+        try:
+            with trio.move_on_after(config.handshake_timeout), self._handshake_scope:
+                while event is None:
+                    data = await self.stream.receive_some(READ_SIZE)
+                    conn.receive_data(data)
+                    found = conn.next_event()
+                    if found is CLOSED:
+                        return False
+                    if found is not NEED_DATA:
+                        event = found
+        except RemoteProtocolError as error:
+            await self._refuse(error.code, error.message)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if self._shutting_down:
+            await self._refuse(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+            return False
+        if event is None:
+            await self._refuse(
+                ErrorCode.HANDSHAKE_TIMEOUT,
+                f"no HELLO within handshake_timeout ({config.handshake_timeout} s)",
+            )
+            return False
+        assert type(event) is Hello
+        options = event.options
+        self.name = options.get("name") or ""
+        self.echo = options.get("echo", True)
+        info = dict(self.hub.info, client_id=self.client_id)
+        self.outbox.push_control(conn.send(Welcome(info)))
+        now = trio.current_time()
+        self._last_received = now
+        self._last_ping = now
+        return True
+
+    async def _refuse(self, code: ErrorCode, message: str) -> None:
+        """Send one fatal ERR before the session ever started, then close."""
+        self.hub.counters.protocol_errors += code not in (
+            ErrorCode.SHUTTING_DOWN,
+            ErrorCode.MAX_CONNECTIONS,
+        )
+        log.info("%r refused: %s: %s", self, code.value, message)
+        await refuse(self.stream, code, message, self.hub.config.write_timeout)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        conn = self.conn
+        receive = self.stream.receive_some
+        dispatch = self._dispatch
+        with self._reader_scope:
+            try:
+                while True:
+                    try:
+                        events = conn.events()
+                    except RemoteProtocolError as error:
+                        self.fail(error.code, error.message)
+                        return
+                    if events:
+                        dispatch(events)
+                        if self._fatal is not None:
+                            return
+                        continue
+                    if conn.closed:
+                        break
+                    data = await receive(READ_SIZE)
+                    self._last_received = trio.current_time()
+                    conn.receive_data(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            self._eof = True
+            self._accepting = False
+            self.outbox._wake()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        publish = self._publish
+        for event in events:
+            kind = type(event)
+            if kind is Pub:
+                publish(event)  # type: ignore[arg-type]
+            elif kind is Sub:
+                self._subscribe(event)  # type: ignore[arg-type]
+            elif kind is Unsub:
+                self._unsubscribe(event)  # type: ignore[arg-type]
+            elif kind is Ping:
+                self.outbox.push_control(_PONG_FRAME)
+                self._check_control_bound()
+            elif kind is Pong:
+                self._pings_outstanding = 0
+            if self._fatal is not None:
+                return
+
+    def _publish(self, event: Pub) -> None:
+        subject, payload, reply_to, headers = event
+        hub = self.hub
+        counters = hub.counters
+        size = len(payload)
+        if size > self._max_payload:
+            self.fail(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"payload of {size} bytes exceeds max_payload ({self._max_payload} bytes)",
+            )
+            return
+        counters.messages_in += 1
+        counters.bytes_in += size
+        try:
+            match = hub.table.match(subject)
+            if subject[0] == "$":
+                raise SubjectError(f"subjects starting with '$' are reserved: {subject!r}")
+            if reply_to is not None:
+                validate_subject(
+                    reply_to,
+                    max_length=hub.config.max_subject_length,
+                    max_tokens=hub.config.max_subject_tokens,
+                )
+        except SubjectError as error:
+            self.error(ErrorCode.BAD_SUBJECT, str(error), {"subject": subject[:256]})
+            return
+        tail: bytes | None = None
+        delivered = 0
+        echo = self.echo
+        for sub in match.plain:
+            target = sub.session
+            if target is self and not echo:
+                continue
+            if tail is None:
+                tail = encode_msg_tail(subject, payload, reply_to, headers)
+            delivered += target.deliver(sub, tail)
+        if match.groups:
+            skip = None if echo else self._is_own
+            for group in match.groups:
+                chosen = group.choose(skip)
+                if chosen is None:
+                    continue
+                if tail is None:
+                    tail = encode_msg_tail(subject, payload, reply_to, headers)
+                delivered += chosen.session.deliver(chosen, tail)
+        if delivered:
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * size
+        elif reply_to is not None and tail is None:
+            self._no_responders(reply_to)
+
+    def _is_own(self, sub: Subscription) -> bool:
+        return sub.session is self
+
+    def _no_responders(self, reply_to: str) -> None:
+        """Answer a request nobody can serve at once, on the requester's own reply subscriptions."""
+        self.hub.counters.no_responders += 1
+        match = self.hub.table.match(reply_to)
+        mine = [sub for sub in match.plain if sub.session is self]
+        for group in match.groups:
+            mine.extend(sub for sub in group.members if sub.session is self)
+        if mine:
+            tail = encode_msg_tail(reply_to, b"", None, _NO_RESPONDERS_HEADERS)
+            for sub in mine:
+                self.deliver(sub, tail)
+
+    def _subscribe(self, event: Sub) -> None:
+        sid, pattern, queue = event
+        details = {"sid": sid}
+        if sid in self.subs:
+            self.error(ErrorCode.BAD_SID, f"sid {sid} is already subscribed", details)
+            return
+        limit = self.hub.config.max_subscriptions
+        if len(self.subs) >= limit:
+            self.error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"a connection may hold at most {limit} subscriptions (max_subscriptions)",
+                details,
+            )
+            return
+        sub = Subscription(self, sid, pattern, queue)
+        try:
+            self.hub.table.insert(sub, pattern, queue)
+        except SubjectError as error:
+            self.error(ErrorCode.BAD_SUBJECT, str(error), details)
+            return
+        self.subs[sid] = sub
+
+    def _unsubscribe(self, event: Unsub) -> None:
+        # An unknown sid is not an error: an auto-unsubscribe may have removed it already.
+        sub = self.subs.get(event.sid)
+        if sub is None:
+            return
+        if event.max_msgs is None or sub.delivered >= event.max_msgs:
+            self._remove(sub)
+        else:
+            sub.max_msgs = event.max_msgs
+
+    def _remove(self, sub: Subscription) -> None:
+        if self.subs.get(sub.sid) is sub:
+            del self.subs[sub.sid]
+            self.hub.table.discard(sub)
+
+    # -- delivering (called from publishers' reader tasks) ----------------------------------
+
+    def deliver(self, sub: Subscription, tail: bytes) -> int:
+        """Queue one MSG for `sub` without waiting; return 1 if queued, 0 if not."""
+        if not self._accepting:
+            return 0
+        frame = frame_msg(sub.prefix, tail)
+        if not self.outbox.offer(frame) and not self._overflow(frame):
+            return 0
+        sub.delivered += 1
+        if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
+            self._remove(sub)
+        return 1
+
+    def _overflow(self, frame: bytes) -> bool:
+        """Apply the slow-consumer policy to a frame that did not fit; True if it was queued."""
+        policy = self._policy
+        outbox = self.outbox
+        if policy == "drop_newest":
+            self._dropped(1)
+            return False
+        if policy == "drop_oldest":
+            self._dropped(outbox.drop_oldest(len(frame)))
+            if outbox.offer(frame):
+                return True
+            self._dropped(1)
+            return False
+        self._mark_slow()
+        self.fail(
+            ErrorCode.SLOW_CONSUMER,
+            f"slow consumer: outbox full ({outbox.messages} messages, {outbox.bytes} bytes "
+            f"pending; limits {outbox.max_messages} messages, {outbox.max_bytes} bytes)",
+        )
+        return False
+
+    def _dropped(self, count: int) -> None:
+        if not count:
+            return
+        self._mark_slow()
+        self.dropped_unreported += count
+        self.dropped_total += count
+        self.hub.counters.dropped_messages += count
+        self.outbox._wake()
+
+    def _mark_slow(self) -> None:
+        if self._slow:
+            return
+        self._slow = True
+        self.hub.counters.slow_consumers += 1
+        log.warning(
+            "%r is a slow consumer (policy %s, limits %d messages / %d bytes)",
+            self,
+            self._policy,
+            self.outbox.max_messages,
+            self.outbox.max_bytes,
+        )
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def error(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
+        """Report a non-fatal error to the client; the connection stays open."""
+        self.hub.counters.protocol_errors += 1
+        log.debug("%r: %s: %s", self, code.value, message)
+        self.outbox.push_control(self._err_frame(code, message, details))
+        self._check_control_bound()
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """Close this connection after one fatal ERR; safe to call from any task, many times."""
+        if self._fatal is not None:
+            return
+        self._fatal = (code, message)
+        self._accepting = False
+        if code is not ErrorCode.SLOW_CONSUMER:
+            self.hub.counters.protocol_errors += 1
+            log.info("%r closed: %s: %s", self, code.value, message)
+        self.outbox.clear()
+        self.outbox.push_control(self._err_frame(code, message))
+        self._reader_scope.cancel()
+        if code is ErrorCode.SLOW_CONSUMER and self._write_scope is not None:
+            # The writer is stuck on a client that stopped reading: cut it off now rather than
+            # after write_timeout. The ERR cannot follow a half-written frame, so none is sent.
+            self._write_scope.cancel()
+
+    def _check_control_bound(self) -> None:
+        # A client that sends PINGs but never reads could grow the outbox with PONGs alone.
+        outbox = self.outbox
+        if outbox.bytes > outbox.max_bytes:
+            self._mark_slow()
+            self.fail(ErrorCode.SLOW_CONSUMER, "slow consumer: replies to this client pile up")
+
+    def _err_frame(
+        self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> bytes:
+        return self.conn.send(Err(code.value, message, details))
+
+    # -- writing --------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        config = self.hub.config
+        outbox = self.outbox
+        send_all = self.stream.send_all
+        write_timeout = config.write_timeout
+        ping_interval = config.ping_interval
+        while True:
+            if not outbox:
+                if self._fatal is not None or self._eof or self._shutting_down:
+                    return
+                deadline = max(self._last_received, self._last_ping) + ping_interval
+                if trio.current_time() >= deadline:
+                    self._keepalive()
+                    continue
+                with trio.move_on_at(deadline):
+                    await outbox.wait()
+                continue
+            if self.dropped_unreported:
+                self._report_drops()
+            data = outbox.take_all()
+            with trio.move_on_after(write_timeout) as scope:
+                self._write_scope = scope
+                try:
+                    await send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._accepting = False
+                    return
+                finally:
+                    self._write_scope = None
+            if scope.cancelled_caught:
+                # Part of a frame may be on the wire: this connection can never be written again.
+                self._accepting = False
+                if self._fatal is None:
+                    self._mark_slow()
+                    log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
+                    self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
+                return
+
+    def _report_drops(self) -> None:
+        count = self.dropped_unreported
+        self.dropped_unreported = 0
+        self.outbox.push_control(
+            self._err_frame(
+                ErrorCode.MESSAGES_DROPPED,
+                f"{count} messages dropped: this client reads too slowly (policy {self._policy})",
+                {"dropped": count, "total": self.dropped_total},
+            )
+        )
+
+    def _keepalive(self) -> None:
+        if self._pings_outstanding >= self.hub.config.max_pings_outstanding:
+            self.fail(
+                ErrorCode.STALE_CONNECTION,
+                f"no answer to {self._pings_outstanding} PINGs (max_pings_outstanding)",
+            )
+            return
+        self._pings_outstanding += 1
+        self._last_ping = trio.current_time()
+        self.outbox.push_control(_PING_FRAME)
+
+    async def _linger(self) -> None:
+        """Half-close and drain briefly so the peer reads our last frame instead of a reset."""
+        stream = self.stream
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                await stream.send_eof()
+                while await stream.receive_some(READ_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+async def refuse(
+    stream: trio.abc.HalfCloseableStream, code: ErrorCode, message: str, timeout: float
+) -> None:
+    """Send one ERR as the opening frame (no session exists), then close gracefully."""
+    conn = Connection(Role.SERVER)
+    data = conn.send(Err(code.value, message))
+    with trio.move_on_after(min(timeout, 2.0)):
+        try:
+            await stream.send_all(data)
+            await stream.send_eof()
+            with trio.move_on_after(LINGER_SECONDS):
+                while await stream.receive_some(READ_SIZE):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+_PING_FRAME: Final = encode_frame(Ping())
+_PONG_FRAME: Final = encode_frame(Pong())

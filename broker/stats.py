@@ -1,0 +1,84 @@
+"""Server-wide counters, bumped in place on the hot path and read as frozen snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, final
+
+__all__ = ["Counters", "Statistics"]
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statistics:
+    """A consistent copy of the server's counters at one instant.
+
+    Message and byte counts are of payloads: `messages_out` counts deliveries, so one publish
+    to ten subscribers adds 1 to `messages_in` and 10 to `messages_out`.
+    """
+
+    connections: int
+    total_connections: int
+    refused_connections: int
+    subscriptions: int
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    slow_consumers: int
+    dropped_messages: int
+    no_responders: int
+    protocol_errors: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict, for logs and JSON."""
+        return asdict(self)
+
+
+@final
+class Counters:
+    """The live, mutable counters; only the server's own tasks touch them."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connections",
+        "dropped_messages",
+        "messages_in",
+        "messages_out",
+        "no_responders",
+        "protocol_errors",
+        "refused_connections",
+        "slow_consumers",
+        "total_connections",
+    )
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.total_connections = 0
+        self.refused_connections = 0
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.slow_consumers = 0
+        self.dropped_messages = 0
+        self.no_responders = 0
+        self.protocol_errors = 0
+
+    def snapshot(self, *, subscriptions: int) -> Statistics:
+        """Freeze the counters, adding the routing table's current subscription count."""
+        return Statistics(
+            connections=self.connections,
+            total_connections=self.total_connections,
+            refused_connections=self.refused_connections,
+            subscriptions=subscriptions,
+            messages_in=self.messages_in,
+            bytes_in=self.bytes_in,
+            messages_out=self.messages_out,
+            bytes_out=self.bytes_out,
+            slow_consumers=self.slow_consumers,
+            dropped_messages=self.dropped_messages,
+            no_responders=self.no_responders,
+            protocol_errors=self.protocol_errors,
+        )
