@@ -129,9 +129,15 @@ class Outbox:
         return bool(self._frames)
 
     def offer(self, frame: bytes) -> bool:
-        """Queue a message frame; False (and nothing queued) if that would pass a bound."""
+        """Queue a message frame; False (and nothing queued) if that would pass a bound.
+
+        A message always fits an outbox holding no other message, so a frame larger than
+        `max_bytes` is delivered to a reader that keeps up instead of failing every time.
+        """
         size = len(frame)
-        if self.messages >= self.max_messages or self.bytes + size > self.max_bytes:
+        if self.messages and (
+            self.messages >= self.max_messages or self.bytes + size > self.max_bytes
+        ):
             return False
         self._frames.append(frame)
         self.messages += 1
