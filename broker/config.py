@@ -292,7 +292,7 @@ class Config:
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
     """Subscriptions one connection may hold at once."""
     max_subject_length: int = DEFAULT_MAX_SUBJECT_LENGTH
-    """Longest subject or pattern, in characters."""
+    """Longest subject or pattern, in UTF-8 bytes."""
     max_subject_tokens: int = DEFAULT_MAX_SUBJECT_TOKENS
     """Most dot-separated tokens in a subject or pattern."""
     max_pending_messages: int = DEFAULT_MAX_PENDING_MESSAGES

@@ -383,9 +383,9 @@ class Session:
         counters.messages_in += 1
         counters.bytes_in += size
         try:
-            match = hub.table.match(subject)
-            if subject[0] == "$":
+            if subject[:1] == "$":
                 raise SubjectError(f"subjects starting with '$' are reserved: {subject!r}")
+            match = hub.table.match(subject)
             if reply_to is not None:
                 validate_subject(
                     reply_to,
