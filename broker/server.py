@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import secrets
 import signal
 from collections.abc import AsyncIterator
@@ -186,6 +187,33 @@ async def serve(
     await Server(config).serve(task_status=task_status)
 
 
+#: File descriptors kept for listeners, logs and the like beyond one per client.
+_FD_HEADROOM = 64
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Lift the soft RLIMIT_NOFILE so `max_connections` clients fit, as far as the hard limit.
+
+    The default soft limit (often 1024) would otherwise make accept() fail long before the
+    configured connection limit; the warning says what the operator must raise instead.
+    """
+    wanted = max_connections + _FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "the file descriptor limit (%d) is below max_connections (%d) plus %d; "
+            "raise it (ulimit -n) or lower max_connections",
+            target,
+            max_connections,
+            _FD_HEADROOM,
+        )
+
+
 def run(config: Config | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; returns the exit code.
 
@@ -193,6 +221,7 @@ def run(config: Config | None = None) -> int:
     once (1). A listener that cannot be bound logs why and returns 1.
     """
     server = Server(config)
+    _raise_fd_limit(server.config.max_connections)
     forced = False
 
     async def watch_signals(receiver: AsyncIterator[int], cancel_scope: trio.CancelScope) -> None:

@@ -134,3 +134,18 @@ async def flood_and_interrupt_twice(
     process.send_signal(signal.SIGINT)
     with trio.fail_after(3):
         assert await process.wait() == 1
+
+
+def test_serve_raises_its_soft_fd_limit_to_fit_max_connections() -> None:
+    script = (
+        "import resource\n"
+        "from broker.server import _raise_fd_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "_raise_fd_limit(1000)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert int(result.stdout) >= 1000 + 64 or "file descriptor limit" in result.stderr
