@@ -138,6 +138,7 @@ class Server:
 
     def _begin_shutdown(self, handlers: trio.Nursery) -> None:
         grace = self.config.shutdown_grace
+        self.hub.closing = True
         sessions = list(self.hub.sessions)
         log.info("shutting down: telling %d clients, up to %s s to flush", len(sessions), grace)
         handlers.cancel_scope.deadline = trio.current_time() + grace if grace else -math.inf

@@ -58,7 +58,7 @@ _NO_RESPONDERS_HEADERS: Final = {"status": "503"}
 class Hub:
     """What every session shares: the config, the routing table, counters and live sessions."""
 
-    __slots__ = ("config", "counters", "info", "next_client_id", "sessions", "table")
+    __slots__ = ("closing", "config", "counters", "info", "next_client_id", "sessions", "table")
 
     def __init__(self, config: Config, *, server_id: str) -> None:
         self.config = config
@@ -69,6 +69,9 @@ class Hub:
         self.counters = Counters()
         self.sessions: set[Session] = set()
         self.next_client_id = 1
+        #: Set once shutdown begins, so a session that was accepted but not yet registered
+        #: refuses its client instead of serving it until the grace period runs out.
+        self.closing = False
         self.info: dict[str, Any] = {
             "version": PROTOCOL_VERSION,
             "server_id": server_id,
@@ -277,6 +280,8 @@ class Session:
         config = self.hub.config
         conn = self.conn
         event: Event | None = None
+        if self.hub.closing:
+            self._handshake_scope.cancel()
         try:
             with trio.move_on_after(config.handshake_timeout), self._handshake_scope:
                 while event is None:
@@ -292,7 +297,7 @@ class Session:
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
-        if self._shutting_down:
+        if self._shutting_down or self.hub.closing:
             await self._refuse(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
             return False
         if event is None:
