@@ -42,7 +42,7 @@ __all__ = [
     "Unsub",
     "Welcome",
     "encode_msg_tail",
-    "frame_msg",
+    "msg_head",
     "msg_prefix",
 ]
 
@@ -514,9 +514,13 @@ def msg_prefix(sid: int) -> bytes:
     return _MSG_ARRAY_HEAD + _packb(sid)
 
 
-def frame_msg(prefix: bytes, tail: bytes) -> bytes:
-    """Join a subscription's `msg_prefix` and a publish's `encode_msg_tail` into one frame."""
-    return _pack_header(len(prefix) + len(tail)) + prefix + tail
+def msg_head(prefix: bytes, tail_length: int) -> bytes:
+    """The bytes before a MSG's tail: the frame length and the subscription's `msg_prefix`.
+
+    `msg_head(prefix, len(tail)) + tail` is the whole frame; the server queues the two parts
+    separately so that every subscriber of one publish shares the same tail object.
+    """
+    return _pack_header(len(prefix) + tail_length) + prefix
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from .protocol import (
     Welcome,
     encode_frame,
     encode_msg_tail,
-    frame_msg,
+    msg_head,
     msg_prefix,
 )
 from .routing import RoutingTable
@@ -115,6 +115,9 @@ class Outbox:
     A trio memory channel bounds only the item count; this queue also bounds bytes, lets the
     drop_oldest policy discard from the head, and hands the writer everything at once as one
     buffer. Bounds apply to what is waiting, not to the batch the writer is sending.
+
+    A message is queued as two items: its own head (length, op, sid) and the tail it shares
+    with every other subscriber of the same publish, so fan-out never copies a payload.
     """
 
     __slots__ = ("_frames", "_lot", "_waiting", "bytes", "max_bytes", "max_messages", "messages")
@@ -131,18 +134,20 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self._frames)
 
-    def offer(self, frame: bytes) -> bool:
-        """Queue a message frame; False (and nothing queued) if that would pass a bound.
+    def offer(self, head: bytes, tail: bytes) -> bool:
+        """Queue one message frame, `head + tail`; False (nothing queued) past a bound.
 
         A message always fits an outbox holding no other message, so a frame larger than
         `max_bytes` is delivered to a reader that keeps up instead of failing every time.
         """
-        size = len(frame)
+        size = len(head) + len(tail)
         if self.messages and (
             self.messages >= self.max_messages or self.bytes + size > self.max_bytes
         ):
             return False
-        self._frames.append(frame)
+        frames = self._frames
+        frames.append(head)
+        frames.append(tail)
         self.messages += 1
         self.bytes += size
         if self._waiting:
@@ -157,17 +162,20 @@ class Outbox:
             self._wake()
 
     def drop_oldest(self, room: int) -> int:
-        """Discard the oldest message frames until one of `room` bytes fits; return how many."""
+        """Discard the oldest messages until one of `room` bytes fits; return how many."""
         frames = self._frames
         kept: list[bytes] = []
         dropped = 0
-        while frames and (self.messages >= self.max_messages or self.bytes + room > self.max_bytes):
-            frame = frames.popleft()
-            if type(frame) is _Control:
-                kept.append(frame)
+        while self.messages and (
+            self.messages >= self.max_messages or self.bytes + room > self.max_bytes
+        ):
+            head = frames.popleft()
+            if type(head) is _Control:
+                kept.append(head)
                 continue
+            tail = frames.popleft()
             self.messages -= 1
-            self.bytes -= len(frame)
+            self.bytes -= len(head) + len(tail)
             dropped += 1
         frames.extendleft(reversed(kept))
         return dropped
@@ -483,15 +491,15 @@ class Session:
         """Queue one MSG for `sub` without waiting; return 1 if queued, 0 if not."""
         if not self._accepting:
             return 0
-        frame = frame_msg(sub.prefix, tail)
-        if not self.outbox.offer(frame) and not self._overflow(frame):
+        head = msg_head(sub.prefix, len(tail))
+        if not self.outbox.offer(head, tail) and not self._overflow(head, tail):
             return 0
         sub.delivered += 1
         if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
             self._remove(sub)
         return 1
 
-    def _overflow(self, frame: bytes) -> bool:
+    def _overflow(self, head: bytes, tail: bytes) -> bool:
         """Apply the slow-consumer policy to a frame that did not fit; True if it was queued."""
         policy = self._policy
         outbox = self.outbox
@@ -499,8 +507,8 @@ class Session:
             self._dropped(1)
             return False
         if policy == "drop_oldest":
-            self._dropped(outbox.drop_oldest(len(frame)))
-            if outbox.offer(frame):
+            self._dropped(outbox.drop_oldest(len(head) + len(tail)))
+            if outbox.offer(head, tail):
                 return True
             self._dropped(1)
             return False

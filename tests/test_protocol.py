@@ -31,7 +31,7 @@ from broker.protocol import (
     Welcome,
     encode_frame,
     encode_msg_tail,
-    frame_msg,
+    msg_head,
     msg_prefix,
 )
 
@@ -122,7 +122,7 @@ def test_trailing_nils_are_omitted_on_the_wire() -> None:
 def test_fanout_encoding_equals_plain_encoding() -> None:
     tail = encode_msg_tail("a.b", b"data", "reply", {"k": "v"})
     for sid in (0, 1, 127, 128, 65_536, 2**40):
-        assert frame_msg(msg_prefix(sid), tail) == encode_frame(
+        assert msg_head(msg_prefix(sid), len(tail)) + tail == encode_frame(
             Msg(sid, "a.b", b"data", "reply", {"k": "v"})
         )
 
