@@ -23,6 +23,7 @@ __all__ = [
     "CLOSED",
     "DEFAULT_MAX_FRAME",
     "FATAL_ERRORS",
+    "MSG_GROWTH",
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Connection",
@@ -49,6 +50,10 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 #: Largest frame accepted when nothing else is configured: 1 MiB of payload plus envelope.
 DEFAULT_MAX_FRAME: Final = 1024 * 1024 + 64 * 1024
+
+#: How much longer than the PUB it delivers a MSG frame can be: up to 9 bytes of sid, plus the
+#: 2 nils a PUB may omit. A receiver sizes its frame limit as WELCOME's max_frame plus this.
+MSG_GROWTH: Final = 11
 
 _HEADER = struct.Struct(">I")
 _HEADER_SIZE: Final = _HEADER.size
@@ -687,7 +692,7 @@ class Connection:
             )
         result = parser(items)
         if type(result) is str:
-            self._fail(ErrorCode.BAD_FRAME, result)
+            self._fail(ErrorCode.BAD_HANDSHAKE if op == "HELLO" else ErrorCode.BAD_FRAME, result)
         event: Event = result  # type: ignore[assignment]
         opening = self._their_opening
         if opening is not None:

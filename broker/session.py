@@ -52,6 +52,20 @@ READ_SIZE: Final = 64 * 1024
 #: How long a closing connection is drained so the peer reads our final ERR, not a reset.
 LINGER_SECONDS: Final = 0.5
 _NO_RESPONDERS_HEADERS: Final = {"status": "503"}
+#: The errors counted as `protocol_errors`: the client broke the contract, as opposed to being
+#: slow, idle, late or turned away.
+PROTOCOL_VIOLATIONS: Final = frozenset(
+    {
+        ErrorCode.BAD_FRAME,
+        ErrorCode.BAD_HANDSHAKE,
+        ErrorCode.UNKNOWN_OP,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.BAD_SUBJECT,
+        ErrorCode.BAD_SID,
+        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+    }
+)
 
 
 @final
@@ -120,7 +134,16 @@ class Outbox:
     with every other subscriber of the same publish, so fan-out never copies a payload.
     """
 
-    __slots__ = ("_frames", "_lot", "_waiting", "bytes", "max_bytes", "max_messages", "messages")
+    __slots__ = (
+        "_frames",
+        "_lot",
+        "_waiting",
+        "bytes",
+        "control_bytes",
+        "max_bytes",
+        "max_messages",
+        "messages",
+    )
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
         self._frames: deque[bytes] = deque()
@@ -130,6 +153,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.messages = 0
         self.bytes = 0
+        #: Bytes of queued control frames, bounded on their own: under the drop policies the
+        #: outbox sits at its byte bound by design, and a PONG must not tip it over.
+        self.control_bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self._frames)
@@ -158,6 +184,7 @@ class Outbox:
         """Queue a control frame; it counts towards bytes but is never dropped by policy."""
         self._frames.append(_Control(frame))
         self.bytes += len(frame)
+        self.control_bytes += len(frame)
         if self._waiting:
             self._wake()
 
@@ -185,6 +212,7 @@ class Outbox:
         self._frames.clear()
         self.messages = 0
         self.bytes = 0
+        self.control_bytes = 0
 
     def take_all(self) -> bytes:
         """Everything queued, as one buffer for one `send_all`."""
@@ -193,6 +221,7 @@ class Outbox:
         frames.clear()
         self.messages = 0
         self.bytes = 0
+        self.control_bytes = 0
         return data
 
     async def wait(self) -> None:
@@ -327,10 +356,7 @@ class Session:
 
     async def _refuse(self, code: ErrorCode, message: str) -> None:
         """Send one fatal ERR before the session ever started, then close."""
-        self.hub.counters.protocol_errors += code not in (
-            ErrorCode.SHUTTING_DOWN,
-            ErrorCode.MAX_CONNECTIONS,
-        )
+        self.hub.counters.protocol_errors += code in PROTOCOL_VIOLATIONS
         log.info("%r refused: %s: %s", self, code.value, message)
         await refuse(self.stream, code, message, self.hub.config.write_timeout)
 
@@ -393,8 +419,6 @@ class Session:
                 f"payload of {size} bytes exceeds max_payload ({self._max_payload} bytes)",
             )
             return
-        counters.messages_in += 1
-        counters.bytes_in += size
         try:
             if subject[:1] == "$":
                 raise SubjectError(f"subjects starting with '$' are reserved: {subject!r}")
@@ -408,6 +432,8 @@ class Session:
         except SubjectError as error:
             self.error(ErrorCode.BAD_SUBJECT, str(error), {"subject": subject[:256]})
             return
+        counters.messages_in += 1
+        counters.bytes_in += size
         tail: bytes | None = None
         delivered = 0
         echo = self.echo
@@ -557,8 +583,8 @@ class Session:
             return
         self._fatal = (code, message)
         self._accepting = False
+        self.hub.counters.protocol_errors += code in PROTOCOL_VIOLATIONS
         if code is not ErrorCode.SLOW_CONSUMER:
-            self.hub.counters.protocol_errors += 1
             log.info("%r closed: %s: %s", self, code.value, message)
         self.outbox.clear()
         self.outbox.push_control(self._err_frame(code, message))
@@ -571,7 +597,7 @@ class Session:
     def _check_control_bound(self) -> None:
         # A client that sends PINGs but never reads could grow the outbox with PONGs alone.
         outbox = self.outbox
-        if outbox.bytes > outbox.max_bytes:
+        if outbox.control_bytes > outbox.max_bytes:
             self._mark_slow()
             self.fail(ErrorCode.SLOW_CONSUMER, "slow consumer: replies to this client pile up")
 

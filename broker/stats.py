@@ -14,7 +14,10 @@ class Statistics:
     """A consistent copy of the server's counters at one instant.
 
     Message and byte counts are of payloads: `messages_out` counts deliveries, so one publish
-    to ten subscribers adds 1 to `messages_in` and 10 to `messages_out`.
+    to ten subscribers adds 1 to `messages_in` and 10 to `messages_out`. A delivery is counted
+    when it is queued for its subscriber; `dropped_messages` counts those a drop policy later
+    discarded (drop_oldest) or never queued (drop_newest). `messages_in` counts only publishes
+    that were routed, not those refused for a bad subject.
     """
 
     connections: int

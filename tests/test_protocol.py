@@ -228,7 +228,7 @@ def test_first_frame_must_be_hello(first: bytes) -> None:
 )
 def test_bad_hello_options(options: dict[str, Any]) -> None:
     error = remote_error(Connection(Role.SERVER), frame(["HELLO", options]))
-    assert error.code is ErrorCode.BAD_FRAME
+    assert error.code is ErrorCode.BAD_HANDSHAKE
 
 
 def test_hello_without_options_and_unknown_options_are_accepted() -> None:
