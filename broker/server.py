@@ -72,6 +72,38 @@ class Server:
         """A snapshot of the counters; see `Statistics`."""
         return self.hub.counters.snapshot(subscriptions=len(self.hub.table))
 
+    def clients(self, name: str | None = None) -> list[Session]:
+        """The live sessions, or those whose HELLO gave `name`, oldest first."""
+        found = [s for s in self.hub.sessions if name is None or s.name == name]
+        return sorted(found, key=lambda session: session.client_id)
+
+    def drop_client(self, name: str) -> int:
+        """Cut every connection named `name` with no ERR, as a network failure would.
+
+        For tests of reconnect logic; returns how many connections were cut.
+        """
+        sessions = self.clients(name)
+        for session in sessions:
+            session.drop()
+        return len(sessions)
+
+    def stall_client(self, name: str) -> int:
+        """Stop writing to every client named `name`, so it becomes a slow consumer.
+
+        For tests of backpressure handling; `resume_client` undoes it. Returns the count.
+        """
+        sessions = self.clients(name)
+        for session in sessions:
+            session.stall()
+        return len(sessions)
+
+    def resume_client(self, name: str) -> int:
+        """Undo `stall_client`; returns how many connections were resumed."""
+        sessions = self.clients(name)
+        for session in sessions:
+            session.resume()
+        return len(sessions)
+
     def shutdown(self) -> None:
         """Ask `serve` to stop gracefully; returns at once (await `wait_stopped` to follow)."""
         self._shutdown.set()

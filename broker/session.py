@@ -267,6 +267,8 @@ class Session:
         self._shutting_down = False
         self._slow = False
         self._reader_scope = trio.CancelScope()
+        self._session_scope = trio.CancelScope()
+        self._stalled: trio.Event | None = None
         self._write_scope: trio.CancelScope | None = None
         self._handshake_scope = trio.CancelScope()
         self._last_received = 0.0
@@ -284,15 +286,16 @@ class Session:
         hub = self.hub
         hub.sessions.add(self)
         try:
-            if not await self._handshake():
-                return
-            log.debug("%r connected", self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                await self._write_loop()
-                self._reader_scope.cancel()
-            if self._fatal is not None or self._shutting_down:
-                await self._linger()
+            with self._session_scope:
+                if not await self._handshake():
+                    return
+                log.debug("%r connected", self)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._write_loop()
+                    self._reader_scope.cancel()
+                if self._fatal is not None or self._shutting_down:
+                    await self._linger()
         finally:
             self._accepting = False
             hub.sessions.discard(self)
@@ -312,6 +315,29 @@ class Session:
         self.outbox.push_control(
             self._err_frame(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         )
+
+    # -- fault injection (broker.testing): what a bad network or a stuck client would do ------
+
+    def drop(self) -> None:
+        """Cut the connection at once with no ERR, as a network failure would."""
+        log.info("%r dropped on request", self)
+        self._accepting = False
+        self._session_scope.cancel()
+
+    def stall(self) -> None:
+        """Stop writing to this client, as if it stopped reading, until `resume`.
+
+        Deliveries keep being queued, so the slow-consumer policy applies as it would to a
+        client that really stalled.
+        """
+        if self._stalled is None:
+            self._stalled = trio.Event()
+
+    def resume(self) -> None:
+        """Undo `stall`."""
+        if self._stalled is not None:
+            self._stalled.set()
+            self._stalled = None
 
     async def _handshake(self) -> bool:
         config = self.hub.config
@@ -589,6 +615,7 @@ class Session:
         self.outbox.clear()
         self.outbox.push_control(self._err_frame(code, message))
         self._reader_scope.cancel()
+        self.resume()  # a stalled writer must still send the ERR and close
         if code is ErrorCode.SLOW_CONSUMER and self._write_scope is not None:
             # The writer is stuck on a client that stopped reading: cut it off now rather than
             # after write_timeout. The ERR cannot follow a half-written frame, so none is sent.
@@ -624,6 +651,9 @@ class Session:
                     continue
                 with trio.move_on_at(deadline):
                     await outbox.wait()
+                continue
+            if self._stalled is not None:
+                await self._stalled.wait()
                 continue
             if self.dropped_unreported:
                 self._report_drops()

@@ -1,0 +1,81 @@
+"""The server's fault-injection hooks that broker.testing builds on: drop and stall a client."""
+
+from __future__ import annotations
+
+import trio
+from wire import StartServer, bystanders, wire_client
+
+from broker.protocol import Err, Msg, Pub, Sub
+
+
+async def test_drop_client_cuts_only_that_client_without_an_err(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port, name="victim") as victim,
+            wire_client(server.port, name="other") as other,
+        ):
+            await victim.send(Sub(1, "x"))
+            await victim.flush()
+            assert server.drop_client("victim") == 1
+            assert await victim.closed() == []  # no ERR: it looks like a network failure
+            assert [s.name for s in server.clients()] == ["bystander-sub", "bystander-pub", "other"]
+            assert server.statistics().subscriptions == 1  # only the bystander's remains
+            assert server.drop_client("nobody") == 0
+            await other.flush()
+            await pair.check()
+
+
+async def test_stalled_client_becomes_a_slow_consumer_and_others_carry_on(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_pending_messages=10)
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port, name="stuck") as stuck,
+            wire_client(server.port, name="healthy") as healthy,
+            wire_client(server.port, name="pub") as pub,
+        ):
+            for client in (stuck, healthy):
+                await client.send(Sub(1, "work"))
+                await client.flush()
+            assert server.stall_client("stuck") == 1
+            # One at a time: a single read's publishes are all routed before any writer runs,
+            # so a burst of 11 would overflow a 10-message bound for the healthy client too.
+            for i in range(11):
+                await pub.send(Pub("work", b"%d" % i))
+                await pub.flush()
+            # The eleventh message overflows the stalled outbox: disconnect policy applies.
+            events = await stuck.closed()
+            assert events[-1] == Err(
+                "slow_consumer",
+                events[-1].message,  # type: ignore[union-attr]
+            )
+            assert [e.payload for e in await healthy.drain() if isinstance(e, Msg)] == [
+                b"%d" % i for i in range(11)
+            ]
+            assert server.statistics().slow_consumers == 1
+            await pair.check()
+
+
+async def test_resume_delivers_what_was_queued_while_stalled(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with (
+            wire_client(server.port, name="sleepy") as sleepy,
+            wire_client(server.port, name="pub") as pub,
+        ):
+            await sleepy.send(Sub(1, "news"))
+            await sleepy.flush()
+            server.stall_client("sleepy")
+            await pub.send(Pub("news", b"a"), Pub("news", b"b"))
+            await pub.flush()
+            with trio.move_on_after(0.2):
+                event = await sleepy.next_event()
+                raise AssertionError(f"a stalled client received {event!r}")
+            assert server.resume_client("sleepy") == 1
+            assert [e.payload for e in await sleepy.drain() if isinstance(e, Msg)] == [b"a", b"b"]
