@@ -94,6 +94,8 @@ class Hub:
             "max_payload": config.max_payload,
             "max_frame": config.frame_limit,
             "max_subscriptions": config.max_subscriptions,
+            "max_subject_length": config.max_subject_length,
+            "max_subject_tokens": config.max_subject_tokens,
             "ping_interval": config.ping_interval,
             "slow_consumer_policy": config.slow_consumer_policy,
             "headers": True,

@@ -1,0 +1,227 @@
+"""The exceptions the client raises: one typed error for every way an operation can fail.
+
+Users never see a raw ERR frame. Every ERR code the server sends maps to one class here (see
+`error_from_wire`), and the local checks the client makes before sending (subjects, payload size)
+raise the same classes, so ``except BadSubject`` catches a bad subject whichever side noticed it.
+
+The hierarchy follows trio's vocabulary. `ConnectionClosed` means the connection is gone: closed
+if we did it (``aclose``, ``drain``, leaving the ``async with`` block), broken if the server or the
+network did; its ``code`` says which ERR, if any, the server sent as its reason. Errors that leave
+the connection usable (`NoResponders`, `TooManySubscriptions`, ...) derive from `BrokerError`
+directly. The errors about bad input also derive from `ValueError`, as the rest of Python does.
+
+This module is pure: it imports neither trio, anyio nor the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, final
+
+from .protocol import ErrorCode
+from .subjects import SubjectError
+
+__all__ = [
+    "BadSid",
+    "BadSubject",
+    "BrokerError",
+    "ConnectionClosed",
+    "MessagesDropped",
+    "NoResponders",
+    "PayloadTooLarge",
+    "ProtocolViolation",
+    "ReconnectBufferFull",
+    "ServerShuttingDown",
+    "SlowConsumer",
+    "StaleConnection",
+    "SubscriptionClosed",
+    "TooManySubscriptions",
+    "error_from_wire",
+]
+
+
+class BrokerError(Exception):
+    """Base class of every error the client raises on purpose.
+
+    Attributes:
+        message: What happened, for people; also ``str(error)``.
+        code: The server's ERR code when the server reported the error, else None (the client
+            found the problem itself).
+        details: The ERR frame's details map (e.g. ``{"sid": 3}``), or an empty dict.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details: dict[str, Any] = {} if details is None else dict(details)
+
+    def __repr__(self) -> str:
+        code = "" if self.code is None else f", code={self.code.value!r}"
+        return f"{type(self).__name__}({self.message!r}{code})"
+
+
+class ConnectionClosed(BrokerError):
+    """The connection is gone, so the operation could not complete.
+
+    Raised by operations on a client that was closed (by us) or whose connection broke (the
+    server or the network) with reconnection off or given up, by requests in flight when a
+    connection breaks, and by subscriptions of a client that ended. ``code`` is the fatal ERR
+    code the server sent as its reason, or None when there was none (a reset, EOF, a refused
+    TCP connection, or our own close).
+    """
+
+
+@final
+class ServerShuttingDown(ConnectionClosed):
+    """The server sent ERR ``shutting_down``: it is stopping and closed this connection."""
+
+
+@final
+class SlowConsumer(ConnectionClosed):
+    """The server cut this client off (ERR ``slow_consumer``): it read more slowly than others
+    published to it, and the server's policy is to disconnect.
+
+    Messages the server drops under a drop policy are reported as `MessagesDropped` instead,
+    and messages the client itself drops for a full subscription are counted in
+    ``Subscription.dropped``.
+    """
+
+
+@final
+class StaleConnection(ConnectionClosed):
+    """PINGs went unanswered: the server said so (ERR ``stale_connection``), or the client sent
+    ``max_pings_outstanding`` PINGs without a PONG and gave the connection up as dead.
+    """
+
+
+@final
+class ProtocolViolation(ConnectionClosed):
+    """One side broke the wire contract, which is a bug in that side.
+
+    The server says we did (``bad_frame``, ``bad_handshake``, ``unknown_op``,
+    ``frame_too_large``, ``payload_too_large``), it failed itself (``internal_error``), or the
+    client could not decode what the server sent (``code`` is then the code the client would
+    have reported).
+    """
+
+
+@final
+class ReconnectBufferFull(ConnectionClosed):
+    """A publish made while disconnected did not fit in ``reconnect_buffer_size``.
+
+    It is a `ConnectionClosed` because the connection being down is the cause: the message was
+    not queued, and publishing again once reconnected will work.
+    """
+
+
+@final
+class NoResponders(BrokerError):
+    """A request matched no subscriber at all; the server said so at once (status 503).
+
+    Distinct from a timeout (the caller's cancel scope): nobody was listening, so waiting longer
+    would not have helped.
+    """
+
+
+@final
+class PayloadTooLarge(BrokerError, ValueError):
+    """A payload (or the frame around it) is larger than the server accepts (WELCOME
+    ``max_payload`` / ``max_frame``); checked before sending, so nothing was sent.
+    """
+
+
+@final
+class BadSubject(BrokerError, SubjectError):
+    """A subject, pattern or queue name breaks the syntax rules (see `broker.subjects`).
+
+    Raised before sending when the client can tell; raised by a subscription's iterator when
+    the server refused its SUB (ERR ``bad_subject`` with a sid). Also a `SubjectError` and so a
+    `ValueError`.
+    """
+
+
+@final
+class BadSid(BrokerError):
+    """The server refused a subscription's sid (ERR ``bad_sid``); a client bug if ever seen."""
+
+
+@final
+class TooManySubscriptions(BrokerError):
+    """The server refused a SUB past its ``max_subscriptions``; that subscription failed, the
+    connection and the other subscriptions are unharmed.
+    """
+
+
+@final
+class MessagesDropped(BrokerError):
+    """The server dropped messages for this client under a drop policy (ERR
+    ``messages_dropped``). Reported to the ``on_error`` hook; nothing raises it.
+
+    Attributes:
+        dropped: Messages lost since the server's previous report.
+        total: Messages lost on this connection in all.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = ErrorCode.MESSAGES_DROPPED,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.dropped = _int_detail(self.details, "dropped")
+        self.total = _int_detail(self.details, "total")
+
+
+@final
+class SubscriptionClosed(BrokerError):
+    """``Subscription.next()`` on a subscription that ended normally: unsubscribed, drained, or
+    its ``max_msgs`` delivered. ``async for`` turns it into the end of the loop.
+    """
+
+
+def _int_detail(details: dict[str, Any], key: str) -> int:
+    value = details.get(key)
+    return value if type(value) is int else 0
+
+
+#: The class for each ERR code. Fatal codes map to `ConnectionClosed` or a subclass: after them
+#: the server closes the connection, and a test checks the two agree for every code.
+_CLASSES: Final[dict[ErrorCode, type[BrokerError]]] = {
+    ErrorCode.BAD_FRAME: ProtocolViolation,
+    ErrorCode.BAD_HANDSHAKE: ProtocolViolation,
+    ErrorCode.UNKNOWN_OP: ProtocolViolation,
+    ErrorCode.FRAME_TOO_LARGE: ProtocolViolation,
+    ErrorCode.PAYLOAD_TOO_LARGE: ProtocolViolation,
+    ErrorCode.INTERNAL_ERROR: ProtocolViolation,
+    ErrorCode.MAX_CONNECTIONS: ConnectionClosed,
+    ErrorCode.HANDSHAKE_TIMEOUT: ConnectionClosed,
+    ErrorCode.SLOW_CONSUMER: SlowConsumer,
+    ErrorCode.STALE_CONNECTION: StaleConnection,
+    ErrorCode.SHUTTING_DOWN: ServerShuttingDown,
+    ErrorCode.BAD_SUBJECT: BadSubject,
+    ErrorCode.BAD_SID: BadSid,
+    ErrorCode.TOO_MANY_SUBSCRIPTIONS: TooManySubscriptions,
+    ErrorCode.MESSAGES_DROPPED: MessagesDropped,
+}
+
+
+def error_from_wire(code: str, message: str, details: dict[str, Any] | None = None) -> BrokerError:
+    """Turn the fields of an ERR frame into the exception that reports it.
+
+    A code this client does not know becomes a plain `BrokerError` with ``code`` None and the
+    code in its message: a newer server may add codes, and whether the connection survives is
+    then learnt from the connection itself, not guessed.
+    """
+    try:
+        known = ErrorCode(code)
+    except ValueError:
+        return BrokerError(f"server error {code!r}: {message}", details=details)
+    return _CLASSES[known](message, code=known, details=details)
