@@ -292,6 +292,7 @@ class Subscription:
         "_max_msgs",
         "_messages",
         "_received",
+        "_server_dropped",
         "_signal",
         "max_pending",
         "max_pending_bytes",
@@ -322,6 +323,7 @@ class Subscription:
         self._bytes = 0
         self._received = 0
         self._dropped = 0
+        self._server_dropped = 0
         self._max_msgs: int | None = None
         self._ended = False
         self._error: BrokerError | None = None
@@ -335,8 +337,10 @@ class Subscription:
 
     @property
     def dropped(self) -> int:
-        """Messages discarded because the queue was full (``max_pending``/``max_pending_bytes``)."""
-        return self._dropped
+        """Messages lost: discarded here because the queue was full (``max_pending`` or
+        ``max_pending_bytes``), or by the broker's drop policy because this client read too
+        slowly (as it reports in ``messages_dropped``)."""
+        return self._dropped + self._server_dropped
 
     @property
     def received(self) -> int:
@@ -454,15 +458,25 @@ class Subscription:
             messages.append(message)
             self._bytes += size
             self._signal.fire()
-        if self._max_msgs is not None and self._received >= self._max_msgs:
-            # The server removed it after the same delivery; forget it here too.
+        self._check_max_msgs()
+
+    def _lost_at_server(self, count: int) -> None:
+        """The broker dropped `count` messages routed here; they count towards ``max_msgs``."""
+        self._server_dropped += count
+        self._check_max_msgs()
+
+    def _check_max_msgs(self) -> None:
+        # The server counts every message routed to the subscription, delivered or dropped by
+        # its policy, and removes it after the same one; forget it here too.
+        if self._max_msgs is not None and self._received + self._server_dropped >= self._max_msgs:
             self._client._forget(self)
             self._end()
 
     def _resubscribe_frames(self, encoder: Connection) -> list[bytes]:
         frames = [encoder.send(Sub(self.sid, self.subject, self.queue))]
         if self._max_msgs is not None:
-            frames.append(encoder.send(Unsub(self.sid, self._max_msgs - self._received)))
+            remaining = self._max_msgs - self._received - self._server_dropped
+            frames.append(encoder.send(Unsub(self.sid, remaining)))
         return frames
 
     def _end(self) -> None:
@@ -952,6 +966,8 @@ class Client:
                 self._queue_hook(self._options.on_shutting_down, error)
             link.end(error)
             return
+        if event.code == ErrorCode.MESSAGES_DROPPED:
+            self._credit_drops(error.details.get("sids"))
         sid = error.details.get("sid")
         if type(sid) is int:
             if sid == self._inbox_sid:
@@ -966,6 +982,16 @@ class Client:
                 sub._fail(error)
                 return
         self._report(error)
+
+    def _credit_drops(self, pairs: object) -> None:
+        """Tell each subscription how many of its messages the broker dropped."""
+        if type(pairs) is not list:
+            return
+        for pair in pairs:
+            if type(pair) is list and len(pair) == 2 and type(pair[0]) is type(pair[1]) is int:
+                sub = self._subs.get(pair[0])
+                if sub is not None:
+                    sub._lost_at_server(pair[1])
 
     def _report(self, error: BrokerError) -> None:
         if self._options.on_error is None:

@@ -44,6 +44,7 @@ __all__ = [
     "Welcome",
     "encode_msg_tail",
     "msg_head",
+    "msg_head_sid",
     "msg_prefix",
 ]
 
@@ -517,6 +518,12 @@ def encode_msg_tail(
 def msg_prefix(sid: int) -> bytes:
     """Encode the array head, op name and sid of a MSG; a subscription computes this once."""
     return _MSG_ARRAY_HEAD + _packb(sid)
+
+
+def msg_head_sid(head: bytes) -> int:
+    """The sid inside a `msg_head` (for the rare path that must attribute a dropped message)."""
+    sid: int = msgpack.unpackb(head[_HEADER_SIZE + len(_MSG_ARRAY_HEAD) :])
+    return sid
 
 
 def msg_head(prefix: bytes, tail_length: int) -> bytes:

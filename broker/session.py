@@ -37,6 +37,7 @@ from .protocol import (
     encode_frame,
     encode_msg_tail,
     msg_head,
+    msg_head_sid,
     msg_prefix,
 )
 from .routing import RoutingTable
@@ -190,11 +191,11 @@ class Outbox:
         if self._waiting:
             self._wake()
 
-    def drop_oldest(self, room: int) -> int:
-        """Discard the oldest messages until one of `room` bytes fits; return how many."""
+    def drop_oldest(self, room: int) -> list[bytes]:
+        """Discard the oldest messages until one of `room` bytes fits; return their heads."""
         frames = self._frames
         kept: list[bytes] = []
-        dropped = 0
+        dropped: list[bytes] = []
         while self.messages and (
             self.messages >= self.max_messages or self.bytes + room > self.max_bytes
         ):
@@ -205,7 +206,7 @@ class Outbox:
             tail = frames.popleft()
             self.messages -= 1
             self.bytes -= len(head) + len(tail)
-            dropped += 1
+            dropped.append(head)
         frames.extendleft(reversed(kept))
         return dropped
 
@@ -261,6 +262,7 @@ class Session:
         self.subs: dict[int, Subscription] = {}
         self.dropped_unreported = 0
         self.dropped_total = 0
+        self._dropped_by_sid: dict[int, int] = {}
         self._max_payload = config.max_payload
         self._policy = config.slow_consumer_policy
         self._fatal: tuple[ErrorCode, str] | None = None
@@ -542,29 +544,34 @@ class Session:
     # -- delivering (called from publishers' reader tasks) ----------------------------------
 
     def deliver(self, sub: Subscription, tail: bytes) -> int:
-        """Queue one MSG for `sub` without waiting; return 1 if queued, 0 if not."""
+        """Queue one MSG for `sub` without waiting; return 1 if queued, 0 if not.
+
+        A message a drop policy discards still counts towards the subscription's `max_msgs`:
+        the count is of messages routed to it, and the client learns of the loss per sid.
+        """
         if not self._accepting:
             return 0
         head = msg_head(sub.prefix, len(tail))
-        if not self.outbox.offer(head, tail) and not self._overflow(head, tail):
+        queued = self.outbox.offer(head, tail) or self._overflow(sub, head, tail)
+        if not queued and not self._accepting:
             return 0
         sub.delivered += 1
         if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
             self._remove(sub)
-        return 1
+        return 1 if queued else 0
 
-    def _overflow(self, head: bytes, tail: bytes) -> bool:
+    def _overflow(self, sub: Subscription, head: bytes, tail: bytes) -> bool:
         """Apply the slow-consumer policy to a frame that did not fit; True if it was queued."""
         policy = self._policy
         outbox = self.outbox
         if policy == "drop_newest":
-            self._dropped(1)
+            self._dropped([sub.sid])
             return False
         if policy == "drop_oldest":
-            self._dropped(outbox.drop_oldest(len(head) + len(tail)))
+            self._dropped([msg_head_sid(old) for old in outbox.drop_oldest(len(head) + len(tail))])
             if outbox.offer(head, tail):
                 return True
-            self._dropped(1)
+            self._dropped([sub.sid])
             return False
         self._mark_slow()
         self.fail(
@@ -574,10 +581,14 @@ class Session:
         )
         return False
 
-    def _dropped(self, count: int) -> None:
-        if not count:
+    def _dropped(self, sids: list[int]) -> None:
+        if not sids:
             return
+        count = len(sids)
         self._mark_slow()
+        by_sid = self._dropped_by_sid
+        for sid in sids:
+            by_sid[sid] = by_sid.get(sid, 0) + 1
         self.dropped_unreported += count
         self.dropped_total += count
         self.hub.counters.dropped_messages += count
@@ -680,12 +691,16 @@ class Session:
 
     def _report_drops(self) -> None:
         count = self.dropped_unreported
+        by_sid = sorted(self._dropped_by_sid.items())
         self.dropped_unreported = 0
+        self._dropped_by_sid = {}
+        # Pairs, not a map: map keys on the wire are str, and sids are ints.
+        details = {"dropped": count, "total": self.dropped_total, "sids": [list(p) for p in by_sid]}
         self.outbox.push_control(
             self._err_frame(
                 ErrorCode.MESSAGES_DROPPED,
                 f"{count} messages dropped: this client reads too slowly (policy {self._policy})",
-                {"dropped": count, "total": self.dropped_total},
+                details,
             )
         )
 

@@ -440,6 +440,30 @@ async def test_subject_limits_announced_by_the_server_are_checked_locally(
         assert client.is_connected
 
 
+async def test_max_msgs_ends_when_the_broker_dropped_some_of_them(nursery: trio.Nursery) -> None:
+    # Under drop_oldest the broker counts every message routed to the subscription towards
+    # max_msgs and reports the ones it dropped per sid, so the iterator still ends.
+    server = await start_broker(nursery, slow_consumer_policy="drop_oldest", max_pending_messages=2)
+    hooks = Hooks()
+    async with (
+        connect(server.url, name="slow", **hooks.kwargs()) as slow,
+        connect(server.url) as fast,
+    ):
+        sub = slow.subscribe("tick")
+        sub.unsubscribe(max_msgs=5)
+        await slow.flush()
+        server.stall_client("slow")
+        for i in range(5):
+            await fast.publish("tick", b"%d" % i)
+            await fast.flush()
+        server.resume_client("slow")
+        with trio.fail_after(2):
+            got = [message.payload async for message in sub]
+        assert got == [b"3", b"4"]  # the oldest three were dropped to make room
+        assert sub.dropped == 3
+        assert isinstance(hooks.errors[0], MessagesDropped)
+
+
 async def test_server_drops_are_reported_to_on_error(nursery: trio.Nursery) -> None:
     server = await start_broker(nursery, slow_consumer_policy="drop_newest", max_pending_messages=1)
     hooks = Hooks()
