@@ -86,6 +86,7 @@ from .protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Connection,
+    Encoder,
     Err,
     ErrorCode,
     Event,
@@ -472,7 +473,7 @@ class Subscription:
             self._client._forget(self)
             self._end()
 
-    def _resubscribe_frames(self, encoder: Connection) -> list[bytes]:
+    def _resubscribe_frames(self, encoder: Encoder) -> list[bytes]:
         frames = [encoder.send(Sub(self.sid, self.subject, self.queue))]
         if self._max_msgs is not None:
             remaining = self._max_msgs - self._received - self._server_dropped
@@ -563,8 +564,7 @@ class Client:
         # Frames are encoded once, when queued, whichever connection ends up carrying them, so
         # one codec encodes for every connection. The handshake frame goes through each
         # connection's own codec; this one is told a HELLO went first so it accepts the rest.
-        self._encoder = Connection(Role.CLIENT)
-        self._encoder.send(Hello({}))
+        self._encoder = Encoder(Role.CLIENT)
         self._ping_frame = _Control(self._encoder.send(Ping()))
         self._pong_frame = _Control(self._encoder.send(Pong()))
         self._info: dict[str, Any] = {}

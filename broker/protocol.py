@@ -27,6 +27,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Connection",
+    "Encoder",
     "Err",
     "ErrorCode",
     "Event",
@@ -535,6 +536,42 @@ def msg_head(prefix: bytes, tail_length: int) -> bytes:
     return _pack_header(len(prefix) + tail_length) + prefix
 
 
+def _encode_checked(event: Event, role: Role, max_frame: int) -> bytes:
+    kind = type(event)
+    if kind not in _SENDABLE[role]:
+        raise LocalProtocolError(ErrorCode.BAD_FRAME, f"a {role.value} cannot send {kind.__name__}")
+    items = _event_items(event)
+    their_role = Role.CLIENT if role is Role.SERVER else Role.SERVER
+    problem = _PARSERS[their_role][items[0]](list(items))
+    if type(problem) is str:
+        raise LocalProtocolError(ErrorCode.BAD_FRAME, problem)
+    data = _encode(items)
+    if len(data) - _HEADER_SIZE > max_frame:
+        raise LocalProtocolError(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"frame of {len(data) - _HEADER_SIZE} bytes exceeds the limit of {max_frame} bytes",
+        )
+    return data
+
+
+@final
+class Encoder:
+    """Checks and encodes events one role sends, with no handshake state.
+
+    For a client that keeps one encoder across reconnections and frames its messages before it
+    knows which connection will carry them; `Connection.send` does the same checks plus the
+    handshake order.
+    """
+
+    def __init__(self, role: Role, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.role = role
+        self.max_frame = max_frame
+
+    def send(self, event: Event) -> bytes:
+        """Encode one event as a frame; `LocalProtocolError` if it breaks the contract."""
+        return _encode_checked(event, self.role, self.max_frame)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -717,13 +754,8 @@ class Connection:
     def send(self, event: Event) -> bytes:
         """Encode one event as a frame; `LocalProtocolError` if this role may not send it."""
         kind = type(event)
-        if kind not in self._sendable:
-            raise LocalProtocolError(
-                ErrorCode.BAD_FRAME,
-                f"a {self.our_role.value} cannot send {kind.__name__}",
-            )
         opening = self._our_opening
-        if opening is not None:
+        if opening is not None and kind in self._sendable:
             if kind not in opening:
                 raise LocalProtocolError(
                     ErrorCode.BAD_HANDSHAKE,
@@ -731,18 +763,7 @@ class Connection:
                     f"{_OP_NAMES[opening[0]]}, not {_OP_NAMES[kind]}",
                 )
             self._our_opening = None
-        items = _event_items(event)
-        problem = _PARSERS[self.their_role][items[0]](list(items))
-        if type(problem) is str:
-            raise LocalProtocolError(ErrorCode.BAD_FRAME, problem)
-        data = _encode(items)
-        if len(data) - _HEADER_SIZE > self.max_frame:
-            raise LocalProtocolError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"frame of {len(data) - _HEADER_SIZE} bytes exceeds the limit of "
-                f"{self.max_frame} bytes",
-            )
-        return data
+        return _encode_checked(event, self.our_role, self.max_frame)
 
 
 def _describe(value: object) -> str:

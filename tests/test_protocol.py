@@ -15,6 +15,7 @@ from broker.protocol import (
     FATAL_ERRORS,
     NEED_DATA,
     Connection,
+    Encoder,
     Err,
     ErrorCode,
     Event,
@@ -336,3 +337,15 @@ def test_arbitrary_arrays_only_ever_yield_valid_events_or_remote_errors(
     del client
     again.receive_data(b"".join(encode_frame(event) for event in events))
     assert again.events() == events
+
+
+def test_encoder_checks_like_send_but_needs_no_handshake() -> None:
+    encoder = Encoder(Role.CLIENT, max_frame=64)
+    assert encoder.send(Pub("a", b"x")) == encode_frame(Pub("a", b"x"))
+    with pytest.raises(LocalProtocolError):
+        encoder.send(Pub("a", "text"))  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        encoder.send(Msg(1, "a", b""))  # a client never sends MSG
+    with pytest.raises(LocalProtocolError) as info:
+        encoder.send(Pub("a", b"x" * 100))
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
