@@ -1,0 +1,884 @@
+"""The client for threaded code and scripts: ``broker.sync.connect(url)``, no ``async`` needed.
+
+Example::
+
+    from broker import sync
+
+    with sync.connect("tcp://127.0.0.1:5878") as client:
+        with client.subscribe("greetings.*") as sub:
+            client.publish("greetings.world", b"hello")
+            print(sub.next(timeout=1.0).payload)
+        print(client.request("time.now", b"", timeout=2.0).payload)
+
+Rather than a second implementation of the protocol, each `SyncClient` runs one async
+`broker.Client` on a Trio loop in a background thread of its own, so reconnection, keepalive,
+limits and typed errors behave exactly as they do for async code:
+
+- **Calls hop to the client's thread.** Every method may be called from any thread, at the same
+  time. Non-blocking operations (``publish``, ``subscribe``, ``unsubscribe``) run there with
+  `trio.from_thread.run_sync`; blocking ones (``request``, ``flush``, ``drain``, and ``publish``
+  while the write buffer is full) with `trio.from_thread.run`. A call returns once the client's
+  thread has done it, so what one thread does is ordered as it was called, and errors come out
+  as the same typed exceptions from `broker.errors` (never `ExceptionGroup` s). The hop costs
+  tens of microseconds per call; no network I/O happens in the caller's thread.
+- **Deliveries cross by queue.** A task in the client's thread moves each subscription's
+  messages into a thread-safe queue of its own, so `SyncSubscription.next` is a plain,
+  timeout-bounded wait on a condition variable. The task only asks the async subscription for
+  more once the consumer has emptied that queue (and come back for more, when it iterates), so
+  the async side's bound (``max_pending``) and drop counting still apply while the consumer is
+  busy, and `SyncClient.drain` still waits until the consumer has finished what it took.
+- **Timeouts are parameters**, unlike the async client's cancel scopes, since threads have none;
+  running out raises the builtin `TimeoutError`.
+- **Hooks** (``on_disconnected`` and the rest, as for `broker.connect`) are plain callables run
+  one at a time, in order, in a worker thread, so they may call this client's methods.
+
+Lifetime: `close` (or leaving the ``with`` block) writes what is queued, stops the thread and
+joins it; it is idempotent. The thread is a daemon thread, so a client that is never closed
+cannot keep the interpreter from exiting, and an `atexit` hook closes such clients gracefully, so
+a script that forgets `close` still sends what it published. No ``__del__`` is involved: the
+thread keeps the client alive until it is closed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, TypeVar, final
+
+import anyio
+import trio
+
+from .client import (
+    CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_PINGS_OUTSTANDING,
+    DEFAULT_MAX_RECONNECT_DELAY,
+    DEFAULT_RECONNECT_BUFFER_SIZE,
+    DEFAULT_RECONNECT_DELAY,
+    DEFAULT_WRITE_BUFFER_SIZE,
+    Client,
+    Message,
+    Payload,
+    Subscription,
+)
+from .client import connect as _connect_async
+from .errors import (
+    BrokerError,
+    ConnectionClosed,
+    ServerShuttingDown,
+    SubscriptionClosed,
+)
+
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_FLUSH_TIMEOUT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "SyncClient",
+    "SyncMessage",
+    "SyncSubscription",
+    "connect",
+]
+
+log = logging.getLogger("broker.sync")
+
+#: Seconds `SyncClient.request` waits for a reply by default.
+DEFAULT_REQUEST_TIMEOUT: Final = 2.0
+#: Seconds `SyncClient.flush` waits for the server's PONG by default.
+DEFAULT_FLUSH_TIMEOUT: Final = 5.0
+#: Seconds `SyncClient.drain` waits for consumers by default before closing anyway.
+DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+#: Seconds `SyncClient.close` waits for the client's thread beyond the graceful close itself.
+_JOIN_MARGIN: Final = 3.0
+
+T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
+
+
+def _again(error: E) -> E:
+    """A fresh copy of a stored error, so raising it in many threads does not pile up tracebacks."""
+    clone = copy.copy(error)
+    clone.__cause__ = error.__cause__
+    return clone
+
+
+def _check_timeout(name: str, timeout: float | None) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, or None, got {timeout!r}")
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class SyncMessage:
+    """One message delivered to a `SyncSubscription`, or the reply to `SyncClient.request`.
+
+    The same fields as `broker.Message`, with a blocking `respond`: the async message's
+    ``respond`` returns a coroutine, which sync code would silently never run.
+
+    Attributes:
+        subject: The subject it was published to (not the pattern that matched it).
+        payload: The bytes published.
+        headers: The publisher's headers; empty when there were none.
+        reply_to: Where the publisher wants an answer (set for requests), else None.
+    """
+
+    subject: str
+    payload: bytes
+    headers: Mapping[str, str]
+    reply_to: str | None
+    _client: SyncClient = field(repr=False)
+
+    def respond(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
+        """Publish `payload` to this message's ``reply_to``: the answer to a request.
+
+        Raises:
+            ValueError: The message has no ``reply_to``; nobody asked for an answer.
+            ConnectionClosed, PayloadTooLarge: As `SyncClient.publish`.
+        """
+        if self.reply_to is None:
+            raise ValueError(
+                f"message on {self.subject!r} has no reply_to, so there is nobody to respond to"
+            )
+        self._client.publish(self.reply_to, payload, headers=headers)
+
+
+def _wrap(message: Message, client: SyncClient) -> SyncMessage:
+    return SyncMessage(message.subject, message.payload, message.headers, message.reply_to, client)
+
+
+@final
+class SyncSubscription:
+    """Messages matching one pattern, queued for consuming threads; made by `SyncClient.subscribe`.
+
+    Take messages with `next` (bounded by a timeout) or iterate with ``for``. Several threads
+    may consume one subscription; each message goes to one of them. Using it as a context
+    manager unsubscribes on exit.
+
+    Bounds: while the consumer is busy, up to ``max_pending`` messages (and
+    ``max_pending_bytes`` of payload) wait in the client; past that the newest are dropped and
+    counted in `dropped`, because waiting would stall every other subscription. Messages
+    already moved to this queue (at most one such batch, taken when the consumer came back for
+    more) are counted in `pending` but not against the bound.
+
+    The iterator ends, and `next` raises `SubscriptionClosed`, after `unsubscribe`, after
+    ``max_msgs`` deliveries, or once the client is closed or drained, when the queued messages
+    are taken. They raise instead when the subscription failed: the server refused it
+    (`BadSubject`, `TooManySubscriptions`) or the connection is gone for good
+    (`ConnectionClosed`, with reconnection off or given up).
+    """
+
+    __slots__ = (
+        "_client",
+        "_cond",
+        "_error",
+        "_finished",
+        "_holders",
+        "_idle_event",
+        "_messages",
+        "_sub",
+        "max_pending",
+        "max_pending_bytes",
+        "queue",
+        "sid",
+        "subject",
+    )
+
+    def __init__(self, client: SyncClient, sub: Subscription) -> None:
+        self._client = client
+        #: The async subscription; touched only in the client's thread.
+        self._sub = sub
+        #: The subscription id on the wire.
+        self.sid = sub.sid
+        #: The pattern subscribed to.
+        self.subject = sub.subject
+        #: The queue group, or None.
+        self.queue = sub.queue
+        self.max_pending = sub.max_pending
+        self.max_pending_bytes = sub.max_pending_bytes
+        # Everything below is guarded by the condition's lock.
+        self._cond = threading.Condition()
+        self._messages: deque[SyncMessage] = deque()
+        #: Threads that took a message by iterating and have not come back for the next one:
+        #: drain waits for them, so a responder can answer the last request it took.
+        self._holders: set[int] = set()
+        #: Set once no more messages will be added; `_error` says whether it failed.
+        self._finished = False
+        self._error: BrokerError | None = None
+        #: Set by the pump when it waits for the consumers to be idle before taking more.
+        self._idle_event: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        queue = "" if self.queue is None else f" queue={self.queue!r}"
+        return f"<SyncSubscription {self.sid} {self.subject!r}{queue}>"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Messages queued for the consumers and not yet taken."""
+        with self._cond:
+            here = len(self._messages)
+        return here + self._client._peek(lambda: self._sub.pending)
+
+    @property
+    def dropped(self) -> int:
+        """Messages lost because the consumers fell behind (see `broker.Subscription.dropped`)."""
+        return self._client._peek(lambda: self._sub.dropped)
+
+    @property
+    def received(self) -> int:
+        """Messages the server delivered to this subscription, including dropped ones."""
+        return self._client._peek(lambda: self._sub.received)
+
+    @property
+    def active(self) -> bool:
+        """Whether messages may still arrive (not unsubscribed, ended or failed)."""
+        with self._cond:
+            if self._finished:
+                return False
+        return self._client._peek(lambda: self._sub.active)
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def next(self, timeout: float | None = 1.0) -> SyncMessage:
+        """Wait up to `timeout` seconds for the next message and return it.
+
+        Args:
+            timeout: Seconds to wait; 0 only takes what is already queued, None waits forever.
+
+        Raises:
+            TimeoutError: Nothing arrived in time.
+            SubscriptionClosed: The subscription ended normally and nothing is left queued.
+            BrokerError: The subscription failed (see the class docstring); queued messages are
+                still handed out first.
+        """
+        _check_timeout("timeout", timeout)
+        return self._take(timeout, hold=False)
+
+    def __iter__(self) -> Iterator[SyncMessage]:
+        return self
+
+    def __next__(self) -> SyncMessage:
+        try:
+            return self._take(None, hold=True)
+        except SubscriptionClosed:
+            raise StopIteration from None
+
+    def _take(self, timeout: float | None, *, hold: bool) -> SyncMessage:
+        me = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            # Coming back for more means the message taken before is finished with.
+            self._holders.discard(me)
+            messages = self._messages
+            if not messages:
+                self._wake_pump_if_idle()
+            while not messages:
+                if self._finished:
+                    if self._error is not None:
+                        raise _again(self._error)
+                    raise SubscriptionClosed(
+                        f"subscription {self.sid} to {self.subject!r} has ended"
+                    )
+                if deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"no message on {self.subject!r} within {timeout} s "
+                        f"(subscription {self.sid})"
+                    )
+                self._cond.wait(remaining)
+            message = messages.popleft()
+            if hold:
+                self._holders.add(me)
+            elif not messages:
+                self._wake_pump_if_idle()
+            return message
+
+    def _wake_pump_if_idle(self) -> None:
+        """With the lock held: let the pump take more once nothing is queued or held here."""
+        event = self._idle_event
+        if event is not None and not self._messages and not self._holders:
+            self._idle_event = None
+            self._client._soon(event.set)
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def unsubscribe(self, max_msgs: int | None = None) -> None:
+        """Stop this subscription, now or after ``max_msgs`` deliveries in total.
+
+        With no argument delivery stops at once and queued messages are discarded; with
+        ``max_msgs`` it ends after that many messages in all (see
+        `broker.Subscription.unsubscribe`). Does nothing on an ended subscription or a closed
+        client.
+
+        Raises:
+            ValueError: ``max_msgs`` is not a non-negative int.
+        """
+        if max_msgs is not None and (type(max_msgs) is not int or max_msgs < 0):
+            raise ValueError(f"max_msgs must be a non-negative int or None, got {max_msgs!r}")
+        try:
+            self._client._run_sync(self._unsubscribe, max_msgs)
+        except ConnectionClosed:
+            # The client is closed: nothing more arrives anyway.
+            if max_msgs is None:
+                self._finish(None, discard=True)
+
+    def _unsubscribe(self, max_msgs: int | None) -> None:
+        # In the client's thread, so no message slips between the two steps.
+        self._sub.unsubscribe(max_msgs)
+        if max_msgs is None:
+            self._finish(None, discard=True)
+
+    def __enter__(self) -> SyncSubscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.unsubscribe()
+
+    # -- called in the client's thread ---------------------------------------------------------
+
+    def _put(self, message: SyncMessage, *, wait: bool) -> trio.Event | None:
+        """Queue one message; if `wait`, return an event set once the consumers are idle."""
+        with self._cond:
+            self._messages.append(message)
+            self._cond.notify()
+            if not wait:
+                return None
+            self._idle_event = event = trio.Event()
+            return event
+
+    def _finish(self, error: BrokerError | None, *, discard: bool = False) -> None:
+        with self._cond:
+            if discard:
+                self._messages.clear()
+                self._holders.clear()
+            if not self._finished:
+                self._finished = True
+                self._error = error
+            event = self._idle_event
+            self._idle_event = None
+            self._cond.notify_all()
+        if event is not None:
+            self._client._soon(event.set)
+
+
+class _Abort(Exception):
+    """Raised inside the client's ``async with`` block to close at once, without flushing."""
+
+
+#: Clients not closed yet; closed at interpreter exit so their queued publishes are sent.
+_live: set[SyncClient] = set()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _close_forgotten() -> None:
+    with _live_lock:
+        forgotten = list(_live)
+    for client in forgotten:
+        try:
+            client.close()
+        except Exception:
+            log.exception("closing %r at exit failed", client)
+
+
+@final
+class SyncClient:
+    """A connection to one broker for threaded code; made by `connect`.
+
+    Every method may be called from any thread at the same time, except from this client's own
+    thread (no user code runs there: hooks run in worker threads). Methods raise
+    `ConnectionClosed` once the client is closed, or its connection broke and reconnection is
+    off or gave up; while a reconnection is under way they keep working as the async client's
+    do (publishes are buffered, requests and flushes wait).
+    """
+
+    def __init__(self, connector: AbstractAsyncContextManager[Client]) -> None:
+        self._connector = connector
+        self._thread = threading.Thread(
+            target=self._thread_main, name="broker-sync-client", daemon=True
+        )
+        self._started = threading.Event()
+        self._startup_error: BaseException | None = None
+        # Set in the client's thread before _started, read-only afterwards.
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._client: Client | None = None
+        self._pumps: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self._lock = threading.Lock()
+        #: close or drain was called: subscriptions end rather than fail.
+        self._closing = False
+        self._abort = False
+        self._url = ""
+
+    def __repr__(self) -> str:
+        if not self._thread.is_alive():
+            state = "closed"
+        elif self._closing:
+            state = "closing"
+        else:
+            state = "open"
+        return f"<SyncClient {self._url} {state}>"
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The broker's address, as ``tcp://host:port``."""
+        return self._url
+
+    @property
+    def server_info(self) -> Mapping[str, Any]:
+        """The WELCOME info of the current (or last) connection: limits, ids, ping interval."""
+        return self._peek(self._copy_info)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether a connection is up now (False while reconnecting and once closed)."""
+        return self._peek(lambda: self._async.is_connected)
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the client is closed for good: by us, or reconnection is off or gave up."""
+        return self._peek(lambda: self._async.is_closed)
+
+    # -- publishing and requests ---------------------------------------------------------------
+
+    def publish(
+        self,
+        subject: str,
+        payload: Payload,
+        *,
+        reply_to: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue one message for the writer; waits only while the write buffer is full.
+
+        Returns once the message is queued in the client's thread (no network I/O here), so
+        messages one thread publishes go out in order, and `flush` after it covers it.
+
+        Raises:
+            BadSubject: ``subject`` or ``reply_to`` is not a valid concrete subject.
+            PayloadTooLarge: ``payload`` (or the whole frame) exceeds the server's limits.
+            TypeError: ``payload`` is not bytes-like, or a header is not str to str.
+            ReconnectBufferFull: Disconnected, and the reconnect buffer has no room.
+            ConnectionClosed: The client is closed.
+        """
+        client = self._async
+        try:
+            self._run_sync(
+                functools.partial(
+                    client.publish_nowait, subject, payload, reply_to=reply_to, headers=headers
+                )
+            )
+        except anyio.WouldBlock:
+            # Backpressure: wait in the client's thread until the writer makes room.
+            self._run_async(
+                functools.partial(
+                    client.publish, subject, payload, reply_to=reply_to, headers=headers
+                )
+            )
+
+    def request(
+        self,
+        subject: str,
+        payload: Payload,
+        *,
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+    ) -> SyncMessage:
+        """Publish a request and wait up to `timeout` seconds for the first reply.
+
+        Returns:
+            The reply; ``reply.payload`` is the answer.
+
+        Raises:
+            NoResponders: Nothing subscribes to ``subject``; raised as soon as the server says so.
+            TimeoutError: No reply within `timeout` (None waits forever).
+            ConnectionClosed: The connection broke after the request was sent, or the client is
+                closed or draining.
+            BadSubject, PayloadTooLarge, TypeError, ReconnectBufferFull: As `publish`.
+        """
+        _check_timeout("timeout", timeout)
+        client = self._async
+
+        async def request() -> Message:
+            with trio.move_on_after(float("inf") if timeout is None else timeout):
+                return await client.request(subject, payload, headers=headers)
+            raise TimeoutError(f"no reply to a request on {subject!r} within {timeout} s")
+
+        return _wrap(self._run_async(request), self)
+
+    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT) -> None:
+        """Round trip a PING: when it returns, the server has processed everything sent before.
+
+        Messages routed to this client before that point are queued in its subscriptions
+        (counted in `SyncSubscription.pending`). While reconnecting, waits for the connection.
+
+        Raises:
+            TimeoutError: No PONG within `timeout` seconds (None waits forever).
+            ConnectionClosed: The connection broke before the PONG, or the client is closed.
+        """
+        _check_timeout("timeout", timeout)
+        client = self._async
+
+        async def flush() -> None:
+            with trio.move_on_after(float("inf") if timeout is None else timeout):
+                await client.flush()
+                return
+            raise TimeoutError(f"no PONG from {client.url} within {timeout} s")
+
+        self._run_async(flush)
+
+    # -- subscribing ---------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    ) -> SyncSubscription:
+        """Subscribe to a pattern; messages start queueing at once.
+
+        Use the result with ``with`` to unsubscribe on exit. To be sure the server has the
+        subscription before another client publishes, call `flush`.
+
+        Args:
+            pattern: ``*`` matches one token, a final ``>`` one or more.
+            queue: A queue group name: each message goes to one member of the group.
+            max_pending: Messages queued while the consumer is busy before the newest are
+                dropped.
+            max_pending_bytes: Payload bytes queued before the newest are dropped.
+
+        Raises:
+            BadSubject: The pattern or queue name is invalid.
+            ValueError: A bound is not a positive int.
+            ConnectionClosed: The client is closed or draining.
+        """
+        return self._run_sync(self._subscribe, pattern, queue, max_pending, max_pending_bytes)
+
+    def _subscribe(
+        self, pattern: str, queue: str | None, max_pending: int, max_pending_bytes: int
+    ) -> SyncSubscription:
+        pumps = self._pumps
+        if self._closing or pumps is None:
+            raise ConnectionClosed("the client is closing: no new subscriptions")
+        sub = self._async.subscribe(
+            pattern, queue=queue, max_pending=max_pending, max_pending_bytes=max_pending_bytes
+        )
+        sync_sub = SyncSubscription(self, sub)
+        pumps.start_soon(self._pump, sync_sub, name=f"pump {sub.sid} {pattern!r}")
+        return sync_sub
+
+    async def _pump(self, sync_sub: SyncSubscription) -> None:
+        """Move one subscription's messages to its thread-safe queue, in the client's thread.
+
+        Taking a message from the async subscription marks it "held" until the next take, and
+        the async drain waits for held messages. So when the async queue is empty, the pump asks
+        for more only once the consumers have emptied the sync queue and come back: until then
+        the async side counts as busy, exactly as the consumers are.
+        """
+        sub = sync_sub._sub
+        error: BrokerError | None = None
+        try:
+            while True:
+                try:
+                    message = await anext(sub)
+                except StopAsyncIteration:
+                    break
+                idle = sync_sub._put(_wrap(message, self), wait=sub.pending == 0)
+                if idle is not None:
+                    await idle.wait()
+        except BrokerError as failure:
+            # Our own close or drain ends subscriptions; anything else is worth raising.
+            if not self._closing:
+                error = failure
+        finally:
+            sync_sub._finish(error)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def drain(self, timeout: float | None = DEFAULT_DRAIN_TIMEOUT) -> None:
+        """Stop every subscription, let consumers finish what they took, flush, then close.
+
+        As `broker.Client.drain`: new subscriptions and requests are refused from the start,
+        publishing still works (so responders can answer), and the client closes once every
+        queue is empty and every thread iterating a subscription has come back for more (or
+        left its ``with`` block). A thread that takes messages with `next` holds nothing, so
+        responders should iterate. Then the thread is joined, as in `close`.
+
+        Raises:
+            TimeoutError: Consumers did not finish within `timeout` seconds (None waits
+                forever); the client is closed anyway.
+        """
+        _check_timeout("timeout", timeout)
+        with self._lock:
+            if self._closing:
+                already = True
+            else:
+                already = False
+                self._closing = True
+        if already:
+            self.close()
+            return
+        client = self._async
+
+        async def drain() -> None:
+            with trio.move_on_after(float("inf") if timeout is None else timeout):
+                await client.drain()
+                return
+            raise TimeoutError(
+                f"drain did not finish within {timeout} s: consumers still hold messages"
+            )
+
+        try:
+            self._run_async(drain)
+        except ConnectionClosed:
+            pass  # Closed meanwhile: there is nothing left to drain.
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the client: write what is queued, stop its thread and join it.
+
+        Idempotent, and safe to call from any thread, also concurrently. Subscriptions end (their
+        iterators stop); requests still waiting raise `ConnectionClosed`. To know the server
+        processed everything, `flush` (or `drain`) first.
+
+        Raises:
+            RuntimeError: Called from the client's own thread.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a SyncClient cannot be closed from its own thread")
+        with self._lock:
+            self._closing = True
+        self._stop_soon()
+        self._thread.join(CLOSE_TIMEOUT + _JOIN_MARGIN)
+        if self._thread.is_alive():
+            log.warning("the thread of %r did not stop in time; abandoning it", self)
+        with _live_lock:
+            _live.discard(self)
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            # The block failed: close at once rather than flush into a possibly dead peer.
+            self._abort = True
+        self.close()
+
+    # -- the client's thread -------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with _live_lock:
+            _live.add(self)
+        self._thread.start()
+        self._started.wait()
+        error = self._startup_error
+        if error is not None:
+            self._thread.join()
+            with _live_lock:
+                _live.discard(self)
+            raise error
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as error:
+            if self._started.is_set():
+                log.exception("the thread of %r failed", self)
+            else:
+                self._startup_error = error
+        finally:
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        try:
+            async with self._connector as client:
+                self._client = client
+                self._url = client.url
+                async with trio.open_nursery() as pumps:
+                    self._pumps = pumps
+                    self._started.set()
+                    await self._stop.wait()
+                    pumps.cancel_scope.cancel()
+                if self._abort:
+                    raise _Abort
+        except _Abort:
+            pass
+
+    def _stop_soon(self) -> None:
+        stop = self._stop
+        if stop is not None:
+            self._soon(stop.set)
+
+    def _soon(self, fn: Callable[[], object]) -> None:
+        """Run `fn` in the client's thread soon, unless that thread has finished."""
+        token = self._token
+        if token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(fn)
+
+    @property
+    def _async(self) -> Client:
+        client = self._client
+        if client is None:
+            raise ConnectionClosed("the client is not connected")
+        return client
+
+    def _copy_info(self) -> Mapping[str, Any]:
+        return MappingProxyType(dict(self._async.server_info))
+
+    def _check_caller(self) -> trio.lowlevel.TrioToken:
+        token = self._token
+        if token is None:
+            raise ConnectionClosed("the client is not connected")
+        return token
+
+    def _run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call `fn(*args)` in the client's thread and return its result or raise its error."""
+        token = self._check_caller()
+        try:
+            return trio.from_thread.run_sync(fn, *args, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            raise ConnectionClosed("the client was closed") from None
+
+    def _run_async(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await `fn()` in the client's thread and return its result or raise its error."""
+        token = self._check_caller()
+        try:
+            return trio.from_thread.run(fn, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            raise ConnectionClosed("the client was closed") from None
+
+    def _peek(self, fn: Callable[[], T]) -> T:
+        """Read state in the client's thread; once that thread is done, nothing changes it, so
+        read it here."""
+        try:
+            return self._run_sync(fn)
+        except ConnectionClosed:
+            return fn()
+
+
+def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Awaitable[None]] | None:
+    """Run a sync hook in a worker thread, where it may call the client's blocking methods.
+
+    Abandoned when the client closes, so a hook that blocks cannot hold up `SyncClient.close`.
+    """
+    if hook is None:
+        return None
+
+    async def run_hook(*args: object) -> None:
+        await trio.to_thread.run_sync(
+            functools.partial(hook, *args), abandon_on_cancel=True, thread_name="broker hook"
+        )
+
+    return run_hook
+
+
+def connect(
+    url: str,
+    *,
+    name: str | None = None,
+    echo: bool = True,
+    token: str | None = None,
+    reconnect: bool = True,
+    max_reconnect_attempts: int | None = None,
+    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+    max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
+    reconnect_buffer_size: int = DEFAULT_RECONNECT_BUFFER_SIZE,
+    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ping_interval: float | None = None,
+    max_pings_outstanding: int = DEFAULT_MAX_PINGS_OUTSTANDING,
+    on_disconnected: Callable[[ConnectionClosed], object] | None = None,
+    on_reconnected: Callable[[], object] | None = None,
+    on_shutting_down: Callable[[ServerShuttingDown], object] | None = None,
+    on_error: Callable[[BrokerError], object] | None = None,
+) -> SyncClient:
+    """Connect to a broker from sync code; returns once connected (or raises).
+
+    Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
+    options are those of `broker.connect`; the hooks are plain callables, run one at a time in
+    a worker thread (see the module docstring).
+
+    Args:
+        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
+        name: Shown in the server's logs.
+        echo: Whether this client receives its own publishes.
+        token: Sent in HELLO, reserved for authentication.
+        reconnect: Reconnect when a live connection breaks (the first connection is not
+            retried: a wrong address should fail loudly).
+        max_reconnect_attempts: Attempts per outage before giving up; None for no limit.
+        reconnect_delay: First delay before an attempt, in seconds; doubles per failure.
+        max_reconnect_delay: Upper bound on that delay.
+        reconnect_buffer_size: Bytes of encoded publishes kept while disconnected.
+        write_buffer_size: Queued bytes above which `SyncClient.publish` waits.
+        connect_timeout: Seconds each connection attempt may take, handshake included.
+        ping_interval: Seconds between our PINGs; None takes the server's from WELCOME.
+        max_pings_outstanding: Unanswered PINGs after which the connection is dead.
+        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
+        on_reconnected: Called once a new connection is up and resubscribed.
+        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
+        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`).
+
+    Raises:
+        ValueError: A bad URL or option (at once, before connecting).
+        ConnectionClosed: The connection or handshake failed; the server's refusal (e.g.
+            ``max_connections``) is in its ``code``.
+    """
+    # Validates every option here, in the caller's thread; connecting happens in the client's.
+    connector = _connect_async(
+        url,
+        name=name,
+        echo=echo,
+        token=token,
+        reconnect=reconnect,
+        max_reconnect_attempts=max_reconnect_attempts,
+        reconnect_delay=reconnect_delay,
+        max_reconnect_delay=max_reconnect_delay,
+        reconnect_buffer_size=reconnect_buffer_size,
+        write_buffer_size=write_buffer_size,
+        connect_timeout=connect_timeout,
+        ping_interval=ping_interval,
+        max_pings_outstanding=max_pings_outstanding,
+        on_disconnected=_in_worker_thread(on_disconnected),
+        on_reconnected=_in_worker_thread(on_reconnected),
+        on_shutting_down=_in_worker_thread(on_shutting_down),
+        on_error=_in_worker_thread(on_error),
+    )
+    client = SyncClient(connector)
+    client._start()
+    return client

@@ -1,0 +1,554 @@
+"""The thread-backed client (`broker.sync`) against a real broker, from plain threads.
+
+The broker runs in a background thread with its own Trio loop; the tests are plain functions
+(pytest-trio's trio_mode only takes ``async def`` tests), and each client runs its own loop in
+a thread of its own, as in a program with no async code at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+import trio
+
+from broker import sync
+from broker.config import Config
+from broker.errors import (
+    BadSubject,
+    ConnectionClosed,
+    NoResponders,
+    PayloadTooLarge,
+    ServerShuttingDown,
+    SubscriptionClosed,
+)
+from broker.server import Server
+from broker.stats import Statistics
+
+pytestmark = pytest.mark.timeout(15)
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Bound on every wait in these tests, in seconds.
+WAIT = 5.0
+FAST: dict[str, Any] = {"reconnect_delay": 0.01, "max_reconnect_delay": 0.05}
+
+
+class BrokerThread:
+    """A broker on 127.0.0.1 in a background thread running its own Trio loop.
+
+    Every method blocks until done and may be called from any other thread.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        self._config = config
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="broker", daemon=True)
+        self._failure: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop: trio.Event | None = None
+        self.server: Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> BrokerThread:
+        self._thread.start()
+        if not self._ready.wait(WAIT):
+            raise RuntimeError("the broker thread did not start")
+        if self._failure is not None:
+            raise RuntimeError("the broker thread failed") from self._failure
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            with contextlib.suppress(trio.RunFinishedError):  # It stopped by itself.
+                trio.from_thread.run_sync(self._stop_all, trio_token=self._token)
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive(), "the broker thread did not stop"
+        if self._failure is not None:
+            raise RuntimeError("the broker thread failed") from self._failure
+
+    def statistics(self) -> Statistics:
+        assert self._token is not None
+        return trio.from_thread.run_sync(self._server().statistics, trio_token=self._token)
+
+    def wait_for(self, condition: Callable[[Statistics], bool]) -> Statistics:
+        """Poll the server's statistics until `condition` holds, bounded by WAIT."""
+        deadline = time.monotonic() + WAIT
+        while not condition(stats := self.statistics()):
+            assert time.monotonic() < deadline, f"condition never held: {stats}"
+            time.sleep(0.005)
+        return stats
+
+    def shutdown_server(self) -> None:
+        """Shut the current server down gracefully and wait until it has stopped."""
+        assert self._token is not None
+        trio.from_thread.run(self._shutdown_server, trio_token=self._token)
+
+    def start_server(self) -> None:
+        """Start a new server on the same port."""
+        assert self._token is not None
+        trio.from_thread.run(self._start_server, trio_token=self._token)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as error:
+            self._failure = error
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._start_server()
+            self.port = self._server().port
+            self._ready.set()
+            await self._stop.wait()
+            await self._server().wait_stopped()
+
+    def _server(self) -> Server:
+        assert self.server is not None
+        return self.server
+
+    def _stop_all(self) -> None:
+        assert self._stop is not None
+        self._server().shutdown()
+        self._stop.set()
+
+    async def _shutdown_server(self) -> None:
+        self._server().shutdown()
+        await self._server().wait_stopped()
+
+    async def _start_server(self) -> None:
+        assert self._nursery is not None
+        config = Config(hosts=("127.0.0.1",), port=self.port, **self._config)
+        self.server = await self._nursery.start(Server(config).serve)
+
+
+@pytest.fixture
+def broker_thread() -> Iterator[BrokerThread]:
+    with BrokerThread() as thread:
+        yield thread
+
+
+@pytest.fixture
+def client(broker_thread: BrokerThread) -> Iterator[sync.SyncClient]:
+    with sync.connect(broker_thread.url, name="test") as client:
+        yield client
+
+
+@contextlib.contextmanager
+def running(target: Callable[[], None]) -> Iterator[threading.Thread]:
+    """Run `target` in a thread; re-raise its failure, and require it to end, on exit."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.join(WAIT)
+    assert not thread.is_alive(), "the thread did not finish"
+    if failures:
+        raise failures[0]
+
+
+def test_publish_subscribe(client: sync.SyncClient) -> None:
+    assert client.is_connected
+    assert client.server_info["max_payload"] == 1024 * 1024
+    with client.subscribe("orders.*") as one, client.subscribe("orders.>") as rest:
+        client.publish("orders.created", b"one", headers={"k": "v"})
+        client.publish("orders.eu.created", bytearray(b"two"))
+        client.flush()
+        assert (one.pending, rest.pending) == (1, 2)
+        msg = one.next(timeout=WAIT)
+        assert (msg.subject, msg.payload, dict(msg.headers), msg.reply_to) == (
+            "orders.created",
+            b"one",
+            {"k": "v"},
+            None,
+        )
+        assert [rest.next(timeout=WAIT).payload for _ in range(2)] == [b"one", b"two"]
+        assert one.received == 1 and one.dropped == 0 and one.active
+    assert not one.active
+
+
+def test_next_times_out(client: sync.SyncClient) -> None:
+    sub = client.subscribe("quiet")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no message on 'quiet' within 0\.1 s"):
+        sub.next(timeout=0.1)
+    assert 0.1 <= time.monotonic() - started < WAIT
+    with pytest.raises(TimeoutError):
+        sub.next(timeout=0)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        sub.next(timeout=-1)
+
+
+def test_iterator_ends_on_unsubscribe_and_on_close(broker_thread: BrokerThread) -> None:
+    client = sync.connect(broker_thread.url)
+    first, second = client.subscribe("a"), client.subscribe("b")
+    seen: list[bytes] = []
+    got_one = threading.Event()
+
+    def consume(sub: sync.SyncSubscription) -> Callable[[], None]:
+        def run() -> None:
+            for msg in sub:
+                seen.append(msg.payload)
+                got_one.set()
+
+        return run
+
+    with running(consume(first)) as one, running(consume(second)) as two:
+        client.publish("a", b"x")
+        assert got_one.wait(WAIT)
+        first.unsubscribe()
+        one.join(WAIT)
+        assert not one.is_alive()
+        client.close()
+        two.join(WAIT)
+    assert seen == [b"x"]
+    with pytest.raises(SubscriptionClosed):
+        second.next(timeout=0)
+
+
+def test_request_reply_with_a_responder_thread(
+    broker_thread: BrokerThread, client: sync.SyncClient
+) -> None:
+    service = sync.connect(broker_thread.url, name="service")
+    requests = service.subscribe("time.now")
+
+    def respond() -> None:
+        for msg in requests:
+            msg.respond(b"noon:" + msg.payload, headers={"served-by": "test"})
+
+    with running(respond):
+        service.flush()
+        replies: dict[int, bytes] = {}
+
+        def ask(n: int) -> Callable[[], None]:
+            def run() -> None:
+                for k in range(10):
+                    replies[n * 100 + k] = client.request("time.now", b"%d" % (n * 100 + k)).payload
+
+            return run
+
+        with running(ask(1)), running(ask(2)), running(ask(3)):
+            pass
+        assert replies == {key: b"noon:%d" % key for key in replies} and len(replies) == 30
+        reply = client.request("time.now", b"x", headers={"h": "1"})
+        assert reply.headers["served-by"] == "test"
+        service.close()
+
+
+def test_no_responders_is_immediate(client: sync.SyncClient) -> None:
+    started = time.monotonic()
+    with pytest.raises(NoResponders):
+        client.request("nobody.home", b"", timeout=WAIT)
+    assert time.monotonic() - started < 1.0
+
+
+def test_request_timeout(client: sync.SyncClient) -> None:
+    silent = client.subscribe("slow.service")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no reply to a request on 'slow\.service'"):
+        client.request("slow.service", b"", timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < WAIT
+    assert silent.next(timeout=WAIT).reply_to is not None
+    # The client is still fine after a timeout.
+    silent.unsubscribe()
+    with pytest.raises(NoResponders):
+        client.request("slow.service", b"")
+
+
+def test_respond_needs_a_reply_subject(client: sync.SyncClient) -> None:
+    sub = client.subscribe("plain")
+    client.publish("plain", b"")
+    with pytest.raises(ValueError, match="no reply_to"):
+        sub.next(timeout=WAIT).respond(b"")
+
+
+def test_many_threads_publish_at_once(broker_thread: BrokerThread, client: sync.SyncClient) -> None:
+    threads, per_thread = 8, 500
+    with sync.connect(broker_thread.url, name="receiver") as receiver:
+        sub = receiver.subscribe("load.*")
+        receiver.flush()
+        barrier = threading.Barrier(threads)
+
+        def publisher(n: int) -> Callable[[], None]:
+            def run() -> None:
+                barrier.wait(WAIT)
+                for k in range(per_thread):
+                    client.publish(f"load.{n}", b"%d" % k)
+
+            return run
+
+        with contextlib.ExitStack() as stack:
+            for n in range(threads):
+                stack.enter_context(running(publisher(n)))
+        client.flush()
+        received: dict[str, list[int]] = {}
+        for _ in range(threads * per_thread):
+            msg = sub.next(timeout=WAIT)
+            received.setdefault(msg.subject, []).append(int(msg.payload))
+        # Exactly once, and in order per publishing thread.
+        assert received == {f"load.{n}": list(range(per_thread)) for n in range(threads)}
+        receiver.flush()
+        assert sub.pending == 0 and sub.dropped == 0
+
+
+def test_several_threads_share_one_subscription(client: sync.SyncClient) -> None:
+    sub = client.subscribe("jobs")
+    taken: list[list[int]] = [[], [], []]
+
+    def worker(n: int) -> Callable[[], None]:
+        def run() -> None:
+            taken[n].extend(int(msg.payload) for msg in sub)
+
+        return run
+
+    with running(worker(0)), running(worker(1)), running(worker(2)):
+        for k in range(300):
+            client.publish("jobs", b"%d" % k)
+        client.flush()
+        deadline = time.monotonic() + WAIT
+        while sub.pending and time.monotonic() < deadline:
+            time.sleep(0.005)
+        sub.unsubscribe(max_msgs=300)
+    assert sorted(taken[0] + taken[1] + taken[2]) == list(range(300))
+
+
+def test_queue_group(client: sync.SyncClient) -> None:
+    one, two = client.subscribe("work", queue="q"), client.subscribe("work", queue="q")
+    for k in range(20):
+        client.publish("work", b"%d" % k)
+    client.flush()
+    assert (one.pending, two.pending) == (10, 10)
+
+
+def test_max_pending_drops_the_newest(broker_thread: BrokerThread, client: sync.SyncClient) -> None:
+    sub = client.subscribe("burst", max_pending=10)
+    with sync.connect(broker_thread.url) as publisher:
+        for k in range(50):
+            publisher.publish("burst", b"%d" % k)
+        publisher.flush()
+    client.flush()
+    pending, dropped = sub.pending, sub.dropped
+    # At most max_pending wait while the consumer is busy, besides the batch it was handed.
+    assert pending + dropped == 50 and 10 <= pending <= 20, (pending, dropped)
+    payloads = [int(sub.next(timeout=WAIT).payload) for _ in range(pending)]
+    # The oldest were kept, in order: the newest were the ones dropped.
+    assert payloads == list(range(pending))
+    with pytest.raises(TimeoutError):
+        sub.next(timeout=0)
+
+
+def test_unsubscribe_after_max_msgs(client: sync.SyncClient) -> None:
+    sub = client.subscribe("counted")
+    sub.unsubscribe(max_msgs=3)
+    for k in range(5):
+        client.publish("counted", b"%d" % k)
+    client.flush()
+    assert [msg.payload for msg in sub] == [b"0", b"1", b"2"]
+    assert not sub.active
+    with pytest.raises(ValueError, match="max_msgs must be a non-negative int"):
+        sub.unsubscribe(max_msgs=-1)
+
+
+def test_close_is_idempotent_and_joins_the_thread(broker_thread: BrokerThread) -> None:
+    client = sync.connect(broker_thread.url)
+    client.publish("bye", b"")
+    thread = client._thread
+    with running(client.close), running(client.close):
+        client.close()
+    client.close()
+    assert not thread.is_alive()
+    assert client.is_closed and not client.is_connected
+    assert "closed" in repr(client)
+    with pytest.raises(ConnectionClosed):
+        client.publish("bye", b"")
+    with pytest.raises(ConnectionClosed):
+        client.subscribe("bye")
+    with pytest.raises(ConnectionClosed):
+        client.request("bye", b"")
+    broker_thread.wait_for(lambda stats: stats.connections == 0)
+
+
+def test_typed_errors(client: sync.SyncClient) -> None:
+    max_payload = client.server_info["max_payload"]
+    client.publish("edge", b"x" * max_payload)  # Exactly at the limit.
+    with pytest.raises(PayloadTooLarge, match="exceeds the server's max_payload"):
+        client.publish("edge", b"x" * (max_payload + 1))
+    with pytest.raises(BadSubject):
+        client.publish("bad subject", b"")
+    with pytest.raises(BadSubject):
+        client.publish("wild.*", b"")
+    with pytest.raises(BadSubject):
+        client.subscribe("a.>.b")
+    with pytest.raises(BadSubject):
+        client.subscribe("a", queue="has space")
+    with pytest.raises(TypeError):
+        client.publish("edge", "text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        client.request("edge", b"", timeout=-1)
+    client.flush()
+    assert client.is_connected
+
+
+def test_connect_errors(broker_thread: BrokerThread) -> None:
+    with pytest.raises(ValueError, match="tcp scheme"):
+        sync.connect("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="reconnect_delay"):
+        sync.connect(broker_thread.url, reconnect_delay=0)
+    # Nothing listens on the port of a server that has stopped.
+    broker_thread.shutdown_server()
+    with pytest.raises(ConnectionClosed, match="cannot connect"):
+        sync.connect(broker_thread.url)
+
+
+def test_reconnect_after_the_server_restarts(broker_thread: BrokerThread) -> None:
+    disconnected, reconnected = threading.Event(), threading.Event()
+    reasons: list[ConnectionClosed] = []
+
+    def on_disconnected(error: ConnectionClosed) -> None:
+        reasons.append(error)
+        disconnected.set()
+
+    def on_reconnected() -> None:
+        # Hooks run in a worker thread, so they may use the client.
+        client.publish("news.hook", b"from the hook")
+        reconnected.set()
+
+    with sync.connect(
+        broker_thread.url, on_disconnected=on_disconnected, on_reconnected=on_reconnected, **FAST
+    ) as client:
+        news = client.subscribe("news.*")
+        client.flush()
+        broker_thread.shutdown_server()
+        assert disconnected.wait(WAIT)
+        assert [type(e) for e in reasons] == [ServerShuttingDown]
+        assert not client.is_connected
+        client.publish("news.buffered", b"while down")
+        broker_thread.start_server()
+        assert reconnected.wait(WAIT)
+        with sync.connect(broker_thread.url) as other:
+            other.publish("news.live", b"after")
+            other.flush()
+        client.flush()
+        assert sorted(news.next(timeout=WAIT).payload for _ in range(3)) == [
+            b"after",
+            b"from the hook",
+            b"while down",
+        ]
+
+
+def test_drain_lets_a_responder_answer_what_it_took(
+    broker_thread: BrokerThread, client: sync.SyncClient
+) -> None:
+    service = sync.connect(broker_thread.url, name="service")
+    requests = service.subscribe("slow.echo")
+    service.flush()
+    took, go = threading.Event(), threading.Event()
+
+    def respond() -> None:
+        for msg in requests:
+            took.set()
+            assert go.wait(WAIT)
+            msg.respond(b"late:" + msg.payload)
+
+    replies: list[bytes] = []
+
+    def ask() -> None:
+        replies.append(client.request("slow.echo", b"q", timeout=WAIT).payload)
+
+    with running(respond), running(ask):
+        assert took.wait(WAIT)
+        before = broker_thread.statistics().subscriptions
+        with running(lambda: service.drain(timeout=WAIT)) as draining:
+            # The UNSUB went through: the drain has begun while the responder holds a request.
+            broker_thread.wait_for(lambda stats: stats.subscriptions == before - 1)
+            assert draining.is_alive()
+            go.set()
+    assert replies == [b"late:q"]
+    assert service.is_closed
+    with pytest.raises(ConnectionClosed):
+        service.subscribe("slow.echo")
+
+
+def test_drain_timeout_closes_anyway(broker_thread: BrokerThread) -> None:
+    client = sync.connect(broker_thread.url)
+    sub = client.subscribe("stuck")
+    client.publish("stuck", b"never taken")
+    client.flush()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"drain did not finish within 0\.2 s"):
+        client.drain(timeout=0.2)
+    assert time.monotonic() - started < WAIT
+    assert client.is_closed and not client._thread.is_alive()
+    # What was queued is still handed out, then the subscription ends.
+    assert sub.next(timeout=0).payload == b"never taken"
+    with pytest.raises(SubscriptionClosed):
+        sub.next(timeout=0)
+
+
+def test_a_forgotten_client_does_not_hang_exit(broker_thread: BrokerThread) -> None:
+    script = (
+        "import sys\n"
+        "from broker import sync\n"
+        "client = sync.connect(sys.argv[1])\n"
+        "client.publish('left.behind', b'sent at exit')\n"
+    )
+    with sync.connect(broker_thread.url) as watcher:
+        sub = watcher.subscribe("left.behind")
+        watcher.flush()
+        result = subprocess.run(
+            [sys.executable, "-c", script, broker_thread.url],
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 2,
+            check=False,
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        # Closed at exit, gracefully: the publish was written, not lost.
+        assert sub.next(timeout=WAIT).payload == b"sent at exit"
+
+
+@pytest.mark.parametrize("name", ["sync_client", "async_client"])
+def test_examples_run(broker_thread: BrokerThread, name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / f"{name}.py"), "--url", broker_thread.url],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "received greetings.world: hello",
+        "reply: HELLO",
+        "no responders on nobody.home",
+    ]
