@@ -12,18 +12,46 @@ is what `broker.server.run` returned.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
 import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn
 
 import typer
 
+from . import sync
 from ._version import __version__
-from .config import Config, ConfigError, config_to_mapping, load_config
+from .bench import bench_command
+from .config import (
+    DEFAULT_HOSTS,
+    DEFAULT_PORT,
+    Config,
+    ConfigError,
+    config_to_mapping,
+    load_config,
+)
+from .errors import BrokerError, ConnectionClosed, NoResponders, SubscriptionClosed
 from .logs import configure_logging
+from .subjects import SubjectError, validate_pattern, validate_subject
 
-__all__ = ["EXIT_CONFIG_ERROR", "app"]
+__all__ = [
+    "DEFAULT_URL",
+    "EXIT_CONFIG_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_RESPONDERS",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "app",
+]
 
 #: The same code click uses for a usage error: the program was asked for something it refuses.
 EXIT_CONFIG_ERROR: Final = 2
@@ -144,3 +172,319 @@ def check_config(
 
 
 # ---- client commands (pub, sub, request, reply) go below ------------------------------------
+#
+# They use the thread-backed client (`broker.sync`): a command is a short script, and a script
+# is what that client is for. Errors become one `error: ...` line on stderr and an exit code from
+# the table below, never a traceback: a script branches on the code, a person reads the line.
+
+#: The command finished: published and flushed, got a reply, or took --count messages.
+EXIT_OK: Final = 0
+#: The broker cannot be reached, refused the connection, or the connection was lost for good.
+EXIT_UNREACHABLE: Final = 1
+#: The command line is wrong: a usage error, an invalid subject, URL, header or payload (the
+#: code click gives usage errors, so every "you asked for something invalid" shares it).
+EXIT_USAGE: Final = EXIT_CONFIG_ERROR
+#: `request` found nobody subscribed to the subject; the broker said so at once.
+EXIT_NO_RESPONDERS: Final = 3
+#: `request` got no reply, or `sub --timeout` ran out, in time.
+EXIT_TIMEOUT: Final = 4
+#: Interrupted with Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED: Final = 130
+
+#: Where the client commands connect when neither --url nor BROKER_URL says otherwise.
+DEFAULT_URL: Final = f"tcp://{DEFAULT_HOSTS[0]}:{DEFAULT_PORT}"
+
+_EXIT_CODES: Final = (
+    "Exit codes: 0 ok; 1 broker unreachable or connection lost; 2 usage error, invalid subject "
+    "or URL; 3 no responders; 4 timeout; 130 interrupted (Ctrl-C)."
+)
+
+Url = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        "-u",
+        envvar="BROKER_URL",
+        metavar="URL",
+        help="Broker address, tcp://host:port.",
+    ),
+]
+Headers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header",
+        "-H",
+        metavar="KEY=VALUE",
+        help="A header to send; repeat for several.",
+    ),
+]
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_headers(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--header")
+        headers[key] = value
+    return headers
+
+
+def _check(value: str, what: str, *, pattern: bool = False) -> None:
+    """Refuse an invalid subject before connecting, so it is a usage error whether or not the
+    broker is up (the broker's own limits are checked again once connected)."""
+    try:
+        if pattern:
+            validate_pattern(value)
+        else:
+            validate_subject(value)
+    except SubjectError as exc:
+        _fail(EXIT_USAGE, f"invalid {what}: {exc}")
+
+
+def _check_timeout(value: float | None, option: str) -> None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be a number of seconds > 0, got {value}", param_hint=option)
+
+
+@contextlib.contextmanager
+def _client_errors() -> Iterator[None]:
+    """Turn what a client command can run into into a message and an exit code."""
+    # The library logs lost connections and the like as warnings; a command reports what
+    # matters itself, so keep Python's last-resort handler from printing those records too.
+    logging.getLogger("broker").addHandler(logging.NullHandler())
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # Whoever read our output stopped (`broker sub | head -1`): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(EXIT_OK) from None
+    except NoResponders as exc:
+        _fail(EXIT_NO_RESPONDERS, str(exc))
+    except TimeoutError as exc:
+        _fail(EXIT_TIMEOUT, str(exc))
+    except ConnectionClosed as exc:
+        _fail(EXIT_UNREACHABLE, str(exc))
+    except (ValueError, TypeError) as exc:
+        # BadSubject and PayloadTooLarge are ValueErrors too: the input was refused.
+        _fail(EXIT_USAGE, str(exc))
+    except BrokerError as exc:
+        # Refusals the server reports on a live connection (too_many_subscriptions, ...).
+        _fail(EXIT_UNREACHABLE, str(exc))
+
+
+def _connect(url: str, *, stay: bool) -> sync.SyncClient:
+    """Connect for one command. `stay`: a long-running command reconnects and says so on stderr;
+    a one-shot command fails at once, since its caller is better placed to retry."""
+    if not stay:
+        return sync.connect(url, name="broker-cli", reconnect=False)
+
+    def lost(error: ConnectionClosed) -> None:
+        typer.echo(f"warning: {error}; reconnecting", err=True)
+
+    def back() -> None:
+        typer.echo(f"reconnected to {url}", err=True)
+
+    def report(error: BrokerError) -> None:
+        typer.echo(f"warning: {error}", err=True)
+
+    return sync.connect(
+        url, name="broker-cli", on_disconnected=lost, on_reconnected=back, on_error=report
+    )
+
+
+def _show(message: sync.SyncMessage, *, as_json: bool) -> str:
+    """One line for one message: ``SUBJECT PAYLOAD``, or a JSON object."""
+    if not as_json:
+        return f"{message.subject} {message.payload.decode('utf-8', 'backslashreplace')}"
+    try:
+        payload, encoded = message.payload.decode("utf-8"), False
+    except UnicodeDecodeError:
+        payload, encoded = base64.b64encode(message.payload).decode("ascii"), True
+    record = {
+        "subject": message.subject,
+        "payload": payload,
+        "base64": encoded,
+        "headers": dict(message.headers),
+        "reply_to": message.reply_to,
+    }
+    return json.dumps(record, ensure_ascii=False)
+
+
+@app.command(epilog=_EXIT_CODES)
+def pub(
+    subject: Annotated[
+        str, typer.Argument(metavar="SUBJECT", help="Subject to publish to (no wildcards).")
+    ],
+    data: Annotated[
+        str,
+        typer.Argument(
+            metavar="DATA", help="Payload, sent as UTF-8; {n} becomes the message number."
+        ),
+    ] = "",
+    headers: Headers = None,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=1, help="Publish the message this many times.")
+    ] = 1,
+    reply: Annotated[
+        str | None,
+        typer.Option("--reply", "-r", metavar="SUBJECT", help="Set the reply subject."),
+    ] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Publish DATA to SUBJECT, then flush, so the broker has routed it before exit."""
+    parsed = _parse_headers(headers)
+    _check(subject, "subject")
+    if reply is not None:
+        _check(reply, "reply subject")
+    with _client_errors(), _connect(url, stay=False) as client:
+        for n in range(1, count + 1):
+            payload = data.replace("{n}", str(n)).encode()
+            client.publish(subject, payload, reply_to=reply, headers=parsed)
+        client.flush()
+
+
+@app.command(epilog=_EXIT_CODES)
+def sub(
+    pattern: Annotated[
+        str,
+        typer.Argument(metavar="PATTERN", help="Subject pattern; * matches a token, > the rest."),
+    ],
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", "-q", help="Join this queue group: one member gets each message."),
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", min=1, help="Exit after this many messages.")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout", "-t", metavar="SECONDS", help="Give up after this long in all (exit 4)."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print JSON lines: subject, payload (base64 and base64=true when not UTF-8), "
+            "headers, reply_to.",
+        ),
+    ] = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Print each message on PATTERN as it arrives, one line each: SUBJECT PAYLOAD, or JSON.
+
+    Runs until Ctrl-C or --count messages, reconnecting if the broker goes away.
+    """
+    _check_timeout(timeout, "--timeout")
+    _check(pattern, "pattern", pattern=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _client_errors(), _connect(url, stay=True) as client:
+        subscription = client.subscribe(pattern, queue=queue)
+        if count is not None:
+            # The broker stops after `count`, so no message is routed here only to be lost.
+            subscription.unsubscribe(max_msgs=count)
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                message = subscription.next(timeout=wait)
+            except SubscriptionClosed:
+                return
+            except TimeoutError:
+                _fail(EXIT_TIMEOUT, f"timed out after {timeout} s waiting on {pattern}")
+            typer.echo(_show(message, as_json=as_json))
+
+
+@app.command(epilog=_EXIT_CODES)
+def request(
+    subject: Annotated[
+        str, typer.Argument(metavar="SUBJECT", help="Subject to send the request to.")
+    ],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Request payload, sent as UTF-8.")
+    ] = "",
+    headers: Headers = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", "-t", metavar="SECONDS", help="How long to wait for the reply."),
+    ] = sync.DEFAULT_REQUEST_TIMEOUT,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also print the reply's headers, on stderr.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Send DATA to SUBJECT as a request and print the reply's payload."""
+    parsed = _parse_headers(headers)
+    _check_timeout(timeout, "--timeout")
+    _check(subject, "subject")
+    with _client_errors(), _connect(url, stay=False) as client:
+        try:
+            reply_message = client.request(subject, data.encode(), timeout=timeout, headers=parsed)
+        except NoResponders:
+            _fail(EXIT_NO_RESPONDERS, f"no responders on {subject}")
+        except TimeoutError:
+            _fail(EXIT_TIMEOUT, f"no reply on {subject} within {timeout} s")
+        if verbose:
+            for key, value in reply_message.headers.items():
+                typer.echo(f"{key}: {value}", err=True)
+        typer.echo(reply_message.payload)
+
+
+@app.command(epilog=_EXIT_CODES)
+def reply(
+    subject: Annotated[
+        str, typer.Argument(metavar="SUBJECT", help="Subject pattern to answer requests on.")
+    ],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="The answer to every request, sent as UTF-8.")
+    ] = "",
+    headers: Headers = None,
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", "-q", help="Join this queue group, to share requests."),
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", min=1, help="Exit after this many answers.")
+    ] = None,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Answer every request on SUBJECT with DATA, printing each request as `sub` does.
+
+    A responder for trying things out; runs until Ctrl-C or --count answers.
+    """
+    parsed = _parse_headers(headers)
+    _check(subject, "subject pattern", pattern=True)
+    answer = data.encode()
+    answered = 0
+    with _client_errors(), _connect(url, stay=True) as client:
+        with client.subscribe(subject, queue=queue) as requests:
+            for message in requests:
+                typer.echo(_show(message, as_json=False))
+                if message.reply_to is None:
+                    continue  # A plain publish: nobody waits for an answer.
+                message.respond(answer, headers=parsed)
+                answered += 1
+                if count is not None and answered >= count:
+                    break
+        # Leaving the block writes the last answer before the connection closes.
+        client.flush()
+
+
+# ---- benchmarks -------------------------------------------------------------------------------
+
+app.command(
+    "bench",
+    help="Run the load scenarios against a broker (and nats-server) and print a table.",
+)(bench_command)

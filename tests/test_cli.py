@@ -166,3 +166,9 @@ def test_configure_logging_is_idempotent(
 def test_configure_logging_refuses_unknown_level(broker_logger: logging.Logger) -> None:
     with pytest.raises(ValueError, match=r"^log level must be one of debug, .*, got 'loud'$"):
         configure_logging("loud", "text")
+
+
+def test_bench_command_is_registered() -> None:
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--scenario" in result.output and "--against-nats" in result.output
