@@ -1,0 +1,32 @@
+"""Testing helpers: an in-process broker, captures, fault injection and pytest fixtures.
+
+This module only re-exports the public names; the pytest fixtures live in
+`broker.testing.plugin` (loaded through the ``pytest11`` entry point).
+"""
+
+from __future__ import annotations
+
+from .capture import DEFAULT_WAIT_TIMEOUT, Capture, SyncCapture, capture
+from .inprocess import (
+    CAPTURE_CLIENT_NAME,
+    TEST_CLIENT_OPTIONS,
+    BrokerThread,
+    RunningBroker,
+    config_for_tests,
+    running_broker,
+    start_broker_thread,
+)
+
+__all__ = [
+    "CAPTURE_CLIENT_NAME",
+    "DEFAULT_WAIT_TIMEOUT",
+    "TEST_CLIENT_OPTIONS",
+    "BrokerThread",
+    "Capture",
+    "RunningBroker",
+    "SyncCapture",
+    "capture",
+    "config_for_tests",
+    "running_broker",
+    "start_broker_thread",
+]

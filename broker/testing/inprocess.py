@@ -1,0 +1,563 @@
+"""A broker in the test's own process: in a Trio nursery, or in a thread with its own Trio loop.
+
+Tests of a service that talks to broker need a real broker, started and stopped per test, with a
+way to break things on purpose. Two handles give the same controls:
+
+- `running_broker` (Trio code) serves in a nursery of the caller's task and yields a
+  `RunningBroker`; leaving the block shuts the broker down.
+- `BrokerThread` (sync and asyncio code; Trio code too) runs `running_broker` in a background
+  thread with a Trio loop of its own and calls into that loop, so each method returns once the
+  broker has done it.
+
+Both listen on 127.0.0.1 with a port the OS picks (``port=0``) unless told otherwise, and both
+offer fault injection: `drop_client` (cut a named client's connection with no ERR, as a network
+failure would), `stall_client` / `resume_client` (stop writing to it, so it becomes a slow
+consumer under the configured policy) and `restart` (shut down gracefully, as on SIGTERM, and
+serve again on the same port: the listeners set SO_REUSEADDR, so the port is free at once).
+A restart starts a new `broker.Server`: its statistics start from zero.
+
+Clients made with the handles' `connect` reconnect quickly (`TEST_CLIENT_OPTIONS`), which keeps
+restart and drop tests fast; any option of `broker.connect` may be passed instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+
+import trio
+
+from ..client import Client, connect
+from ..config import Config
+from ..server import Server
+from ..stats import Statistics
+from ._portal import Portal, PortalClosed
+from .capture import Capture, SyncCapture, capture
+
+if TYPE_CHECKING:
+    from ..sync import SyncClient
+
+__all__ = [
+    "CAPTURE_CLIENT_NAME",
+    "START_TIMEOUT",
+    "STOP_TIMEOUT",
+    "TEST_CLIENT_OPTIONS",
+    "BrokerThread",
+    "RunningBroker",
+    "config_for_tests",
+    "running_broker",
+    "start_broker_thread",
+]
+
+log = logging.getLogger("broker.testing")
+
+T = TypeVar("T")
+
+#: Seconds `BrokerThread.start` waits for the broker to listen.
+START_TIMEOUT: Final = 10.0
+#: Seconds `BrokerThread.stop` waits for the thread beyond the configured ``shutdown_grace``.
+STOP_TIMEOUT: Final = 5.0
+#: The name the capture helpers' own clients give in HELLO.
+CAPTURE_CLIENT_NAME: Final = "broker.testing.capture"
+#: Defaults for clients made by `RunningBroker.connect` and `BrokerThread.connect`: reconnect
+#: within milliseconds, so drop and restart tests do not wait out the production backoff.
+TEST_CLIENT_OPTIONS: Final[dict[str, Any]] = {
+    "reconnect_delay": 0.01,
+    "max_reconnect_delay": 0.1,
+}
+
+_CONFIG_FIELDS: Final = frozenset(field.name for field in dataclasses.fields(Config))
+
+
+def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
+    """The config a test broker runs with: `config` (or 127.0.0.1, port 0) with `overrides`.
+
+    Args:
+        config: A base config; None means the defaults with ``hosts=("127.0.0.1",)`` and
+            ``port=0`` (a free port, so tests never collide).
+        overrides: `broker.Config` fields, e.g. ``max_payload=1024``.
+
+    Raises:
+        TypeError: An override names no `broker.Config` field.
+        ConfigError: An override breaks its rule.
+    """
+    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"broker.Config has no field {unknown[0]!r} (overrides: {unknown})")
+    if config is None:
+        config = Config(hosts=("127.0.0.1",), port=0)
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+class _Reconnects:
+    """Counts one capture client's reconnections, so `RunningBroker.restart` can wait for it."""
+
+    __slots__ = ("_event", "closed", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.closed = False
+        self._event = trio.Event()
+
+    def bump(self) -> None:
+        self.count += 1
+        self._event.set()
+        self._event = trio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()
+
+    async def wait_past(self, count: int) -> None:
+        while self.count <= count and not self.closed:
+            await self._event.wait()
+
+
+@final
+class RunningBroker:
+    """A broker serving in a Trio nursery; made by `running_broker`.
+
+    Every method runs in the broker's own Trio loop: call them from Trio code in that loop.
+    """
+
+    __slots__ = ("_captures", "_nursery", "_server")
+
+    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+        self._server = server
+        self._nursery = nursery
+        self._captures: set[_Reconnects] = set()
+
+    def __repr__(self) -> str:
+        return f"<RunningBroker {self.url}>"
+
+    @property
+    def server(self) -> Server:
+        """The `broker.Server` serving now (a new one after each `restart`)."""
+        return self._server
+
+    @property
+    def config(self) -> Config:
+        """The config it serves with; after a restart, with the port it got fixed."""
+        return self._server.config
+
+    @property
+    def url(self) -> str:
+        """``tcp://127.0.0.1:<port>``; the same across restarts."""
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        """The port it listens on; the same across restarts."""
+        return self._server.port
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the current server's counters (reset by `restart`)."""
+        return self._server.statistics()
+
+    def client_names(self) -> list[str]:
+        """The names (from HELLO; "" if none) of the live connections, oldest first."""
+        return [session.name for session in self._server.clients()]
+
+    def drop_client(self, name: str) -> int:
+        """Cut every connection named `name` with no ERR; returns how many. See `Server`."""
+        return self._server.drop_client(name)
+
+    def stall_client(self, name: str) -> int:
+        """Stop writing to every client named `name` (a slow consumer); returns how many."""
+        return self._server.stall_client(name)
+
+    def resume_client(self, name: str) -> int:
+        """Undo `stall_client`; returns how many connections were resumed."""
+        return self._server.resume_client(name)
+
+    async def restart(self) -> None:
+        """Shut the broker down gracefully and serve again on the same port.
+
+        Clients get ERR ``shutting_down`` as on SIGTERM, then reconnect (if they do) to a new
+        `broker.Server` with the same config; its statistics start from zero. Returns once the
+        new server listens and every open capture has resubscribed to it, so whatever is
+        published to the new server is captured. Bound it with a cancel scope.
+
+        Raises:
+            OSError: The port could not be bound again.
+        """
+        old = self._server
+        watched = [(reconnects, reconnects.count) for reconnects in self._captures]
+        self._stop_server()
+        await old.wait_stopped()
+        config = dataclasses.replace(old.config, port=old.port)
+        self._server = await self._nursery.start(Server(config).serve)
+        for reconnects, count in watched:
+            await reconnects.wait_past(count)
+
+    def connect(self, **options: Any) -> AbstractAsyncContextManager[Client]:
+        """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` as defaults."""
+        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+
+    @asynccontextmanager
+    async def capture(self, pattern: str) -> AsyncIterator[Capture]:
+        """Capture `pattern` with a client of its own (see `broker.testing.capture`).
+
+        The client is named `CAPTURE_CLIENT_NAME` and reconnects after a `restart`.
+        """
+        reconnects = _Reconnects()
+        self._captures.add(reconnects)
+        try:
+            async with (
+                self.connect(name=CAPTURE_CLIENT_NAME, on_reconnected=reconnects.bump) as client,
+                capture(client, pattern) as cap,
+            ):
+                yield cap
+        finally:
+            self._captures.discard(reconnects)
+            reconnects.close()
+
+    def _stop_server(self) -> None:
+        server = self._server
+        # A stalled client would hold the graceful shutdown for all of shutdown_grace.
+        for session in server.clients():
+            session.resume()
+        server.shutdown()
+
+
+@asynccontextmanager
+async def running_broker(
+    config: Config | None = None, **overrides: Any
+) -> AsyncIterator[RunningBroker]:
+    """Serve a broker in a nursery of the calling Trio task while the block runs.
+
+    Entering returns once it listens; leaving shuts it down gracefully (clients get ERR
+    ``shutting_down``) and waits until it stopped, or cancels it if the block raised.
+
+    Example::
+
+        async with running_broker(max_payload=1024) as broker_:
+            async with broker_.connect(name="svc") as client:
+                ...
+            broker_.drop_client("svc")
+
+    Args:
+        config: A base config; see `config_for_tests`.
+        overrides: `broker.Config` fields.
+
+    Raises:
+        OSError: The listener could not be bound.
+        TypeError, ConfigError: A bad override.
+    """
+    config = config_for_tests(config, **overrides)
+    failure: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(Server(config).serve)
+            handle = RunningBroker(server, nursery)
+            try:
+                yield handle
+            finally:
+                handle._stop_server()
+    except BaseExceptionGroup as group:
+        failure = _single_leaf(group)
+        if failure is None:
+            raise
+    if failure is not None:
+        # Raised outside the except block, so the group does not become its __context__.
+        raise failure
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        if len(error.exceptions) != 1:
+            return None
+        error = error.exceptions[0]
+    return error
+
+
+@final
+class BrokerThread:
+    """A broker in a background thread with its own Trio loop, for sync, asyncio and Trio tests.
+
+    Every method may be called from any thread but the broker's own, including one running an
+    event loop; each returns once the broker has done it. `restart` and `stop` block until the
+    graceful shutdown is over, which needs the clients to read their ERR ``shutting_down``:
+    from async code run them in a worker thread (``await asyncio.to_thread(handle.restart)``,
+    ``await trio.to_thread.run_sync(handle.restart)``) so the test's own clients keep being
+    served meanwhile; blocking the loop instead costs up to half a second per restart.
+
+    Example::
+
+        with BrokerThread(max_payload=1024) as handle:
+            with handle.capture("orders.>") as cap:
+                publish_an_order(handle.url)
+                [message] = cap.wait_for(1, timeout=2)
+
+    Args:
+        config: A base config; see `config_for_tests`.
+        overrides: `broker.Config` fields.
+
+    Raises:
+        TypeError, ConfigError: A bad override (at once, before any thread starts).
+    """
+
+    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+        self._config = config_for_tests(config, **overrides)
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._stopped = False
+        # Set in the broker thread before _ready, read-only afterwards.
+        self._portal: Portal | None = None
+        self._broker: RunningBroker | None = None
+        self._helpers: trio.Nursery | None = None
+        self._stop_event: trio.Event | None = None
+        self._url = ""
+        self._port = 0
+
+    def __repr__(self) -> str:
+        if self._thread is None:
+            state = "not started"
+        elif self._thread.is_alive():
+            state = self._url
+        else:
+            state = "stopped"
+        return f"<BrokerThread {state}>"
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def start(self) -> BrokerThread:
+        """Start the thread and return once the broker listens; returns `self`.
+
+        Raises:
+            OSError: The listener could not be bound (e.g. a fixed port in use).
+            RuntimeError: Already started, or the broker did not listen within `START_TIMEOUT`.
+        """
+        if self._thread is not None:
+            raise RuntimeError(f"{self!r} was started already; make a new BrokerThread")
+        self._thread = threading.Thread(
+            target=self._thread_main, name="broker-testing", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT):
+            raise RuntimeError(f"the broker thread did not listen within {START_TIMEOUT} s")
+        if self._failure is not None:
+            self._thread.join(STOP_TIMEOUT)
+            self._stopped = True
+            raise self._failure
+        return self
+
+    def stop(self) -> None:
+        """Close open captures, shut the broker down gracefully and join the thread.
+
+        Idempotent. Close your clients first: the graceful shutdown waits (up to
+        ``shutdown_grace``) for each connected client to read its ERR ``shutting_down``.
+
+        Raises:
+            RuntimeError: The thread did not stop in time.
+            BaseException: Whatever made the broker thread fail, if it did.
+        """
+        thread = self._thread
+        if thread is None or self._stopped:
+            return
+        self._stopped = True
+        portal, stop_event = self._portal, self._stop_event
+        if portal is not None and stop_event is not None:
+            # If it stopped by itself, _failure says why.
+            with contextlib.suppress(PortalClosed):
+                portal.run_sync(stop_event.set)
+        thread.join(self._config.shutdown_grace + STOP_TIMEOUT)
+        if thread.is_alive():
+            raise RuntimeError(f"the broker thread on {self._url} did not stop in time")
+        if self._failure is not None:
+            raise self._failure
+
+    def __enter__(self) -> BrokerThread:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what tests read -------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The config the broker serves with (after `start`, with the port it got)."""
+        if self._port and self._config.port != self._port:
+            self._config = dataclasses.replace(self._config, port=self._port)
+        return self._config
+
+    @property
+    def url(self) -> str:
+        """``tcp://127.0.0.1:<port>``; the same across restarts."""
+        self._require_started()
+        return self._url
+
+    @property
+    def port(self) -> int:
+        """The port it listens on; the same across restarts."""
+        self._require_started()
+        return self._port
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the current server's counters (reset by `restart`)."""
+        return self._call(lambda: self._live().statistics())
+
+    def client_names(self) -> list[str]:
+        """The names (from HELLO; "" if none) of the live connections, oldest first."""
+        return self._call(lambda: self._live().client_names())
+
+    # -- fault injection -------------------------------------------------------------------------
+
+    def drop_client(self, name: str) -> int:
+        """Cut every connection named `name` with no ERR; returns how many were cut."""
+        return self._call(lambda: self._live().drop_client(name))
+
+    def stall_client(self, name: str) -> int:
+        """Stop writing to every client named `name`, so it becomes a slow consumer.
+
+        The configured ``slow_consumer_policy`` then applies once its outbox overflows
+        (``max_pending_messages``, ``max_pending_bytes``). Returns how many were stalled.
+        """
+        return self._call(lambda: self._live().stall_client(name))
+
+    def resume_client(self, name: str) -> int:
+        """Undo `stall_client`; returns how many connections were resumed."""
+        return self._call(lambda: self._live().resume_client(name))
+
+    def restart(self) -> None:
+        """Shut the broker down gracefully and serve again on the same port.
+
+        Returns once the new server listens and every open capture has resubscribed; see
+        `RunningBroker.restart`.
+
+        Raises:
+            TimeoutError: That took longer than ``shutdown_grace`` plus `START_TIMEOUT`.
+            OSError: The port could not be bound again.
+        """
+        broker = self._live()
+        limit = self._config.shutdown_grace + START_TIMEOUT
+
+        async def restart() -> None:
+            with trio.move_on_after(limit):
+                await broker.restart()
+                return
+            raise TimeoutError(f"the broker on {self._url} did not restart within {limit} s")
+
+        self._require_portal().run(restart)
+
+    # -- clients and captures --------------------------------------------------------------------
+
+    def connect(self, **options: Any) -> AbstractAsyncContextManager[Client]:
+        """``broker.connect(self.url, **options)`` with `TEST_CLIENT_OPTIONS` as defaults.
+
+        The client runs in the caller's event loop (asyncio or Trio), not the broker's.
+        """
+        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+
+    def connect_sync(self, **options: Any) -> SyncClient:
+        """``broker.sync.connect(self.url, **options)`` with `TEST_CLIENT_OPTIONS` as defaults."""
+        from .. import sync
+
+        return sync.connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+
+    def capture(self, pattern: str) -> SyncCapture:
+        """Capture every message published on `pattern` from now on; see `SyncCapture`.
+
+        Returns once the subscription is live at the broker. Use the result as a context
+        manager (or `close` it); `stop` closes captures left open.
+
+        Raises:
+            BadSubject: The pattern is invalid.
+        """
+        portal = self._require_portal()
+        cap = SyncCapture(pattern)
+        portal.run(lambda: self._start_capture(cap))
+        return cap
+
+    # -- in the broker thread --------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as error:
+            if self._ready.is_set():
+                log.exception("the broker thread on %s failed", self._url)
+            self._failure = error
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._stop_event = stop_event = trio.Event()
+        async with running_broker(self._config) as broker:
+            self._broker = broker
+            self._url = broker.url
+            self._port = broker.port
+            async with trio.open_nursery() as helpers:
+                self._helpers = helpers
+                self._portal = Portal(helpers, f"the broker thread on {self._url} is not running")
+                self._ready.set()
+                await stop_event.wait()
+                helpers.cancel_scope.cancel()
+
+    async def _start_capture(self, cap: SyncCapture) -> None:
+        assert self._helpers is not None and self._portal is not None
+        await self._helpers.start(self._run_capture, cap, self._portal)
+
+    async def _run_capture(
+        self,
+        cap: SyncCapture,
+        portal: Portal,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        done = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                async with self._live().capture(cap.pattern) as live:
+                    cap._attach(portal, scope, done, live)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            cap._detach()
+            done.set()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _live(self) -> RunningBroker:
+        broker = self._broker
+        if broker is None:
+            raise RuntimeError("the broker is not running")
+        return broker
+
+    def _require_started(self) -> None:
+        if self._thread is None or self._broker is None:
+            raise RuntimeError("the broker thread is not started; call start() first")
+
+    def _require_portal(self) -> Portal:
+        self._require_started()
+        assert self._portal is not None
+        return self._portal
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in the broker's loop and return what it returns."""
+        return self._require_portal().run_sync(fn)
+
+
+def start_broker_thread(config: Config | None = None, **overrides: Any) -> BrokerThread:
+    """Start a `BrokerThread` and return it once it listens; `stop` it when done.
+
+    Raises:
+        OSError, TypeError, ConfigError: As `BrokerThread` and `BrokerThread.start`.
+    """
+    return BrokerThread(config, **overrides).start()

@@ -1,0 +1,134 @@
+"""pytest fixtures for testing services that use broker: a fresh in-process broker per test.
+
+The plugin is registered through the ``pytest11`` entry point in broker's ``pyproject.toml``::
+
+    [project.entry-points.pytest11]
+    broker = "broker.testing.plugin"
+
+so installing broker makes the fixtures available everywhere, with no ``conftest.py``. Only
+where broker is importable but not installed (a bare source checkout on ``PYTHONPATH``), load
+it with ``-p broker.testing.plugin`` or ``pytest_plugins = ["broker.testing.plugin"]``; never
+both ways at once, since pytest refuses one plugin registered under two names ("Plugin already
+registered under a different name"). ``-p no:broker`` turns it off.
+
+Every fixture is function-scoped: each test gets its own broker on 127.0.0.1 and a free port,
+ready in a few milliseconds, stopped (gracefully) after the test.
+
+For every kind of test (sync, asyncio, Trio):
+
+- ``broker_thread``: a started `broker.testing.BrokerThread`: ``.url``, ``.port``,
+  ``.statistics()``, ``.capture(pattern)``, ``.connect(...)`` (an async client for the test's
+  own loop), fault injection (``.drop_client(name)``, ``.stall_client(name)``,
+  ``.resume_client(name)``, ``.restart()``).
+- ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
+- ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
+  (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
+
+asyncio tests use ``broker_thread`` and connect inside the test, e.g. under anyio's pytest
+plugin (``@pytest.mark.anyio``) or ``asyncio.run``::
+
+    @pytest.mark.anyio
+    async def test_orders(broker_thread):
+        async with broker_thread.connect(name="svc") as client:
+            async with capture(client, "orders.>") as cap:
+                await client.publish("orders.new", b"1")
+                with anyio.fail_after(2):
+                    await cap.wait_for(1)
+
+For Trio tests (pytest-trio, with ``trio_mode = true`` or ``@pytest.mark.trio``; async fixtures
+need one of the two), the broker runs in the test's own loop:
+
+- ``trio_broker``: a `broker.testing.RunningBroker` (the same controls, ``restart`` is async,
+  ``capture`` an async context manager).
+- ``trio_broker_client``: a connected `broker.Client` named ``"trio_broker_client"``.
+
+Configuration: ``@pytest.mark.broker_config(max_payload=1024, slow_consumer_policy="drop_oldest")``
+on a test (or module, via ``pytestmark``) passes `broker.Config` overrides to that test's broker;
+override the ``broker_config`` fixture to change the base for a whole directory. The marker is
+registered by the plugin, so it is allowed under ``--strict-markers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..client import Client
+from ..config import Config
+from .inprocess import BrokerThread, RunningBroker, config_for_tests, running_broker
+
+if TYPE_CHECKING:
+    from ..sync import SyncClient
+
+__all__ = [
+    "broker_client_sync",
+    "broker_config",
+    "broker_thread",
+    "broker_url",
+    "pytest_configure",
+    "trio_broker",
+    "trio_broker_client",
+]
+
+MARKER = "broker_config"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``broker_config`` marker, so ``--strict-markers`` accepts it."""
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(**overrides): broker.Config fields for this test's in-process broker "
+        "(broker_thread, trio_broker and the fixtures built on them)",
+    )
+
+
+@pytest.fixture
+def broker_config(request: pytest.FixtureRequest) -> Config:
+    """The `broker.Config` for this test's broker: 127.0.0.1, a free port, and the overrides
+    of every ``broker_config`` marker on the test (the closest wins)."""
+    overrides: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers(MARKER))):
+        if marker.args:
+            raise TypeError(
+                f"@pytest.mark.{MARKER} takes keyword arguments only (Config fields), "
+                f"got positional {marker.args!r}"
+            )
+        overrides.update(marker.kwargs)
+    return config_for_tests(**overrides)
+
+
+@pytest.fixture
+def broker_thread(broker_config: Config) -> Iterator[BrokerThread]:
+    """A broker in a background thread, started for this test and stopped after it."""
+    with BrokerThread(broker_config) as handle:
+        yield handle
+
+
+@pytest.fixture
+def broker_url(broker_thread: BrokerThread) -> str:
+    """The URL of ``broker_thread``'s broker."""
+    return broker_thread.url
+
+
+@pytest.fixture
+def broker_client_sync(broker_thread: BrokerThread) -> Iterator[SyncClient]:
+    """A `broker.sync.SyncClient` connected to ``broker_thread``, named ``broker_client_sync``."""
+    client = broker_thread.connect_sync(name="broker_client_sync")
+    with client:
+        yield client
+
+
+@pytest.fixture
+async def trio_broker(broker_config: Config) -> AsyncIterator[RunningBroker]:
+    """A broker serving in this Trio test's loop (pytest-trio; see the module docstring)."""
+    async with running_broker(broker_config) as handle:
+        yield handle
+
+
+@pytest.fixture
+async def trio_broker_client(trio_broker: RunningBroker) -> AsyncIterator[Client]:
+    """A `broker.Client` connected to ``trio_broker``, named ``trio_broker_client``."""
+    async with trio_broker.connect(name="trio_broker_client") as client:
+        yield client
