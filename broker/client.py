@@ -67,6 +67,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ._concurrency import Signal, single_leaf
 from .config import DEFAULT_MAX_PAYLOAD, DEFAULT_PORT
 from .errors import (
     BadSubject,
@@ -183,25 +184,6 @@ class _Control(bytes):
     """
 
     __slots__ = ()
-
-
-class _Signal:
-    """Wake every task waiting for "something changed"; a fresh anyio Event per round."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def fire(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self) -> None:
-        if self._event is None:
-            self._event = anyio.Event()
-        await self._event.wait()
 
 
 class _Waiter:
@@ -330,7 +312,7 @@ class Subscription:
         self._error: BrokerError | None = None
         self._draining = False
         self._holding = False
-        self._signal = _Signal()
+        self._signal = Signal()
 
     def __repr__(self) -> str:
         queue = "" if self.queue is None else f" queue={self.queue!r}"
@@ -573,10 +555,10 @@ class Client:
         self._max_subject_tokens = MAX_SUBJECT_TOKENS
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
-        self._writer_signal = _Signal()
-        self._drained_signal = _Signal()
-        self._changed_signal = _Signal()
-        self._drain_signal = _Signal()
+        self._writer_signal = Signal()
+        self._drained_signal = Signal()
+        self._changed_signal = Signal()
+        self._drain_signal = Signal()
         self._link: _Link | None = None
         self._closed: ConnectionClosed | None = None
         self._draining = False
@@ -587,7 +569,7 @@ class Client:
         self._replies: dict[str, _Waiter] = {}
         self._reply_ids = itertools.count(1)
         self._hooks: deque[tuple[Callable[..., Awaitable[None] | None], tuple[Any, ...]]] = deque()
-        self._hooks_signal = _Signal()
+        self._hooks_signal = Signal()
         self._supervisor_scope = anyio.CancelScope()
         self._hooks_scope = anyio.CancelScope()
         self._supervisor_done = anyio.Event()
@@ -1492,19 +1474,10 @@ async def _connected(host: str, port: int, options: _Options) -> AsyncIterator[C
                 raise
             await client.aclose()
     except BaseExceptionGroup as group:
-        single = _single_leaf(group)
+        single = single_leaf(group)
         if single is None:
             raise
     else:
         return
     # Raised outside the except block, so the group does not become its __context__.
     raise single
-
-
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        if len(error.exceptions) != 1:
-            return None
-        error = error.exceptions[0]
-    return error

@@ -29,6 +29,7 @@ from typing import Final, final
 import anyio
 import trio
 
+from .._concurrency import Signal, single_leaf
 from ..client import Client, Message, Subscription
 from ..errors import BrokerError, ConnectionClosed, SubscriptionClosed
 from ._portal import Portal, PortalClosed
@@ -39,25 +40,6 @@ __all__ = ["DEFAULT_WAIT_TIMEOUT", "Capture", "SyncCapture", "capture"]
 DEFAULT_WAIT_TIMEOUT: Final = 5.0
 
 Predicate = Callable[[Message], object]
-
-
-class _Signal:
-    """Wake every task waiting for "something changed"; a fresh anyio Event per round."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def fire(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self) -> None:
-        if self._event is None:
-            self._event = anyio.Event()
-        await self._event.wait()
 
 
 def _again(error: BrokerError) -> BrokerError:
@@ -105,7 +87,7 @@ class Capture:
         self._sub = sub
         self.pattern = sub.subject
         self.messages: list[Message] = []
-        self._changed = _Signal()
+        self._changed = Signal()
         self._ended = False
         self._error: BrokerError | None = None
         # Called with each message, then with None once the capture ended; used by SyncCapture.
@@ -220,7 +202,7 @@ async def capture(client: Client, pattern: str) -> AsyncIterator[Capture]:
             finally:
                 tasks.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        failure = _single_leaf(group)
+        failure = single_leaf(group)
         if failure is None:
             raise
     finally:
@@ -228,15 +210,6 @@ async def capture(client: Client, pattern: str) -> AsyncIterator[Capture]:
     if failure is not None:
         # Raised outside the except block, so the group does not become its __context__.
         raise failure
-
-
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        if len(error.exceptions) != 1:
-            return None
-        error = error.exceptions[0]
-    return error
 
 
 @final

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
+from .._concurrency import single_leaf
 from ..client import Client, connect
 from ..config import Config
 from ..server import Server
@@ -261,21 +262,12 @@ async def running_broker(
             finally:
                 handle._stop_server()
     except BaseExceptionGroup as group:
-        failure = _single_leaf(group)
+        failure = single_leaf(group)
         if failure is None:
             raise
     if failure is not None:
         # Raised outside the except block, so the group does not become its __context__.
         raise failure
-
-
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        if len(error.exceptions) != 1:
-            return None
-        error = error.exceptions[0]
-    return error
 
 
 @final
