@@ -146,8 +146,7 @@ class Server:
         port = self.config.port
         try:
             for host in self.config.hosts:
-                bind = None if host in ("*", "") else host
-                opened = await trio.open_tcp_listeners(port, host=bind)
+                opened = await trio.open_tcp_listeners(port, host=host)
                 listeners.extend(opened)
                 # With port 0, every further host must share the port the first one got.
                 port = opened[0].socket.getsockname()[1]
