@@ -46,6 +46,7 @@ import contextlib
 import copy
 import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -53,7 +54,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, TypeAlias, TypeVar, final
 
 import anyio
 import trio
@@ -74,12 +75,16 @@ from .client import (
     Subscription,
 )
 from .client import connect as _connect_async
+from .config import DEFAULT_MAX_PAYLOAD
 from .errors import (
+    BadSubject,
     BrokerError,
     ConnectionClosed,
+    PayloadTooLarge,
     ServerShuttingDown,
     SubscriptionClosed,
 )
+from .subjects import MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS, SubjectError, validate_subject
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -99,6 +104,8 @@ DEFAULT_REQUEST_TIMEOUT: Final = 2.0
 DEFAULT_FLUSH_TIMEOUT: Final = 5.0
 #: Seconds `SyncClient.drain` waits for consumers by default before closing anyway.
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+#: Seconds between looks for new messages while a consumer holds one and nothing is queued.
+_HOLD_POLL: Final = 0.005
 #: Seconds `SyncClient.close` waits for the client's thread beyond the graceful close itself.
 _JOIN_MARGIN: Final = 3.0
 
@@ -229,9 +236,13 @@ class SyncSubscription:
     @property
     def pending(self) -> int:
         """Messages queued for the consumers and not yet taken."""
+        # Counted in the client's thread, where the pump moves messages from one queue to the
+        # other, so none is counted twice or missed.
+        return self._client._peek(self._count_pending)
+
+    def _count_pending(self) -> int:
         with self._cond:
-            here = len(self._messages)
-        return here + self._client._peek(lambda: self._sub.pending)
+            return len(self._messages) + self._sub.pending
 
     @property
     def dropped(self) -> int:
@@ -285,7 +296,7 @@ class SyncSubscription:
             self._holders.discard(me)
             messages = self._messages
             if not messages:
-                self._wake_pump_if_idle()
+                self._wake_pump()
             while not messages:
                 if self._finished:
                     if self._error is not None:
@@ -306,14 +317,14 @@ class SyncSubscription:
             message = messages.popleft()
             if hold:
                 self._holders.add(me)
-            elif not messages:
-                self._wake_pump_if_idle()
+            if not messages:
+                self._wake_pump()
             return message
 
-    def _wake_pump_if_idle(self) -> None:
-        """With the lock held: let the pump take more once nothing is queued or held here."""
+    def _wake_pump(self) -> None:
+        """With the lock held and the queue empty: the pump may take more (or stop holding)."""
         event = self._idle_event
-        if event is not None and not self._messages and not self._holders:
+        if event is not None:
             self._idle_event = None
             self._client._soon(event.set)
 
@@ -333,7 +344,7 @@ class SyncSubscription:
         if max_msgs is not None and (type(max_msgs) is not int or max_msgs < 0):
             raise ValueError(f"max_msgs must be a non-negative int or None, got {max_msgs!r}")
         try:
-            self._client._run_sync(self._unsubscribe, max_msgs)
+            self._client._run_ordered(functools.partial(self._unsubscribe, max_msgs))
         except ConnectionClosed:
             # The client is closed: nothing more arrives anyway.
             if max_msgs is None:
@@ -358,15 +369,19 @@ class SyncSubscription:
 
     # -- called in the client's thread ---------------------------------------------------------
 
-    def _put(self, message: SyncMessage, *, wait: bool) -> trio.Event | None:
-        """Queue one message; if `wait`, return an event set once the consumers are idle."""
+    def _put(self, message: SyncMessage) -> None:
         with self._cond:
             self._messages.append(message)
             self._cond.notify()
-            if not wait:
+
+    def _busy(self) -> tuple[trio.Event, bool] | None:
+        """None once the consumers are idle; else an event set when the queue is next empty,
+        and whether messages are queued (False: only held)."""
+        with self._cond:
+            if not self._messages and not self._holders:
                 return None
             self._idle_event = event = trio.Event()
-            return event
+            return event, bool(self._messages)
 
     def _finish(self, error: BrokerError | None, *, discard: bool = False) -> None:
         with self._cond:
@@ -381,6 +396,79 @@ class SyncSubscription:
             self._cond.notify_all()
         if event is not None:
             self._client._soon(event.set)
+
+
+#: One publish on its way to the client's thread: subject, payload, reply_to, headers, size.
+_Pub: TypeAlias = tuple[str, bytes, str | None, dict[str, str] | None, int]
+
+
+@final
+class _Outbox:
+    """Publishes on their way from callers' threads to the client's thread, in call order.
+
+    A caller appends and returns; the first append after the sender took a batch schedules one
+    wake-up of the client's thread, so a burst of publishes costs one thread hop, not one each.
+    Callers wait only while more than ``limit`` payload bytes are queued or being sent (the
+    sync twin of the async client's write buffer backpressure).
+    """
+
+    __slots__ = ("_bytes", "_cond", "_error", "_items", "_limit", "_scheduled")
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._items: deque[_Pub] = deque()
+        #: Payload bytes queued here or taken by the sender and not yet handed to the client.
+        self._bytes = 0
+        self._limit = limit
+        self._scheduled = False
+        #: Once set, publishes are refused with (a copy of) it.
+        self._error: ConnectionClosed | None = None
+
+    def put(self, item: _Pub, wake: Callable[[], None]) -> None:
+        """Queue `item`, in a caller's thread; call `wake` if the sender needs waking."""
+        with self._cond:
+            while self._bytes > self._limit and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise _again(self._error)
+            self._items.append(item)
+            self._bytes += item[4]
+            if not self._scheduled:
+                self._scheduled = True
+                wake()
+
+    def take(self) -> list[_Pub]:
+        """Everything queued, in order; in the client's thread."""
+        with self._cond:
+            batch = list(self._items)
+            self._items.clear()
+            self._scheduled = False
+            return batch
+
+    def sent(self, size: int) -> None:
+        """`size` bytes taken earlier are now the client's: let waiting callers in."""
+        with self._cond:
+            self._bytes -= size
+            self._cond.notify_all()
+
+    @property
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._items
+
+    def close(self, error: ConnectionClosed) -> None:
+        """Refuse publishes from now on (the first reason wins) and release waiting callers."""
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
+
+
+class _Busy:
+    """Returned by an ordered call that found publishes still on their way (see `_run_ordered`)."""
+
+
+_BUSY: Final = _Busy()
 
 
 class _Abort(Exception):
@@ -414,8 +502,15 @@ class SyncClient:
     do (publishes are buffered, requests and flushes wait).
     """
 
-    def __init__(self, connector: AbstractAsyncContextManager[Client]) -> None:
-        self._connector = connector
+    def __init__(
+        self,
+        *,
+        write_buffer_size: int,
+        on_error: Callable[[BrokerError], Awaitable[None]] | None,
+    ) -> None:
+        #: Set by `connect` once the hooks that refer to this client exist.
+        self._connector: AbstractAsyncContextManager[Client] | None = None
+        self._on_error = on_error
         self._thread = threading.Thread(
             target=self._thread_main, name="broker-sync-client", daemon=True
         )
@@ -431,6 +526,14 @@ class SyncClient:
         self._closing = False
         self._abort = False
         self._url = ""
+        self._outbox = _Outbox(write_buffer_size)
+        #: max_payload, max_subject_length, max_subject_tokens from the server's WELCOME; one
+        #: tuple, replaced whole, so callers' threads read a consistent set without a lock.
+        self._limits = (DEFAULT_MAX_PAYLOAD, MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS)
+        # The sender's state; only the client's thread touches these.
+        self._send_wanted: trio.Event | None = None
+        self._batch_sent = trio.Event()
+        self._sending = False
 
     def __repr__(self) -> str:
         if not self._thread.is_alive():
@@ -473,32 +576,63 @@ class SyncClient:
         reply_to: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Queue one message for the writer; waits only while the write buffer is full.
+        """Queue one message for the client's thread; waits only while the buffer is full.
 
-        Returns once the message is queued in the client's thread (no network I/O here), so
-        messages one thread publishes go out in order, and `flush` after it covers it.
+        The checks a caller can act on run here, in the caller's thread, and raise at once; the
+        message then goes out through a queue, so publishing costs no thread hop of its own.
+        Messages are sent in the order they were published (across all threads), and
+        `flush`, `request`, `subscribe` and the rest act after every publish made before them.
+
+        A message that fails only in the client's thread is not raised to its publisher but
+        logged and passed to the ``on_error`` hook: the reconnect buffer was full while
+        disconnected (`ReconnectBufferFull`), the frame with its headers exceeds ``max_frame``,
+        or the connection was lost for good just before it went out (later publishes then raise
+        `ConnectionClosed`).
 
         Raises:
             BadSubject: ``subject`` or ``reply_to`` is not a valid concrete subject.
-            PayloadTooLarge: ``payload`` (or the whole frame) exceeds the server's limits.
+            PayloadTooLarge: ``payload`` exceeds the server's ``max_payload``.
             TypeError: ``payload`` is not bytes-like, or a header is not str to str.
-            ReconnectBufferFull: Disconnected, and the reconnect buffer has no room.
-            ConnectionClosed: The client is closed.
+            ConnectionClosed: The client is closed, or its connection is gone for good.
         """
-        client = self._async
-        try:
-            self._run_sync(
-                functools.partial(
-                    client.publish_nowait, subject, payload, reply_to=reply_to, headers=headers
-                )
+        self._outbox.put(self._checked(subject, payload, reply_to, headers), self._wake_sender)
+
+    def _checked(
+        self,
+        subject: str,
+        payload: Payload,
+        reply_to: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> _Pub:
+        """`broker.Client.publish`'s checks, in the caller's thread, with the same errors.
+
+        Also copies what the caller could change after publish returns (a bytearray, the
+        headers mapping).
+        """
+        max_payload, max_length, max_tokens = self._limits
+        for value, what in ((subject, "subject"), (reply_to, "reply_to")):
+            if value is None:
+                continue
+            try:
+                validate_subject(value, max_length=max_length, max_tokens=max_tokens)
+            except SubjectError as error:
+                raise BadSubject(f"{what}: {error}") from None
+        if type(payload) is not bytes:
+            if not isinstance(payload, bytearray | memoryview):
+                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+            payload = bytes(payload)
+        if len(payload) > max_payload:
+            raise PayloadTooLarge(
+                f"payload of {len(payload)} bytes exceeds the server's max_payload "
+                f"({max_payload} bytes)"
             )
-        except anyio.WouldBlock:
-            # Backpressure: wait in the client's thread until the writer makes room.
-            self._run_async(
-                functools.partial(
-                    client.publish, subject, payload, reply_to=reply_to, headers=headers
-                )
-            )
+        copied = None
+        if headers is not None:
+            copied = dict(headers)
+            for key, value in copied.items():
+                if type(key) is not str or type(value) is not str:
+                    raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
+        return subject, payload, reply_to, copied, len(payload)
 
     def request(
         self,
@@ -524,7 +658,8 @@ class SyncClient:
         client = self._async
 
         async def request() -> Message:
-            with trio.move_on_after(float("inf") if timeout is None else timeout):
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._outbox_sent()
                 return await client.request(subject, payload, headers=headers)
             raise TimeoutError(f"no reply to a request on {subject!r} within {timeout} s")
 
@@ -544,7 +679,8 @@ class SyncClient:
         client = self._async
 
         async def flush() -> None:
-            with trio.move_on_after(float("inf") if timeout is None else timeout):
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._outbox_sent()
                 await client.flush()
                 return
             raise TimeoutError(f"no PONG from {client.url} within {timeout} s")
@@ -578,7 +714,9 @@ class SyncClient:
             ValueError: A bound is not a positive int.
             ConnectionClosed: The client is closed or draining.
         """
-        return self._run_sync(self._subscribe, pattern, queue, max_pending, max_pending_bytes)
+        return self._run_ordered(
+            functools.partial(self._subscribe, pattern, queue, max_pending, max_pending_bytes)
+        )
 
     def _subscribe(
         self, pattern: str, queue: str | None, max_pending: int, max_pending_bytes: int
@@ -597,9 +735,13 @@ class SyncClient:
         """Move one subscription's messages to its thread-safe queue, in the client's thread.
 
         Taking a message from the async subscription marks it "held" until the next take, and
-        the async drain waits for held messages. So when the async queue is empty, the pump asks
-        for more only once the consumers have emptied the sync queue and come back: until then
-        the async side counts as busy, exactly as the consumers are.
+        the async drain waits while anything is held or queued. So once the async queue is
+        empty, the pump takes the next message only when the consumers are idle (nothing
+        queued, nobody holding one): until then the async side counts as busy, as they are, and
+        drain waits for them. Messages arriving meanwhile wait in the async queue (its bound
+        and drop counting apply): the pump moves them when the queue here runs empty, or, while
+        a consumer only holds one, on its next look (every `_HOLD_POLL` seconds), so a thread
+        that holds a message does not stall the others.
         """
         sub = sync_sub._sub
         error: BrokerError | None = None
@@ -609,9 +751,11 @@ class SyncClient:
                     message = await anext(sub)
                 except StopAsyncIteration:
                     break
-                idle = sync_sub._put(_wrap(message, self), wait=sub.pending == 0)
-                if idle is not None:
-                    await idle.wait()
+                sync_sub._put(_wrap(message, self))
+                while sub.pending == 0 and (busy := sync_sub._busy()) is not None:
+                    event, queued = busy
+                    with trio.move_on_after(math.inf if queued else _HOLD_POLL):
+                        await event.wait()
         except BrokerError as failure:
             # Our own close or drain ends subscriptions; anything else is worth raising.
             if not self._closing:
@@ -647,7 +791,8 @@ class SyncClient:
         client = self._async
 
         async def drain() -> None:
-            with trio.move_on_after(float("inf") if timeout is None else timeout):
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await self._outbox_sent()
                 await client.drain()
                 return
             raise TimeoutError(
@@ -675,6 +820,7 @@ class SyncClient:
             raise RuntimeError("a SyncClient cannot be closed from its own thread")
         with self._lock:
             self._closing = True
+        self._outbox.close(ConnectionClosed("the client was closed"))
         self._stop_soon()
         self._thread.join(CLOSE_TIMEOUT + _JOIN_MARGIN)
         if self._thread.is_alive():
@@ -722,21 +868,101 @@ class SyncClient:
             self._started.set()
 
     async def _main(self) -> None:
+        assert self._connector is not None
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
+        self._send_wanted = trio.Event()
         try:
             async with self._connector as client:
                 self._client = client
                 self._url = client.url
-                async with trio.open_nursery() as pumps:
-                    self._pumps = pumps
+                self._limits = _limits_of(client)
+                async with trio.open_nursery() as tasks:
+                    self._pumps = tasks
+                    tasks.start_soon(self._send_loop, client)
                     self._started.set()
                     await self._stop.wait()
-                    pumps.cancel_scope.cancel()
+                    if not self._abort:
+                        # What callers published before close goes out with the close.
+                        with trio.move_on_after(CLOSE_TIMEOUT):
+                            await self._outbox_sent()
+                    tasks.cancel_scope.cancel()
                 if self._abort:
                     raise _Abort
         except _Abort:
             pass
+        finally:
+            self._outbox.close(ConnectionClosed("the client was closed"))
+
+    def _wake_sender(self) -> None:
+        """In a caller's thread: publishes are waiting for the sender."""
+        self._soon(self._want_send)
+
+    def _want_send(self) -> None:
+        assert self._send_wanted is not None
+        self._send_wanted.set()
+
+    async def _send_loop(self, client: Client) -> None:
+        """Hand each batch of publishes to the async client, in order; in the client's thread."""
+        outbox = self._outbox
+        while True:
+            assert self._send_wanted is not None
+            await self._send_wanted.wait()
+            self._send_wanted = trio.Event()
+            self._sending = True
+            batch = outbox.take()
+            # A reconnection may have brought other limits; callers check against these.
+            self._limits = _limits_of(client)
+            for subject, payload, reply_to, headers, _ in batch:
+                try:
+                    try:
+                        client.publish_nowait(subject, payload, reply_to=reply_to, headers=headers)
+                    except anyio.WouldBlock:
+                        await client.publish(subject, payload, reply_to=reply_to, headers=headers)
+                except (BrokerError, TypeError) as error:
+                    self._lost(client, subject, error)
+            outbox.sent(sum(item[4] for item in batch))
+            self._sending = False
+            self._batch_sent.set()
+            self._batch_sent = trio.Event()
+
+    def _lost(self, client: Client, subject: str, error: BrokerError | TypeError) -> None:
+        """A publish failed in the client's thread: nobody waits for it, so report it."""
+        log.warning("a publish to %r was not sent: %s", subject, error)
+        if isinstance(error, ConnectionClosed) and client.is_closed:
+            self._outbox.close(error)
+        hook = self._on_error
+        if hook is not None and self._pumps is not None:
+            report = error if isinstance(error, BrokerError) else BrokerError(str(error))
+            self._pumps.start_soon(hook, report)
+
+    def _publishes_pending(self) -> bool:
+        return self._sending or not self._outbox.empty
+
+    async def _outbox_sent(self) -> None:
+        """Wait until every publish queued so far is the async client's (in its buffer)."""
+        while self._publishes_pending():
+            await self._batch_sent.wait()
+
+    def _run_ordered(self, fn: Callable[[], T]) -> T:
+        """`_run_sync(fn)`, but after every publish queued before it, as callers expect.
+
+        Usually nothing is on its way and this is one hop; otherwise `fn` runs once the sender
+        has handed those publishes over.
+        """
+
+        def unless_busy() -> T | _Busy:
+            return _BUSY if self._publishes_pending() else fn()
+
+        result = self._run_sync(unless_busy)
+        if not isinstance(result, _Busy):
+            return result
+
+        async def after_publishes() -> T:
+            await self._outbox_sent()
+            return fn()
+
+        return self._run_async(after_publishes)
 
     def _stop_soon(self) -> None:
         stop = self._stop
@@ -790,6 +1016,16 @@ class SyncClient:
             return self._run_sync(fn)
         except ConnectionClosed:
             return fn()
+
+
+def _limits_of(client: Client) -> tuple[int, int, int]:
+    info = client.server_info
+    length, tokens = info.get("max_subject_length"), info.get("max_subject_tokens")
+    return (
+        client.max_payload,
+        length if type(length) is int and length > 0 else MAX_SUBJECT_LENGTH,
+        tokens if type(tokens) is int and tokens > 0 else MAX_SUBJECT_TOKENS,
+    )
 
 
 def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Awaitable[None]] | None:
@@ -859,8 +1095,10 @@ def connect(
         ConnectionClosed: The connection or handshake failed; the server's refusal (e.g.
             ``max_connections``) is in its ``code``.
     """
+    report_error = _in_worker_thread(on_error)
+    client = SyncClient(write_buffer_size=write_buffer_size, on_error=report_error)
     # Validates every option here, in the caller's thread; connecting happens in the client's.
-    connector = _connect_async(
+    client._connector = _connect_async(
         url,
         name=name,
         echo=echo,
@@ -877,8 +1115,7 @@ def connect(
         on_disconnected=_in_worker_thread(on_disconnected),
         on_reconnected=_in_worker_thread(on_reconnected),
         on_shutting_down=_in_worker_thread(on_shutting_down),
-        on_error=_in_worker_thread(on_error),
+        on_error=report_error,
     )
-    client = SyncClient(connector)
     client._start()
     return client

@@ -27,6 +27,7 @@ from broker.errors import (
     ConnectionClosed,
     NoResponders,
     PayloadTooLarge,
+    ReconnectBufferFull,
     ServerShuttingDown,
     SubscriptionClosed,
 )
@@ -348,6 +349,98 @@ def test_queue_group(client: sync.SyncClient) -> None:
         client.publish("work", b"%d" % k)
     client.flush()
     assert (one.pending, two.pending) == (10, 10)
+
+
+def test_publishes_keep_their_place_among_other_calls(client: sync.SyncClient) -> None:
+    # Publishes travel through a queue; a later subscribe must not overtake them (with echo,
+    # a subscription made after a publish must not receive it).
+    for k in range(50):
+        client.publish("order.check", b"%d" % k)
+    late = client.subscribe("order.check")
+    client.publish("order.check", b"after")
+    client.flush()
+    assert late.pending == 1
+    assert late.next(timeout=0).payload == b"after"
+
+
+def test_close_sends_what_was_published(broker_thread: BrokerThread) -> None:
+    with sync.connect(broker_thread.url) as receiver:
+        sub = receiver.subscribe("bulk")
+        receiver.flush()
+        sender = sync.connect(broker_thread.url)
+        for k in range(1000):
+            sender.publish("bulk", b"%d" % k)
+        sender.close()  # No flush: close writes what is queued.
+        assert [int(sub.next(timeout=WAIT).payload) for _ in range(1000)] == list(range(1000))
+
+
+def test_a_thread_holding_a_message_does_not_stall_the_others(client: sync.SyncClient) -> None:
+    sub = client.subscribe("shared")
+    client.publish("shared", b"first")
+    for msg in sub:
+        assert msg.payload == b"first"
+        break  # This thread now holds "first" (it never came back for more).
+
+    taken: list[bytes] = []
+
+    def other() -> None:
+        taken.extend(sub.next(timeout=WAIT).payload for _ in range(3))
+
+    with running(other):
+        for k in range(3):
+            client.publish("shared", b"%d" % k)
+    assert taken == [b"0", b"1", b"2"]
+
+
+def test_publish_errors_found_late_are_reported(broker_thread: BrokerThread) -> None:
+    errors: list[BaseException] = []
+    reported, disconnected = threading.Event(), threading.Event()
+
+    def on_error(error: BaseException) -> None:
+        errors.append(error)
+        if len(errors) == 2:
+            reported.set()
+
+    client = sync.connect(
+        broker_thread.url,
+        reconnect_buffer_size=30,  # One 24-byte PUB frame fits.
+        on_error=on_error,
+        on_disconnected=lambda error: disconnected.set(),
+        **FAST,
+    )
+    try:
+        broker_thread.shutdown_server()
+        assert disconnected.wait(WAIT)
+        # Buffered while disconnected until the reconnect buffer is full; the publish that
+        # does not fit is reported, since nobody waits for it.
+        for _ in range(3):
+            client.publish("down", b"12345678")
+        assert reported.wait(WAIT)
+        assert [type(e) for e in errors] == [ReconnectBufferFull, ReconnectBufferFull]
+    finally:
+        client.close()
+    with pytest.raises(ConnectionClosed, match="the client was closed"):
+        client.publish("down", b"")
+
+
+def test_publish_after_the_connection_is_gone_raises(broker_thread: BrokerThread) -> None:
+    disconnected = threading.Event()
+    with sync.connect(
+        broker_thread.url, reconnect=False, on_disconnected=lambda error: disconnected.set()
+    ) as client:
+        sub = client.subscribe("gone")
+        broker_thread.shutdown_server()
+        assert disconnected.wait(WAIT)
+        assert client.is_closed
+        with pytest.raises(ServerShuttingDown):
+            sub.next(timeout=WAIT)
+        # A publish queued before the client's thread finds the connection gone is reported,
+        # not raised (nobody waits for it); from then on publishes raise.
+        client.publish("gone", b"")
+        with pytest.raises(ServerShuttingDown):
+            client.flush()
+        with pytest.raises(ServerShuttingDown):
+            client.publish("gone", b"")
 
 
 def test_max_pending_drops_the_newest(broker_thread: BrokerThread, client: sync.SyncClient) -> None:
