@@ -6,8 +6,10 @@ by what they talk to: the ones that run or check a server come first; client com
 request, reply) go in their own section below them and share the helpers at the top.
 
 Exit codes: 0 success; 2 a usage error or a refused configuration, with a one-line message on
-stderr and no traceback (the user needs the key and the rule, not our call stack); anything else
-is what `broker.server.run` returned.
+stderr and no traceback (the user needs the key and the rule, not our call stack); for `serve`,
+anything else is what `broker.server.run` returned. The client commands add 1 (the broker is
+unreachable or the connection was lost), 3 (no responders), 4 (timeout) and 130 (Ctrl-C); see
+`EXIT_UNREACHABLE` and the constants beside it.
 """
 
 from __future__ import annotations

@@ -14,19 +14,25 @@ Rather than a second implementation of the protocol, each `SyncClient` runs one 
 `broker.Client` on a Trio loop in a background thread of its own, so reconnection, keepalive,
 limits and typed errors behave exactly as they do for async code:
 
-- **Calls hop to the client's thread.** Every method may be called from any thread, at the same
-  time. Non-blocking operations (``publish``, ``subscribe``, ``unsubscribe``) run there with
-  `trio.from_thread.run_sync`; blocking ones (``request``, ``flush``, ``drain``, and ``publish``
-  while the write buffer is full) with `trio.from_thread.run`. A call returns once the client's
-  thread has done it, so what one thread does is ordered as it was called, and errors come out
-  as the same typed exceptions from `broker.errors` (never `ExceptionGroup` s). The hop costs
-  tens of microseconds per call; no network I/O happens in the caller's thread.
+- **Publishes go by queue.** `SyncClient.publish` checks the message in the caller's thread
+  (raising `BadSubject`, `PayloadTooLarge`, `TypeError` at once), appends it to a thread-safe
+  outbox and returns; a sender task in the client's thread hands each batch to the async client.
+  A burst of publishes costs one thread wake-up, so publishing takes microseconds, and callers
+  wait only while ``write_buffer_size`` bytes are on their way (backpressure). The few errors
+  only the client's thread can see (the reconnect buffer is full while disconnected, the
+  connection was lost for good a moment before) go to the log and the ``on_error`` hook.
+- **Everything else hops to the client's thread.** ``subscribe`` and ``unsubscribe`` run there
+  with `trio.from_thread.run_sync`; blocking calls (``request``, ``flush``, ``drain``) with
+  `trio.from_thread.run`, bounded by their ``timeout``. Each acts after every publish queued
+  before it, so what one thread does happens in the order it was called, and errors come out as
+  the same typed exceptions from `broker.errors`, never as an `ExceptionGroup`.
 - **Deliveries cross by queue.** A task in the client's thread moves each subscription's
   messages into a thread-safe queue of its own, so `SyncSubscription.next` is a plain,
-  timeout-bounded wait on a condition variable. The task only asks the async subscription for
-  more once the consumer has emptied that queue (and come back for more, when it iterates), so
-  the async side's bound (``max_pending``) and drop counting still apply while the consumer is
-  busy, and `SyncClient.drain` still waits until the consumer has finished what it took.
+  timeout-bounded wait on a condition variable. Once the async subscription is empty, the task
+  takes its next message only when the consumers are idle (nothing queued, nobody holding a
+  message it took by iterating), so the async side's bound (``max_pending``) and drop counting
+  apply while the consumers are busy, and `SyncClient.drain` waits until they have finished
+  what they took, as `broker.Client.drain` does for ``async for`` loops.
 - **Timeouts are parameters**, unlike the async client's cancel scopes, since threads have none;
   running out raises the builtin `TimeoutError`.
 - **Hooks** (``on_disconnected`` and the rest, as for `broker.connect`) are plain callables run
@@ -508,7 +514,7 @@ class SyncClient:
         write_buffer_size: int,
         on_error: Callable[[BrokerError], Awaitable[None]] | None,
     ) -> None:
-        #: Set by `connect` once the hooks that refer to this client exist.
+        #: Set by `connect`, which builds it around hooks that share state with this client.
         self._connector: AbstractAsyncContextManager[Client] | None = None
         self._on_error = on_error
         self._thread = threading.Thread(
@@ -756,6 +762,10 @@ class SyncClient:
                     event, queued = busy
                     with trio.move_on_after(math.inf if queued else _HOLD_POLL):
                         await event.wait()
+                # What a consumer published while it held a message (its answer to a request)
+                # reaches the async client before the hold is released, so a drain closing on
+                # the release still sends it.
+                await self._outbox_sent()
         except BrokerError as failure:
             # Our own close or drain ends subscriptions; anything else is worth raising.
             if not self._closing:
