@@ -384,7 +384,8 @@ class Subscription:
             raise ValueError(f"max_msgs must be a non-negative int or None, got {max_msgs!r}")
         if not self.active:
             return
-        if max_msgs is None or self._received >= max_msgs:
+        # The server counts messages it dropped for us towards max_msgs, so we do too.
+        if max_msgs is None or self._received + self._server_dropped >= max_msgs:
             self._client._unsubscribe(self, None)
             if max_msgs is None:
                 self._messages.clear()
@@ -478,7 +479,17 @@ class Subscription:
 class _Link:
     """One TCP connection that completed the handshake, and what only makes sense on it."""
 
-    __slots__ = ("announce", "conn", "finish_by", "info", "pongs", "reason", "scope", "stream")
+    __slots__ = (
+        "announce",
+        "conn",
+        "finish_by",
+        "info",
+        "missed",
+        "pongs",
+        "reason",
+        "scope",
+        "stream",
+    )
 
     def __init__(
         self, stream: anyio.abc.SocketStream, conn: Connection, info: dict[str, Any]
@@ -488,6 +499,9 @@ class _Link:
         self.info = info
         #: One entry per PING sent, in order: a waiter, or None for a keepalive.
         self.pongs: deque[_Waiter | None] = deque()
+        #: Keepalive ticks that passed with no PONG at all since the last one; flush PINGs still
+        #: in flight are not evidence of a dead peer, so they are not counted.
+        self.missed = 0
         self.reason: ConnectionClosed | None = None
         self.scope: anyio.CancelScope | None = None
         #: Deadline of a graceful close in progress, or None.
@@ -1219,6 +1233,7 @@ class Client:
             elif kind is Ping:
                 self._queue_control(self._pong_frame)
             elif kind is Pong:
+                link.missed = 0
                 if link.pongs:
                     waiter = link.pongs.popleft()
                     if waiter is not None:
@@ -1249,14 +1264,15 @@ class Client:
         limit = self._options.max_pings_outstanding
         while True:
             await anyio.sleep(interval)
-            if len(link.pongs) >= limit:
+            if link.missed >= limit:
                 link.end(
                     StaleConnection(
-                        f"{len(link.pongs)} PINGs to {self._url} unanswered "
+                        f"{link.missed} keepalive PINGs to {self._url} unanswered "
                         f"(max_pings_outstanding is {limit}, one every {interval} s)"
                     )
                 )
                 return
+            link.missed += 1
             link.pongs.append(None)
             self._queue_control(self._ping_frame)
 

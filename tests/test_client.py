@@ -464,6 +464,52 @@ async def test_max_msgs_ends_when_the_broker_dropped_some_of_them(nursery: trio.
         assert isinstance(hooks.errors[0], MessagesDropped)
 
 
+async def test_unsubscribe_max_msgs_counts_what_the_broker_dropped(nursery: trio.Nursery) -> None:
+    # The broker dropped 3 of 5 messages; unsubscribe(max_msgs=3) is already reached, so the
+    # iterator hands out what is queued and ends instead of waiting forever.
+    server = await start_broker(nursery, slow_consumer_policy="drop_newest", max_pending_messages=2)
+    hooks = Hooks()
+    async with (
+        connect(server.url, name="slow", **hooks.kwargs()) as slow,
+        connect(server.url) as fast,
+    ):
+        sub = slow.subscribe("tick")
+        await slow.flush()
+        server.stall_client("slow")
+        for i in range(5):
+            await fast.publish("tick", b"%d" % i)
+            await fast.flush()
+        server.resume_client("slow")
+        with trio.fail_after(2):
+            await hooks.error_event.wait()
+            await slow.flush()
+            sub.unsubscribe(max_msgs=3)
+            got = [message.payload async for message in sub]
+        assert got == [b"0", b"1"]
+        assert sub.dropped == 3
+
+
+async def test_flushes_in_flight_do_not_make_a_live_connection_stale(
+    nursery: trio.Nursery,
+) -> None:
+    # Only keepalive ticks with no PONG at all count; PINGs sent by flush() that are merely not
+    # answered yet must not cut a healthy connection.
+    server = await start_broker(nursery)
+    hooks = Hooks()
+    async with connect(server.url, ping_interval=0.02, **hooks.kwargs()) as client:
+
+        async def flusher() -> None:
+            for _ in range(150):
+                await client.flush()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as flushers:
+                for _ in range(4):
+                    flushers.start_soon(flusher)
+        assert client.is_connected
+        assert hooks.disconnected == []
+
+
 async def test_server_drops_are_reported_to_on_error(nursery: trio.Nursery) -> None:
     server = await start_broker(nursery, slow_consumer_policy="drop_newest", max_pending_messages=1)
     hooks = Hooks()
