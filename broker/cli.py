@@ -320,6 +320,7 @@ def _show(message: sync.SyncMessage, *, as_json: bool) -> str:
         "base64": encoded,
         "headers": dict(message.headers),
         "reply_to": message.reply_to,
+        "retained": message.retained,
     }
     return json.dumps(record, ensure_ascii=False)
 
@@ -343,6 +344,14 @@ def pub(
         str | None,
         typer.Option("--reply", "-r", metavar="SUBJECT", help="Set the reply subject."),
     ] = None,
+    retain: Annotated[
+        bool,
+        typer.Option(
+            "--retain",
+            help="Retain it as SUBJECT's current value for later subscribers; empty DATA "
+            "deletes the retained value.",
+        ),
+    ] = False,
     url: Url = DEFAULT_URL,
 ) -> None:
     """Publish DATA to SUBJECT, then flush, so the broker has routed it before exit."""
@@ -353,7 +362,7 @@ def pub(
     with _client_errors(), _connect(url, stay=False) as client:
         for n in range(1, count + 1):
             payload = data.replace("{n}", str(n)).encode()
-            client.publish(subject, payload, reply_to=reply, headers=parsed)
+            client.publish(subject, payload, reply_to=reply, headers=parsed, retain=retain)
         client.flush()
 
 
@@ -381,7 +390,7 @@ def sub(
         typer.Option(
             "--json",
             help="Print JSON lines: subject, payload (base64 and base64=true when not UTF-8), "
-            "headers, reply_to.",
+            "headers, reply_to, retained.",
         ),
     ] = False,
     url: Url = DEFAULT_URL,

@@ -226,6 +226,8 @@ class Message:
         payload: The bytes published.
         headers: The publisher's headers; empty when there were none.
         reply_to: Where the publisher wants an answer (set for requests), else None.
+        retained: True for a retained message the broker replayed because this subscription is
+            new (the subject's current value), False for a live one.
     """
 
     subject: str
@@ -233,6 +235,7 @@ class Message:
     headers: Mapping[str, str]
     reply_to: str | None
     _client: Client = field(repr=False)
+    retained: bool = False
 
     async def respond(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
         """Publish `payload` to this message's ``reply_to``: the answer to a request.
@@ -633,6 +636,7 @@ class Client:
         *,
         reply_to: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retain: bool = False,
     ) -> None:
         """Queue one message for the writer; returns without I/O unless the buffer is full.
 
@@ -645,6 +649,11 @@ class Client:
             payload: At most the server's ``max_payload`` bytes.
             reply_to: A subject for the answer (what `request` sets), or None.
             headers: A mapping of str to str, or None.
+            retain: Keep this as the subject's retained message: the broker replays it to every
+                later subscription whose pattern matches, before live messages. An empty
+                ``payload`` deletes the subject's retained message instead (and is delivered
+                live as usual). A full store refuses the message: it is then neither kept nor
+                delivered, and ``on_error`` gets `RetainedLimitExceeded`.
 
         Raises:
             BadSubject: ``subject`` or ``reply_to`` is not a valid concrete subject.
@@ -653,7 +662,7 @@ class Client:
             ReconnectBufferFull: Disconnected, and the reconnect buffer has no room.
             ConnectionClosed: The client is closed.
         """
-        frame = self._encode_pub(subject, payload, reply_to, headers)
+        frame = self._encode_pub(subject, payload, reply_to, headers, retain)
         await self._make_room()
         self._append_pub(frame)
 
@@ -664,9 +673,10 @@ class Client:
         *,
         reply_to: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retain: bool = False,
     ) -> None:
         """Like `publish`, for sync code; raises `anyio.WouldBlock` where publish would wait."""
-        frame = self._encode_pub(subject, payload, reply_to, headers)
+        frame = self._encode_pub(subject, payload, reply_to, headers, retain)
         if self._must_wait():
             raise anyio.WouldBlock(
                 f"{self._pending_bytes} bytes wait for the writer, more than write_buffer_size "
@@ -837,6 +847,7 @@ class Client:
         payload: Payload,
         reply_to: str | None,
         headers: Mapping[str, str] | None,
+        retain: bool = False,
     ) -> bytes:
         if self._closed is not None:
             raise _again(self._closed)
@@ -854,7 +865,7 @@ class Client:
             )
         wire_headers = None if headers is None else _wire_headers(headers)
         try:
-            return self._encoder.send(Pub(subject, payload, reply_to, wire_headers))
+            return self._encoder.send(Pub(subject, payload, reply_to, wire_headers, bool(retain)))
         except LocalProtocolError as error:
             if error.code is ErrorCode.FRAME_TOO_LARGE:
                 raise PayloadTooLarge(error.message) from None
@@ -927,7 +938,7 @@ class Client:
             del self._subs[sub.sid]
 
     def _on_msg(self, event: Msg) -> None:
-        sid, subject, payload, reply_to, headers = event
+        sid, subject, payload, reply_to, headers, retained = event
         if sid == self._inbox_sid:
             self._on_reply(event)
             return
@@ -935,7 +946,7 @@ class Client:
         if sub is None:
             return  # Unsubscribed while this message was on its way.
         wrapped = _NO_HEADERS if headers is None else MappingProxyType(headers)
-        sub._deliver(Message(subject, payload, wrapped, reply_to, self))
+        sub._deliver(Message(subject, payload, wrapped, reply_to, self, retained))
 
     def _on_reply(self, event: Msg) -> None:
         token = event.subject.rpartition(".")[2]

@@ -33,6 +33,8 @@ __all__ = [
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
+    "DEFAULT_MAX_RETAINED_BYTES",
+    "DEFAULT_MAX_RETAINED_SUBJECTS",
     "DEFAULT_MAX_SUBJECT_LENGTH",
     "DEFAULT_MAX_SUBJECT_TOKENS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
@@ -99,6 +101,10 @@ DEFAULT_MAX_PENDING_MESSAGES: Final = 65_536
 DEFAULT_MAX_PENDING_BYTES: Final = 64 * MiB
 MIN_MAX_PENDING_BYTES: Final = 1 * KiB
 MAX_MAX_PENDING_BYTES: Final = 1 * GiB
+
+# [retained]
+DEFAULT_MAX_RETAINED_SUBJECTS: Final = 10_000
+DEFAULT_MAX_RETAINED_BYTES: Final = 64 * MiB
 
 # [slow_consumer]
 DEFAULT_SLOW_CONSUMER_POLICY: Final[SlowConsumerPolicy] = "disconnect"
@@ -183,6 +189,8 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
     "max_subject_tokens": _Range(1, MAX_MAX_SUBJECT_TOKENS),
     "max_pending_messages": _Range(1),
     "max_pending_bytes": _Range(MIN_MAX_PENDING_BYTES, MAX_MAX_PENDING_BYTES),
+    "max_retained_subjects": _Range(0),
+    "max_retained_bytes": _Range(0),
     "max_pings_outstanding": _Range(1),
 }
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
@@ -299,6 +307,10 @@ class Config:
     """Per-client outbox bound in messages; past it, `slow_consumer_policy` applies."""
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     """Per-client outbox bound in bytes; past it, `slow_consumer_policy` applies."""
+    max_retained_subjects: int = DEFAULT_MAX_RETAINED_SUBJECTS
+    """Subjects holding a retained message at once; 0 turns retained messages off."""
+    max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
+    """Bytes of retained messages held at once, counted as encoded for delivery."""
 
     slow_consumer_policy: SlowConsumerPolicy = DEFAULT_SLOW_CONSUMER_POLICY
     """What to do when a client's outbox is full: disconnect it, or drop its oldest or newest."""
@@ -380,6 +392,7 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
         )
     },
     "slow_consumer": {"policy": "slow_consumer_policy"},
+    "retained": {"max_subjects": "max_retained_subjects", "max_bytes": "max_retained_bytes"},
     "timeouts": {
         name: name
         for name in (

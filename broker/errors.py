@@ -30,6 +30,7 @@ __all__ = [
     "PayloadTooLarge",
     "ProtocolViolation",
     "ReconnectBufferFull",
+    "RetainedLimitExceeded",
     "ServerShuttingDown",
     "SlowConsumer",
     "StaleConnection",
@@ -181,6 +182,15 @@ class MessagesDropped(BrokerError):
 
 
 @final
+class RetainedLimitExceeded(BrokerError):
+    """The server refused a retained publish (ERR ``retained_limit``): its retained store is at
+    ``max_retained_subjects`` or ``max_retained_bytes``, or retention is off. The message was
+    neither retained nor delivered. Reported to the ``on_error`` hook, with the subject in
+    ``details``; the connection is unharmed.
+    """
+
+
+@final
 class SubscriptionClosed(BrokerError):
     """``Subscription.next()`` on a subscription that ended normally: unsubscribed, drained, or
     its ``max_msgs`` delivered. ``async for`` turns it into the end of the loop.
@@ -210,6 +220,7 @@ _CLASSES: Final[dict[ErrorCode, type[BrokerError]]] = {
     ErrorCode.BAD_SID: BadSid,
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: TooManySubscriptions,
     ErrorCode.MESSAGES_DROPPED: MessagesDropped,
+    ErrorCode.RETAINED_LIMIT: RetainedLimitExceeded,
 }
 
 

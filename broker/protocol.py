@@ -44,6 +44,7 @@ __all__ = [
     "Unsub",
     "Welcome",
     "encode_msg_tail",
+    "encode_retained_tail",
     "msg_head",
     "msg_head_sid",
     "msg_prefix",
@@ -85,6 +86,7 @@ class ErrorCode(StrEnum):
     STALE_CONNECTION = "stale_connection"
     SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
+    RETAINED_LIMIT = "retained_limit"
 
 
 #: Codes after which the server closes the connection. The others leave it open.
@@ -166,22 +168,28 @@ class Unsub(NamedTuple):
 
 
 class Pub(NamedTuple):
-    """`["PUB", subject, payload, reply_to, headers]`."""
+    """`["PUB", subject, payload, reply_to, headers, retain]`; `retain` true keeps it as the
+    subject's retained message (an empty payload deletes that instead).
+    """
 
     subject: str
     payload: bytes
     reply_to: str | None = None
     headers: Headers | None = None
+    retain: bool = False
 
 
 class Msg(NamedTuple):
-    """`["MSG", sid, subject, payload, reply_to, headers]`: one delivery to one subscription."""
+    """`["MSG", sid, subject, payload, reply_to, headers, retained]`: one delivery to one
+    subscription; `retained` is true for a retained message replayed to a new subscription.
+    """
 
     sid: int
     subject: str
     payload: bytes
     reply_to: str | None = None
     headers: Headers | None = None
+    retained: bool = False
 
 
 class Ping(NamedTuple):
@@ -264,6 +272,12 @@ def _check_sid(value: object) -> str | None:
 def _check_optional_str(name: str, value: object) -> str | None:
     if value is not None and type(value) is not str:
         return f"{name} must be a str or nil, got {type(value).__name__}"
+    return None
+
+
+def _check_flag(name: str, value: object) -> str | None:
+    if value is not None and type(value) is not bool:
+        return f"{name} must be a bool or nil, got {type(value).__name__}"
     return None
 
 
@@ -378,32 +392,38 @@ def _parse_pub(items: list[Any]) -> Event | str:
         payload = items[2]
         if type(subject) is str and type(payload) is bytes:
             return Pub(subject, payload)
-    fields = _fields("PUB", items, 2, 4)
+    fields = _fields("PUB", items, 2, 5)
     if isinstance(fields, str):
         return fields
-    subject, payload, reply_to, headers = fields
+    subject, payload, reply_to, headers, retain = fields
     problem = _first_problem(
         _check_subject_type(subject),
         _check_payload(payload),
         _check_optional_str("reply_to", reply_to),
         _check_headers(headers),
+        _check_flag("retain", retain),
     )
-    return problem if problem is not None else Pub(subject, payload, reply_to, headers)
+    if problem is not None:
+        return problem
+    return Pub(subject, payload, reply_to, headers, retain is True)
 
 
 def _parse_msg(items: list[Any]) -> Event | str:
-    fields = _fields("MSG", items, 3, 5)
+    fields = _fields("MSG", items, 3, 6)
     if isinstance(fields, str):
         return fields
-    sid, subject, payload, reply_to, headers = fields
+    sid, subject, payload, reply_to, headers, retained = fields
     problem = _first_problem(
         _check_sid(sid),
         _check_subject_type(subject),
         _check_payload(payload),
         _check_optional_str("reply_to", reply_to),
         _check_headers(headers),
+        _check_flag("retained", retained),
     )
-    return problem if problem is not None else Msg(sid, subject, payload, reply_to, headers)
+    if problem is not None:
+        return problem
+    return Msg(sid, subject, payload, reply_to, headers, retained is True)
 
 
 def _parse_ping(items: list[Any]) -> Event | str:
@@ -469,9 +489,11 @@ _MSGPACK_ERRORS: Final = (
 
 
 def _event_items(event: Event) -> list[Any]:
-    """The wire array for an event, with trailing nils omitted."""
+    """The wire array for an event, with trailing nils (and a false last flag) omitted."""
     op = _OP_NAMES[type(event)]
     items: list[Any] = [op, *event]
+    if items[-1] is False:
+        items.pop()
     while len(items) > 1 and items[-1] is None:
         items.pop()
     return items
@@ -506,6 +528,7 @@ def _encode(items: list[Any]) -> bytes:
 # encodes the rest once per publish and joins a per-subscription prefix onto it.
 
 _MSG_ARRAY_HEAD: Final = b"\x96\xa3MSG"  # fixarray of 6, fixstr "MSG"
+_RETAINED_MSG_ARRAY_HEAD: Final = b"\x97\xa3MSG"  # fixarray of 7: the retained flag follows
 
 
 def encode_msg_tail(
@@ -516,9 +539,19 @@ def encode_msg_tail(
     return _packb((subject, payload, reply_to, headers))[1:]
 
 
-def msg_prefix(sid: int) -> bytes:
+def encode_retained_tail(
+    subject: str, payload: bytes, reply_to: str | None, headers: Headers | None
+) -> bytes:
+    """Like `encode_msg_tail`, for a retained message's replay: it ends with the flag set.
+
+    Joined onto a `msg_prefix(sid, retained=True)`; the server stores this with the message.
+    """
+    return _packb((subject, payload, reply_to, headers, True))[1:]
+
+
+def msg_prefix(sid: int, *, retained: bool = False) -> bytes:
     """Encode the array head, op name and sid of a MSG; a subscription computes this once."""
-    return _MSG_ARRAY_HEAD + _packb(sid)
+    return (_RETAINED_MSG_ARRAY_HEAD if retained else _MSG_ARRAY_HEAD) + _packb(sid)
 
 
 def msg_head_sid(head: bytes) -> int:
@@ -684,7 +717,7 @@ class Connection:
                     subject = items[1]
                     payload = items[2]
                     if type(subject) is str and type(payload) is bytes:
-                        append(_new_tuple(Pub, (subject, payload, None, None)))
+                        append(_new_tuple(Pub, (subject, payload, None, None, False)))
                         continue
                 append(event_from(items))
         except RemoteProtocolError:

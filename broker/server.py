@@ -70,7 +70,12 @@ class Server:
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
-        return self.hub.counters.snapshot(subscriptions=len(self.hub.table))
+        hub = self.hub
+        return hub.counters.snapshot(
+            subscriptions=len(hub.table),
+            retained_subjects=hub.retained.subjects,
+            retained_bytes=hub.retained.bytes,
+        )
 
     def clients(self, name: str | None = None) -> list[Session]:
         """The live sessions, or those whose HELLO gave `name`, oldest first."""

@@ -36,10 +36,12 @@ from .protocol import (
     Welcome,
     encode_frame,
     encode_msg_tail,
+    encode_retained_tail,
     msg_head,
     msg_head_sid,
     msg_prefix,
 )
+from .retained import RetainedStore
 from .routing import RoutingTable
 from .stats import Counters
 from .subjects import SubjectError, validate_subject
@@ -71,15 +73,29 @@ PROTOCOL_VIOLATIONS: Final = frozenset(
 
 @final
 class Hub:
-    """What every session shares: the config, the routing table, counters and live sessions."""
+    """What every session shares: config, routing table, retained store, counters, sessions."""
 
-    __slots__ = ("closing", "config", "counters", "info", "next_client_id", "sessions", "table")
+    __slots__ = (
+        "closing",
+        "config",
+        "counters",
+        "info",
+        "next_client_id",
+        "retained",
+        "sessions",
+        "table",
+    )
 
     def __init__(self, config: Config, *, server_id: str) -> None:
         self.config = config
         self.table: RoutingTable[Subscription] = RoutingTable(
             max_subject_length=config.max_subject_length,
             max_subject_tokens=config.max_subject_tokens,
+        )
+        #: Each retained subject's message, encoded ready to follow a replay's MSG prefix, and
+        #: the size of its payload (for the statistics).
+        self.retained: RetainedStore[tuple[bytes, int]] = RetainedStore(
+            max_subjects=config.max_retained_subjects, max_bytes=config.max_retained_bytes
         )
         self.counters = Counters()
         self.sessions: set[Session] = set()
@@ -100,6 +116,8 @@ class Hub:
             "ping_interval": config.ping_interval,
             "slow_consumer_policy": config.slow_consumer_policy,
             "headers": True,
+            "max_retained_subjects": config.max_retained_subjects,
+            "max_retained_bytes": config.max_retained_bytes,
         }
 
 
@@ -439,7 +457,7 @@ class Session:
                 return
 
     def _publish(self, event: Pub) -> None:
-        subject, payload, reply_to, headers = event
+        subject, payload, reply_to, headers, retain = event
         hub = self.hub
         counters = hub.counters
         size = len(payload)
@@ -461,6 +479,8 @@ class Session:
                 )
         except SubjectError as error:
             self.error(ErrorCode.BAD_SUBJECT, str(error), {"subject": subject[:256]})
+            return
+        if retain and not self._retain(subject, payload, reply_to, headers):
             return
         counters.messages_in += 1
         counters.bytes_in += size
@@ -488,6 +508,25 @@ class Session:
             counters.bytes_out += delivered * size
         elif reply_to is not None and tail is None:
             self._no_responders(reply_to)
+
+    def _retain(
+        self, subject: str, payload: bytes, reply_to: str | None, headers: dict[str, str] | None
+    ) -> bool:
+        """Update the subject's retained message; False (and an ERR) if the store refuses it.
+
+        Done before routing, so a refused message is neither kept nor delivered: the publisher
+        learns of one failure, not of a message that half happened.
+        """
+        store = self.hub.retained
+        if not payload:
+            store.delete(subject)
+            return True
+        tail = encode_retained_tail(subject, payload, reply_to, headers)
+        problem = store.put(subject, (tail, len(payload)), len(tail))
+        if problem is None:
+            return True
+        self.error(ErrorCode.RETAINED_LIMIT, problem, {"subject": subject})
+        return False
 
     def _is_own(self, sub: Subscription) -> bool:
         return sub.session is self
@@ -519,12 +558,34 @@ class Session:
             )
             return
         sub = Subscription(self, sid, pattern, queue)
+        hub = self.hub
         try:
-            self.hub.table.insert(sub, pattern, queue)
+            hub.table.insert(sub, pattern, queue)
         except SubjectError as error:
             self.error(ErrorCode.BAD_SUBJECT, str(error), details)
             return
         self.subs[sid] = sub
+        # Replayed in the same step as the insert, with no await between: every publish routed
+        # after this SUB is live, every one before it is in the snapshot, none is in both.
+        # Queue groups get no replay (as MQTT shared subscriptions): each new worker would
+        # otherwise redo the group's work.
+        if queue is None and hub.retained.subjects:
+            self._replay(sub, hub.retained.matching(pattern))
+
+    def _replay(self, sub: Subscription, entries: list[tuple[str, tuple[bytes, int]]]) -> None:
+        """Queue the retained messages a new subscription matches, flagged as retained."""
+        if not entries:
+            return
+        prefix = msg_prefix(sub.sid, retained=True)
+        counters = self.hub.counters
+        for _subject, (tail, size) in entries:
+            if not self._accepting or self.subs.get(sub.sid) is not sub:
+                return  # cut off as a slow consumer, or max_msgs reached
+            head = msg_head(prefix, len(tail))
+            if self.outbox.offer(head, tail) or self._overflow(sub, head, tail):
+                counters.messages_out += 1
+                counters.bytes_out += size
+            self._count_delivery(sub)
 
     def _unsubscribe(self, event: Unsub) -> None:
         # An unknown sid is not an error: an auto-unsubscribe may have removed it already.
@@ -559,6 +620,13 @@ class Session:
         if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
             self._remove(sub)
         return 1 if queued else 0
+
+    def _count_delivery(self, sub: Subscription) -> None:
+        if not self._accepting:
+            return
+        sub.delivered += 1
+        if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
+            self._remove(sub)
 
     def _overflow(self, sub: Subscription, head: bytes, tail: bytes) -> bool:
         """Apply the slow-consumer policy to a frame that did not fit; True if it was queued."""
@@ -611,7 +679,7 @@ class Session:
 
     def error(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
         """Report a non-fatal error to the client; the connection stays open."""
-        self.hub.counters.protocol_errors += 1
+        self.hub.counters.protocol_errors += code in PROTOCOL_VIOLATIONS
         log.debug("%r: %s: %s", self, code.value, message)
         self.outbox.push_control(self._err_frame(code, message, details))
         self._check_control_bound()

@@ -17,7 +17,9 @@ class Statistics:
     to ten subscribers adds 1 to `messages_in` and 10 to `messages_out`. A delivery is counted
     when it is queued for its subscriber; `dropped_messages` counts those a drop policy later
     discarded (drop_oldest) or never queued (drop_newest). `messages_in` counts only publishes
-    that were routed, not those refused for a bad subject.
+    that were routed, not those refused for a bad subject or a full retained store. Replays of
+    retained messages count in `messages_out`; `retained_subjects` and `retained_bytes` are
+    what the retained store holds now.
     """
 
     connections: int
@@ -32,6 +34,8 @@ class Statistics:
     dropped_messages: int
     no_responders: int
     protocol_errors: int
+    retained_subjects: int
+    retained_bytes: int
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict, for logs and JSON."""
@@ -69,8 +73,10 @@ class Counters:
         self.no_responders = 0
         self.protocol_errors = 0
 
-    def snapshot(self, *, subscriptions: int) -> Statistics:
-        """Freeze the counters, adding the routing table's current subscription count."""
+    def snapshot(
+        self, *, subscriptions: int, retained_subjects: int, retained_bytes: int
+    ) -> Statistics:
+        """Freeze the counters, adding the gauges read from the routing table and the store."""
         return Statistics(
             connections=self.connections,
             total_connections=self.total_connections,
@@ -84,4 +90,6 @@ class Counters:
             dropped_messages=self.dropped_messages,
             no_responders=self.no_responders,
             protocol_errors=self.protocol_errors,
+            retained_subjects=retained_subjects,
+            retained_bytes=retained_bytes,
         )

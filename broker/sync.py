@@ -146,6 +146,7 @@ class SyncMessage:
         payload: The bytes published.
         headers: The publisher's headers; empty when there were none.
         reply_to: Where the publisher wants an answer (set for requests), else None.
+        retained: True for a retained message replayed to a new subscription, else False.
     """
 
     subject: str
@@ -153,6 +154,7 @@ class SyncMessage:
     headers: Mapping[str, str]
     reply_to: str | None
     _client: SyncClient = field(repr=False)
+    retained: bool = False
 
     def respond(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
         """Publish `payload` to this message's ``reply_to``: the answer to a request.
@@ -169,7 +171,14 @@ class SyncMessage:
 
 
 def _wrap(message: Message, client: SyncClient) -> SyncMessage:
-    return SyncMessage(message.subject, message.payload, message.headers, message.reply_to, client)
+    return SyncMessage(
+        message.subject,
+        message.payload,
+        message.headers,
+        message.reply_to,
+        client,
+        message.retained,
+    )
 
 
 @final
@@ -404,8 +413,9 @@ class SyncSubscription:
             self._client._soon(event.set)
 
 
-#: One publish on its way to the client's thread: subject, payload, reply_to, headers, size.
-_Pub: TypeAlias = tuple[str, bytes, str | None, dict[str, str] | None, int]
+#: One publish on its way to the client's thread: subject, payload, reply_to, headers, size,
+#: retain.
+_Pub: TypeAlias = tuple[str, bytes, str | None, dict[str, str] | None, int, bool]
 
 
 @final
@@ -581,6 +591,7 @@ class SyncClient:
         *,
         reply_to: str | None = None,
         headers: Mapping[str, str] | None = None,
+        retain: bool = False,
     ) -> None:
         """Queue one message for the client's thread; waits only while the buffer is full.
 
@@ -595,13 +606,17 @@ class SyncClient:
         or the connection was lost for good just before it went out (later publishes then raise
         `ConnectionClosed`).
 
+        ``retain`` keeps the message as its subject's retained message, as in
+        `broker.Client.publish` (an empty payload deletes it).
+
         Raises:
             BadSubject: ``subject`` or ``reply_to`` is not a valid concrete subject.
             PayloadTooLarge: ``payload`` exceeds the server's ``max_payload``.
             TypeError: ``payload`` is not bytes-like, or a header is not str to str.
             ConnectionClosed: The client is closed, or its connection is gone for good.
         """
-        self._outbox.put(self._checked(subject, payload, reply_to, headers), self._wake_sender)
+        checked = self._checked(subject, payload, reply_to, headers, bool(retain))
+        self._outbox.put(checked, self._wake_sender)
 
     def _checked(
         self,
@@ -609,6 +624,7 @@ class SyncClient:
         payload: Payload,
         reply_to: str | None,
         headers: Mapping[str, str] | None,
+        retain: bool,
     ) -> _Pub:
         """`broker.Client.publish`'s checks, in the caller's thread, with the same errors.
 
@@ -638,7 +654,7 @@ class SyncClient:
             for key, value in copied.items():
                 if type(key) is not str or type(value) is not str:
                     raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
-        return subject, payload, reply_to, copied, len(payload)
+        return subject, payload, reply_to, copied, len(payload), retain
 
     def request(
         self,
@@ -923,12 +939,16 @@ class SyncClient:
             batch = outbox.take()
             # A reconnection may have brought other limits; callers check against these.
             self._limits = _limits_of(client)
-            for subject, payload, reply_to, headers, _ in batch:
+            for subject, payload, reply_to, headers, _, retain in batch:
                 try:
                     try:
-                        client.publish_nowait(subject, payload, reply_to=reply_to, headers=headers)
+                        client.publish_nowait(
+                            subject, payload, reply_to=reply_to, headers=headers, retain=retain
+                        )
                     except anyio.WouldBlock:
-                        await client.publish(subject, payload, reply_to=reply_to, headers=headers)
+                        await client.publish(
+                            subject, payload, reply_to=reply_to, headers=headers, retain=retain
+                        )
                 except (BrokerError, TypeError) as error:
                     self._lost(client, subject, error)
             outbox.sent(sum(item[4] for item in batch))

@@ -132,9 +132,21 @@ def test_sub_prints_json_lines(broker: BrokerThread) -> None:
         "base64": False,
         "headers": {"k": "v"},
         "reply_to": "inbox.1",
+        "retained": False,
     }
     assert binary["base64"] is True
     assert base64.b64decode(binary["payload"]) == b"\xff\x00"
+
+
+def test_pub_retain_then_sub_replays_it_and_empty_data_deletes(broker: BrokerThread) -> None:
+    assert run("pub", "cfg.mode", "fast", "--retain", "--url", broker.url).returncode == 0
+    result = run("sub", "cfg.*", "--json", "--count", "1", "--url", broker.url)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["subject"], record["payload"], record["retained"]) == ("cfg.mode", "fast", True)
+    assert run("pub", "cfg.mode", "--retain", "--url", broker.url).returncode == 0
+    result = run("sub", "cfg.*", "--count", "1", "--timeout", "0.5", "--url", broker.url)
+    assert result.returncode == EXIT_TIMEOUT, "nothing is retained any more"
 
 
 def test_request_and_reply(broker: BrokerThread) -> None:

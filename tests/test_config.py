@@ -40,6 +40,8 @@ TOML_KEY = {
     "max_pending_messages": "limits.max_pending_messages",
     "max_pending_bytes": "limits.max_pending_bytes",
     "slow_consumer_policy": "slow_consumer.policy",
+    "max_retained_subjects": "retained.max_subjects",
+    "max_retained_bytes": "retained.max_bytes",
     "handshake_timeout": "timeouts.handshake_timeout",
     "write_timeout": "timeouts.write_timeout",
     "ping_interval": "timeouts.ping_interval",
@@ -100,6 +102,8 @@ def test_mapping_round_trip() -> None:
         max_pending_messages=8,
         max_pending_bytes=4096,
         slow_consumer_policy="drop_oldest",
+        max_retained_subjects=0,
+        max_retained_bytes=10,
         handshake_timeout=0.5,
         write_timeout=1.5,
         ping_interval=3.0,
@@ -150,6 +154,8 @@ EDGES: list[tuple[str, Any, Any, str]] = [
     ("max_pending_messages", 1, 0, "must be >= 1"),
     ("max_pending_bytes", 1024, 1023, "must be between 1024 and 1073741824"),
     ("max_pending_bytes", 1024 * MiB, 1024 * MiB + 1, "must be between 1024 and 1073741824"),
+    ("max_retained_subjects", 0, -1, "must be >= 0"),
+    ("max_retained_bytes", 0, -1, "must be >= 0"),
     ("handshake_timeout", TINY, 0.0, "must be > 0 and <= 60"),
     ("handshake_timeout", 60.0, math.nextafter(60.0, math.inf), "must be > 0 and <= 60"),
     ("write_timeout", TINY, 0.0, "must be > 0 and <= 10"),
@@ -359,7 +365,7 @@ def test_unknown_section() -> None:
         config_from_mapping({"limit": {"max_payload": 1}}, source=SOURCE)
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
-        " known: server, limits, slow_consumer, timeouts, logging"
+        " known: server, limits, slow_consumer, retained, timeouts, logging"
     )
 
 

@@ -26,7 +26,8 @@ def test_wire_walkthrough(broker_thread: BrokerThread) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Welcome(info={'version': 1")
     assert lines[1:] == [
-        "Msg(sid=1, subject='greetings.world', payload=b'hello', reply_to=None, headers=None)",
+        "Msg(sid=1, subject='greetings.world', payload=b'hello', reply_to=None, headers=None, "
+        "retained=False)",
         "Pong()",
     ]
 

@@ -1,0 +1,266 @@
+"""Retained messages over real sockets: replay before live, deletes, bounds, and the clients."""
+
+from __future__ import annotations
+
+import trio
+from wire import StartServer, bystanders, wire_client
+
+import broker
+from broker import sync
+from broker.errors import BrokerError, RetainedLimitExceeded
+from broker.protocol import Err, ErrorCode, Msg, Pub, Sub, Unsub
+from broker.testing import BrokerThread
+
+
+async def test_a_new_subscription_gets_retained_messages_then_live_ones(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await pub.send(
+                Pub("room.1.temp", b"20", None, {"unit": "C"}, True),
+                Pub("room.2.temp", b"21", retain=True),
+                Pub("room.2.temp", b"22", retain=True),  # replaces 21
+                Pub("room.3.temp", b"not kept"),  # plain publishes are not retained
+                Pub("hall.temp", b"19", retain=True),
+            )
+            await pub.flush()
+            await sub.send(Sub(1, "room.*.temp"))
+            assert await sub.drain() == [
+                Msg(1, "room.1.temp", b"20", None, {"unit": "C"}, True),
+                Msg(1, "room.2.temp", b"22", retained=True),
+            ]
+            await pub.send(Pub("room.1.temp", b"23", retain=True))
+            await pub.flush()
+            assert await sub.drain() == [Msg(1, "room.1.temp", b"23")]  # live: flag clear
+            await sub.send(Sub(2, "room.1.temp"), Sub(3, ">"))
+            assert await sub.drain() == [
+                Msg(2, "room.1.temp", b"23", retained=True),
+                Msg(3, "hall.temp", b"19", retained=True),
+                Msg(3, "room.1.temp", b"23", retained=True),
+                Msg(3, "room.2.temp", b"22", retained=True),
+            ]
+        stats = server.statistics()
+        assert (stats.retained_subjects, stats.messages_in) == (3, 6)
+        assert stats.retained_bytes == sum(
+            len(tail) for tail, _ in (v for _, v in server.hub.retained.matching(">"))
+        )
+
+
+async def test_an_empty_retained_payload_deletes_and_is_delivered_live(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await pub.send(Pub("kv.a", b"1", retain=True), Pub("kv.b", b"2", retain=True))
+            await pub.flush()
+            await sub.send(Sub(1, "kv.>"))
+            assert len(await sub.drain()) == 2
+            await pub.send(Pub("kv.a", b"", retain=True))
+            await pub.flush()
+            assert await sub.drain() == [Msg(1, "kv.a", b"")]
+            await sub.send(Sub(2, "kv.>"))
+            assert await sub.drain() == [Msg(2, "kv.b", b"2", retained=True)]
+            await pub.send(Pub("kv.never", b"", retain=True))  # deleting nothing is fine
+            assert await pub.drain() == []
+        assert server.statistics().retained_subjects == 1
+
+
+async def test_retained_then_live_with_no_gap_and_no_duplicate_under_load(
+    start_server: StartServer,
+) -> None:
+    """A publisher counts up on one retained subject while subscribers join one by one: each
+    sees the value current at its SUB (flagged retained), then every later value, once each."""
+    with trio.fail_after(10):
+        server = await start_server()
+        total, step = 3000, 300
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await sub.send(Sub(0, "counter"))
+            await sub.flush()
+            send_progress, progress = trio.open_memory_channel[int](total // step)
+            async with trio.open_nursery() as nursery:
+
+                async def publish() -> None:
+                    async with send_progress:
+                        for n in range(1, total + 1):
+                            await pub.send(Pub("counter", b"%d" % n, retain=True))
+                            if n % step == 0:
+                                send_progress.send_nowait(n)
+                                await trio.sleep(0)
+
+                nursery.start_soon(publish)
+                sid = 0
+                async for _ in progress:
+                    sid += 1  # joins while the publisher is mid-run
+                    await sub.send(Sub(sid, "counter"))
+            await pub.flush()
+            await sub.send(Sub(99, "counter"))
+            seen: dict[int, list[tuple[int, bool]]] = {}
+            for event in await sub.drain():
+                assert type(event) is Msg, event
+                seen.setdefault(event.sid, []).append((int(event.payload), event.retained))
+        assert seen.pop(0) == [(n, False) for n in range(1, total + 1)]
+        assert seen.pop(99) == [(total, True)]
+        assert len(seen) == total // step
+        for sid, values in seen.items():
+            numbers = [n for n, _ in values]
+            assert numbers == list(range(numbers[0], total + 1)), f"sid {sid}: gap or repeat"
+            assert values[0][1], f"sid {sid}: a value was current when it joined"
+            assert not any(retained for _, retained in values[1:]), f"sid {sid}: replay after live"
+
+
+async def test_queue_group_members_get_no_replay(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port) as worker:
+            await pub.send(Pub("jobs.config", b"v1", retain=True))
+            await pub.flush()
+            await worker.send(Sub(1, "jobs.*", "workers"))
+            assert await worker.drain() == []
+            await pub.send(Pub("jobs.config", b"v2", retain=True))
+            await pub.flush()
+            assert await worker.drain() == [Msg(1, "jobs.config", b"v2")]
+
+
+async def test_replays_count_towards_unsub_max_msgs(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await pub.send(*(Pub(f"k.{n}", b"v", retain=True) for n in range(5)))
+            await pub.flush()
+            # The whole replay is queued at SUB; an UNSUB(2) that follows finds 5 delivered,
+            # more than 2, and ends the subscription at once: no live message follows.
+            await sub.send(Sub(1, "k.*"), Unsub(1, 2))
+            events = await sub.drain()
+            assert [e.subject for e in events if type(e) is Msg] == [f"k.{n}" for n in range(5)]
+            assert len(server.hub.table) == 0
+
+
+async def test_max_msgs_counts_replays_then_live_ones(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await pub.send(*(Pub(f"k.{n}", b"v", retain=True) for n in range(5)))
+            await pub.flush()
+            await sub.send(Sub(1, "k.*"))
+            await sub.send(Unsub(1, 7))
+            assert len([e for e in await sub.drain() if type(e) is Msg]) == 5
+            await pub.send(Pub("k.9", b"live"), Pub("k.9", b"live"), Pub("k.9", b"past"))
+            await pub.flush()
+            assert [e.payload for e in await sub.drain()] == [b"live", b"live"]
+
+
+async def test_subject_bound_exactly_at_the_limit_and_one_past(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_retained_subjects=2)
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port) as pub,
+            wire_client(server.port) as sub,
+        ):
+            await sub.send(Sub(1, "s.*"))
+            await sub.flush()
+            await pub.send(Pub("s.1", b"a", retain=True), Pub("s.2", b"b", retain=True))
+            assert await pub.drain() == []
+            await pub.send(Pub("s.3", b"c", retain=True))
+            (err,) = await pub.drain()
+            assert type(err) is Err and err.code == ErrorCode.RETAINED_LIMIT
+            assert err.details == {"subject": "s.3"}
+            assert "max_retained_subjects" in err.message
+            assert not err.fatal
+            # Refused means not delivered either; replacing and plain publishing still work.
+            await pub.send(Pub("s.2", b"b2", retain=True), Pub("s.3", b"plain"))
+            assert await pub.drain() == []
+            assert [e.payload for e in await sub.drain()] == [b"a", b"b", b"b2", b"plain"]
+            await pair.check()
+        stats = server.statistics()
+        assert (stats.retained_subjects, stats.protocol_errors) == (2, 0)
+
+
+async def test_byte_bound_exactly_at_the_limit_and_one_past(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        # An entry weighs its encoded replay tail: subject "b" + 100-byte payload + 3 nils/flag.
+        weight = 1 + 1 + 2 + 100 + 3
+        server = await start_server(max_retained_bytes=2 * weight)
+        async with wire_client(server.port) as pub:
+            await pub.send(Pub("a", b"x" * 100, retain=True), Pub("b", b"y" * 100, retain=True))
+            assert await pub.drain() == []
+            assert server.statistics().retained_bytes == 2 * weight
+            await pub.send(Pub("a", b"x" * 101, retain=True))
+            (err,) = await pub.drain()
+            assert err == Err(
+                "retained_limit",
+                f"retaining {weight + 1} bytes on 'a' would hold {2 * weight + 1} bytes, "
+                f"more than max_retained_bytes ({2 * weight})",
+                {"subject": "a"},
+            )
+            assert server.hub.retained.get("a") is not None
+            assert server.statistics().retained_bytes == 2 * weight
+
+
+async def test_retention_off_refuses_every_retained_publish(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_retained_subjects=0)
+        async with wire_client(server.port) as pub:
+            assert pub.info["max_retained_subjects"] == 0
+            await pub.send(Pub("a", b"x", retain=True))
+            (err,) = await pub.drain()
+            assert type(err) is Err and err.code == "retained_limit"
+
+
+async def test_a_slow_consumer_policy_applies_to_a_large_replay(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_pending_messages=3, slow_consumer_policy="drop_newest")
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await pub.send(*(Pub(f"k.{n}", b"v", retain=True) for n in range(5)))
+            await pub.flush()
+            await sub.send(Sub(1, "k.*"))
+            # The drop report follows what was queued when the writer ran, PONG included.
+            events = await sub.drain() + await sub.drain()
+            assert [e.subject for e in events if type(e) is Msg] == ["k.0", "k.1", "k.2"]
+            assert [e.details for e in events if type(e) is Err] == [
+                {"dropped": 2, "total": 2, "sids": [[1, 2]]}
+            ]
+
+
+async def test_async_client_retains_and_sees_the_flag(start_server: StartServer) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_retained_subjects=1)
+        errors: list[BrokerError] = []
+        async with broker.connect(server.url, on_error=errors.append) as client:
+            await client.publish("cfg.mode", b"fast", retain=True, headers={"by": "test"})
+            await client.flush()
+            async with client.subscribe("cfg.>") as sub:
+                replay = await sub.next()
+                assert (replay.subject, replay.payload, replay.retained) == (
+                    "cfg.mode",
+                    b"fast",
+                    True,
+                )
+                assert dict(replay.headers) == {"by": "test"}
+                await client.publish("cfg.mode", b"slow", retain=True)
+                live = await sub.next()
+                assert (live.payload, live.retained) == (b"slow", False)
+                client.publish_nowait("cfg.other", b"x", retain=True)
+                await client.flush()
+                while not errors:
+                    await trio.sleep(0.001)
+            assert type(errors[0]) is RetainedLimitExceeded
+            assert errors[0].details == {"subject": "cfg.other"}
+
+
+def test_sync_client_retains_and_sees_the_flag(broker_thread: BrokerThread) -> None:
+    with sync.connect(broker_thread.url) as client:
+        client.publish("kv.colour", b"blue", retain=True)
+        client.flush()
+        with client.subscribe("kv.*") as sub:
+            replay = sub.next(timeout=5)
+            assert (replay.payload, replay.retained) == (b"blue", True)
+            client.publish("kv.colour", b"", retain=True)
+            deleted = sub.next(timeout=5)
+            assert (deleted.payload, deleted.retained) == (b"", False)
+        with client.subscribe("kv.*") as again:
+            client.flush()
+            assert again.pending == 0
