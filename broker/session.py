@@ -10,6 +10,7 @@ everything pending and sends it in one `send_all`.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from typing import Any, Final, final
 
@@ -55,6 +56,11 @@ READ_SIZE: Final = 64 * 1024
 #: How long a closing connection is drained so the peer reads our final ERR, not a reset.
 LINGER_SECONDS: Final = 0.5
 _NO_RESPONDERS_HEADERS: Final = {"status": "503"}
+#: Memory a queued message holds beyond its frame bytes: its head is a `bytes` object of its
+#: own, its tail another (shared with other subscribers, but a stalled client may be the last
+#: to hold it), and each takes a deque slot. Counting it makes `max_pending_bytes` bound the
+#: memory a stalled client pins, not just its frame bytes (small frames were 1.5x over).
+MESSAGE_OVERHEAD: Final = 2 * sys.getsizeof(b"") + 2 * 8
 #: The errors counted as `protocol_errors`: the client broke the contract, as opposed to being
 #: slow, idle, late or turned away.
 PROTOCOL_VIOLATIONS: Final = frozenset(
@@ -187,7 +193,7 @@ class Outbox:
         A message always fits an outbox holding no other message, so a frame larger than
         `max_bytes` is delivered to a reader that keeps up instead of failing every time.
         """
-        size = len(head) + len(tail)
+        size = len(head) + len(tail) + MESSAGE_OVERHEAD
         if self.messages and (
             self.messages >= self.max_messages or self.bytes + size > self.max_bytes
         ):
@@ -210,7 +216,8 @@ class Outbox:
             self._wake()
 
     def drop_oldest(self, room: int) -> list[bytes]:
-        """Discard the oldest messages until one of `room` bytes fits; return their heads."""
+        """Discard the oldest messages until a frame of `room` bytes fits; return their heads."""
+        room += MESSAGE_OVERHEAD
         frames = self._frames
         kept: list[bytes] = []
         dropped: list[bytes] = []
@@ -223,7 +230,7 @@ class Outbox:
                 continue
             tail = frames.popleft()
             self.messages -= 1
-            self.bytes -= len(head) + len(tail)
+            self.bytes -= len(head) + len(tail) + MESSAGE_OVERHEAD
             dropped.append(head)
         frames.extendleft(reversed(kept))
         return dropped

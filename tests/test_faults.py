@@ -36,6 +36,7 @@ from broker.protocol import (
     Welcome,
 )
 from broker.server import Server
+from broker.session import MESSAGE_OVERHEAD
 
 HELLO = raw_frame(["HELLO", {"version": 1, "name": "faulty"}])
 
@@ -495,7 +496,7 @@ async def test_ping_to_a_full_outbox_is_answered_under_drop_policies(
         server = await start_server(
             slow_consumer_policy=policy,
             max_pending_messages=1000,
-            max_pending_bytes=4 * frame_size,
+            max_pending_bytes=4 * (frame_size + MESSAGE_OVERHEAD),
         )
         async with (
             wire_client(server.port, name="slow", rcvbuf=SLOW_RCVBUF) as slow,
