@@ -227,7 +227,9 @@ class Message:
         headers: The publisher's headers; empty when there were none.
         reply_to: Where the publisher wants an answer (set for requests), else None.
         retained: True for a retained message the broker replayed because this subscription is
-            new (the subject's current value), False for a live one.
+            new (the subject's current value), False for a live one. A reconnection
+            resubscribes, so the current values are replayed again: a consumer catches up on
+            what changed while it was away.
     """
 
     subject: str

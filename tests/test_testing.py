@@ -210,6 +210,19 @@ async def test_async_capture_under_trio() -> None:
                 await cap.wait_for(3)
 
 
+async def test_capture_skips_retained_replays_but_keeps_live_retained_publishes() -> None:
+    with trio.fail_after(WAIT):
+        async with running_broker() as handle, handle.connect(name="svc") as client:
+            await client.publish("cfg.mode", b"old", retain=True)
+            await client.flush()
+            async with capture(client, "cfg.*") as cap:
+                await client.publish("cfg.mode", b"new", retain=True)
+                [message] = await cap.wait_for(1)
+                assert (message.payload, message.retained) == (b"new", False)
+                await cap.flush()
+                assert [m.payload for m in cap.messages] == [b"new"]
+
+
 async def test_running_broker_capture_uses_a_client_of_its_own() -> None:
     with trio.fail_after(WAIT):
         async with (

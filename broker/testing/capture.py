@@ -12,7 +12,8 @@ shapes, one implementation:
   under a lock, so its waits take a ``timeout`` and raise the builtin `TimeoutError`.
 
 Messages are `broker.Message` objects. The async capture keeps everything it receives; bound a
-capture's life, not its size, by keeping it to one test.
+capture's life, not its size, by keeping it to one test. Retained messages the broker replays
+when the capture subscribes are skipped: they were published before it started.
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ class Capture:
     async def _pump(self) -> None:
         try:
             async for message in self._sub:
+                if message.retained:
+                    # A replay of what was retained before (or again, after a reconnection):
+                    # not something published while the capture ran.
+                    continue
                 self.messages.append(message)
                 for observer in self._observers:
                     observer(message)
