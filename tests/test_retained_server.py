@@ -9,7 +9,7 @@ import broker
 from broker import sync
 from broker.errors import BrokerError, RetainedLimitExceeded
 from broker.protocol import Err, ErrorCode, Msg, Pub, Sub, Unsub
-from broker.testing import BrokerThread
+from broker.testing import BrokerThread, running_broker
 
 
 async def test_a_new_subscription_gets_retained_messages_then_live_ones(
@@ -264,3 +264,21 @@ def test_sync_client_retains_and_sees_the_flag(broker_thread: BrokerThread) -> N
         with client.subscribe("kv.*") as again:
             client.flush()
             assert again.pending == 0
+
+
+async def test_a_reconnected_client_is_replayed_what_changed_while_it_was_away() -> None:
+    back = trio.Event()
+    with trio.fail_after(5):
+        async with (
+            running_broker() as handle,
+            handle.connect(name="writer") as writer,
+            handle.connect(name="watcher", on_reconnected=back.set) as watcher,
+            watcher.subscribe("kv.>") as sub,
+        ):
+            await writer.publish("kv.a", b"1", retain=True)
+            assert (await sub.next()).payload == b"1"
+            assert handle.drop_client("watcher") == 1
+            await writer.publish("kv.a", b"2", retain=True)  # while the watcher is away
+            await back.wait()
+            replay = await sub.next()
+            assert (replay.subject, replay.payload, replay.retained) == ("kv.a", b"2", True)
