@@ -84,6 +84,7 @@ from .errors import (
 )
 from .protocol import (
     CLOSED,
+    MSG_GROWTH,
     NEED_DATA,
     PROTOCOL_VERSION,
     Connection,
@@ -1076,7 +1077,8 @@ class Client:
         self._info = info
         self._max_payload = _info_int(info, "max_payload", DEFAULT_MAX_PAYLOAD)
         max_frame = _info_int(info, "max_frame", link.conn.max_frame)
-        link.conn.max_frame = max_frame
+        # A MSG may be MSG_GROWTH bytes longer than the largest PUB it delivers.
+        link.conn.max_frame = max_frame + MSG_GROWTH
         self._encoder.max_frame = max_frame
         self._max_subject_length = _info_int(info, "max_subject_length", MAX_SUBJECT_LENGTH)
         self._max_subject_tokens = _info_int(info, "max_subject_tokens", MAX_SUBJECT_TOKENS)

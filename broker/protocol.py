@@ -489,10 +489,11 @@ _MSGPACK_ERRORS: Final = (
 
 
 def _event_items(event: Event) -> list[Any]:
-    """The wire array for an event, with trailing nils (and a false last flag) omitted."""
-    op = _OP_NAMES[type(event)]
+    """The wire array for an event, with trailing nils (and a false retain flag) omitted."""
+    kind = type(event)
+    op = _OP_NAMES[kind]
     items: list[Any] = [op, *event]
-    if items[-1] is False:
+    if (kind is Pub or kind is Msg) and items[-1] is False:
         items.pop()
     while len(items) > 1 and items[-1] is None:
         items.pop()

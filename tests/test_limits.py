@@ -9,6 +9,7 @@ import pytest
 import trio
 from wire import StartServer, bystanders, raw_frame, wait_until, wire_client
 
+import broker
 from broker.protocol import (
     MSG_GROWTH,
     Err,
@@ -96,6 +97,27 @@ async def test_a_message_from_a_largest_frame_fits_max_frame_plus_msg_growth(
                 pytest.fail(f"the MSG for a 3000-byte PUB exceeds max_frame + growth: {error!r}")
             assert type(msg) is Msg
             assert msg.payload == b"p"
+
+
+async def test_the_async_client_takes_a_message_from_a_largest_frame(
+    start_server: StartServer,
+) -> None:
+    # As above, through broker.connect: its codec must allow for MSG_GROWTH too, or the
+    # largest legal publish (and a retained one, replayed on every reconnection) breaks it.
+    with trio.fail_after(5):
+        server = await start_server(max_payload=1000, max_frame=3000)
+        lost: list[object] = []
+        async with (
+            broker.connect(server.url, reconnect=False, on_disconnected=lost.append) as client,
+            client.subscribe("edge") as subscription,
+            wire_client(server.port) as pub,
+        ):
+            await client.flush()
+            await pub.send_raw(pub_frame_of_size(3000))
+            await pub.flush()
+            message = await subscription.next()
+            assert message.payload == b"p"
+            assert lost == []
 
 
 @pytest.mark.parametrize("length", [1024 * 1024 + 64 * 1024 + 1, 2**32 - 1])

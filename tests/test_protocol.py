@@ -276,6 +276,8 @@ def test_local_errors() -> None:
         client.send(Pub("a", "text"))  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         client.send(Sub(-1, "a"))
+    with pytest.raises(LocalProtocolError):
+        client.send(Unsub(1, False))  # type: ignore[arg-type]  # not "unsubscribe now"
     small = Connection(Role.CLIENT, max_frame=64)
     small.send(Hello({}))
     with pytest.raises(LocalProtocolError) as info:
