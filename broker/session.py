@@ -149,6 +149,16 @@ class _Control(bytes):
     __slots__ = ()
 
 
+class _Replayed(bytes):
+    """The head of a retained message replayed to a new subscription; its tail follows it.
+
+    Replays sit outside the outbox's bounds (see `Outbox.offer_replay`), so the drop policies
+    never discard them either.
+    """
+
+    __slots__ = ()
+
+
 @final
 class Outbox:
     """The bounded queue of encoded frames between fan-out and one client's writer.
@@ -164,12 +174,14 @@ class Outbox:
     __slots__ = (
         "_frames",
         "_lot",
+        "_replay_taken",
         "_waiting",
         "bytes",
         "control_bytes",
         "max_bytes",
         "max_messages",
         "messages",
+        "replaying",
     )
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
@@ -183,6 +195,10 @@ class Outbox:
         #: Bytes of queued control frames, bounded on their own: under the drop policies the
         #: outbox sits at its byte bound by design, and a PONG must not tip it over.
         self.control_bytes = 0
+        #: Replayed messages queued (outside the bounds), and who waits for the writer to take
+        #: them.
+        self.replaying = 0
+        self._replay_taken: trio.Event | None = None
 
     def __bool__(self) -> bool:
         return bool(self._frames)
@@ -207,6 +223,29 @@ class Outbox:
             self._wake()
         return True
 
+    def offer_replay(self, head: bytes, tail: bytes) -> None:
+        """Queue one replayed retained message, outside the bounds.
+
+        A replay is the retained store's content, already bounded by its own limits; counting
+        it against the outbox's would cut off a subscriber that keeps up merely because it
+        subscribed to a wide pattern. Instead the session queues one replay at a time (see
+        `Session._dispatch`), so a client holds at most one replay beyond its bounds.
+        """
+        frames = self._frames
+        frames.append(_Replayed(head))
+        frames.append(tail)
+        self.replaying += 1
+        if self._waiting:
+            self._wake()
+
+    async def wait_replay_taken(self) -> None:
+        """Sleep until the writer has taken every queued replayed message."""
+        if not self.replaying:
+            return
+        if self._replay_taken is None:
+            self._replay_taken = trio.Event()
+        await self._replay_taken.wait()
+
     def push_control(self, frame: bytes) -> None:
         """Queue a control frame; it counts towards bytes but is never dropped by policy."""
         self._frames.append(_Control(frame))
@@ -225,10 +264,15 @@ class Outbox:
             self.messages >= self.max_messages or self.bytes + room > self.max_bytes
         ):
             head = frames.popleft()
-            if type(head) is _Control:
+            kind = type(head)
+            if kind is _Control:
                 kept.append(head)
                 continue
             tail = frames.popleft()
+            if kind is _Replayed:
+                kept.append(head)
+                kept.append(tail)
+                continue
             self.messages -= 1
             self.bytes -= len(head) + len(tail) + MESSAGE_OVERHEAD
             dropped.append(head)
@@ -241,6 +285,7 @@ class Outbox:
         self.messages = 0
         self.bytes = 0
         self.control_bytes = 0
+        self._replay_done()
 
     def take_all(self) -> bytes:
         """Everything queued, as one buffer for one `send_all`."""
@@ -250,7 +295,15 @@ class Outbox:
         self.messages = 0
         self.bytes = 0
         self.control_bytes = 0
+        if self.replaying:
+            self._replay_done()
         return data
+
+    def _replay_done(self) -> None:
+        self.replaying = 0
+        if self._replay_taken is not None:
+            self._replay_taken.set()
+            self._replay_taken = None
 
     async def wait(self) -> None:
         """Sleep until something is queued (or the caller's cancel scope fires)."""
@@ -303,6 +356,9 @@ class Session:
         self._last_received = 0.0
         self._last_ping = 0.0
         self._pings_outstanding = 0
+        #: Events of one read left for later: a plain SUB (and what followed it) waiting for
+        #: the writer to take the replay queued by an earlier SUB.
+        self._deferred: list[Event] | None = None
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
@@ -433,6 +489,12 @@ class Session:
                         dispatch(events)
                         if self._fatal is not None:
                             return
+                        while self._deferred is not None:
+                            await self.outbox.wait_replay_taken()
+                            events, self._deferred = self._deferred, None
+                            dispatch(events)
+                            if self._fatal is not None:
+                                return
                         continue
                     if conn.closed:
                         break
@@ -452,6 +514,12 @@ class Session:
             if kind is Pub:
                 publish(event)  # type: ignore[arg-type]
             elif kind is Sub:
+                if self.outbox.replaying and event.queue is None:  # type: ignore[union-attr]
+                    # One replay at a time beyond the bounds: this SUB, and everything after
+                    # it, waits until the writer has taken the one already queued.
+                    at = next(i for i, e in enumerate(events) if e is event)
+                    self._deferred = events[at:]
+                    return
                 self._subscribe(event)  # type: ignore[arg-type]
             elif kind is Unsub:
                 self._unsubscribe(event)  # type: ignore[arg-type]
@@ -583,16 +651,17 @@ class Session:
         """Queue the retained messages a new subscription matches, flagged as retained."""
         if not entries:
             return
+        if not self._accepting:
+            return
         prefix = msg_prefix(sub.sid, retained=True)
+        offer = self.outbox.offer_replay
+        for _subject, (tail, _size) in entries:
+            offer(msg_head(prefix, len(tail)), tail)
+        # A replay comes straight after its SUB, so no UNSUB max_msgs can cut it short.
         counters = self.hub.counters
-        for _subject, (tail, size) in entries:
-            if not self._accepting or self.subs.get(sub.sid) is not sub:
-                return  # cut off as a slow consumer, or max_msgs reached
-            head = msg_head(prefix, len(tail))
-            if self.outbox.offer(head, tail) or self._overflow(sub, head, tail):
-                counters.messages_out += 1
-                counters.bytes_out += size
-            self._count_delivery(sub)
+        counters.messages_out += len(entries)
+        counters.bytes_out += sum(size for _subject, (_tail, size) in entries)
+        sub.delivered += len(entries)
 
     def _unsubscribe(self, event: Unsub) -> None:
         # An unknown sid is not an error: an auto-unsubscribe may have removed it already.
@@ -627,13 +696,6 @@ class Session:
         if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
             self._remove(sub)
         return 1 if queued else 0
-
-    def _count_delivery(self, sub: Subscription) -> None:
-        if not self._accepting:
-            return
-        sub.delivered += 1
-        if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
-            self._remove(sub)
 
     def _overflow(self, sub: Subscription, head: bytes, tail: bytes) -> bool:
         """Apply the slow-consumer policy to a frame that did not fit; True if it was queued."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
-from wire import StartServer, bystanders, wire_client
+from wire import StartServer, bystanders, wait_until, wire_client
 
 import broker
 from broker import sync
@@ -210,19 +211,78 @@ async def test_retention_off_refuses_every_retained_publish(start_server: StartS
             assert type(err) is Err and err.code == "retained_limit"
 
 
-async def test_a_slow_consumer_policy_applies_to_a_large_replay(start_server: StartServer) -> None:
+@pytest.mark.parametrize("policy", ["disconnect", "drop_newest", "drop_oldest"])
+async def test_a_replay_larger_than_the_pending_bounds_is_not_a_slow_consumer(
+    start_server: StartServer, policy: str
+) -> None:
+    # The replay is the store's content, bounded by [retained]; counting it against the
+    # outbox bounds would cut off (or drop for) a client that only subscribed to a wide pattern.
     with trio.fail_after(5):
-        server = await start_server(max_pending_messages=3, slow_consumer_policy="drop_newest")
+        server = await start_server(
+            max_pending_messages=3, max_pending_bytes=1024, slow_consumer_policy=policy
+        )
         async with wire_client(server.port) as pub, wire_client(server.port) as sub:
-            await pub.send(*(Pub(f"k.{n}", b"v", retain=True) for n in range(5)))
+            await pub.send(*(Pub(f"k.{n:02}", b"v" * 100, retain=True) for n in range(40)))
             await pub.flush()
             await sub.send(Sub(1, "k.*"))
-            # The drop report follows what was queued when the writer ran, PONG included.
+            events = await sub.drain()
+            assert [e.subject for e in events] == [f"k.{n:02}" for n in range(40)]
+            await pub.send(Pub("k.live", b"x"))
+            await pub.flush()
+            assert await sub.drain() == [Msg(1, "k.live", b"x")]
+        stats = server.statistics()
+        assert (stats.slow_consumers, stats.dropped_messages) == (0, 0)
+
+
+async def test_sub_after_a_pending_replay_waits_and_order_is_kept(
+    start_server: StartServer,
+) -> None:
+    """Many wide SUBs in one write are replayed one at a time (at most one replay beyond the
+    bounds), and what the client sent after them is processed after them, in order."""
+    with trio.fail_after(5):
+        # Room for the 30 live messages at the end, not for the 300 replayed ones.
+        server = await start_server(max_pending_messages=40)
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await pub.send(*(Pub(f"k.{n}", b"v", retain=True) for n in range(10)))
+            await pub.flush()
+            await sub.send(*(Sub(sid, "k.>") for sid in range(1, 31)), Pub("k.own", b"mine"))
+            events = await sub.drain()
+            replays = [(e.sid, e.subject) for e in events if type(e) is Msg and e.retained]
+            assert replays == [(sid, f"k.{n}") for sid in range(1, 31) for n in range(10)]
+            live = [(e.sid, e.payload) for e in events if type(e) is Msg and not e.retained]
+            assert live == [(sid, b"mine") for sid in range(1, 31)]
+            assert events[-30:] == [Msg(sid, "k.own", b"mine") for sid in range(1, 31)]
+        assert server.statistics().slow_consumers == 0
+
+
+async def test_drop_oldest_discards_live_messages_never_replayed_ones(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_pending_messages=2, slow_consumer_policy="drop_oldest")
+        async with (
+            wire_client(server.port) as pub,
+            wire_client(server.port, name="stalled") as sub,
+        ):
+            await pub.send(*(Pub(f"k.{n}", b"old", retain=True) for n in range(3)))
+            await pub.flush()
+            assert server.stall_client("stalled") == 1
+            await sub.send(Sub(1, "k.*"))
+            await wait_until(lambda: server.hub.table.match("k.0").plain != [])
+            await pub.send(*(Pub("k.9", b"%d" % n) for n in range(5)))
+            await pub.flush()
+            server.resume_client("stalled")
             events = await sub.drain() + await sub.drain()
-            assert [e.subject for e in events if type(e) is Msg] == ["k.0", "k.1", "k.2"]
-            assert [e.details for e in events if type(e) is Err] == [
-                {"dropped": 2, "total": 2, "sids": [[1, 2]]}
+            msgs = [(e.subject, e.payload, e.retained) for e in events if type(e) is Msg]
+            assert msgs == [
+                ("k.0", b"old", True),
+                ("k.1", b"old", True),
+                ("k.2", b"old", True),
+                ("k.9", b"3", False),
+                ("k.9", b"4", False),
             ]
+            [report] = [e for e in events if type(e) is Err]
+            assert report.details == {"dropped": 3, "total": 3, "sids": [[1, 3]]}
 
 
 async def test_async_client_retains_and_sees_the_flag(start_server: StartServer) -> None:
