@@ -77,6 +77,7 @@ from .errors import (
     PayloadTooLarge,
     ProtocolViolation,
     ReconnectBufferFull,
+    RetainedLimitExceeded,
     ServerShuttingDown,
     StaleConnection,
     SubscriptionClosed,
@@ -558,7 +559,11 @@ class Client:
         self._port = port
         self._url = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         self._options = options
-        self._hello: dict[str, Any] = {"version": PROTOCOL_VERSION, "echo": options.echo}
+        self._hello: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "echo": options.echo,
+            "retained": True,  # this client takes MSG's retained flag
+        }
         if options.name is not None:
             self._hello["name"] = options.name
         if options.token is not None:
@@ -662,6 +667,8 @@ class Client:
             BadSubject: ``subject`` or ``reply_to`` is not a valid concrete subject.
             PayloadTooLarge: ``payload`` (or the whole frame) exceeds the server's limits.
             TypeError: ``payload`` is not bytes-like, or a header is not str to str.
+            RetainedLimitExceeded: ``retain`` is set and the server retains nothing (its
+                ``max_retained_subjects`` is 0, or it predates retained messages).
             ReconnectBufferFull: Disconnected, and the reconnect buffer has no room.
             ConnectionClosed: The client is closed.
         """
@@ -865,6 +872,11 @@ class Client:
             raise PayloadTooLarge(
                 f"payload of {len(payload)} bytes exceeds the server's max_payload "
                 f"({self._max_payload} bytes)"
+            )
+        if retain and not _retains(self._info, payload):
+            raise RetainedLimitExceeded(
+                f"the server at {self._url} does not retain messages (its max_retained_subjects "
+                f"is {self._info.get('max_retained_subjects', 'not announced')})"
             )
         wire_headers = None if headers is None else _wire_headers(headers)
         try:
@@ -1322,6 +1334,16 @@ async def _read_welcome(stream: anyio.abc.SocketStream, conn: Connection) -> dic
         if isinstance(refusal, ConnectionClosed):
             raise refusal
         raise ConnectionClosed(str(refusal), code=refusal.code, details=refusal.details)
+
+
+def _retains(info: Mapping[str, Any], payload: bytes) -> bool:
+    """Whether a server with this WELCOME takes a retained PUB of `payload`.
+
+    A server that does not announce the limit predates retained messages and would take the
+    extra PUB field as a broken frame; one that announces 0 refuses all but deletions.
+    """
+    limit = info.get("max_retained_subjects")
+    return type(limit) is int and (limit > 0 or not payload)
 
 
 def _info_int(info: Mapping[str, Any], key: str, default: int) -> int:

@@ -48,6 +48,8 @@ __all__ = [
     "MAX_HANDSHAKE_TIMEOUT",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
+    "MAX_MAX_RETAINED_BYTES",
+    "MAX_MAX_RETAINED_SUBJECTS",
     "MAX_MAX_SUBJECT_LENGTH",
     "MAX_MAX_SUBJECT_TOKENS",
     "MAX_PORT",
@@ -104,7 +106,9 @@ MAX_MAX_PENDING_BYTES: Final = 1 * GiB
 
 # [retained]
 DEFAULT_MAX_RETAINED_SUBJECTS: Final = 10_000
+MAX_MAX_RETAINED_SUBJECTS: Final = 10_000_000
 DEFAULT_MAX_RETAINED_BYTES: Final = 64 * MiB
+MAX_MAX_RETAINED_BYTES: Final = 16 * GiB
 
 # [slow_consumer]
 DEFAULT_SLOW_CONSUMER_POLICY: Final[SlowConsumerPolicy] = "disconnect"
@@ -189,8 +193,8 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
     "max_subject_tokens": _Range(1, MAX_MAX_SUBJECT_TOKENS),
     "max_pending_messages": _Range(1),
     "max_pending_bytes": _Range(MIN_MAX_PENDING_BYTES, MAX_MAX_PENDING_BYTES),
-    "max_retained_subjects": _Range(0),
-    "max_retained_bytes": _Range(0),
+    "max_retained_subjects": _Range(0, MAX_MAX_RETAINED_SUBJECTS),
+    "max_retained_bytes": _Range(0, MAX_MAX_RETAINED_BYTES),
     "max_pings_outstanding": _Range(1),
 }
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
@@ -310,7 +314,7 @@ class Config:
     max_retained_subjects: int = DEFAULT_MAX_RETAINED_SUBJECTS
     """Subjects holding a retained message at once; 0 turns retained messages off."""
     max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
-    """Bytes of retained messages held at once, counted as encoded for delivery."""
+    """Memory the retained store may hold: messages as encoded, plus the store's structure."""
 
     slow_consumer_policy: SlowConsumerPolicy = DEFAULT_SLOW_CONSUMER_POLICY
     """What to do when a client's outbox is full: disconnect it, or drop its oldest or newest."""

@@ -184,9 +184,10 @@ class MessagesDropped(BrokerError):
 @final
 class RetainedLimitExceeded(BrokerError):
     """The server refused a retained publish (ERR ``retained_limit``): its retained store is at
-    ``max_retained_subjects`` or ``max_retained_bytes``, or retention is off. The message was
-    neither retained nor delivered. Reported to the ``on_error`` hook, with the subject in
-    ``details``; the connection is unharmed.
+    ``max_retained_subjects`` or ``max_retained_bytes``. The message was neither retained nor
+    delivered. Reported to the ``on_error`` hook, with the subject in ``details``; the
+    connection is unharmed. Raised at once by ``publish(..., retain=True)`` when the server
+    retains nothing at all (retention off, or a server that predates it).
     """
 
 

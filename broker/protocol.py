@@ -55,7 +55,8 @@ PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_FRAME: Final = 1024 * 1024 + 64 * 1024
 
 #: How much longer than the PUB it delivers a MSG frame can be: up to 9 bytes of sid, plus the
-#: 2 nils a PUB may omit. A receiver sizes its frame limit as WELCOME's max_frame plus this.
+#: 2 nils a PUB may omit. (A retained PUB carries its nils, so its replay grows by the sid alone.)
+#: A receiver sizes its frame limit as WELCOME's max_frame plus this.
 MSG_GROWTH: Final = 11
 
 _HEADER = struct.Struct(">I")
@@ -316,8 +317,9 @@ def _check_hello(options: dict[str, Any]) -> str | None:
         return f"HELLO version must be an int, got {version!r}"
     if version != PROTOCOL_VERSION:
         return f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}"
-    if type(options.get("echo", True)) is not bool:
-        return f"HELLO echo must be a bool, got {options.get('echo')!r}"
+    for flag in ("echo", "retained"):
+        if type(options.get(flag, True)) is not bool:
+            return f"HELLO {flag} must be a bool, got {options.get(flag)!r}"
     for key in ("name", "token"):
         if (problem := _check_optional_str(f"HELLO {key}", options.get(key))) is not None:
             return problem

@@ -333,6 +333,9 @@ class Session:
         hub.next_client_id += 1
         self.name = ""
         self.echo = True
+        #: Whether the client takes MSG's 7th element, the retained flag (HELLO `retained`);
+        #: older clients get replays as plain MSGs.
+        self.retained_flag = False
         self.conn = Connection(Role.SERVER, max_frame=config.frame_limit)
         self.outbox = Outbox(
             max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
@@ -458,6 +461,7 @@ class Session:
         options = event.options
         self.name = options.get("name") or ""
         self.echo = options.get("echo", True)
+        self.retained_flag = options.get("retained", False)
         info = dict(self.hub.info, client_id=self.client_id)
         self.outbox.push_control(conn.send(Welcome(info)))
         now = trio.current_time()
@@ -555,7 +559,7 @@ class Session:
         except SubjectError as error:
             self.error(ErrorCode.BAD_SUBJECT, str(error), {"subject": subject[:256]})
             return
-        if retain and not self._retain(subject, payload, reply_to, headers):
+        if retain and not self._retain(subject, payload, headers):
             return
         counters.messages_in += 1
         counters.bytes_in += size
@@ -584,9 +588,7 @@ class Session:
         elif reply_to is not None and tail is None:
             self._no_responders(reply_to)
 
-    def _retain(
-        self, subject: str, payload: bytes, reply_to: str | None, headers: dict[str, str] | None
-    ) -> bool:
+    def _retain(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> bool:
         """Update the subject's retained message; False (and an ERR) if the store refuses it.
 
         Done before routing, so a refused message is neither kept nor delivered: the publisher
@@ -596,7 +598,8 @@ class Session:
         if not payload:
             store.delete(subject)
             return True
-        tail = encode_retained_tail(subject, payload, reply_to, headers)
+        # Not reply_to: a replayed request would send its answers to a long-gone inbox.
+        tail = encode_retained_tail(subject, payload, None, headers)
         problem = store.put(subject, (tail, len(payload)), len(tail))
         if problem is None:
             return True
@@ -653,9 +656,12 @@ class Session:
             return
         if not self._accepting:
             return
-        prefix = msg_prefix(sub.sid, retained=True)
+        flagged = self.retained_flag
+        prefix = msg_prefix(sub.sid, retained=flagged)
         offer = self.outbox.offer_replay
         for _subject, (tail, _size) in entries:
+            if not flagged:
+                tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
             offer(msg_head(prefix, len(tail)), tail)
         # A replay comes straight after its SUB, so no UNSUB max_msgs can cut it short.
         counters = self.hub.counters

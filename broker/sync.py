@@ -87,6 +87,7 @@ from .errors import (
     BrokerError,
     ConnectionClosed,
     PayloadTooLarge,
+    RetainedLimitExceeded,
     ServerShuttingDown,
     SubscriptionClosed,
 )
@@ -545,7 +546,12 @@ class SyncClient:
         self._outbox = _Outbox(write_buffer_size)
         #: max_payload, max_subject_length, max_subject_tokens from the server's WELCOME; one
         #: tuple, replaced whole, so callers' threads read a consistent set without a lock.
-        self._limits = (DEFAULT_MAX_PAYLOAD, MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS)
+        self._limits: tuple[int, int, int, int | None] = (
+            DEFAULT_MAX_PAYLOAD,
+            MAX_SUBJECT_LENGTH,
+            MAX_SUBJECT_TOKENS,
+            None,
+        )
         # The sender's state; only the client's thread touches these.
         self._send_wanted: trio.Event | None = None
         self._batch_sent = trio.Event()
@@ -613,6 +619,7 @@ class SyncClient:
             BadSubject: ``subject`` or ``reply_to`` is not a valid concrete subject.
             PayloadTooLarge: ``payload`` exceeds the server's ``max_payload``.
             TypeError: ``payload`` is not bytes-like, or a header is not str to str.
+            RetainedLimitExceeded: ``retain`` is set and the server retains nothing.
             ConnectionClosed: The client is closed, or its connection is gone for good.
         """
         checked = self._checked(subject, payload, reply_to, headers, bool(retain))
@@ -631,7 +638,7 @@ class SyncClient:
         Also copies what the caller could change after publish returns (a bytearray, the
         headers mapping).
         """
-        max_payload, max_length, max_tokens = self._limits
+        max_payload, max_length, max_tokens, max_retained = self._limits
         for value, what in ((subject, "subject"), (reply_to, "reply_to")):
             if value is None:
                 continue
@@ -647,6 +654,11 @@ class SyncClient:
             raise PayloadTooLarge(
                 f"payload of {len(payload)} bytes exceeds the server's max_payload "
                 f"({max_payload} bytes)"
+            )
+        if retain and not (type(max_retained) is int and (max_retained > 0 or not payload)):
+            raise RetainedLimitExceeded(
+                "the server does not retain messages (its max_retained_subjects is "
+                f"{'not announced' if max_retained is None else max_retained})"
             )
         copied = None
         if headers is not None:
@@ -1048,13 +1060,16 @@ class SyncClient:
             return fn()
 
 
-def _limits_of(client: Client) -> tuple[int, int, int]:
+def _limits_of(client: Client) -> tuple[int, int, int, int | None]:
+    """What `SyncClient.publish` checks in the caller's thread, from the server's WELCOME."""
     info = client.server_info
     length, tokens = info.get("max_subject_length"), info.get("max_subject_tokens")
+    retained = info.get("max_retained_subjects")
     return (
         client.max_payload,
         length if type(length) is int and length > 0 else MAX_SUBJECT_LENGTH,
         tokens if type(tokens) is int and tokens > 0 else MAX_SUBJECT_TOKENS,
+        retained if type(retained) is int else None,
     )
 
 

@@ -227,7 +227,7 @@ def test_first_frame_must_be_hello(first: bytes) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"version": 2}, {"version": "1"}, {"echo": "yes"}, {"name": 5}, {"token": 1}],
+    [{"version": 2}, {"version": "1"}, {"echo": "yes"}, {"retained": 1}, {"name": 5}, {"token": 1}],
 )
 def test_bad_hello_options(options: dict[str, Any]) -> None:
     error = remote_error(Connection(Role.SERVER), frame(["HELLO", options]))

@@ -10,6 +10,7 @@ import broker
 from broker import sync
 from broker.errors import BrokerError, RetainedLimitExceeded
 from broker.protocol import Err, ErrorCode, Msg, Pub, Sub, Unsub
+from broker.retained import CHILDREN_COST, ENTRY_COST, NODE_COST
 from broker.testing import BrokerThread, running_broker
 
 
@@ -44,9 +45,12 @@ async def test_a_new_subscription_gets_retained_messages_then_live_ones(
             ]
         stats = server.statistics()
         assert (stats.retained_subjects, stats.messages_in) == (3, 6)
-        assert stats.retained_bytes == sum(
-            len(tail) for tail, _ in (v for _, v in server.hub.retained.matching(">"))
+        entries = sum(
+            len(tail) + ENTRY_COST + len(subject)
+            for subject, (tail, _) in server.hub.retained.matching(">")
         )
+        # The trie: room, 1, temp, 2, temp, hall, temp; the root, room, 1, 2, hall have children.
+        assert stats.retained_bytes == entries + 7 * NODE_COST + 5 * CHILDREN_COST
 
 
 async def test_an_empty_retained_payload_deletes_and_is_delivered_live(
@@ -110,6 +114,35 @@ async def test_retained_then_live_with_no_gap_and_no_duplicate_under_load(
             assert numbers == list(range(numbers[0], total + 1)), f"sid {sid}: gap or repeat"
             assert values[0][1], f"sid {sid}: a value was current when it joined"
             assert not any(retained for _, retained in values[1:]), f"sid {sid}: replay after live"
+
+
+async def test_a_client_that_did_not_ask_for_the_flag_gets_replays_as_plain_msgs(
+    start_server: StartServer,
+) -> None:
+    # Older clients parse MSG with at most 6 elements: the flag is sent only to those that say
+    # in HELLO that they take it.
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port, retained=False) as old:
+            await pub.send(Pub("cfg.a", b"1", None, {"h": "v"}, True))
+            await pub.flush()
+            await old.send(Sub(1, "cfg.*"))
+            assert await old.drain() == [Msg(1, "cfg.a", b"1", None, {"h": "v"})]
+
+
+async def test_a_retained_request_is_replayed_without_its_reply_subject(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as pub, wire_client(server.port) as sub:
+            await sub.send(Sub(1, "jobs.next"))
+            await sub.flush()
+            await pub.send(Pub("jobs.next", b"do it", "inbox.1", None, True))
+            await pub.flush()
+            assert await sub.drain() == [Msg(1, "jobs.next", b"do it", "inbox.1")]  # live: kept
+            await sub.send(Sub(2, "jobs.next"))
+            assert await sub.drain() == [Msg(2, "jobs.next", b"do it", retained=True)]
 
 
 async def test_queue_group_members_get_no_replay(start_server: StartServer) -> None:
@@ -182,23 +215,30 @@ async def test_subject_bound_exactly_at_the_limit_and_one_past(start_server: Sta
 
 async def test_byte_bound_exactly_at_the_limit_and_one_past(start_server: StartServer) -> None:
     with trio.fail_after(5):
-        # An entry weighs its encoded replay tail: subject "b" + 100-byte payload + 3 nils/flag.
-        weight = 1 + 1 + 2 + 100 + 3
-        server = await start_server(max_retained_bytes=2 * weight)
+        # An entry weighs its encoded replay tail (subject "b" + 100-byte payload + nils and
+        # flag) plus the store's own structure: a trie node, the entry, the subject string,
+        # and once for the store the root's children.
+        tail = 1 + 1 + 2 + 100 + 3
+        weight = tail + NODE_COST + ENTRY_COST + len("b")
+        limit = 2 * weight + CHILDREN_COST
+        server = await start_server(max_retained_bytes=limit)
         async with wire_client(server.port) as pub:
             await pub.send(Pub("a", b"x" * 100, retain=True), Pub("b", b"y" * 100, retain=True))
             assert await pub.drain() == []
-            assert server.statistics().retained_bytes == 2 * weight
+            assert server.statistics().retained_bytes == limit
             await pub.send(Pub("a", b"x" * 101, retain=True))
             (err,) = await pub.drain()
             assert err == Err(
                 "retained_limit",
-                f"retaining {weight + 1} bytes on 'a' would hold {2 * weight + 1} bytes, "
-                f"more than max_retained_bytes ({2 * weight})",
+                f"retaining {tail + 1} bytes on 'a' would hold {limit + 1} bytes with the "
+                f"store's own structure, more than max_retained_bytes ({limit})",
                 {"subject": "a"},
             )
             assert server.hub.retained.get("a") is not None
-            assert server.statistics().retained_bytes == 2 * weight
+            assert server.statistics().retained_bytes == limit
+            await pub.send(Pub("c", b"z", retain=True))  # a new subject, one past too
+            (err,) = await pub.drain()
+            assert type(err) is Err and err.details == {"subject": "c"}
 
 
 async def test_retention_off_refuses_every_retained_publish(start_server: StartServer) -> None:
@@ -342,3 +382,28 @@ async def test_a_reconnected_client_is_replayed_what_changed_while_it_was_away()
             await back.wait()
             replay = await sub.next()
             assert (replay.subject, replay.payload, replay.retained) == ("kv.a", b"2", True)
+
+
+async def test_clients_refuse_retain_at_once_when_the_server_retains_nothing(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server(max_retained_subjects=0)
+        async with broker.connect(server.url) as client:
+            with pytest.raises(RetainedLimitExceeded, match="max_retained_subjects is 0"):
+                await client.publish("cfg.a", b"x", retain=True)
+            with pytest.raises(RetainedLimitExceeded):
+                client.publish_nowait("cfg.a", b"x", retain=True)
+            await client.publish("cfg.a", b"", retain=True)  # deleting is harmless
+            await client.publish("cfg.a", b"x")  # and plain publishing unaffected
+            await client.flush()
+
+        def sync_side() -> None:
+            with sync.connect(server.url) as threaded:
+                with pytest.raises(RetainedLimitExceeded, match="max_retained_subjects is 0"):
+                    threaded.publish("cfg.a", b"x", retain=True)
+                threaded.publish("cfg.a", b"", retain=True)
+                threaded.flush()
+
+        await trio.to_thread.run_sync(sync_side)
+        assert server.statistics().protocol_errors == 0

@@ -167,6 +167,7 @@ async def wire_client(
     *,
     name: str = "test",
     echo: bool = True,
+    retained: bool = True,
     hello: bool = True,
     host: str = "127.0.0.1",
     rcvbuf: int | None = None,
@@ -175,7 +176,8 @@ async def wire_client(
     client = await connect(port, host=host, rcvbuf=rcvbuf)
     try:
         if hello:
-            await client.send(Hello({"version": 1, "name": name, "echo": echo}))
+            options = {"version": 1, "name": name, "echo": echo, "retained": retained}
+            await client.send(Hello(options))
             welcome = await client.expect(Welcome)
             client.info = welcome.info
         yield client

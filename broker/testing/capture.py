@@ -13,7 +13,8 @@ shapes, one implementation:
 
 Messages are `broker.Message` objects. The async capture keeps everything it receives; bound a
 capture's life, not its size, by keeping it to one test. Retained messages the broker replays
-when the capture subscribes are skipped: they were published before it started.
+(when the capture subscribes, and again after a reconnection) are skipped: a capture records
+live deliveries only, so a value published while the capture was disconnected is not in it.
 """
 
 from __future__ import annotations
@@ -161,8 +162,8 @@ class Capture:
         try:
             async for message in self._sub:
                 if message.retained:
-                    # A replay of what was retained before (or again, after a reconnection):
-                    # not something published while the capture ran.
+                    # A replay (at subscription, or again after a reconnection), not a live
+                    # delivery: a capture records only what it saw being published.
                     continue
                 self.messages.append(message)
                 for observer in self._observers:
