@@ -407,3 +407,30 @@ async def test_clients_refuse_retain_at_once_when_the_server_retains_nothing(
 
         await trio.to_thread.run_sync(sync_side)
         assert server.statistics().protocol_errors == 0
+
+
+async def test_echo_false_still_gets_replays_of_its_own_retained_messages(
+    start_server: StartServer,
+) -> None:
+    # A retained value belongs to its subject, not to its publisher.
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port, echo=False) as client:
+            await client.send(Pub("own.value", b"1", retain=True))
+            await client.flush()
+            await client.send(Sub(1, "own.*"))
+            assert await client.drain() == [Msg(1, "own.value", b"1", retained=True)]
+            await client.send(Pub("own.value", b"2", retain=True))
+            assert await client.drain() == []  # live: no echo
+
+
+async def test_a_retained_publish_to_a_reserved_subject_is_refused(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        async with wire_client(server.port) as client:
+            await client.send(Pub("$SYS.x", b"1", retain=True))
+            (err,) = await client.drain()
+            assert type(err) is Err and err.code == ErrorCode.BAD_SUBJECT
+        assert server.statistics().retained_subjects == 0
