@@ -181,7 +181,8 @@ def check_config(
 
 #: The command finished: published and flushed, got a reply, or took --count messages.
 EXIT_OK: Final = 0
-#: The broker cannot be reached, refused the connection, or the connection was lost for good.
+#: The broker cannot be reached, refused the connection or a request (a retained publish past its
+#: bounds), or the connection was lost for good.
 EXIT_UNREACHABLE: Final = 1
 #: The command line is wrong: a usage error, an invalid subject, URL, header or payload (the
 #: code click gives usage errors, so every "you asked for something invalid" shares it).
@@ -197,7 +198,8 @@ EXIT_INTERRUPTED: Final = 130
 DEFAULT_URL: Final = f"tcp://{DEFAULT_HOSTS[0]}:{DEFAULT_PORT}"
 
 _EXIT_CODES: Final = (
-    "Exit codes: 0 ok; 1 broker unreachable or connection lost; 2 usage error, invalid subject "
+    "Exit codes: 0 ok; 1 broker unreachable, connection lost or request refused; 2 usage error, "
+    "invalid subject "
     "or URL; 3 no responders; 4 timeout; 130 interrupted (Ctrl-C)."
 )
 

@@ -191,13 +191,15 @@ class _Control(bytes):
 class _Waiter:
     """One outcome to wait for: a PONG, or a request's reply."""
 
-    __slots__ = ("_event", "error", "frame", "subject", "value")
+    __slots__ = ("_event", "error", "frame", "refused", "subject", "value")
 
     def __init__(self, subject: str = "") -> None:
         self._event = anyio.Event()
         self.subject = subject
         self.value: Message | None = None
         self.error: BrokerError | None = None
+        #: For a PONG: publishes the server refused while it was awaited (`Client.flush`).
+        self.refused: list[BrokerError] = []
         #: The queued PUB of a request, to tell whether it reached a connection that broke.
         self.frame: bytes | None = None
 
@@ -739,7 +741,13 @@ class Client:
         client before that point are queued in their subscriptions. While reconnecting, waits
         for the connection first (and so also flushes the reconnect buffer).
 
+        A publish the server refused while the flush waited (a full retained store, or a
+        subject only the server could judge) is raised here, so publish-then-flush learns
+        whether its messages went through; ``on_error`` still hears of it too.
+
         Raises:
+            RetainedLimitExceeded, BadSubject: The server refused a publish made before the
+                flush; the others were processed. The first such refusal is raised.
             ConnectionClosed: The connection broke before the PONG (what was sent may or may not
                 have been processed), or the client is closed.
         """
@@ -748,6 +756,8 @@ class Client:
         link.pongs.append(waiter)
         self._queue_control(self._ping_frame)
         await waiter.wait()
+        if waiter.refused:
+            raise _again(waiter.refused[0])
 
     # -- subscribing ---------------------------------------------------------------------------
 
@@ -1003,6 +1013,11 @@ class Client:
                 log.info("subscription %d to %r refused by the server: %s", sid, sub.subject, error)
                 sub._fail(error)
                 return
+        if "subject" in error.details:
+            # A refused publish: every flush awaiting a PONG sent after it will raise it.
+            for pending in link.pongs:
+                if pending is not None:
+                    pending.refused.append(error)
         self._report(error)
 
     def _credit_drops(self, pairs: object) -> None:

@@ -149,6 +149,15 @@ def test_pub_retain_then_sub_replays_it_and_empty_data_deletes(broker: BrokerThr
     assert result.returncode == EXIT_TIMEOUT, "nothing is retained any more"
 
 
+def test_pub_retain_refused_by_a_full_store_exits_1_saying_why() -> None:
+    with BrokerThread(max_retained_subjects=1) as small:
+        assert run("pub", "cfg.a", "1", "--retain", "--url", small.url).returncode == 0
+        result = run("pub", "cfg.b", "2", "--retain", "--url", small.url)
+        assert result.returncode == EXIT_UNREACHABLE
+        assert "max_retained_subjects" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_request_and_reply(broker: BrokerThread) -> None:
     with started(
         "reply", "svc.upper", "HELLO", "-H", "served-by=cli", "--count", "1", "--url", broker.url

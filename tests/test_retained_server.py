@@ -344,11 +344,25 @@ async def test_async_client_retains_and_sees_the_flag(start_server: StartServer)
                 live = await sub.next()
                 assert (live.payload, live.retained) == (b"slow", False)
                 client.publish_nowait("cfg.other", b"x", retain=True)
-                await client.flush()
+                client.publish_nowait("cfg.mode", b"kept", retain=True)  # a replacement fits
+                with pytest.raises(RetainedLimitExceeded) as refused:
+                    await client.flush()  # the refusal comes back with the flush
+                assert refused.value.details == {"subject": "cfg.other"}
+                assert (await sub.next()).payload == b"kept"
+                await client.flush()  # raised once, not again
                 while not errors:
                     await trio.sleep(0.001)
-            assert type(errors[0]) is RetainedLimitExceeded
+            assert type(errors[0]) is RetainedLimitExceeded  # on_error hears of it as well
             assert errors[0].details == {"subject": "cfg.other"}
+
+
+def test_sync_flush_raises_a_refused_retained_publish() -> None:
+    with BrokerThread(max_retained_subjects=1) as thread, sync.connect(thread.url) as client:
+        client.publish("a", b"1", retain=True)
+        client.publish("b", b"2", retain=True)
+        with pytest.raises(RetainedLimitExceeded, match="max_retained_subjects"):
+            client.flush()
+        client.flush()
 
 
 def test_sync_client_retains_and_sees_the_flag(broker_thread: BrokerThread) -> None:
