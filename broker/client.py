@@ -1143,7 +1143,15 @@ class Client:
         self._changed_signal.fire()
         self._drained_signal.fire()
         if self._closed is None:
-            log.warning("connection to %s lost: %s", self._url, reason)
+            # With a hook the application hears of it there; logging WARNING too would say it
+            # twice in every script that has no logging set up.
+            hooked = self._options.on_disconnected is not None
+            log.log(
+                logging.INFO if hooked else logging.WARNING,
+                "connection to %s lost: %s",
+                self._url,
+                reason,
+            )
             self._queue_hook(self._options.on_disconnected, reason)
 
     async def _supervise(self, link: _Link) -> None:
@@ -1237,15 +1245,27 @@ class Client:
     async def _read_loop(self, link: _Link) -> None:
         conn = link.conn
         receive = link.stream.receive
+        data = b"-"
         while True:
             try:
                 events = conn.events()
             except RemoteProtocolError as error:
-                link.end(
-                    ProtocolViolation(
-                        f"the server broke the wire contract: {error.message}", code=error.code
+                if not data:
+                    # EOF inside a frame: the server cuts off a slow consumer it is writing to
+                    # that way (it cannot send ERR after half a frame). Not a broken contract.
+                    link.end(
+                        ConnectionClosed(
+                            f"the server at {self._url} closed the connection in the middle of "
+                            "a frame, as it does when it cuts off a client that reads too slowly"
+                        )
                     )
-                )
+                else:
+                    link.end(
+                        ProtocolViolation(
+                            f"the server broke the wire contract: {error.message}",
+                            code=error.code,
+                        )
+                    )
                 return
             if events:
                 self._dispatch(link, events)

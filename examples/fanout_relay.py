@@ -20,7 +20,6 @@ items there. Both losses count in ``Subscription.dropped``.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -118,8 +117,6 @@ def main() -> int:
         "--max-pending", type=int, default=1000, help="items queued in the client (default: 1000)"
     )
     args = parser.parse_args()
-    # The client logs a lost connection as a warning; the hooks above report it instead.
-    logging.getLogger("broker.client").setLevel(logging.ERROR)
     try:
         if args.command == "relay":
             trio.run(relay, args.url, args.source, args.demo, args.rate)

@@ -38,9 +38,11 @@ from broker.protocol import (
     FATAL_ERRORS,
     NEED_DATA,
     Connection,
+    Encoder,
     Err,
     ErrorCode,
     Event,
+    Msg,
     Ping,
     Pong,
     Pub,
@@ -743,6 +745,24 @@ async def test_garbage_from_the_server_is_a_protocol_violation(nursery: trio.Nur
         with trio.fail_after(5), pytest.raises(ProtocolViolation) as info:
             await sub.next()
         assert info.value.code is ErrorCode.BAD_FRAME
+
+
+async def test_eof_in_the_middle_of_a_frame_is_a_closed_connection_not_a_violation(
+    nursery: trio.Nursery,
+) -> None:
+    # How the broker cuts off a slow consumer it is writing to: half a frame, then EOF.
+    async def cut_mid_frame(stream: trio.SocketStream, conn: Connection) -> None:
+        await read_event(stream, conn)
+        msg = conn.send(welcome()) + Encoder(Role.SERVER).send(Msg(1, "x", b"y" * 100))
+        await stream.send_all(msg[:-50])
+
+    port = await fake_broker(nursery, cut_mid_frame)
+    async with connect(f"127.0.0.1:{port}", reconnect=False) as client:
+        sub = client.subscribe("x")
+        with trio.fail_after(5), pytest.raises(ConnectionClosed) as info:
+            await sub.next()
+        assert type(info.value) is ConnectionClosed
+        assert "middle of a frame" in str(info.value)
 
 
 # ---- reconnecting ----------------------------------------------------------------------------
