@@ -10,6 +10,7 @@ everything pending and sends it in one `send_all`.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections import deque
 from typing import Any, Final, final
@@ -793,6 +794,34 @@ class Session:
 
     async def _write_loop(self) -> None:
         config = self.hub.config
+        write_timeout = config.write_timeout
+        while True:
+            # One scope serves every message until a deadline fires: entering and leaving a
+            # scope per message cost more than the rest of the loop, and it sat between a
+            # publisher waking this writer and the send.
+            with trio.CancelScope() as scope:
+                if await self._write_batches(scope):
+                    return
+            if self._write_scope is None:
+                continue  # An idle deadline passed: look again under a fresh scope.
+            # Part of a frame may be on the wire: this connection can never be written again.
+            self._write_scope = None
+            self._accepting = False
+            if self._fatal is None:
+                self._mark_slow()
+                log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
+                self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
+            return
+
+    async def _write_batches(self, scope: trio.CancelScope) -> bool:
+        """Send what is queued until the session ends (True) or `scope` must be replaced (False).
+
+        The scope's deadline is the keepalive deadline while idle and the write deadline while
+        sending (`_write_scope` is set only then). When it fires while we wait, the scope
+        catches it and `_write_loop` tells the two apart; when it fired just as a delivery woke
+        us, we return False before sending, so a keepalive deadline never cuts a send short.
+        """
+        config = self.hub.config
         outbox = self.outbox
         send_all = self.stream.send_all
         write_timeout = config.write_timeout
@@ -800,37 +829,32 @@ class Session:
         while True:
             if not outbox:
                 if self._fatal is not None or self._eof or self._shutting_down:
-                    return
+                    return True
                 deadline = max(self._last_received, self._last_ping) + ping_interval
                 if trio.current_time() >= deadline:
                     self._keepalive()
                     continue
-                with trio.move_on_at(deadline):
-                    await outbox.wait()
+                scope.deadline = deadline
+                await outbox.wait()
                 continue
             if self._stalled is not None:
+                scope.deadline = math.inf
                 await self._stalled.wait()
                 continue
+            if scope.cancel_called:
+                return False
             if self.dropped_unreported:
                 self._report_drops()
             data = outbox.take_all()
-            with trio.move_on_after(write_timeout) as scope:
-                self._write_scope = scope
-                try:
-                    await send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._accepting = False
-                    return
-                finally:
-                    self._write_scope = None
-            if scope.cancelled_caught:
-                # Part of a frame may be on the wire: this connection can never be written again.
+            scope.deadline = trio.current_time() + write_timeout
+            self._write_scope = scope
+            try:
+                await send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._write_scope = None
                 self._accepting = False
-                if self._fatal is None:
-                    self._mark_slow()
-                    log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
-                    self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
-                return
+                return True
+            self._write_scope = None
 
     def _report_drops(self) -> None:
         count = self.dropped_unreported

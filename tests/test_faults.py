@@ -7,6 +7,7 @@ pair connected before the fault still exchanges messages and gets PONGs afterwar
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 
 import msgpack
@@ -34,6 +35,7 @@ from broker.protocol import (
     RemoteProtocolError,
     Sub,
     Welcome,
+    encode_msg_tail,
 )
 from broker.server import Server
 from broker.session import MESSAGE_OVERHEAD
@@ -552,3 +554,29 @@ async def test_write_timeout_closes_a_client_that_stops_reading(start_server: St
             assert stats.slow_consumers == 1
             await pair.check()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_keepalive_deadline_that_passes_as_a_message_arrives_does_not_cut_the_send(
+    start_server: StartServer,
+) -> None:
+    # The writer's cancel scope holds the keepalive deadline while it waits. If that deadline
+    # passes just as a delivery wakes the writer, the send that follows must not be taken for
+    # a write that timed out.
+    interval = 0.2
+    with trio.fail_after(10):
+        server = await start_server(ping_interval=interval)
+        async with wire_client(server.port, name="sub") as sub:
+            await sub.send(Sub(1, "x"))
+            await sub.flush()
+            await trio.testing.wait_all_tasks_blocked()
+            (session,) = server.clients("sub")
+            session.deliver(session.subs[1], encode_msg_tail("x", b"on time", None, None))
+            # Block the whole run past the deadline, so it expires before the woken writer runs.
+            time.sleep(interval * 1.5)
+            assert [await sub.next_event(), await sub.next_event()] == [
+                Msg(1, "x", b"on time"),
+                Ping(),
+            ]
+            await sub.send(Pong())
+            assert await sub.drain() == []
+        assert server.statistics().slow_consumers == 0
