@@ -482,6 +482,7 @@ class Session:
         conn = self.conn
         receive = self.stream.receive_some
         dispatch = self._dispatch
+        checkpoint = trio.lowlevel.checkpoint
         with self._reader_scope:
             try:
                 while True:
@@ -500,6 +501,13 @@ class Session:
                             dispatch(events)
                             if self._fatal is not None:
                                 return
+                        # Let the writers this batch woke send before we read again: that read
+                        # usually finds nothing, and its EAGAIN and epoll registration would
+                        # otherwise delay their sends. Two turns, because trio runs the tasks of
+                        # one turn in random order: after the second, every writer woken above
+                        # has run.
+                        await checkpoint()
+                        await checkpoint()
                         continue
                     if conn.closed:
                         break
