@@ -57,11 +57,14 @@ READ_SIZE: Final = 64 * 1024
 #: How long a closing connection is drained so the peer reads our final ERR, not a reset.
 LINGER_SECONDS: Final = 0.5
 _NO_RESPONDERS_HEADERS: Final = {"status": "503"}
-#: Memory a queued message holds beyond its frame bytes: its head is a `bytes` object of its
-#: own, its tail another (shared with other subscribers, but a stalled client may be the last
-#: to hold it), and each takes a deque slot. Counting it makes `max_pending_bytes` bound the
-#: memory a stalled client pins, not just its frame bytes (small frames were 1.5x over).
-MESSAGE_OVERHEAD: Final = 2 * sys.getsizeof(b"") + 2 * 8
+#: Most bytes one write takes from a backlog (everything, when less is queued).
+WRITE_BATCH_BYTES: Final = 256 * 1024
+#: Memory a queued message holds beyond its frame bytes, at most: its head is a `bytes` object
+#: of its own, its tail another (shared with other subscribers, but a stalled client may be the
+#: last to hold it), each rounded up to the allocator's 16-byte blocks, and each takes a deque
+#: slot. Counting it makes `max_pending_bytes` bound the memory a stalled client pins, not just
+#: its frame bytes (small frames were 1.5x over).
+MESSAGE_OVERHEAD: Final = 2 * (sys.getsizeof(b"") + 15) + 2 * 8
 #: The errors counted as `protocol_errors`: the client broke the contract, as opposed to being
 #: slow, idle, late or turned away.
 PROTOCOL_VIOLATIONS: Final = frozenset(
@@ -182,7 +185,9 @@ class Outbox:
         "max_bytes",
         "max_messages",
         "messages",
+        "replay_bytes",
         "replaying",
+        "sending",
     )
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
@@ -193,12 +198,17 @@ class Outbox:
         self.max_bytes = max_bytes
         self.messages = 0
         self.bytes = 0
+        #: Bytes the writer took and has not finished sending. They count towards `max_bytes`
+        #: too, so the bound holds for the memory a client pins even while its writer is stuck
+        #: in the middle of a batch (a stalled client's first batch, for one).
+        self.sending = 0
         #: Bytes of queued control frames, bounded on their own: under the drop policies the
         #: outbox sits at its byte bound by design, and a PONG must not tip it over.
         self.control_bytes = 0
         #: Replayed messages queued (outside the bounds), and who waits for the writer to take
         #: them.
         self.replaying = 0
+        self.replay_bytes = 0
         self._replay_taken: trio.Event | None = None
 
     def __bool__(self) -> bool:
@@ -212,7 +222,7 @@ class Outbox:
         """
         size = len(head) + len(tail) + MESSAGE_OVERHEAD
         if self.messages and (
-            self.messages >= self.max_messages or self.bytes + size > self.max_bytes
+            self.messages >= self.max_messages or self.bytes + self.sending + size > self.max_bytes
         ):
             return False
         frames = self._frames
@@ -236,6 +246,7 @@ class Outbox:
         frames.append(_Replayed(head))
         frames.append(tail)
         self.replaying += 1
+        self.replay_bytes += len(head) + len(tail)
         if self._waiting:
             self._wake()
 
@@ -262,7 +273,7 @@ class Outbox:
         kept: list[bytes] = []
         dropped: list[bytes] = []
         while self.messages and (
-            self.messages >= self.max_messages or self.bytes + room > self.max_bytes
+            self.messages >= self.max_messages or self.bytes + self.sending + room > self.max_bytes
         ):
             head = frames.popleft()
             kind = type(head)
@@ -286,19 +297,63 @@ class Outbox:
         self.messages = 0
         self.bytes = 0
         self.control_bytes = 0
+        self.replay_bytes = 0
         self._replay_done()
 
-    def take_all(self) -> bytes:
-        """Everything queued, as one buffer for one `send_all`."""
+    def take_batch(self) -> bytes:
+        """The next frames to send, as one buffer for one `send_all`; call `sent` after it.
+
+        Usually everything queued. A backlog larger than `WRITE_BATCH_BYTES` goes out in
+        batches of about that size: joining frames into one buffer briefly holds them twice,
+        and a batch the client stops reading in the middle of stays pinned until it is sent.
+        """
         frames = self._frames
-        data = frames.popleft() if len(frames) == 1 else b"".join(frames)
-        frames.clear()
-        self.messages = 0
-        self.bytes = 0
-        self.control_bytes = 0
-        if self.replaying:
-            self._replay_done()
+        if self.bytes + self.replay_bytes <= WRITE_BATCH_BYTES:
+            data = frames.popleft() if len(frames) == 1 else b"".join(frames)
+            frames.clear()
+            self.messages = 0
+            self.bytes = 0
+            self.control_bytes = 0
+            self.replay_bytes = 0
+            if self.replaying:
+                self._replay_done()
+        else:
+            data = self._take_some(WRITE_BATCH_BYTES)
+        self.sending = len(data)
         return data
+
+    def _take_some(self, limit: int) -> bytes:
+        frames = self._frames
+        popleft = frames.popleft
+        batch: list[bytes] = []
+        size = 0
+        while frames and size < limit:
+            head = popleft()
+            kind = type(head)
+            if kind is _Control:
+                batch.append(head)
+                size += len(head)
+                self.bytes -= len(head)
+                self.control_bytes -= len(head)
+                continue
+            tail = popleft()
+            batch.append(head)
+            batch.append(tail)
+            frame = len(head) + len(tail)
+            size += frame
+            if kind is _Replayed:
+                self.replaying -= 1
+                self.replay_bytes -= frame
+            else:
+                self.messages -= 1
+                self.bytes -= frame + MESSAGE_OVERHEAD
+        if not self.replaying and self._replay_taken is not None:
+            self._replay_done()
+        return b"".join(batch)
+
+    def sent(self) -> None:
+        """The batch `take_batch` returned is on the wire: its bytes no longer count."""
+        self.sending = 0
 
     def _replay_done(self) -> None:
         self.replaying = 0
@@ -853,7 +908,7 @@ class Session:
                 return False
             if self.dropped_unreported:
                 self._report_drops()
-            data = outbox.take_all()
+            data = outbox.take_batch()
             scope.deadline = trio.current_time() + write_timeout
             self._write_scope = scope
             try:
@@ -863,6 +918,7 @@ class Session:
                 self._accepting = False
                 return True
             self._write_scope = None
+            outbox.sent()
 
     def _report_drops(self) -> None:
         count = self.dropped_unreported

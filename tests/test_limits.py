@@ -21,6 +21,7 @@ from broker.protocol import (
     Unsub,
 )
 from broker.server import Server
+from broker.session import MESSAGE_OVERHEAD, WRITE_BATCH_BYTES, Outbox
 
 
 async def test_payload_of_exactly_max_payload_is_accepted_one_more_is_fatal(
@@ -298,3 +299,52 @@ async def test_invalid_queue_name_is_refused_but_not_fatal(server: Server) -> No
             assert type(err) is Err
             assert (err.code, err.details) == (ErrorCode.BAD_SUBJECT, {"sid": 4})
             assert server.statistics().subscriptions == 0
+
+
+def test_outbox_bytes_bound_counts_the_batch_being_sent() -> None:
+    # A client that stops reading mid-batch pins the batch as well as what queues behind it:
+    # both count, so max_pending_bytes bounds the memory the client holds.
+    frame = MESSAGE_OVERHEAD + 100
+    outbox = Outbox(max_messages=100, max_bytes=4 * frame)
+    assert all(outbox.offer(b"h" * 10, b"t" * 90) for _ in range(4))
+    assert not outbox.offer(b"h" * 10, b"t" * 90)
+    batch = outbox.take_batch()
+    assert (len(batch), outbox.sending, outbox.bytes) == (400, 400, 0)
+    # While the batch is on its way only the rest of the bound is free.
+    room = (4 * frame - 400) // frame
+    assert room < 4
+    assert all(outbox.offer(b"h" * 10, b"t" * 90) for _ in range(room))
+    assert not outbox.offer(b"h" * 10, b"t" * 90)
+    outbox.sent()
+    assert outbox.sending == 0
+    assert all(outbox.offer(b"h" * 10, b"t" * 90) for _ in range(4 - room))
+    assert not outbox.offer(b"h" * 10, b"t" * 90)
+    # One message always fits an empty queue, however large the batch being sent.
+    outbox.take_batch()
+    huge = Outbox(max_messages=100, max_bytes=4 * frame)
+    huge.offer(b"h", b"t" * 10_000)
+    huge.take_batch()
+    assert huge.offer(b"h" * 10, b"t" * 90)
+    assert not huge.offer(b"h" * 10, b"t" * 90)
+
+
+def test_a_backlog_goes_out_in_batches_and_the_books_balance() -> None:
+    outbox = Outbox(max_messages=10_000, max_bytes=64 * 1024 * 1024)
+    payload = b"t" * 1000
+    for n in range(1000):  # about 1 MB queued, with control frames among the messages
+        outbox.offer(b"head%04d" % n, payload)
+        if n % 100 == 0:
+            outbox.push_control(b"PONG")
+    outbox.offer_replay(b"replay", payload)
+    sizes = []
+    taken = b""
+    while outbox:
+        batch = outbox.take_batch()
+        sizes.append(len(batch))
+        taken += batch
+        outbox.sent()
+    assert max(sizes) <= WRITE_BATCH_BYTES + 1008 and len(sizes) > 1
+    assert taken.count(b"head") == 1000 and taken.count(b"PONG") == 10
+    assert taken.endswith(b"replay" + payload)  # order kept
+    assert (outbox.messages, outbox.bytes, outbox.control_bytes) == (0, 0, 0)
+    assert (outbox.replaying, outbox.replay_bytes, outbox.sending) == (0, 0, 0)
