@@ -58,7 +58,7 @@ READ_SIZE: Final = 64 * 1024
 LINGER_SECONDS: Final = 0.5
 _NO_RESPONDERS_HEADERS: Final = {"status": "503"}
 #: Most bytes one write takes from a backlog (everything, when less is queued).
-WRITE_BATCH_BYTES: Final = 256 * 1024
+WRITE_BATCH_BYTES: Final = 1024 * 1024
 #: Memory a queued message holds beyond its frame bytes, at most: its head is a `bytes` object
 #: of its own, its tail another (shared with other subscribers, but a stalled client may be the
 #: last to hold it), each rounded up to the allocator's 16-byte blocks, and each takes a deque
