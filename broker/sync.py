@@ -25,7 +25,9 @@ limits and typed errors behave exactly as they do for async code:
   with `trio.from_thread.run_sync`; blocking calls (``request``, ``flush``, ``drain``) with
   `trio.from_thread.run`, bounded by their ``timeout``. Each acts after every publish queued
   before it, so what one thread does happens in the order it was called, and errors come out as
-  the same typed exceptions from `broker.errors`, never as an `ExceptionGroup`.
+  the same typed exceptions from `broker.errors`, never as an `ExceptionGroup`. From a Trio
+  task these calls raise `RuntimeError` saying so (they would block its loop): async code uses
+  `broker.connect`, or calls them through ``trio.to_thread.run_sync``.
 - **Deliveries cross by queue.** A task in the client's thread moves each subscription's
   messages into a thread-safe queue of its own, so `SyncSubscription.next` is a plain,
   timeout-bounded wait on a condition variable. Once the async subscription is empty, the task
@@ -1033,7 +1035,15 @@ class SyncClient:
         token = self._token
         if token is None:
             raise ConnectionClosed("the client is not connected")
-        return token
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            return token
+        # Trio refuses to block its own loop waiting for another thread; say why in our terms.
+        raise RuntimeError(
+            "broker.sync blocks, so it cannot be called from a Trio task: use the async client "
+            "(broker.connect), or call this through trio.to_thread.run_sync"
+        )
 
     def _run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Call `fn(*args)` in the client's thread and return its result or raise its error."""

@@ -645,3 +645,20 @@ def test_examples_run(broker_thread: BrokerThread, name: str) -> None:
         "reply: HELLO",
         "no responders on nobody.home",
     ]
+
+
+async def test_blocking_calls_from_a_trio_task_say_so_and_work_through_to_thread(
+    broker_thread: BrokerThread,
+) -> None:
+    with sync.connect(broker_thread.url) as client:
+        with pytest.raises(RuntimeError, match="cannot be called from a Trio task"):
+            client.flush()
+
+        def from_a_thread() -> bytes:
+            with client.subscribe("t") as sub:
+                client.flush()
+                client.publish("t", b"via to_thread")
+                return sub.next(timeout=5).payload
+
+        with trio.fail_after(10):
+            assert await trio.to_thread.run_sync(from_a_thread) == b"via to_thread"
