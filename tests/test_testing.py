@@ -82,6 +82,20 @@ def test_thread_starts_and_stops_repeatedly() -> None:
     print(f"start+stop p50: {durations[len(durations) // 2] * 1000:.2f} ms")
 
 
+def test_a_start_that_times_out_leaves_no_broker_thread_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import broker.testing.inprocess as inprocess
+
+    monkeypatch.setattr(inprocess, "START_TIMEOUT", 0.0)
+    before = set(threading.enumerate())
+    handle = BrokerThread()
+    with pytest.raises(RuntimeError, match=r"did not listen within 0\.0 s"):
+        handle.start()
+    assert set(threading.enumerate()) == before, "the abandoned broker thread still runs"
+    handle.stop()  # a no-op now, and harmless
+
+
 def test_thread_reports_a_port_in_use_and_cannot_be_started_twice() -> None:
     with BrokerThread() as first:
         with pytest.raises(RuntimeError, match="started already"):

@@ -300,6 +300,8 @@ class BrokerThread:
         self._config = config_for_tests(config, **overrides)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        #: Set when `start` gave up waiting: a broker that comes up later shuts itself down.
+        self._abandoned = threading.Event()
         self._failure: BaseException | None = None
         self._stopped = False
         # Set in the broker thread before _ready, read-only afterwards.
@@ -335,12 +337,26 @@ class BrokerThread:
         )
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT):
+            self._abandon()
             raise RuntimeError(f"the broker thread did not listen within {START_TIMEOUT} s")
         if self._failure is not None:
             self._thread.join(STOP_TIMEOUT)
             self._stopped = True
             raise self._failure
         return self
+
+    def _abandon(self) -> None:
+        """After a start that took too long: make the thread stop whenever it gets going."""
+        self._abandoned.set()
+        self._stopped = True
+        # `_main` checks `_abandoned` after publishing its portal: either it sees the flag and
+        # stops, or it is past the check and the portal below is already there to stop it.
+        portal, stop_event = self._portal, self._stop_event
+        if portal is not None and stop_event is not None:
+            with contextlib.suppress(PortalClosed):
+                portal.run_sync(stop_event.set)
+        assert self._thread is not None
+        self._thread.join(self._config.shutdown_grace + STOP_TIMEOUT)
 
     def stop(self) -> None:
         """Close open captures, shut the broker down gracefully and join the thread.
@@ -498,6 +514,8 @@ class BrokerThread:
             async with trio.open_nursery() as helpers:
                 self._helpers = helpers
                 self._portal = Portal(helpers, f"the broker thread on {self._url} is not running")
+                if self._abandoned.is_set():
+                    return
                 self._ready.set()
                 await stop_event.wait()
                 helpers.cancel_scope.cancel()
