@@ -169,7 +169,7 @@ class Outbox:
 
     A trio memory channel bounds only the item count; this queue also bounds bytes, lets the
     drop_oldest policy discard from the head, and hands the writer everything at once as one
-    buffer. Bounds apply to what is waiting, not to the batch the writer is sending.
+    buffer. Bounds apply to what is waiting plus the batch the writer is sending.
 
     A message is queued as two items: its own head (length, op, sid) and the tail it shares
     with every other subscriber of the same publish, so fan-out never copies a payload.
@@ -296,6 +296,7 @@ class Outbox:
         self._frames.clear()
         self.messages = 0
         self.bytes = 0
+        self.sending = 0
         self.control_bytes = 0
         self.replay_bytes = 0
         self._replay_done()
@@ -303,13 +304,17 @@ class Outbox:
     def take_batch(self) -> bytes:
         """The next frames to send, as one buffer for one `send_all`; call `sent` after it.
 
-        Usually everything queued. A backlog larger than `WRITE_BATCH_BYTES` goes out in
-        batches of about that size: joining frames into one buffer briefly holds them twice,
-        and a batch the client stops reading in the middle of stays pinned until it is sent.
+        Usually everything queued. A backlog of live messages larger than `WRITE_BATCH_BYTES`
+        goes out in batches of about that size: joining frames into one buffer briefly holds
+        them twice, and a batch the client stops reading in the middle of stays pinned until it
+        is sent. A queued replay is taken whole, so the SUBs waiting on it go ahead at once
+        (a client that writes much before it reads must not wait on its own replay); its size
+        is bounded by the retained store, and it never counts in `sending`.
         """
         frames = self._frames
-        if self.bytes + self.replay_bytes <= WRITE_BATCH_BYTES:
+        if self.replaying or self.bytes <= WRITE_BATCH_BYTES:
             data = frames.popleft() if len(frames) == 1 else b"".join(frames)
+            self.sending = len(data) - self.replay_bytes
             frames.clear()
             self.messages = 0
             self.bytes = 0
@@ -317,12 +322,13 @@ class Outbox:
             self.replay_bytes = 0
             if self.replaying:
                 self._replay_done()
-        else:
-            data = self._take_some(WRITE_BATCH_BYTES)
+            return data
+        data = self._take_some(WRITE_BATCH_BYTES)
         self.sending = len(data)
         return data
 
     def _take_some(self, limit: int) -> bytes:
+        """About `limit` bytes of live messages and control frames (no replay is queued)."""
         frames = self._frames
         popleft = frames.popleft
         batch: list[bytes] = []
@@ -341,14 +347,8 @@ class Outbox:
             batch.append(tail)
             frame = len(head) + len(tail)
             size += frame
-            if kind is _Replayed:
-                self.replaying -= 1
-                self.replay_bytes -= frame
-            else:
-                self.messages -= 1
-                self.bytes -= frame + MESSAGE_OVERHEAD
-        if not self.replaying and self._replay_taken is not None:
-            self._replay_done()
+            self.messages -= 1
+            self.bytes -= frame + MESSAGE_OVERHEAD
         return b"".join(batch)
 
     def sent(self) -> None:
@@ -577,15 +577,14 @@ class Session:
 
     def _dispatch(self, events: list[Event]) -> None:
         publish = self._publish
-        for event in events:
+        for at, event in enumerate(events):
             kind = type(event)
             if kind is Pub:
                 publish(event)  # type: ignore[arg-type]
             elif kind is Sub:
-                if self.outbox.replaying and event.queue is None:  # type: ignore[union-attr]
+                if self.outbox.replaying and self._would_replay(event):  # type: ignore[arg-type]
                     # One replay at a time beyond the bounds: this SUB, and everything after
                     # it, waits until the writer has taken the one already queued.
-                    at = next(i for i, e in enumerate(events) if e is event)
                     self._deferred = events[at:]
                     return
                 self._subscribe(event)  # type: ignore[arg-type]
@@ -684,6 +683,12 @@ class Session:
             tail = encode_msg_tail(reply_to, b"", None, _NO_RESPONDERS_HEADERS)
             for sub in mine:
                 self.deliver(sub, tail)
+
+    def _would_replay(self, event: Sub) -> bool:
+        if event.queue is not None or not self.hub.retained.subjects:
+            return False
+        # An invalid pattern may "match" here; _subscribe then refuses it, no harm done.
+        return bool(self.hub.retained.matching(event.subject))
 
     def _subscribe(self, event: Sub) -> None:
         sid, pattern, queue = event
@@ -784,7 +789,8 @@ class Session:
         self.fail(
             ErrorCode.SLOW_CONSUMER,
             f"slow consumer: outbox full ({outbox.messages} messages, {outbox.bytes} bytes "
-            f"pending; limits {outbox.max_messages} messages, {outbox.max_bytes} bytes)",
+            f"pending, {outbox.sending} bytes being written; limits {outbox.max_messages} "
+            f"messages, {outbox.max_bytes} bytes)",
         )
         return False
 

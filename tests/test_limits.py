@@ -335,7 +335,6 @@ def test_a_backlog_goes_out_in_batches_and_the_books_balance() -> None:
         outbox.offer(b"head%04d" % n, payload)
         if n % 100 == 0:
             outbox.push_control(b"PONG")
-    outbox.offer_replay(b"replay", payload)
     sizes = []
     taken = b""
     while outbox:
@@ -345,6 +344,19 @@ def test_a_backlog_goes_out_in_batches_and_the_books_balance() -> None:
         outbox.sent()
     assert max(sizes) <= WRITE_BATCH_BYTES + 1008 and len(sizes) > 1
     assert taken.count(b"head") == 3000 and taken.count(b"PONG") == 30
-    assert taken.endswith(b"replay" + payload)  # order kept
-    assert (outbox.messages, outbox.bytes, outbox.control_bytes) == (0, 0, 0)
-    assert (outbox.replaying, outbox.replay_bytes, outbox.sending) == (0, 0, 0)
+    assert taken.endswith(b"head2999" + payload)  # order kept
+    assert (outbox.messages, outbox.bytes, outbox.control_bytes, outbox.sending) == (0, 0, 0, 0)
+
+
+def test_a_queued_replay_is_taken_whole_and_never_counts_as_sending() -> None:
+    # The SUBs deferred behind a replay go ahead once it is taken, not once it is sent: a
+    # client that writes much before it reads must not wait on its own replay.
+    outbox = Outbox(max_messages=10_000, max_bytes=64 * 1024)
+    for n in range(40):
+        outbox.offer_replay(b"r%02d" % n, b"v" * 100_000)  # 4 MB, far past both bounds
+    outbox.offer(b"live", b"x")
+    data = outbox.take_batch()
+    assert len(data) == 40 * 100_003 + 5
+    assert outbox.sending == 5  # only the live frame
+    assert (outbox.replaying, outbox.replay_bytes, outbox.messages) == (0, 0, 0)
+    assert outbox.offer(b"live", b"y") and outbox.offer(b"live", b"z")  # room, not 4 MB over

@@ -9,7 +9,7 @@ from wire import StartServer, bystanders, wait_until, wire_client
 import broker
 from broker import sync
 from broker.errors import BrokerError, RetainedLimitExceeded
-from broker.protocol import Err, ErrorCode, Msg, Pub, Sub, Unsub
+from broker.protocol import Err, ErrorCode, Msg, Pub, Sub, Unsub, encode_frame
 from broker.retained import CHILDREN_COST, ENTRY_COST, NODE_COST
 from broker.testing import BrokerThread, running_broker
 
@@ -345,11 +345,13 @@ async def test_async_client_retains_and_sees_the_flag(start_server: StartServer)
                 assert (live.payload, live.retained) == (b"slow", False)
                 client.publish_nowait("cfg.other", b"x", retain=True)
                 client.publish_nowait("cfg.mode", b"kept", retain=True)  # a replacement fits
+                await client.flush()  # by default a flush does not raise refusals
+                client.publish_nowait("cfg.other", b"x", retain=True)
                 with pytest.raises(RetainedLimitExceeded) as refused:
-                    await client.flush()  # the refusal comes back with the flush
+                    await client.flush(raise_refused=True)  # the refusal comes with the flush
                 assert refused.value.details == {"subject": "cfg.other"}
                 assert (await sub.next()).payload == b"kept"
-                await client.flush()  # raised once, not again
+                await client.flush(raise_refused=True)  # raised once, not again
                 while not errors:
                     await trio.sleep(0.001)
             assert type(errors[0]) is RetainedLimitExceeded  # on_error hears of it as well
@@ -361,8 +363,8 @@ def test_sync_flush_raises_a_refused_retained_publish() -> None:
         client.publish("a", b"1", retain=True)
         client.publish("b", b"2", retain=True)
         with pytest.raises(RetainedLimitExceeded, match="max_retained_subjects"):
-            client.flush()
-        client.flush()
+            client.flush(raise_refused=True)
+        client.flush(raise_refused=True)
 
 
 def test_sync_client_retains_and_sees_the_flag(broker_thread: BrokerThread) -> None:
@@ -448,3 +450,52 @@ async def test_a_retained_publish_to_a_reserved_subject_is_refused(
             (err,) = await client.drain()
             assert type(err) is Err and err.code == ErrorCode.BAD_SUBJECT
         assert server.statistics().retained_subjects == 0
+
+
+async def test_a_subscriber_reading_late_survives_a_replay_larger_than_its_bounds(
+    start_server: StartServer,
+) -> None:
+    # The replay in flight must not count against max_pending_bytes: a subscriber still busy
+    # reading 600 KB of replay is not a slow consumer for the next two small live messages.
+    with trio.fail_after(10):
+        server = await start_server(max_pending_bytes=64 * 1024)
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.send(*(Pub(f"r.{i}", b"r" * 60_000, None, None, True) for i in range(10)))
+            await pub.flush()
+            async with wire_client(server.port, name="sub", rcvbuf=16 * 1024) as sub:
+                await sub.send(Sub(1, "live"), Sub(2, "r.>"))
+                await wait_until(lambda: server.statistics().messages_out >= 10)
+                [session] = server.clients("sub")
+                await wait_until(lambda: session.outbox.replaying == 0)  # taken, not yet read
+                await pub.send(Pub("live", b"1"), Pub("live", b"2"))
+                await pub.flush()
+                events = await sub.drain()
+                assert [e.payload for e in events if type(e) is Msg and e.sid == 1] == [
+                    b"1",
+                    b"2",
+                ]
+                assert [e for e in events if type(e) is Err] == []
+                assert sum(1 for e in events if type(e) is Msg and e.sid == 2) == 10
+        assert server.statistics().slow_consumers == 0
+
+
+async def test_a_client_that_writes_much_before_reading_is_not_held_by_its_own_replay(
+    start_server: StartServer,
+) -> None:
+    # SUB with a 4 MB replay, another SUB (deferred behind it), then 30 MB of PUBs, all before
+    # reading anything. The deferred SUB must go ahead once the replay is taken, not once it
+    # is sent, or both sides block on full sockets until write_timeout cuts the client off.
+    with trio.fail_after(20):
+        server = await start_server(write_timeout=2.0)
+        async with wire_client(server.port, name="pub") as pub:
+            for i in range(40):
+                await pub.send(Pub(f"r.{i}", b"r" * 100_000, None, None, True))
+            await pub.flush()
+        async with wire_client(server.port, name="sub", rcvbuf=64 * 1024) as sub:
+            burst = encode_frame(Sub(1, "r.>")) + encode_frame(Sub(2, "r.0"))
+            burst += encode_frame(Pub("other", b"p" * 60_000)) * 500
+            await sub.send_raw(burst)
+            events = await sub.drain()
+            assert sum(1 for e in events if type(e) is Msg and e.sid == 1) == 40
+            assert sum(1 for e in events if type(e) is Msg and e.sid == 2) == 1
+        assert server.statistics().slow_consumers == 0
