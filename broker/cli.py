@@ -365,7 +365,7 @@ def pub(
         for n in range(1, count + 1):
             payload = data.replace("{n}", str(n)).encode()
             client.publish(subject, payload, reply_to=reply, headers=parsed, retain=retain)
-        client.flush()
+        client.flush(raise_refused=True)
 
 
 @app.command(epilog=_EXIT_CODES)

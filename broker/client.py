@@ -734,20 +734,22 @@ class Client:
         assert reply is not None
         return reply
 
-    async def flush(self) -> None:
+    async def flush(self, *, raise_refused: bool = False) -> None:
         """Round trip a PING: when it returns, the server has processed everything sent before.
 
         Subscriptions made are in place, publishes are routed, and messages routed to this
         client before that point are queued in their subscriptions. While reconnecting, waits
         for the connection first (and so also flushes the reconnect buffer).
 
-        A publish the server refused while the flush waited (a full retained store, or a
-        subject only the server could judge) is raised here, so publish-then-flush learns
-        whether its messages went through; ``on_error`` still hears of it too.
+        Args:
+            raise_refused: Also raise the first publish the server refused while this flush
+                waited (a full retained store, or a subject only the server could judge), so
+                publish-then-flush learns whether its messages went through. The refusal may
+                be of any task's publish made before the flush; ``on_error`` hears of it too.
 
         Raises:
-            RetainedLimitExceeded, BadSubject: The server refused a publish made before the
-                flush; the others were processed. The first such refusal is raised.
+            RetainedLimitExceeded, BadSubject: With ``raise_refused``: the server refused a
+                publish made before the flush; the others were processed.
             ConnectionClosed: The connection broke before the PONG (what was sent may or may not
                 have been processed), or the client is closed.
         """
@@ -756,7 +758,7 @@ class Client:
         link.pongs.append(waiter)
         self._queue_control(self._ping_frame)
         await waiter.wait()
-        if waiter.refused:
+        if raise_refused and waiter.refused:
             raise _again(waiter.refused[0])
 
     # -- subscribing ---------------------------------------------------------------------------
@@ -1014,7 +1016,7 @@ class Client:
                 sub._fail(error)
                 return
         if "subject" in error.details:
-            # A refused publish: every flush awaiting a PONG sent after it will raise it.
+            # A refused publish: a flush awaiting a PONG sent after it may raise it.
             for pending in link.pongs:
                 if pending is not None:
                     pending.refused.append(error)

@@ -701,14 +701,18 @@ class SyncClient:
 
         return _wrap(self._run_async(request), self)
 
-    def flush(self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT) -> None:
+    def flush(
+        self, timeout: float | None = DEFAULT_FLUSH_TIMEOUT, *, raise_refused: bool = False
+    ) -> None:
         """Round trip a PING: when it returns, the server has processed everything sent before.
 
         Messages routed to this client before that point are queued in its subscriptions
         (counted in `SyncSubscription.pending`). While reconnecting, waits for the connection.
+        ``raise_refused`` raises a publish the server refused meanwhile, as `broker.Client.flush`.
 
         Raises:
             TimeoutError: No PONG within `timeout` seconds (None waits forever).
+            RetainedLimitExceeded, BadSubject: With ``raise_refused``, as `broker.Client.flush`.
             ConnectionClosed: The connection broke before the PONG, or the client is closed.
         """
         _check_timeout("timeout", timeout)
@@ -717,7 +721,7 @@ class SyncClient:
         async def flush() -> None:
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 await self._outbox_sent()
-                await client.flush()
+                await client.flush(raise_refused=raise_refused)
                 return
             raise TimeoutError(f"no PONG from {client.url} within {timeout} s")
 

@@ -34,7 +34,8 @@ async def store(url: str, key: str, value: bytes) -> int:
     async with broker.connect(url, name="kv") as client:
         try:
             await client.publish(PREFIX + key, value, retain=True)
-            await client.flush()  # Stored by the PONG, or the refusal is raised here.
+            # Stored by the PONG, or the refusal is raised here.
+            await client.flush(raise_refused=True)
         except broker.RetainedLimitExceeded as refused:
             print(f"{key}: {refused}", file=sys.stderr)
             return 1

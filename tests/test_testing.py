@@ -89,9 +89,18 @@ def test_a_start_that_times_out_leaves_no_broker_thread_behind(
 
     monkeypatch.setattr(inprocess, "START_TIMEOUT", 0.0)
     before = set(threading.enumerate())
-    handle = BrokerThread()
-    with pytest.raises(RuntimeError, match=r"did not listen within 0\.0 s"):
-        handle.start()
+    # With no time allowed, start() nearly always gives up first; now and then the broker wins
+    # the race and listens at once, and then there is nothing to test: try again.
+    for _attempt in range(50):
+        handle = BrokerThread()
+        try:
+            handle.start()
+        except RuntimeError as error:
+            assert "did not listen within 0.0 s" in str(error)
+            break
+        handle.stop()
+    else:
+        pytest.fail("start() never timed out")
     assert set(threading.enumerate()) == before, "the abandoned broker thread still runs"
     handle.stop()  # a no-op now, and harmless
 
