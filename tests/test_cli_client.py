@@ -2,7 +2,7 @@
 
 Each command runs as ``python -m broker ...``, as a user or a script would run it, so exit
 codes, stdout/stderr and Ctrl-C are the real ones. The broker runs in a thread of the test
-process (`BrokerThread` from test_sync), so a test can wait on its statistics rather than sleep.
+process (`broker.testing.BrokerThread`), so a test can wait on its statistics rather than sleep.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from test_sync import WAIT, BrokerThread
+from test_sync import WAIT, wait_for
 from typer.testing import CliRunner
 
 from broker import sync
@@ -32,6 +32,7 @@ from broker.cli import (
     EXIT_USAGE,
     app,
 )
+from broker.testing import BrokerThread
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -245,7 +246,7 @@ def test_ctrl_c_exits_130_quietly(broker: BrokerThread) -> None:
         wait_subscribed(broker, sub)
         sub.send_signal(signal.SIGINT)
         assert finish(sub) == (EXIT_INTERRUPTED, "", "")
-    broker.wait_for(lambda stats: stats.connections == 0)
+    wait_for(broker, lambda stats: stats.connections == 0)
 
 
 def test_help_documents_exit_codes_and_default_url() -> None:

@@ -14,14 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
 import trio
 
 from broker import sync
-from broker.config import Config
 from broker.errors import (
     BadSubject,
     ConnectionClosed,
@@ -31,8 +29,8 @@ from broker.errors import (
     ServerShuttingDown,
     SubscriptionClosed,
 )
-from broker.server import Server
 from broker.stats import Statistics
+from broker.testing import BrokerThread
 
 pytestmark = pytest.mark.timeout(15)
 
@@ -42,112 +40,13 @@ WAIT = 5.0
 FAST: dict[str, Any] = {"reconnect_delay": 0.01, "max_reconnect_delay": 0.05}
 
 
-class BrokerThread:
-    """A broker on 127.0.0.1 in a background thread running its own Trio loop.
-
-    Every method blocks until done and may be called from any other thread.
-    """
-
-    def __init__(self, **config: Any) -> None:
-        self._config = config
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="broker", daemon=True)
-        self._failure: BaseException | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._nursery: trio.Nursery | None = None
-        self._stop: trio.Event | None = None
-        self.server: Server | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> BrokerThread:
-        self._thread.start()
-        if not self._ready.wait(WAIT):
-            raise RuntimeError("the broker thread did not start")
-        if self._failure is not None:
-            raise RuntimeError("the broker thread failed") from self._failure
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._token is not None:
-            with contextlib.suppress(trio.RunFinishedError):  # It stopped by itself.
-                trio.from_thread.run_sync(self._stop_all, trio_token=self._token)
-        self._thread.join(WAIT)
-        assert not self._thread.is_alive(), "the broker thread did not stop"
-        if self._failure is not None:
-            raise RuntimeError("the broker thread failed") from self._failure
-
-    def statistics(self) -> Statistics:
-        assert self._token is not None
-        return trio.from_thread.run_sync(self._server().statistics, trio_token=self._token)
-
-    def wait_for(self, condition: Callable[[Statistics], bool]) -> Statistics:
-        """Poll the server's statistics until `condition` holds, bounded by WAIT."""
-        deadline = time.monotonic() + WAIT
-        while not condition(stats := self.statistics()):
-            assert time.monotonic() < deadline, f"condition never held: {stats}"
-            time.sleep(0.005)
-        return stats
-
-    def shutdown_server(self) -> None:
-        """Shut the current server down gracefully and wait until it has stopped."""
-        assert self._token is not None
-        trio.from_thread.run(self._shutdown_server, trio_token=self._token)
-
-    def start_server(self) -> None:
-        """Start a new server on the same port."""
-        assert self._token is not None
-        trio.from_thread.run(self._start_server, trio_token=self._token)
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as error:
-            self._failure = error
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self._start_server()
-            self.port = self._server().port
-            self._ready.set()
-            await self._stop.wait()
-            await self._server().wait_stopped()
-
-    def _server(self) -> Server:
-        assert self.server is not None
-        return self.server
-
-    def _stop_all(self) -> None:
-        assert self._stop is not None
-        self._server().shutdown()
-        self._stop.set()
-
-    async def _shutdown_server(self) -> None:
-        self._server().shutdown()
-        await self._server().wait_stopped()
-
-    async def _start_server(self) -> None:
-        assert self._nursery is not None
-        config = Config(hosts=("127.0.0.1",), port=self.port, **self._config)
-        self.server = await self._nursery.start(Server(config).serve)
-
-
-@pytest.fixture
-def broker_thread() -> Iterator[BrokerThread]:
-    with BrokerThread() as thread:
-        yield thread
+def wait_for(broker: BrokerThread, condition: Callable[[Statistics], bool]) -> Statistics:
+    """Poll the broker's statistics until `condition` holds, bounded by WAIT."""
+    deadline = time.monotonic() + WAIT
+    while not condition(stats := broker.statistics()):
+        assert time.monotonic() < deadline, f"condition never held: {stats}"
+        time.sleep(0.005)
+    return stats
 
 
 @pytest.fixture
@@ -409,7 +308,7 @@ def test_publish_errors_found_late_are_reported(broker_thread: BrokerThread) -> 
         **FAST,
     )
     try:
-        broker_thread.shutdown_server()
+        broker_thread.stop_server()
         assert disconnected.wait(WAIT)
         # Buffered while disconnected until the reconnect buffer is full; the publish that
         # does not fit is reported, since nobody waits for it.
@@ -429,7 +328,7 @@ def test_publish_after_the_connection_is_gone_raises(broker_thread: BrokerThread
         broker_thread.url, reconnect=False, on_disconnected=lambda error: disconnected.set()
     ) as client:
         sub = client.subscribe("gone")
-        broker_thread.shutdown_server()
+        broker_thread.stop_server()
         assert disconnected.wait(WAIT)
         assert client.is_closed
         with pytest.raises(ServerShuttingDown):
@@ -488,7 +387,7 @@ def test_close_is_idempotent_and_joins_the_thread(broker_thread: BrokerThread) -
         client.subscribe("bye")
     with pytest.raises(ConnectionClosed):
         client.request("bye", b"")
-    broker_thread.wait_for(lambda stats: stats.connections == 0)
+    wait_for(broker_thread, lambda stats: stats.connections == 0)
 
 
 def test_typed_errors(client: sync.SyncClient) -> None:
@@ -518,7 +417,7 @@ def test_connect_errors(broker_thread: BrokerThread) -> None:
     with pytest.raises(ValueError, match="reconnect_delay"):
         sync.connect(broker_thread.url, reconnect_delay=0)
     # Nothing listens on the port of a server that has stopped.
-    broker_thread.shutdown_server()
+    broker_thread.stop_server()
     with pytest.raises(ConnectionClosed, match="cannot connect"):
         sync.connect(broker_thread.url)
 
@@ -541,7 +440,7 @@ def test_reconnect_after_the_server_restarts(broker_thread: BrokerThread) -> Non
     ) as client:
         news = client.subscribe("news.*")
         client.flush()
-        broker_thread.shutdown_server()
+        broker_thread.stop_server()
         assert disconnected.wait(WAIT)
         assert [type(e) for e in reasons] == [ServerShuttingDown]
         assert not client.is_connected
@@ -583,7 +482,7 @@ def test_drain_lets_a_responder_answer_what_it_took(
         before = broker_thread.statistics().subscriptions
         with running(lambda: service.drain(timeout=WAIT)) as draining:
             # The UNSUB went through: the drain has begun while the responder holds a request.
-            broker_thread.wait_for(lambda stats: stats.subscriptions == before - 1)
+            wait_for(broker_thread, lambda stats: stats.subscriptions == before - 1)
             assert draining.is_alive()
             go.set()
     assert replies == [b"late:q"]

@@ -397,6 +397,31 @@ async def test_restart_keeps_the_port_and_clients_resubscribe() -> None:
             assert handle.statistics().messages_in == 1  # a new server counts afresh
 
 
+async def test_stop_server_then_start_server_is_a_restart_with_a_gap() -> None:
+    lost, back = trio.Event(), trio.Event()
+    with trio.fail_after(WAIT):
+        async with (
+            running_broker() as handle,
+            handle.capture("news") as cap,
+            handle.connect(
+                name="svc", on_disconnected=hook(lost), on_reconnected=hook(back)
+            ) as svc,
+        ):
+            with pytest.raises(RuntimeError, match="call stop_server"):
+                await handle.start_server()
+            port = handle.port
+            await handle.stop_server()
+            await handle.stop_server()  # stopped already: nothing to do
+            await lost.wait()
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", port)  # nothing listens meanwhile
+            await handle.start_server()  # returns once the capture has resubscribed
+            assert handle.port == port
+            await back.wait()
+            await svc.publish("news", b"after")
+            assert [m.payload for m in await cap.wait_for(1)] == [b"after"]
+
+
 def test_thread_restart_keeps_the_port_and_sync_clients_resubscribe() -> None:
     with (
         BrokerThread() as handle,

@@ -14,7 +14,8 @@ offer fault injection: `drop_client` (cut a named client's connection with no ER
 failure would), `stall_client` / `resume_client` (stop writing to it, so it becomes a slow
 consumer under the configured policy) and `restart` (shut down gracefully, as on SIGTERM, and
 serve again on the same port: the listeners set SO_REUSEADDR, so the port is free at once).
-A restart starts a new `broker.Server`: its statistics start from zero.
+`stop_server` and `start_server` are the two halves of `restart`, for a test that needs the
+broker gone for a while. A restart starts a new `broker.Server`: its statistics start from zero.
 
 Clients made with the handles' `connect` reconnect quickly (`TEST_CLIENT_OPTIONS`), which keeps
 restart and drop tests fast; any option of `broker.connect` may be passed instead.
@@ -26,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -127,12 +128,14 @@ class RunningBroker:
     Every method runs in the broker's own Trio loop: call them from Trio code in that loop.
     """
 
-    __slots__ = ("_captures", "_nursery", "_server")
+    __slots__ = ("_captures", "_nursery", "_server", "_watched")
 
     def __init__(self, server: Server, nursery: trio.Nursery) -> None:
         self._server = server
         self._nursery = nursery
         self._captures: set[_Reconnects] = set()
+        #: Set by `stop_server`: each capture's reconnection count then, for `start_server`.
+        self._watched: list[tuple[_Reconnects, int]] | None = None
 
     def __repr__(self) -> str:
         return f"<RunningBroker {self.url}>"
@@ -188,12 +191,35 @@ class RunningBroker:
         Raises:
             OSError: The port could not be bound again.
         """
-        old = self._server
-        watched = [(reconnects, reconnects.count) for reconnects in self._captures]
+        await self.stop_server()
+        await self.start_server()
+
+    async def stop_server(self) -> None:
+        """Shut the broker down gracefully, as `restart` does, and wait until it has stopped.
+
+        Until `start_server`, clients find nothing listening (and, if they reconnect, keep
+        trying). Does nothing if it is stopped already.
+        """
+        if self._watched is not None:
+            return
+        self._watched = [(reconnects, reconnects.count) for reconnects in self._captures]
         self._stop_server()
-        await old.wait_stopped()
+        await self._server.wait_stopped()
+
+    async def start_server(self) -> None:
+        """Serve again on the same port after `stop_server`, as `restart` does.
+
+        Raises:
+            RuntimeError: The broker is not stopped.
+            OSError: The port could not be bound again.
+        """
+        watched = self._watched
+        if watched is None:
+            raise RuntimeError(f"the broker on {self.url} is serving; call stop_server() first")
+        old = self._server
         config = dataclasses.replace(old.config, port=old.port)
         self._server = await self._nursery.start(Server(config).serve)
+        self._watched = None
         for reconnects, count in watched:
             await reconnects.wait_past(count)
 
@@ -453,16 +479,37 @@ class BrokerThread:
             TimeoutError: That took longer than ``shutdown_grace`` plus `START_TIMEOUT`.
             OSError: The port could not be bound again.
         """
-        broker = self._live()
+        self._run_bounded(self._live().restart, "restart")
+
+    def stop_server(self) -> None:
+        """Shut the broker down gracefully and wait until it has stopped; see `restart`.
+
+        Raises:
+            TimeoutError: That took longer than ``shutdown_grace`` plus `START_TIMEOUT`.
+        """
+        self._run_bounded(self._live().stop_server, "stop")
+
+    def start_server(self) -> None:
+        """Serve again on the same port after `stop_server`; see `restart`.
+
+        Raises:
+            TimeoutError: That took longer than ``shutdown_grace`` plus `START_TIMEOUT`.
+            RuntimeError: The broker is not stopped.
+            OSError: The port could not be bound again.
+        """
+        self._run_bounded(self._live().start_server, "start")
+
+    def _run_bounded(self, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Await `step()` in the broker's loop, within ``shutdown_grace`` + `START_TIMEOUT`."""
         limit = self._config.shutdown_grace + START_TIMEOUT
 
-        async def restart() -> None:
+        async def bounded() -> None:
             with trio.move_on_after(limit):
-                await broker.restart()
+                await step()
                 return
-            raise TimeoutError(f"the broker on {self._url} did not restart within {limit} s")
+            raise TimeoutError(f"the broker on {self._url} did not {what} within {limit} s")
 
-        self._require_portal().run(restart)
+        self._require_portal().run(bounded)
 
     # -- clients and captures --------------------------------------------------------------------
 
