@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeAlias, cast, final
+from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar, cast, final
 
 import msgpack
 import typer
@@ -672,16 +672,26 @@ class SubscriberOutcome:
     cpu_seconds: float = 0.0
 
 
-def _subscriber_main(spec: _SubscriberSpec, pipe: Pipe) -> None:
-    outcome = SubscriberOutcome(spec.name, spec.expected, 0, spec.stalled, spec.queue)
+_Report = TypeVar("_Report", "SubscriberOutcome", "_PublisherReport", "_IdleReport")
+
+
+def _report_back(pipe: Pipe, empty: _Report, work: Callable[[], _Report]) -> None:
+    """A worker process's whole life: do `work`, then send its report (or `empty` with the
+    failure), with this process's CPU time, to the coordinator."""
+    report = empty
     try:
-        outcome = _subscriber(spec, pipe)
+        report = work()
     except Exception as error:
-        outcome = dataclasses.replace(outcome, failure=f"{type(error).__name__}: {error}")
-    outcome = dataclasses.replace(outcome, cpu_seconds=_own_cpu())
+        report = dataclasses.replace(report, failure=f"{type(error).__name__}: {error}")
+    report = dataclasses.replace(report, cpu_seconds=_own_cpu())
     with contextlib.suppress(OSError):
-        pipe.send(("done", outcome))
+        pipe.send(("done", report))
     pipe.close()
+
+
+def _subscriber_main(spec: _SubscriberSpec, pipe: Pipe) -> None:
+    empty = SubscriberOutcome(spec.name, spec.expected, 0, spec.stalled, spec.queue)
+    _report_back(pipe, empty, lambda: _subscriber(spec, pipe))
 
 
 def _subscriber(spec: _SubscriberSpec, pipe: Pipe) -> SubscriberOutcome:
@@ -812,15 +822,7 @@ class _PublisherReport:
 
 
 def _publisher_main(spec: _PublisherSpec, pipe: Pipe) -> None:
-    report = _PublisherReport(spec.name)
-    try:
-        report = _publisher(spec, pipe)
-    except Exception as error:
-        report = dataclasses.replace(report, failure=f"{type(error).__name__}: {error}")
-    report = dataclasses.replace(report, cpu_seconds=_own_cpu())
-    with contextlib.suppress(OSError):
-        pipe.send(("done", report))
-    pipe.close()
+    _report_back(pipe, _PublisherReport(spec.name), lambda: _publisher(spec, pipe))
 
 
 def _batches(dialect: _Dialect, spec: _PublisherSpec) -> Iterator[bytes]:
@@ -872,17 +874,11 @@ class _IdleReport:
     connected: int = 0
     received: int = 0
     failure: str | None = None
+    cpu_seconds: float = 0.0
 
 
 def _idle_main(spec: _IdleSpec, pipe: Pipe) -> None:
-    report = _IdleReport(spec.name)
-    try:
-        report = _idle(spec, pipe)
-    except Exception as error:
-        report = dataclasses.replace(report, failure=f"{type(error).__name__}: {error}")
-    with contextlib.suppress(OSError):
-        pipe.send(("done", report))
-    pipe.close()
+    _report_back(pipe, _IdleReport(spec.name), lambda: _idle(spec, pipe))
 
 
 def raise_fd_limit() -> int:
