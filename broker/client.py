@@ -885,11 +885,9 @@ class Client:
                 f"payload of {len(payload)} bytes exceeds the server's max_payload "
                 f"({self._max_payload} bytes)"
             )
-        if retain and not _retains(self._info, payload):
-            raise RetainedLimitExceeded(
-                f"the server at {self._url} does not retain messages (its max_retained_subjects "
-                f"is {self._info.get('max_retained_subjects', 'not announced')})"
-            )
+        if retain:
+            limit = self._info.get("max_retained_subjects")
+            _check_retain(limit, payload, f"the server at {self._url}")
         wire_headers = None if headers is None else _wire_headers(headers)
         try:
             return self._encoder.send(Pub(subject, payload, reply_to, wire_headers, bool(retain)))
@@ -1373,14 +1371,22 @@ async def _read_welcome(stream: anyio.abc.SocketStream, conn: Connection) -> dic
         raise ConnectionClosed(str(refusal), code=refusal.code, details=refusal.details)
 
 
-def _retains(info: Mapping[str, Any], payload: bytes) -> bool:
-    """Whether a server with this WELCOME takes a retained PUB of `payload`.
+def _check_retain(limit: object, payload: bytes, server: str) -> None:
+    """Refuse a retained PUB of `payload` to a server whose WELCOME announced `limit` as its
+    ``max_retained_subjects`` (shared with `broker.sync`, which checks in the caller's thread).
 
     A server that does not announce the limit predates retained messages and would take the
     extra PUB field as a broken frame; one that announces 0 refuses all but deletions.
+
+    Raises:
+        RetainedLimitExceeded: The server would not take it.
     """
-    limit = info.get("max_retained_subjects")
-    return type(limit) is int and (limit > 0 or not payload)
+    if type(limit) is int and (limit > 0 or not payload):
+        return
+    shown = "not announced" if limit is None else limit
+    raise RetainedLimitExceeded(
+        f"{server} does not retain messages (its max_retained_subjects is {shown})"
+    )
 
 
 def _info_int(info: Mapping[str, Any], key: str, default: int) -> int:

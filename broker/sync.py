@@ -81,6 +81,7 @@ from .client import (
     Message,
     Payload,
     Subscription,
+    _check_retain,
 )
 from .client import connect as _connect_async
 from .config import DEFAULT_MAX_PAYLOAD
@@ -89,7 +90,6 @@ from .errors import (
     BrokerError,
     ConnectionClosed,
     PayloadTooLarge,
-    RetainedLimitExceeded,
     ServerShuttingDown,
     SubscriptionClosed,
 )
@@ -657,11 +657,8 @@ class SyncClient:
                 f"payload of {len(payload)} bytes exceeds the server's max_payload "
                 f"({max_payload} bytes)"
             )
-        if retain and not (type(max_retained) is int and (max_retained > 0 or not payload)):
-            raise RetainedLimitExceeded(
-                "the server does not retain messages (its max_retained_subjects is "
-                f"{'not announced' if max_retained is None else max_retained})"
-            )
+        if retain:
+            _check_retain(max_retained, payload, "the server")
         copied = None
         if headers is not None:
             copied = dict(headers)
