@@ -721,21 +721,21 @@ class Session:
 
     def _replay(self, sub: Subscription, entries: list[tuple[str, tuple[bytes, int]]]) -> None:
         """Queue the retained messages a new subscription matches, flagged as retained."""
-        if not entries:
-            return
-        if not self._accepting:
+        if not entries or not self._accepting:
             return
         flagged = self.retained_flag
         prefix = msg_prefix(sub.sid, retained=flagged)
         offer = self.outbox.offer_replay
-        for _subject, (tail, _size) in entries:
+        payload_bytes = 0
+        for _subject, (tail, size) in entries:
             if not flagged:
                 tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
             offer(msg_head(prefix, len(tail)), tail)
+            payload_bytes += size
         # A replay comes straight after its SUB, so no UNSUB max_msgs can cut it short.
         counters = self.hub.counters
         counters.messages_out += len(entries)
-        counters.bytes_out += sum(size for _subject, (_tail, size) in entries)
+        counters.bytes_out += payload_bytes
         sub.delivered += len(entries)
 
     def _unsubscribe(self, event: Unsub) -> None:
