@@ -15,9 +15,9 @@ This module is pure: it imports neither trio, anyio nor the client.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Final, final
 
-from .protocol import ErrorCode
 from .subjects import SubjectError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "BadSubject",
     "BrokerError",
     "ConnectionClosed",
+    "ErrorCode",
     "MessagesDropped",
     "NoResponders",
     "PayloadTooLarge",
@@ -38,6 +39,48 @@ __all__ = [
     "TooManySubscriptions",
     "error_from_wire",
 ]
+
+
+class ErrorCode(StrEnum):
+    """The stable codes carried by ERR frames, each with its classification.
+
+    The classification lives here, on the code, so the server (what closes a connection, what
+    counts as a protocol error) and the client (which exception reports it) cannot disagree:
+
+    - ``fatal``: the server closes the connection after sending it.
+    - ``violation``: the peer broke the wire contract (counted as ``protocol_errors``), as
+      opposed to being slow, idle, late, refused by a limit or turned away.
+
+    docs/protocol.md lists every code.
+    """
+
+    fatal: bool
+    violation: bool
+
+    def __new__(cls, value: str, fatal: bool, violation: bool) -> ErrorCode:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.fatal = fatal
+        member.violation = violation
+        return member
+
+    #                        value                     fatal  violation
+    BAD_FRAME = "bad_frame", True, True
+    BAD_HANDSHAKE = "bad_handshake", True, True
+    UNKNOWN_OP = "unknown_op", True, True
+    FRAME_TOO_LARGE = "frame_too_large", True, True
+    PAYLOAD_TOO_LARGE = "payload_too_large", True, True
+    BAD_SUBJECT = "bad_subject", False, True
+    BAD_SID = "bad_sid", False, True
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions", False, True
+    MAX_CONNECTIONS = "max_connections", True, False
+    HANDSHAKE_TIMEOUT = "handshake_timeout", True, False
+    SLOW_CONSUMER = "slow_consumer", True, False
+    MESSAGES_DROPPED = "messages_dropped", False, False
+    STALE_CONNECTION = "stale_connection", True, False
+    SHUTTING_DOWN = "shutting_down", True, False
+    INTERNAL_ERROR = "internal_error", True, False
+    RETAINED_LIMIT = "retained_limit", False, False
 
 
 class BrokerError(Exception):
@@ -203,8 +246,8 @@ def _int_detail(details: dict[str, Any], key: str) -> int:
     return value if type(value) is int else 0
 
 
-#: The class for each ERR code. Fatal codes map to `ConnectionClosed` or a subclass: after them
-#: the server closes the connection, and a test checks the two agree for every code.
+#: The class for each ERR code. Fatal codes (`ErrorCode.fatal`) map to `ConnectionClosed` or a
+#: subclass, since the server closes the connection after them; a test checks every code.
 _CLASSES: Final[dict[ErrorCode, type[BrokerError]]] = {
     ErrorCode.BAD_FRAME: ProtocolViolation,
     ErrorCode.BAD_HANDSHAKE: ProtocolViolation,
@@ -233,7 +276,7 @@ def error_from_wire(code: str, message: str, details: dict[str, Any] | None = No
     then learnt from the connection itself, not guessed.
     """
     try:
-        known = ErrorCode(code)
+        known = ErrorCode(code)  # type: ignore[call-arg]  # a lookup by value, not a new member
     except ValueError:
         return BrokerError(f"server error {code!r}: {message}", details=details)
     return _CLASSES[known](message, code=known, details=details)

@@ -52,6 +52,7 @@ from broker.protocol import (
 )
 from broker.server import Server
 from broker.subjects import SubjectError
+from broker.testing import faults
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -454,11 +455,11 @@ async def test_max_msgs_ends_when_the_broker_dropped_some_of_them(nursery: trio.
         sub = slow.subscribe("tick")
         sub.unsubscribe(max_msgs=5)
         await slow.flush()
-        server.stall_client("slow")
+        faults.stall_client(server, "slow")
         for i in range(5):
             await fast.publish("tick", b"%d" % i)
             await fast.flush()
-        server.resume_client("slow")
+        faults.resume_client(server, "slow")
         with trio.fail_after(2):
             got = [message.payload async for message in sub]
         assert got == [b"3", b"4"]  # the oldest three were dropped to make room
@@ -477,11 +478,11 @@ async def test_unsubscribe_max_msgs_counts_what_the_broker_dropped(nursery: trio
     ):
         sub = slow.subscribe("tick")
         await slow.flush()
-        server.stall_client("slow")
+        faults.stall_client(server, "slow")
         for i in range(5):
             await fast.publish("tick", b"%d" % i)
             await fast.flush()
-        server.resume_client("slow")
+        faults.resume_client(server, "slow")
         with trio.fail_after(2):
             await hooks.error_event.wait()
             await slow.flush()

@@ -6,6 +6,7 @@ import trio
 from wire import StartServer, bystanders, wire_client
 
 from broker.protocol import Err, Msg, Pub, Sub
+from broker.testing import faults
 
 
 async def test_drop_client_cuts_only_that_client_without_an_err(
@@ -20,11 +21,15 @@ async def test_drop_client_cuts_only_that_client_without_an_err(
         ):
             await victim.send(Sub(1, "x"))
             await victim.flush()
-            assert server.drop_client("victim") == 1
+            assert faults.drop_client(server, "victim") == 1
             assert await victim.closed() == []  # no ERR: it looks like a network failure
-            assert [s.name for s in server.clients()] == ["bystander-sub", "bystander-pub", "other"]
+            assert [t.adapter.name for t in faults.connections(server)] == [
+                "bystander-sub",
+                "bystander-pub",
+                "other",
+            ]
             assert server.statistics().subscriptions == 1  # only the bystander's remains
-            assert server.drop_client("nobody") == 0
+            assert faults.drop_client(server, "nobody") == 0
             await other.flush()
             await pair.check()
 
@@ -43,7 +48,7 @@ async def test_stalled_client_becomes_a_slow_consumer_and_others_carry_on(
             for client in (stuck, healthy):
                 await client.send(Sub(1, "work"))
                 await client.flush()
-            assert server.stall_client("stuck") == 1
+            assert faults.stall_client(server, "stuck") == 1
             # One at a time: a single read's publishes are all routed before any writer runs,
             # so a burst of 11 would overflow a 10-message bound for the healthy client too.
             for i in range(11):
@@ -71,11 +76,11 @@ async def test_resume_delivers_what_was_queued_while_stalled(start_server: Start
         ):
             await sleepy.send(Sub(1, "news"))
             await sleepy.flush()
-            server.stall_client("sleepy")
+            faults.stall_client(server, "sleepy")
             await pub.send(Pub("news", b"a"), Pub("news", b"b"))
             await pub.flush()
             with trio.move_on_after(0.2):
                 event = await sleepy.next_event()
                 raise AssertionError(f"a stalled client received {event!r}")
-            assert server.resume_client("sleepy") == 1
+            assert faults.resume_client(server, "sleepy") == 1
             assert [e.payload for e in await sleepy.drain() if isinstance(e, Msg)] == [b"a", b"b"]

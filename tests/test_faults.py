@@ -25,6 +25,7 @@ from wire import (
     wire_client,
 )
 
+from broker.envelope import Envelope
 from broker.protocol import (
     Err,
     Event,
@@ -35,10 +36,10 @@ from broker.protocol import (
     RemoteProtocolError,
     Sub,
     Welcome,
-    encode_msg_tail,
 )
 from broker.server import Server
-from broker.session import MESSAGE_OVERHEAD
+from broker.server.outbox import MESSAGE_OVERHEAD
+from broker.testing import faults
 
 HELLO = raw_frame(["HELLO", {"version": 1, "name": "faulty"}])
 
@@ -569,8 +570,9 @@ async def test_a_keepalive_deadline_that_passes_as_a_message_arrives_does_not_cu
             await sub.send(Sub(1, "x"))
             await sub.flush()
             await trio.testing.wait_all_tasks_blocked()
-            (session,) = server.clients("sub")
-            session.deliver(session.subs[1], encode_msg_tail("x", b"on time", None, None))
+            (session,) = faults.connections(server, "sub")
+            adapter = session.adapter
+            adapter.deliver(adapter.subscriptions[1], Envelope("x", b"on time"))
             # Block the whole run past the deadline, so it expires before the woken writer runs.
             time.sleep(interval * 1.5)
             assert [await sub.next_event(), await sub.next_event()] == [

@@ -21,7 +21,7 @@ from broker.protocol import (
     Unsub,
 )
 from broker.server import Server
-from broker.session import MESSAGE_OVERHEAD, WRITE_BATCH_BYTES, Outbox
+from broker.server.outbox import MESSAGE_OVERHEAD, WRITE_BATCH_BYTES, Outbox
 
 
 async def test_payload_of_exactly_max_payload_is_accepted_one_more_is_fatal(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import hypothesis.strategies as st
 from hypothesis import given
 
@@ -245,21 +242,6 @@ def test_the_byte_bound_agrees_with_a_model(ops: list[tuple[str, int | None]], l
             assert problem is None
             reference[subject] = size
         assert kept.bytes == model_bytes(reference) <= limit
-
-
-def test_retained_module_is_pure() -> None:
-    source = Path(__file__).resolve().parent.parent.joinpath("broker/retained.py").read_text()
-    imported = {
-        node.module or ""
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.ImportFrom)
-    } | {
-        alias.name
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
-    assert not {name.split(".")[0] for name in imported} & {"trio", "socket", "anyio"}
 
 
 # -- the codec's flags -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from broker import sync
 from broker.errors import BrokerError, RetainedLimitExceeded
 from broker.protocol import Err, ErrorCode, Msg, Pub, Sub, Unsub, encode_frame
 from broker.retained import CHILDREN_COST, ENTRY_COST, NODE_COST
-from broker.testing import BrokerThread, running_broker
+from broker.testing import BrokerThread, faults, running_broker
 
 
 async def test_a_new_subscription_gets_retained_messages_then_live_ones(
@@ -46,8 +46,8 @@ async def test_a_new_subscription_gets_retained_messages_then_live_ones(
         stats = server.statistics()
         assert (stats.retained_subjects, stats.messages_in) == (3, 6)
         entries = sum(
-            len(tail) + ENTRY_COST + len(subject)
-            for subject, (tail, _) in server.hub.retained.matching(">")
+            len(envelope.encode_native_retained()) + ENTRY_COST + len(subject)
+            for subject, envelope in server.hub.retained.matching(">")
         )
         # The trie: room, 1, temp, 2, temp, hall, temp; the root, room, 1, 2, hall have children.
         assert stats.retained_bytes == entries + 7 * NODE_COST + 5 * CHILDREN_COST
@@ -306,12 +306,12 @@ async def test_drop_oldest_discards_live_messages_never_replayed_ones(
         ):
             await pub.send(*(Pub(f"k.{n}", b"old", retain=True) for n in range(3)))
             await pub.flush()
-            assert server.stall_client("stalled") == 1
+            assert faults.stall_client(server, "stalled") == 1
             await sub.send(Sub(1, "k.*"))
             await wait_until(lambda: server.hub.table.match("k.0").plain != [])
             await pub.send(*(Pub("k.9", b"%d" % n) for n in range(5)))
             await pub.flush()
-            server.resume_client("stalled")
+            faults.resume_client(server, "stalled")
             events = await sub.drain() + await sub.drain()
             msgs = [(e.subject, e.payload, e.retained) for e in events if type(e) is Msg]
             assert msgs == [
@@ -465,7 +465,7 @@ async def test_a_subscriber_reading_late_survives_a_replay_larger_than_its_bound
             async with wire_client(server.port, name="sub", rcvbuf=16 * 1024) as sub:
                 await sub.send(Sub(1, "live"), Sub(2, "r.>"))
                 await wait_until(lambda: server.statistics().messages_out >= 10)
-                [session] = server.clients("sub")
+                [session] = faults.connections(server, "sub")
                 await wait_until(lambda: session.outbox.replaying == 0)  # taken, not yet read
                 await pub.send(Pub("live", b"1"), Pub("live", b"2"))
                 await pub.flush()

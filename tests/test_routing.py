@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import ast
 import itertools
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -18,7 +16,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from broker import routing
 from broker.routing import Match, QueueGroup, RoutingTable
 from broker.subjects import SubjectError
 
@@ -35,21 +32,6 @@ class Sub:
 
 def subs(*names: str) -> list[Sub]:
     return [Sub(name) for name in names]
-
-
-def test_pure_module_imports_no_io() -> None:
-    tree = ast.parse(Path(routing.__file__).read_text(encoding="utf-8"))
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {
-        (node.module or "").split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom)
-    }
-    assert not imported & {"trio", "socket", "asyncio"}
 
 
 # --- matching -----------------------------------------------------------------------------

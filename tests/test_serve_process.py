@@ -139,7 +139,7 @@ async def flood_and_interrupt_twice(
 def test_serve_raises_its_soft_fd_limit_to_fit_max_connections() -> None:
     script = (
         "import resource\n"
-        "from broker.server import _raise_fd_limit\n"
+        "from broker.server.server import _raise_fd_limit\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "_raise_fd_limit(1000)\n"

@@ -39,6 +39,7 @@ from ..client import Client, connect
 from ..config import Config
 from ..server import Server
 from ..stats import Statistics
+from . import faults
 from ._portal import Portal, PortalClosed
 from .capture import Capture, SyncCapture, capture
 
@@ -166,19 +167,19 @@ class RunningBroker:
 
     def client_names(self) -> list[str]:
         """The names (from HELLO; "" if none) of the live connections, oldest first."""
-        return [session.name for session in self._server.clients()]
+        return [transport.adapter.name for transport in faults.connections(self._server)]
 
     def drop_client(self, name: str) -> int:
-        """Cut every connection named `name` with no ERR; returns how many. See `Server`."""
-        return self._server.drop_client(name)
+        """Cut every connection named `name` with no ERR; returns how many (`faults`)."""
+        return faults.drop_client(self._server, name)
 
     def stall_client(self, name: str) -> int:
         """Stop writing to every client named `name` (a slow consumer); returns how many."""
-        return self._server.stall_client(name)
+        return faults.stall_client(self._server, name)
 
     def resume_client(self, name: str) -> int:
         """Undo `stall_client`; returns how many connections were resumed."""
-        return self._server.resume_client(name)
+        return faults.resume_client(self._server, name)
 
     async def restart(self) -> None:
         """Shut the broker down gracefully and serve again on the same port.
@@ -248,8 +249,7 @@ class RunningBroker:
     def _stop_server(self) -> None:
         server = self._server
         # A stalled client would hold the graceful shutdown for all of shutdown_grace.
-        for session in server.clients():
-            session.resume()
+        faults.resume_client(server, None)
         server.shutdown()
 
 

@@ -1,4 +1,4 @@
-"""The server: listeners, the nursery that supervises every session, statistics and shutdown.
+"""The server: listeners, the nursery that supervises every connection, and shutdown.
 
 `Server.serve` runs in any Trio nursery (tests start it with `await nursery.start(server.serve)`
 and get the `Server` back once it listens); `run` wraps it for the command line with signal
@@ -18,10 +18,12 @@ from typing import final
 
 import trio
 
-from .config import Config
-from .protocol import ErrorCode
-from .session import Hub, Session, refuse
-from .stats import Statistics
+from ..config import Config
+from ..errors import ErrorCode
+from ..hub import Hub
+from ..stats import Statistics
+from .native import NativeAdapter, refusal_frame
+from .transport import Transport, peer_address, refuse
 
 __all__ = ["Server", "format_address", "run", "serve"]
 
@@ -35,7 +37,7 @@ def format_address(host: str, port: int) -> str:
 
 @final
 class Server:
-    """One broker: its listeners, its sessions and the routing table they share.
+    """One broker: its listeners, its connections and the hub they share.
 
     Example::
 
@@ -50,6 +52,9 @@ class Server:
         self.config = config if config is not None else Config()
         self.server_id = secrets.token_hex(8)
         self.hub = Hub(self.config, server_id=self.server_id)
+        #: The live connections, for shutdown (and for `broker.testing.faults`).
+        self.transports: set[Transport] = set()
+        self._next_client_id = 1
         self.addresses: list[tuple[str, int]] = []
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -70,44 +75,7 @@ class Server:
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
-        hub = self.hub
-        return hub.counters.snapshot(
-            subscriptions=len(hub.table),
-            retained_subjects=hub.retained.subjects,
-            retained_bytes=hub.retained.bytes,
-        )
-
-    def clients(self, name: str | None = None) -> list[Session]:
-        """The live sessions, or those whose HELLO gave `name`, oldest first."""
-        found = [s for s in self.hub.sessions if name is None or s.name == name]
-        return sorted(found, key=lambda session: session.client_id)
-
-    def drop_client(self, name: str) -> int:
-        """Cut every connection named `name` with no ERR, as a network failure would.
-
-        For tests of reconnect logic; returns how many connections were cut.
-        """
-        sessions = self.clients(name)
-        for session in sessions:
-            session.drop()
-        return len(sessions)
-
-    def stall_client(self, name: str) -> int:
-        """Stop writing to every client named `name`, so it becomes a slow consumer.
-
-        For tests of backpressure handling; `resume_client` undoes it. Returns the count.
-        """
-        sessions = self.clients(name)
-        for session in sessions:
-            session.stall()
-        return len(sessions)
-
-    def resume_client(self, name: str) -> int:
-        """Undo `stall_client`; returns how many connections were resumed."""
-        sessions = self.clients(name)
-        for session in sessions:
-            session.resume()
-        return len(sessions)
+        return self.hub.statistics()
 
     def shutdown(self) -> None:
         """Ask `serve` to stop gracefully; returns at once (await `wait_stopped` to follow)."""
@@ -175,41 +143,45 @@ class Server:
     def _begin_shutdown(self, handlers: trio.Nursery) -> None:
         grace = self.config.shutdown_grace
         self.hub.closing = True
-        sessions = list(self.hub.sessions)
-        log.info("shutting down: telling %d clients, up to %s s to flush", len(sessions), grace)
+        transports = list(self.transports)
+        log.info("shutting down: telling %d clients, up to %s s to flush", len(transports), grace)
         handlers.cancel_scope.deadline = trio.current_time() + grace if grace else -math.inf
-        for session in sessions:
-            session.begin_shutdown()
+        for transport in transports:
+            transport.begin_shutdown()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         hub = self.hub
         counters = hub.counters
+        limit = self.config.max_connections
         try:
-            peer = format_address(*stream.socket.getpeername()[:2])
+            peer = format_address(*peer_address(stream))
         except OSError:
             await trio.aclose_forcefully(stream)
             return
         try:
-            if counters.connections >= self.config.max_connections:
+            if counters.connections >= limit:
                 counters.refused_connections += 1
-                log.warning(
-                    "refused %s: max_connections (%d) reached", peer, self.config.max_connections
-                )
-                await refuse(
-                    stream,
-                    ErrorCode.MAX_CONNECTIONS,
-                    f"the server holds max_connections ({self.config.max_connections}) already",
-                    self.config.write_timeout,
-                )
+                log.warning("refused %s: max_connections (%d) reached", peer, limit)
+                message = f"the server holds max_connections ({limit}) already"
+                frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
+                await refuse(stream, frame, self.config.write_timeout)
                 return
             counters.connections += 1
             counters.total_connections += 1
+            transport = Transport(hub, stream, peer, self._next_client_id)
+            self._next_client_id += 1
+            adapter = transport.adapter = NativeAdapter(hub, transport)
+            self.transports.add(transport)
             try:
-                await Session(hub, stream, peer).run()
+                await transport.run()
             finally:
+                transport.accepting = False
+                self.transports.discard(transport)
+                hub.remove_all(adapter)
                 counters.connections -= 1
+                log.debug("%r closed", transport)
         except Exception:
-            # A bug in one session must never reach the listener or the other clients.
+            # A bug in one connection must never reach the listener or the other clients.
             log.exception("internal error serving %s; closing that connection", peer)
         finally:
             await trio.aclose_forcefully(stream)

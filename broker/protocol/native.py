@@ -1,4 +1,4 @@
-"""The wire protocol: frames, events and an I/O-free codec shared by the server and every client.
+"""The native wire: msgpack frames, their events, and an I/O-free codec for both ends.
 
 A frame is a 4-byte unsigned big-endian length N, then N bytes holding exactly one msgpack array
 whose first element is the operation name. `Connection` turns received bytes into events and
@@ -13,11 +13,14 @@ usable in `match`; equality also compares the event type, so `Ping() != Pong()`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
-from enum import Enum, StrEnum
+from collections.abc import Callable
+from enum import Enum
 from typing import Any, Final, NamedTuple, NoReturn, TypeAlias, final
 
 import msgpack
+
+from ..errors import ErrorCode
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
     "CLOSED",
@@ -31,6 +34,7 @@ __all__ = [
     "Err",
     "ErrorCode",
     "Event",
+    "Headers",
     "Hello",
     "LocalProtocolError",
     "Msg",
@@ -43,6 +47,7 @@ __all__ = [
     "Sub",
     "Unsub",
     "Welcome",
+    "encode_frame",
     "encode_msg_tail",
     "encode_retained_tail",
     "msg_head",
@@ -69,63 +74,8 @@ _unpack_header = _HEADER.unpack_from
 _packb: Callable[[object], bytes] = msgpack.Packer().pack
 
 
-class ErrorCode(StrEnum):
-    """The stable codes carried by ERR frames; see docs/protocol.md for which are fatal."""
-
-    BAD_FRAME = "bad_frame"
-    BAD_HANDSHAKE = "bad_handshake"
-    UNKNOWN_OP = "unknown_op"
-    FRAME_TOO_LARGE = "frame_too_large"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    BAD_SUBJECT = "bad_subject"
-    BAD_SID = "bad_sid"
-    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-    MAX_CONNECTIONS = "max_connections"
-    HANDSHAKE_TIMEOUT = "handshake_timeout"
-    SLOW_CONSUMER = "slow_consumer"
-    MESSAGES_DROPPED = "messages_dropped"
-    STALE_CONNECTION = "stale_connection"
-    SHUTTING_DOWN = "shutting_down"
-    INTERNAL_ERROR = "internal_error"
-    RETAINED_LIMIT = "retained_limit"
-
-
-#: Codes after which the server closes the connection. The others leave it open.
-FATAL_ERRORS: Final = frozenset(
-    {
-        ErrorCode.BAD_FRAME,
-        ErrorCode.BAD_HANDSHAKE,
-        ErrorCode.UNKNOWN_OP,
-        ErrorCode.FRAME_TOO_LARGE,
-        ErrorCode.PAYLOAD_TOO_LARGE,
-        ErrorCode.MAX_CONNECTIONS,
-        ErrorCode.HANDSHAKE_TIMEOUT,
-        ErrorCode.SLOW_CONSUMER,
-        ErrorCode.STALE_CONNECTION,
-        ErrorCode.SHUTTING_DOWN,
-        ErrorCode.INTERNAL_ERROR,
-    }
-)
-
-
-class ProtocolError(Exception):
-    """A violation of the wire contract, with the ERR code that reports it."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code.value!r}, {self.message!r})"
-
-
-class LocalProtocolError(ProtocolError):
-    """This side tried to send something the contract forbids (a bug in the caller)."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something the contract forbids; the connection cannot be trusted further."""
+#: Codes after which the server closes the connection (`ErrorCode.fatal`). The others leave it open.
+FATAL_ERRORS: Final = frozenset(code for code in ErrorCode if code.fatal)
 
 
 class _Sentinel(Enum):
@@ -654,30 +604,10 @@ class Connection:
 
     def next_event(self) -> Event | _Sentinel:
         """Decode the next complete frame; `NEED_DATA` if there is none, `CLOSED` after EOF."""
-        if self._error is not None:
-            raise self._error
-        buffer = self._buffer
-        available = len(buffer)
-        if available >= _HEADER_SIZE:
-            (length,) = _unpack_header(buffer, 0)
-            if length > self.max_frame:
-                self._fail(
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"frame of {length} bytes exceeds the limit of {self.max_frame} bytes",
-                )
-            end = _HEADER_SIZE + length
-            if available >= end:
-                event = self._decode(buffer[_HEADER_SIZE:end])
-                del buffer[:end]
-                return event
-        if self._eof:
-            if available:
-                self._fail(
-                    ErrorCode.BAD_FRAME,
-                    f"connection closed in the middle of a frame ({available} bytes pending)",
-                )
-            return CLOSED
-        return NEED_DATA
+        found = self._decode(1)
+        if found:
+            return found[0]
+        return CLOSED if self._eof else NEED_DATA
 
     def events(self) -> list[Event]:
         """Every complete event in the buffer, decoded in one pass (the server's batch read).
@@ -685,6 +615,10 @@ class Connection:
         At a bad frame the events decoded before it are returned, and the error is raised by
         the next call, so a caller acts on everything the peer sent before misbehaving.
         """
+        return self._decode(-1)
+
+    def _decode(self, limit: int) -> list[Event]:
+        """Decode up to `limit` complete frames (all of them when negative): the one decode loop."""
         if self._error is not None:
             raise self._error
         buffer = self._buffer
@@ -697,7 +631,7 @@ class Connection:
         # Publishes are most of a server's traffic: the plain ones skip the general dispatch.
         fast_pub = self.our_role is Role.SERVER and self._their_opening is None
         try:
-            while available - position >= _HEADER_SIZE:
+            while limit and available - position >= _HEADER_SIZE:
                 (length,) = _unpack_header(buffer, position)
                 if length > max_frame:
                     self._fail(
@@ -716,6 +650,7 @@ class Connection:
                 except _MSGPACK_ERRORS as error:
                     self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
                 position = end
+                limit -= 1
                 if fast_pub and type(items) is list and len(items) == 3 and items[0] == "PUB":
                     subject = items[1]
                     payload = items[2]
@@ -725,6 +660,8 @@ class Connection:
                 append(event_from(items))
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
+            if position:
+                del buffer[:position]
             if out:
                 return out
             raise
@@ -745,15 +682,6 @@ class Connection:
     def _fail(self, code: ErrorCode, message: str) -> NoReturn:
         self._error = RemoteProtocolError(code, message)
         raise self._error
-
-    def _decode(self, body: bytearray) -> Event:
-        if not body:
-            self._fail(ErrorCode.BAD_FRAME, _EMPTY_FRAME)
-        try:
-            items = _unpackb(body, raw=False, strict_map_key=True)
-        except _MSGPACK_ERRORS as error:
-            self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
-        return self._event_from(items)
 
     def _event_from(self, items: Any) -> Event:
         """Validate one unpacked frame and build its event, enforcing the handshake order."""
@@ -810,8 +738,3 @@ def _describe(value: object) -> str:
 def encode_frame(event: Event) -> bytes:
     """Encode one event without handshake bookkeeping (tests and load generators)."""
     return _encode(_event_items(event))
-
-
-def headers_from(mapping: Mapping[str, str] | None) -> Headers | None:
-    """Copy user headers into the plain dict the wire takes (None stays None)."""
-    return None if mapping is None else dict(mapping)

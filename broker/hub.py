@@ -1,0 +1,361 @@
+"""The broker's verbs: publish, subscribe, unsubscribe, queue groups, retained messages and
+replay, no-responders, and statistics.
+
+The hub knows no wire format and no trio stream. It talks to whoever holds subscriptions
+through the small `Subscriber` interface: a native session, a NATS session, a ``$SYS``
+publisher or a link to other nodes can each be the origin of a publish and the owner of
+subscriptions. A verb that refuses raises `Refused` with the `ErrorCode` that reports it; the
+caller's wire decides how to say so, and `ErrorCode.fatal` whether the connection survives.
+
+Everything here runs synchronously inside the calling task, with no await: a publish is routed
+to every matching subscriber's outbox in one step, and a subscription's retained replay is
+taken in the same step that inserts it, so nothing published in between is missed or doubled.
+
+Pure: no trio, anyio or socket (a test imports it alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, Protocol, final
+
+from ._version import __version__
+from .config import Config
+from .envelope import NO_RESPONDERS_HEADERS, Envelope
+from .errors import ErrorCode
+from .protocol.native import PROTOCOL_VERSION, Headers
+from .retained import RetainedStore
+from .routing import RoutingTable
+from .stats import Counters, Statistics
+from .subjects import SubjectError, validate_subject
+
+__all__ = ["Hub", "Refused", "Subscriber", "Subscription"]
+
+#: How much of a client's subject an error's details repeat.
+_SUBJECT_IN_DETAILS: Final = 256
+
+
+class Subscriber(Protocol):
+    """What the hub needs of an owner of subscriptions and an origin of publishes.
+
+    Attributes:
+        name: For logs and monitoring ("" if none was given).
+        echo: Whether it receives its own publishes.
+        subscriptions: Its live subscriptions by sid. The hub keeps this map (it adds and
+            removes); the owner reads it to find a sid.
+        permissions: Where a per-subject permission check plugs in (None: everything is
+            allowed, which is all there is today).
+    """
+
+    name: str
+    echo: bool
+    subscriptions: dict[Any, Subscription]
+    permissions: object | None
+
+    def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+        """Queue one message for `sub` without waiting; 1 if queued, 0 if not.
+
+        Called from the publisher's task: it must never block. It adds one to
+        ``sub.delivered``, even when a drop policy discards the message (the count is of
+        messages routed to it), and calls `Hub.remove` once that reaches ``sub.max_msgs``.
+        """
+        ...
+
+    def replay(self, sub: Subscription, entries: list[tuple[str, Envelope]]) -> bool:
+        """Queue the retained messages a new subscription matches; False if none was queued."""
+        ...
+
+
+@final
+class Subscription:
+    """One subscription of one `Subscriber`; routed by identity, never compared by value.
+
+    Attributes:
+        owner: Who receives its messages.
+        sid: The owner's name for it (the native wire's int, a NATS client's string).
+        pattern: The subject pattern, with ``*`` and ``>`` wildcards.
+        queue: The queue group, or None.
+        prefix: The owner's own encoding of what precedes each message (the native wire: the
+            MSG array head with the sid), made once per subscription; opaque to the hub.
+        delivered: Messages routed to it so far, replays included.
+        max_msgs: Remove it once `delivered` reaches this (UNSUB with a count), or None.
+    """
+
+    __slots__ = ("delivered", "max_msgs", "owner", "pattern", "prefix", "queue", "sid")
+
+    def __init__(
+        self, owner: Subscriber, sid: Any, pattern: str, queue: str | None, prefix: bytes
+    ) -> None:
+        self.owner = owner
+        self.sid = sid
+        self.pattern = pattern
+        self.queue = queue
+        self.prefix = prefix
+        self.delivered = 0
+        self.max_msgs: int | None = None
+
+    def __repr__(self) -> str:
+        queue = "" if self.queue is None else f" queue={self.queue!r}"
+        return f"<Subscription {self.sid!r} {self.pattern!r}{queue}>"
+
+
+class Refused(Exception):
+    """A verb refused its caller: the `ErrorCode`, a message for people, and details.
+
+    ``code.fatal`` says whether the caller's connection must close.
+    """
+
+    def __init__(
+        self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@final
+class Hub:
+    """The routing table, the retained store and the counters, with the verbs that use them.
+
+    Attributes:
+        config: The config it was made with.
+        table: Subscriptions by pattern.
+        retained: Each retained subject's last message.
+        counters: The live counters behind `statistics`.
+        info: What a client is told in the handshake (WELCOME's map on the native wire).
+        closing: Set once shutdown begins, so a connection accepted but not yet registered is
+            refused instead of served until the grace period runs out.
+    """
+
+    __slots__ = (
+        "_max_payload",
+        "_max_subject_length",
+        "_max_subject_tokens",
+        "_max_subscriptions",
+        "closing",
+        "config",
+        "counters",
+        "info",
+        "retained",
+        "table",
+    )
+
+    def __init__(self, config: Config, *, server_id: str) -> None:
+        self.config = config
+        self.table: RoutingTable[Subscription] = RoutingTable(
+            max_subject_length=config.max_subject_length,
+            max_subject_tokens=config.max_subject_tokens,
+        )
+        self.retained: RetainedStore[Envelope] = RetainedStore(
+            max_subjects=config.max_retained_subjects, max_bytes=config.max_retained_bytes
+        )
+        self.counters = Counters()
+        self.closing = False
+        self._max_payload = config.max_payload
+        self._max_subscriptions = config.max_subscriptions
+        self._max_subject_length = config.max_subject_length
+        self._max_subject_tokens = config.max_subject_tokens
+        self.info: dict[str, Any] = {
+            "version": PROTOCOL_VERSION,
+            "server_id": server_id,
+            "server_name": "broker",
+            "broker_version": __version__,
+            "max_payload": config.max_payload,
+            "max_frame": config.frame_limit,
+            "max_subscriptions": config.max_subscriptions,
+            "max_subject_length": config.max_subject_length,
+            "max_subject_tokens": config.max_subject_tokens,
+            "ping_interval": config.ping_interval,
+            "slow_consumer_policy": config.slow_consumer_policy,
+            "headers": True,
+            "max_retained_subjects": config.max_retained_subjects,
+            "max_retained_bytes": config.max_retained_bytes,
+        }
+
+    # -- publish ------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        origin: Subscriber,
+        subject: str,
+        payload: bytes,
+        reply_to: str | None = None,
+        headers: Headers | None = None,
+        retain: bool = False,
+    ) -> None:
+        """Route one message to every matching subscription, each queue group's one member.
+
+        A refused publish is neither retained nor delivered: the publisher learns of one
+        failure, not of a message that half happened. A request (`reply_to` set) that reaches
+        nobody is answered at once with an empty 503 message on the origin's own subscriptions
+        to `reply_to`, so its requester need not wait for a timeout.
+
+        Raises:
+            Refused: ``payload_too_large`` (fatal), ``bad_subject`` (a reserved ``$`` subject,
+                a bad subject or reply subject), ``retained_limit``.
+        """
+        size = len(payload)
+        if size > self._max_payload:
+            raise Refused(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"payload of {size} bytes exceeds max_payload ({self._max_payload} bytes)",
+            )
+        try:
+            if subject[:1] == "$":
+                raise SubjectError(f"subjects starting with '$' are reserved: {subject!r}")
+            match = self.table.match(subject)
+            if reply_to is not None:
+                validate_subject(
+                    reply_to,
+                    max_length=self._max_subject_length,
+                    max_tokens=self._max_subject_tokens,
+                )
+        except SubjectError as error:
+            raise Refused(
+                ErrorCode.BAD_SUBJECT, str(error), {"subject": subject[:_SUBJECT_IN_DETAILS]}
+            ) from None
+        envelope = Envelope(subject, payload, reply_to, headers)
+        if retain:
+            self._retain(envelope)
+        counters = self.counters
+        counters.messages_in += 1
+        counters.bytes_in += size
+        delivered = 0
+        reached = False
+        echo = origin.echo
+        for sub in match.plain:
+            target = sub.owner
+            if target is origin and not echo:
+                continue
+            reached = True
+            delivered += target.deliver(sub, envelope)
+        if match.groups:
+            skip = None if echo else _owned_by(origin)
+            for group in match.groups:
+                chosen = group.choose(skip)
+                if chosen is None:
+                    continue
+                reached = True
+                delivered += chosen.owner.deliver(chosen, envelope)
+        if delivered:
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * size
+        elif reply_to is not None and not reached:
+            self._no_responders(origin, reply_to)
+
+    def _retain(self, envelope: Envelope) -> None:
+        """Make `envelope` its subject's retained message (an empty payload deletes it)."""
+        store = self.retained
+        subject = envelope.subject
+        if not envelope.payload:
+            store.delete(subject)
+            return
+        problem = store.put(subject, envelope, len(envelope.encode_native_retained()))
+        if problem is not None:
+            raise Refused(ErrorCode.RETAINED_LIMIT, problem, {"subject": subject})
+
+    def _no_responders(self, origin: Subscriber, reply_to: str) -> None:
+        """Answer a request nobody can serve, on the requester's own reply subscriptions."""
+        self.counters.no_responders += 1
+        match = self.table.match(reply_to)
+        mine = [sub for sub in match.plain if sub.owner is origin]
+        for group in match.groups:
+            mine.extend(sub for sub in group.members if sub.owner is origin)
+        if mine:
+            answer = Envelope(reply_to, b"", None, NO_RESPONDERS_HEADERS)
+            for sub in mine:
+                origin.deliver(sub, answer)
+
+    # -- subscribe ----------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        owner: Subscriber,
+        sid: Any,
+        pattern: str,
+        queue: str | None = None,
+        *,
+        prefix: bytes = b"",
+    ) -> Subscription:
+        """Add a subscription and replay the retained messages it matches, in one step.
+
+        Every publish routed after this call is live, every one before it is in the replay,
+        and none is in both. Queue groups get no replay (as MQTT shared subscriptions): each
+        new worker would otherwise redo the group's work.
+
+        Raises:
+            Refused: ``bad_sid`` (the sid is taken), ``too_many_subscriptions``,
+                ``bad_subject`` (a bad pattern or queue name); details carry the sid.
+        """
+        details = {"sid": sid}
+        held = owner.subscriptions
+        if sid in held:
+            raise Refused(ErrorCode.BAD_SID, f"sid {sid} is already subscribed", details)
+        limit = self._max_subscriptions
+        if len(held) >= limit:
+            raise Refused(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"a connection may hold at most {limit} subscriptions (max_subscriptions)",
+                details,
+            )
+        sub = Subscription(owner, sid, pattern, queue, prefix)
+        try:
+            self.table.insert(sub, pattern, queue)
+        except SubjectError as error:
+            raise Refused(ErrorCode.BAD_SUBJECT, str(error), details) from None
+        held[sid] = sub
+        if queue is None and self.retained.subjects:
+            entries = self.retained.matching(pattern)
+            if entries and owner.replay(sub, entries):
+                # A replay comes straight after its subscribe: no max_msgs can cut it short.
+                counters = self.counters
+                counters.messages_out += len(entries)
+                counters.bytes_out += sum(len(envelope.payload) for _, envelope in entries)
+                sub.delivered += len(entries)
+        return sub
+
+    def would_replay(self, pattern: str, queue: str | None) -> bool:
+        """Whether subscribing to `pattern` now would replay any retained message."""
+        if queue is not None or not self.retained.subjects:
+            return False
+        # An invalid pattern may "match" here; subscribe then refuses it, no harm done.
+        return bool(self.retained.matching(pattern))
+
+    def unsubscribe(self, sub: Subscription, max_msgs: int | None = None) -> None:
+        """Remove `sub` now, or once it has been delivered `max_msgs` messages in all."""
+        if max_msgs is None or sub.delivered >= max_msgs:
+            self.remove(sub)
+        else:
+            sub.max_msgs = max_msgs
+
+    def remove(self, sub: Subscription) -> None:
+        """Remove `sub` from the table and its owner's map; removing it twice is harmless."""
+        held = sub.owner.subscriptions
+        if held.get(sub.sid) is sub:
+            del held[sub.sid]
+            self.table.discard(sub)
+
+    def remove_all(self, owner: Subscriber) -> None:
+        """Remove every subscription of `owner` (it is leaving)."""
+        table = self.table
+        for sub in owner.subscriptions.values():
+            table.discard(sub)
+        owner.subscriptions.clear()
+
+    # -- statistics ---------------------------------------------------------------------------
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the counters, with the table's and the store's gauges."""
+        return self.counters.snapshot(
+            subscriptions=len(self.table),
+            retained_subjects=self.retained.subjects,
+            retained_bytes=self.retained.bytes,
+        )
+
+
+def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:
+    def owned(sub: Subscription) -> bool:
+        return sub.owner is origin
+
+    return owned

@@ -1,0 +1,75 @@
+"""The wire codecs, one I/O-free module per wire; this package re-exports the native one.
+
+`broker.protocol.native` is broker's own wire (length-prefixed msgpack frames). Each codec has
+the same shape, in the style of h11: `receive_data(bytes)`, then `events()` (or `next_event()`)
+to take what decoded, and `send(event)` to turn an event into bytes. None of them imports trio,
+anyio or socket, so they are tested by passing bytes between two objects.
+"""
+
+from __future__ import annotations
+
+from .native import (
+    CLOSED,
+    DEFAULT_MAX_FRAME,
+    FATAL_ERRORS,
+    MSG_GROWTH,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connection,
+    Encoder,
+    Err,
+    ErrorCode,
+    Event,
+    Headers,
+    Hello,
+    LocalProtocolError,
+    Msg,
+    Ping,
+    Pong,
+    ProtocolError,
+    Pub,
+    RemoteProtocolError,
+    Role,
+    Sub,
+    Unsub,
+    Welcome,
+    encode_frame,
+    encode_msg_tail,
+    encode_retained_tail,
+    msg_head,
+    msg_head_sid,
+    msg_prefix,
+)
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_FRAME",
+    "FATAL_ERRORS",
+    "MSG_GROWTH",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "Encoder",
+    "Err",
+    "ErrorCode",
+    "Event",
+    "Headers",
+    "Hello",
+    "LocalProtocolError",
+    "Msg",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Pub",
+    "RemoteProtocolError",
+    "Role",
+    "Sub",
+    "Unsub",
+    "Welcome",
+    "encode_frame",
+    "encode_msg_tail",
+    "encode_retained_tail",
+    "msg_head",
+    "msg_head_sid",
+    "msg_prefix",
+]

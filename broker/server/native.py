@@ -1,0 +1,207 @@
+"""The native wire's adapter: msgpack frames in, hub calls out, and MSG frames back.
+
+`NativeAdapter` is what the hub sees of a native client (a `broker.hub.Subscriber`) and what
+its `Transport` sees of the wire (a `WireAdapter`). It decodes one read's frames in one pass
+and turns each into a hub call; a hub refusal becomes an ERR frame, fatal or not as its
+`ErrorCode` says. Delivering encodes the MSG fields every subscriber of a publish shares once
+per publish (cached on the `Envelope`) and joins the subscription's own prefix onto them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, cast, final
+
+from ..envelope import Envelope
+from ..errors import ErrorCode
+from ..hub import Hub, Refused, Subscription
+from ..protocol.native import (
+    NEED_DATA,
+    Connection,
+    Err,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    Pub,
+    Role,
+    Sub,
+    Unsub,
+    Welcome,
+    encode_frame,
+    msg_head,
+    msg_head_sid,
+    msg_prefix,
+)
+from .transport import DEFERRED, Transport
+
+__all__ = ["NativeAdapter", "refusal_frame"]
+
+_PING_FRAME: Final = encode_frame(Ping())
+_PONG_FRAME: Final = encode_frame(Pong())
+
+
+def refusal_frame(code: ErrorCode, message: str) -> bytes:
+    """A fatal ERR sent as the opening frame, before any session exists."""
+    return Connection(Role.SERVER).send(Err(code.value, message))
+
+
+@final
+class NativeAdapter:
+    """One native client, as the hub's subscriber and as its transport's wire."""
+
+    __slots__ = (
+        "_deferred",
+        "conn",
+        "echo",
+        "hub",
+        "name",
+        "outbox",
+        "permissions",
+        "retained_flag",
+        "subscriptions",
+        "transport",
+    )
+
+    def __init__(self, hub: Hub, transport: Transport) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.outbox = transport.outbox
+        self.conn = Connection(Role.SERVER, max_frame=hub.config.frame_limit)
+        self.name = ""
+        self.echo = True
+        #: Whether the client takes MSG's 7th element, the retained flag (HELLO `retained`);
+        #: older clients get replays as plain MSGs.
+        self.retained_flag = False
+        self.subscriptions: dict[Any, Subscription] = {}
+        self.permissions: object | None = None
+        #: Events of one read left for later: a SUB that would replay (and what followed it)
+        #: waiting for the writer to take the replay queued by an earlier SUB.
+        self._deferred: list[Event] | None = None
+
+    def __repr__(self) -> str:
+        return repr(self.transport)
+
+    # -- the transport's side -----------------------------------------------------------------
+
+    def greeting(self) -> bytes | None:
+        return None  # The client speaks first (HELLO).
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self.conn.receive_data(data)
+
+    def handshake(self) -> bool:
+        event = self.conn.next_event()
+        if event is NEED_DATA:
+            return False
+        if type(event) is not Hello:
+            return False  # CLOSED: the peer left before its HELLO
+        options = event.options
+        self.name = options.get("name") or ""
+        self.echo = options.get("echo", True)
+        self.retained_flag = options.get("retained", False)
+        info = dict(self.hub.info, client_id=self.transport.client_id)
+        self.outbox.push_control(self.conn.send(Welcome(info)))
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def process(self) -> str | bool:
+        deferred = self._deferred
+        if deferred is not None:
+            self._deferred = None
+            events = deferred
+        else:
+            events = self.conn.events()
+            if not events:
+                return False
+        self._dispatch(events)
+        return DEFERRED if self._deferred is not None else True
+
+    def error_frame(
+        self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
+    ) -> bytes:
+        return self.conn.send(Err(code.value, message, details))
+
+    def ping_frame(self) -> bytes:
+        return _PING_FRAME
+
+    def drops_frame(self, dropped: int, total: int, by_sid: list[tuple[Any, int]]) -> bytes:
+        # Pairs, not a map: map keys on the wire are str, and sids are ints.
+        details = {"dropped": dropped, "total": total, "sids": [list(p) for p in by_sid]}
+        policy = self.hub.config.slow_consumer_policy
+        message = f"{dropped} messages dropped: this client reads too slowly (policy {policy})"
+        return self.error_frame(ErrorCode.MESSAGES_DROPPED, message, details)
+
+    def sid_of_head(self, head: bytes) -> Any:
+        return msg_head_sid(head)
+
+    # -- frames to hub calls ------------------------------------------------------------------
+
+    def _dispatch(self, events: list[Event]) -> None:
+        hub = self.hub
+        publish = hub.publish
+        transport = self.transport
+        for at, event in enumerate(events):
+            kind = type(event)
+            try:
+                if kind is Pub:
+                    publish(self, *event)
+                elif kind is Sub:
+                    sid, pattern, queue = cast(Sub, event)
+                    if self.outbox.replaying and hub.would_replay(pattern, queue):
+                        # One replay at a time beyond the bounds: this SUB, and everything
+                        # after it, waits until the writer has taken the one already queued.
+                        self._deferred = events[at:]
+                        return
+                    hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
+                elif kind is Unsub:
+                    # An unknown sid is not an error: an auto-unsubscribe may have removed it.
+                    sid, max_msgs = cast(Unsub, event)
+                    sub = self.subscriptions.get(sid)
+                    if sub is not None:
+                        hub.unsubscribe(sub, max_msgs)
+                elif kind is Ping:
+                    transport.push_control(_PONG_FRAME)
+                elif kind is Pong:
+                    transport.pong_received()
+            except Refused as refused:
+                transport.error(refused.code, refused.message, refused.details)
+            if not transport.accepting:
+                return
+
+    # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
+
+    def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+        """Queue one MSG for `sub` without waiting; 1 if queued, 0 if not.
+
+        A message a drop policy discards still counts towards the subscription's `max_msgs`:
+        the count is of messages routed to it, and the client learns of the loss per sid.
+        """
+        transport = self.transport
+        if not transport.accepting:
+            return 0
+        tail = envelope.native or envelope.encode_native()
+        head = msg_head(sub.prefix, len(tail))
+        queued = self.outbox.offer(head, tail) or transport.overflow(sub, head, tail)
+        if not queued and not transport.accepting:
+            return 0
+        sub.delivered += 1
+        if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
+            self.hub.remove(sub)
+        return 1 if queued else 0
+
+    def replay(self, sub: Subscription, entries: list[tuple[str, Envelope]]) -> bool:
+        """Queue the retained messages a new subscription matches, flagged as retained."""
+        if not self.transport.accepting:
+            return False
+        flagged = self.retained_flag
+        prefix = msg_prefix(sub.sid, retained=flagged)
+        offer = self.outbox.offer_replay
+        for _subject, envelope in entries:
+            tail = envelope.encode_native_retained()
+            if not flagged:
+                tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
+            offer(msg_head(prefix, len(tail)), tail)
+        return True
