@@ -1,0 +1,171 @@
+"""The hub on its own: plain functions, no trio, no sockets, no wire format.
+
+Any `Subscriber` can use the hub, not just a network session; these tests use a small
+recording subscriber, which is also how a ``$SYS`` publisher or a link to other nodes plugs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.config import Config
+from broker.envelope import NO_RESPONDERS_HEADERS, Envelope
+from broker.errors import ErrorCode
+from broker.hub import Hub, Refused, Subscription
+
+
+class Recorder:
+    """A subscriber that keeps what it is given."""
+
+    def __init__(self, name: str = "", *, echo: bool = True, accepting: bool = True) -> None:
+        self.name = name
+        self.echo = echo
+        self.subscriptions: dict[Any, Subscription] = {}
+        self.permissions: object | None = None
+        self.accepting = accepting
+        self.got: list[tuple[Any, str, bytes]] = []
+        self.replayed: list[tuple[Any, str]] = []
+
+    def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+        if not self.accepting:
+            return 0
+        self.got.append((sub.sid, envelope.subject, envelope.payload))
+        return 1
+
+    def replay(self, sub: Subscription, entries: list[tuple[str, Envelope]]) -> bool:
+        self.replayed.extend((sub.sid, subject) for subject, _ in entries)
+        return True
+
+
+def make_hub(**overrides: Any) -> Hub:
+    return Hub(Config(**overrides), server_id="test")
+
+
+def test_a_publish_reaches_every_matching_subscription_once() -> None:
+    hub = make_hub()
+    a, b, origin = Recorder("a"), Recorder("b"), Recorder("origin")
+    hub.subscribe(a, 1, "orders.*")
+    hub.subscribe(a, 2, "orders.>")
+    hub.subscribe(b, 1, "other")
+    hub.publish(origin, "orders.new", b"x")
+    assert a.got == [(1, "orders.new", b"x"), (2, "orders.new", b"x")]
+    assert b.got == []
+    stats = hub.statistics()
+    assert (stats.messages_in, stats.messages_out, stats.bytes_out) == (1, 2, 2)
+
+
+def test_an_envelope_is_encoded_once_however_many_receive_it() -> None:
+    hub = make_hub()
+    seen: list[Envelope] = []
+
+    class Keeper(Recorder):
+        def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+            seen.append(envelope)
+            envelope.encode_native()
+            return 1
+
+    for index in range(5):
+        hub.subscribe(Keeper(), index, "s")
+    hub.publish(Recorder(), "s", b"p")
+    assert len({id(envelope) for envelope in seen}) == 1
+    tail = seen[0].native
+    assert tail is not None and seen[0].encode_native() is tail
+
+
+def test_echo_off_skips_the_origin_and_a_queue_group_skips_its_members() -> None:
+    hub = make_hub()
+    me, other = Recorder("me", echo=False), Recorder("other")
+    hub.subscribe(me, 1, "s")
+    hub.subscribe(me, 2, "s", "q")
+    hub.subscribe(other, 1, "s", "q")
+    for _ in range(3):
+        hub.publish(me, "s", b"x")
+    assert me.got == []
+    assert other.got == [(1, "s", b"x")] * 3
+
+
+def test_queue_group_members_share_the_messages_evenly() -> None:
+    hub = make_hub()
+    workers = [Recorder(f"w{i}") for i in range(3)]
+    for worker in workers:
+        hub.subscribe(worker, 1, "jobs", "workers")
+    for _ in range(300):
+        hub.publish(Recorder(), "jobs", b"j")
+    assert [len(worker.got) for worker in workers] == [100, 100, 100]
+
+
+def test_a_request_nobody_serves_is_answered_with_503_on_the_requester_inbox() -> None:
+    hub = make_hub()
+    requester = Recorder("req")
+    hub.subscribe(requester, 7, "_INBOX.abc")
+    answers: list[Envelope] = []
+
+    class Watcher(Recorder):
+        def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+            answers.append(envelope)
+            return 1
+
+    spy = Watcher()
+    hub.subscribe(spy, 1, "_INBOX.*")  # someone else's inbox subscription gets no 503
+    hub.publish(requester, "time.now", b"", "_INBOX.abc")
+    assert requester.got == [(7, "_INBOX.abc", b"")]
+    assert answers == []
+    assert hub.statistics().no_responders == 1
+
+
+def test_refusals_carry_their_code_and_leave_nothing_behind() -> None:
+    hub = make_hub(max_payload=8, max_subscriptions=1, max_retained_subjects=1)
+    origin = Recorder()
+    with pytest.raises(Refused) as refused:
+        hub.publish(origin, "s", b"123456789")
+    assert refused.value.code is ErrorCode.PAYLOAD_TOO_LARGE and refused.value.code.fatal
+    with pytest.raises(Refused) as refused:
+        hub.publish(origin, "$SYS.x", b"")
+    assert refused.value.code is ErrorCode.BAD_SUBJECT and not refused.value.code.fatal
+    hub.publish(origin, "kept", b"1", retain=True)
+    with pytest.raises(Refused) as refused:
+        hub.publish(origin, "other", b"2", retain=True)
+    assert refused.value.code is ErrorCode.RETAINED_LIMIT
+    assert refused.value.details == {"subject": "other"}
+    hub.subscribe(origin, 1, "a")
+    with pytest.raises(Refused) as refused:
+        hub.subscribe(origin, 1, "b")
+    assert refused.value.code is ErrorCode.BAD_SID
+    with pytest.raises(Refused) as refused:
+        hub.subscribe(origin, 2, "b")
+    assert refused.value.code is ErrorCode.TOO_MANY_SUBSCRIPTIONS
+    assert refused.value.details == {"sid": 2}
+    assert list(origin.subscriptions) == [1]
+    assert hub.statistics().messages_in == 1  # only the retained publish that was accepted
+
+
+def test_a_new_subscription_gets_the_retained_messages_in_the_same_step() -> None:
+    hub = make_hub()
+    origin, sub = Recorder(), Recorder()
+    hub.publish(origin, "t.b", b"2", retain=True)
+    hub.publish(origin, "t.a", b"1", retain=True)
+    hub.publish(origin, "t.c", b"", retain=True)  # an empty payload deletes: nothing kept
+    subscription = hub.subscribe(sub, 1, "t.*")
+    assert sub.replayed == [(1, "t.a"), (1, "t.b")]
+    assert subscription.delivered == 2
+    hub.subscribe(sub, 2, "t.*", "q")  # queue groups get no replay
+    assert sub.replayed == [(1, "t.a"), (1, "t.b")]
+    assert hub.would_replay("t.*", None) and not hub.would_replay("t.*", "q")
+
+
+def test_unsubscribe_after_max_msgs_and_remove_all() -> None:
+    hub = make_hub()
+    owner = Recorder()
+    sub = hub.subscribe(owner, 1, "s")
+    hub.unsubscribe(sub, 2)
+    assert 1 in owner.subscriptions
+    hub.subscribe(owner, 2, ">")
+    hub.remove_all(owner)
+    assert owner.subscriptions == {} and len(hub.table) == 0
+    hub.remove(sub)  # twice is harmless
+
+
+def test_no_responders_headers_are_the_status_only() -> None:
+    assert NO_RESPONDERS_HEADERS == {"status": "503"}
