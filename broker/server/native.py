@@ -9,6 +9,7 @@ per publish (cached on the `Envelope`) and joins the subscription's own prefix o
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Final, cast, final
 
 from ..envelope import Envelope
@@ -28,6 +29,7 @@ from ..protocol.native import (
     Unsub,
     Welcome,
     encode_frame,
+    encode_msg_tail,
     msg_head,
     msg_head_sid,
     msg_prefix,
@@ -38,6 +40,7 @@ __all__ = ["NativeAdapter", "refusal_frame"]
 
 _PING_FRAME: Final = encode_frame(Ping())
 _PONG_FRAME: Final = encode_frame(Pong())
+_pack_length = struct.Struct(">I").pack
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:
@@ -182,8 +185,14 @@ class NativeAdapter:
         transport = self.transport
         if not transport.accepting:
             return 0
-        tail = envelope.native or envelope.encode_native()
-        head = msg_head(sub.prefix, len(tail))
+        # Envelope.encode_native and msg_head, inlined: this runs once per delivery.
+        tail = envelope.native
+        if tail is None:
+            tail = envelope.native = encode_msg_tail(
+                envelope.subject, envelope.payload, envelope.reply_to, envelope.headers
+            )
+        prefix = sub.prefix
+        head = _pack_length(len(prefix) + len(tail)) + prefix
         queued = self.outbox.offer(head, tail) or transport.overflow(sub, head, tail)
         if not queued and not transport.accepting:
             return 0

@@ -204,7 +204,7 @@ class Transport:
         self._shutting_down = True
         self._reader_scope.cancel()
         self._handshake_scope.cancel()
-        self.push_control(
+        self.outbox.push_control(
             self.adapter.error_frame(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         )
 
