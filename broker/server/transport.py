@@ -149,6 +149,32 @@ class Transport:
         accepting: False once it is closing: deliveries to it are then discarded.
     """
 
+    __slots__ = (
+        "_dropped_by_sid",
+        "_eof",
+        "_fatal",
+        "_handshake_scope",
+        "_last_ping",
+        "_last_received",
+        "_pings_outstanding",
+        "_policy",
+        "_reader_scope",
+        "_session_scope",
+        "_shutting_down",
+        "_slow",
+        "_stalled",
+        "_write_scope",
+        "accepting",
+        "adapter",
+        "client_id",
+        "dropped_total",
+        "dropped_unreported",
+        "hub",
+        "outbox",
+        "peer",
+        "stream",
+    )
+
     def __init__(self, hub: Hub, stream: trio.abc.Stream, peer: str, client_id: int) -> None:
         config = hub.config
         self.hub = hub
