@@ -220,6 +220,13 @@ def _require_int(key: str, value: object) -> int:
     return value
 
 
+def _require_int_in(key: str, value: object, allowed: _Range) -> int:
+    number = _require_int(key, value)
+    if not allowed.admits(number):
+        raise ConfigError(f"{allowed.rule()}, got {number}", key=key)
+    return number
+
+
 def _require_float(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"must be a number of seconds, {_got(value)}", key=key)
@@ -228,13 +235,25 @@ def _require_float(key: str, value: object) -> float:
     return float(value)
 
 
-def _require_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+def _require_seconds_in(key: str, value: object, allowed: _Range) -> float:
+    seconds = _require_float(key, value)
+    if not allowed.admits(seconds):
+        raise ConfigError(f"{allowed.rule()}, got {_number(seconds)}", key=key)
+    return seconds
+
+
+def _require_str(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"must be a string, {_got(value)}", key=key)
-    if value not in choices:
-        listed = ", ".join(repr(choice) for choice in choices)
-        raise ConfigError(f"must be one of {listed}, got {value!r}", key=key)
     return value
+
+
+def _require_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    text = _require_str(key, value)
+    if text not in choices:
+        listed = ", ".join(repr(choice) for choice in choices)
+        raise ConfigError(f"must be one of {listed}, got {text!r}", key=key)
+    return text
 
 
 def _check_host(key: str, host: object) -> None:
@@ -339,9 +358,7 @@ class Config:
         # Fields are frozen; object.__setattr__ is how a frozen dataclass normalises itself.
         object.__setattr__(self, "hosts", _check_hosts(self.hosts))
         for name, allowed in _INT_RANGES.items():
-            value = _require_int(name, getattr(self, name))
-            if not allowed.admits(value):
-                raise ConfigError(f"{allowed.rule()}, got {value}", key=name)
+            _require_int_in(name, getattr(self, name), allowed)
         if self.max_frame is not None:
             frame = _require_int("max_frame", self.max_frame)
             least = self.max_payload + MIN_FRAME_HEADROOM
@@ -353,13 +370,8 @@ class Config:
                 )
         _require_choice("slow_consumer_policy", self.slow_consumer_policy, SLOW_CONSUMER_POLICIES)
         for name, allowed in _FLOAT_RANGES.items():
-            seconds = _require_float(name, getattr(self, name))
-            if not allowed.admits(seconds):
-                raise ConfigError(f"{allowed.rule()}, got {_number(seconds)}", key=name)
-            object.__setattr__(self, name, seconds)
-        if not isinstance(self.log_level, str):
-            raise ConfigError(f"must be a string, {_got(self.log_level)}", key="log_level")
-        if self.log_level.lower() not in LOG_LEVELS:
+            object.__setattr__(self, name, _require_seconds_in(name, getattr(self, name), allowed))
+        if _require_str("log_level", self.log_level).lower() not in LOG_LEVELS:
             listed = ", ".join(LOG_LEVELS)
             problem = f"must be one of {listed} (any case), got {self.log_level!r}"
             raise ConfigError(problem, key="log_level")
