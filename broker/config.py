@@ -6,6 +6,26 @@ rule checked in `Config.__post_init__` (so a bad value is refused at start-up wi
 names the key, the rule and the value, rather than surfacing later as a strange failure under
 load).
 
+A new section is a frozen dataclass that checks its fields in ``__post_init__`` (naming keys
+relative to itself), held by a `Config` field of the section's name. Reading and writing follow
+the type hints (see "sections" below for the shapes: sub-tables, arrays of tables, unions,
+optional sections), with hints for unknown keys and full paths (``auth.users[1].password``) in
+errors. A section holding sections calls ``_check_nested(self)`` first. ``[tls]`` would be::
+
+    @final
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class TlsConfig:
+        cert_file: str
+        key_file: str
+        verify: bool = False
+
+        def __post_init__(self) -> None:
+            _require_str("cert_file", self.cert_file)
+            _require_str("key_file", self.key_file)
+            _require_bool("verify", self.verify)
+
+    tls: TlsConfig | None = None  # in Config; then __all__, config/broker.toml and its tests
+
 This module is pure: it never imports trio or socket, so it is tested with plain functions and the
 command line can check a file without starting anything.
 """
@@ -311,6 +331,7 @@ def _check_hosts(value: object) -> tuple[str, ...]:
 #   anything else       a plain value, passed as written; __post_init__ checks and normalises it
 # Errors from a section's __post_init__ name keys from that section down ("allow[0]"); the
 # reader puts the path to the section in front ("auth.users[1].permissions.publish.allow[0]").
+# A shorthand only the file may use is the field's `_read_toml` metadata.
 
 _S = TypeVar("_S")
 
@@ -596,11 +617,12 @@ class Config:
     """Everything the broker can be told at start-up, with defaults that are safe on loopback.
 
     Flat on purpose: the server and sessions read ``config.max_payload`` rather than walking
-    sections; the TOML file groups keys into sections only for the reader's sake (see
-    `config_from_mapping` for the mapping). Every field is validated on construction, including
-    through `dataclasses.replace`, so a `Config` that exists is a valid one. Normalises as it
-    validates: a list of hosts becomes a tuple, integer seconds become floats, and ``log_level``
-    is stored in lower case.
+    sections; the TOML file groups these keys into sections only for the reader's sake (see
+    `config_from_mapping` for the mapping). A section added later is one field holding its own
+    frozen dataclass (see the module's docstring). Every field is validated on construction,
+    including through `dataclasses.replace`, so a `Config` that exists is a valid one. Normalises
+    as it validates: a list of hosts becomes a tuple, integer seconds become floats, and
+    ``log_level`` is stored in lower case.
 
     Raises:
         ConfigError: A field has the wrong type or breaks its rule; the message names the field,
@@ -729,8 +751,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
 
     Why sections are checked key by key: a misspelt key (``max_paylaod``) would otherwise be
     silently ignored and the default used, which is the worst kind of config bug. So unknown
-    sections and keys are refused, with the nearest known name as a hint. Keys left out take their
-    defaults. ``server.hosts`` may be one string or an array of strings.
+    sections and keys are refused, with the nearest known name as a hint, at every depth. Keys
+    left out take their defaults. ``server.hosts`` may be one string or an array of strings.
 
     Args:
         data: The parsed document, e.g. from `tomllib.load`.
@@ -741,7 +763,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
 
     Raises:
         ConfigError: Unknown section or key, wrong type or value out of range; the message names
-            `source`, the key as ``section.key``, the rule and the value.
+            `source`, the key's full path (``section.key``, ``auth.users[1].password``), the rule
+            and the value.
 
     Example:
         >>> config_from_mapping({"server": {"port": 0}}).port
@@ -753,8 +776,9 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
 def config_to_mapping(config: Config) -> dict[str, dict[str, Any]]:
     """Lay a `Config` out in TOML sections, the inverse of `config_from_mapping`.
 
-    Values are TOML's types (hosts as a list). ``limits.max_frame`` is left out when it is None,
-    since TOML has no null and leaving it out is how a file says "use the default".
+    Values are TOML's types (hosts as a list, a section as a table). ``limits.max_frame``, like
+    an optional section, is left out when it is None, since TOML has no null and leaving it out
+    is how a file says "use the default".
     """
     return _root_to_mapping(config, _SECTIONS)
 
