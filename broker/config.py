@@ -6,21 +6,43 @@ rule checked in `Config.__post_init__` (so a bad value is refused at start-up wi
 names the key, the rule and the value, rather than surfacing later as a strange failure under
 load).
 
+A new section is a frozen dataclass that checks its fields in ``__post_init__`` (naming keys
+relative to itself), held by a `Config` field of the section's name. Reading and writing follow
+the type hints (see "sections" below for the shapes: sub-tables, arrays of tables, unions,
+optional sections), with hints for unknown keys and full paths (``auth.users[1].password``) in
+errors. A section holding sections calls ``_check_nested(self)`` first. ``[tls]`` would be::
+
+    @final
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class TlsConfig:
+        cert_file: str
+        key_file: str
+        verify: bool = False
+
+        def __post_init__(self) -> None:
+            _require_str("cert_file", self.cert_file)
+            _require_str("key_file", self.key_file)
+            _require_bool("verify", self.verify)
+
+    tls: TlsConfig | None = None  # in Config; then __all__, config/broker.toml and its tests
+
 This module is pure: it never imports trio or socket, so it is tested with plain functions and the
 command line can check a file without starting anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, final, get_args
+from typing import Any, Final, Literal, TypeVar, Union, final, get_args, get_origin, get_type_hints
 
 __all__ = [
     "DEFAULT_FRAME_HEADROOM",
@@ -220,6 +242,13 @@ def _require_int(key: str, value: object) -> int:
     return value
 
 
+def _require_int_in(key: str, value: object, allowed: _Range) -> int:
+    number = _require_int(key, value)
+    if not allowed.admits(number):
+        raise ConfigError(f"{allowed.rule()}, got {number}", key=key)
+    return number
+
+
 def _require_float(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"must be a number of seconds, {_got(value)}", key=key)
@@ -228,13 +257,31 @@ def _require_float(key: str, value: object) -> float:
     return float(value)
 
 
-def _require_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+def _require_seconds_in(key: str, value: object, allowed: _Range) -> float:
+    seconds = _require_float(key, value)
+    if not allowed.admits(seconds):
+        raise ConfigError(f"{allowed.rule()}, got {_number(seconds)}", key=key)
+    return seconds
+
+
+def _require_bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, {_got(value)}", key=key)
+    return value
+
+
+def _require_str(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"must be a string, {_got(value)}", key=key)
-    if value not in choices:
-        listed = ", ".join(repr(choice) for choice in choices)
-        raise ConfigError(f"must be one of {listed}, got {value!r}", key=key)
     return value
+
+
+def _require_choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    text = _require_str(key, value)
+    if text not in choices:
+        listed = ", ".join(repr(choice) for choice in choices)
+        raise ConfigError(f"must be one of {listed}, got {text!r}", key=key)
+    return text
 
 
 def _check_host(key: str, host: object) -> None:
@@ -273,24 +320,318 @@ def _check_hosts(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+# ---- sections: frozen dataclasses read from TOML tables and written back ----------------------
+#
+# The reader follows each field's type hint, so a section needs no code of its own to be read:
+#   Section             a sub-table, read into that frozen dataclass
+#   tuple[Section, ...] an array of tables
+#   Section | X         a table is read into Section; any other value goes to __post_init__ as
+#                       written, for the section to accept (``allow_responses = true``) or refuse
+#   X | None            None only as the default: TOML has no null, so "absent" means "default"
+#   anything else       a plain value, passed as written; __post_init__ checks and normalises it
+# Errors from a section's __post_init__ name keys from that section down ("allow[0]"); the
+# reader puts the path to the section in front ("auth.users[1].permissions.publish.allow[0]").
+# A shorthand only the file may use is the field's `_read_toml` metadata.
+
+_S = TypeVar("_S")
+
+_READ: Final = "broker.config.read"
+
+
+def _read_toml(read: Callable[[Any], object]) -> Mapping[str, object]:
+    """Field metadata: how a value as written in TOML becomes what the field takes.
+
+    For shorthands a file may use and Python callers may not, such as one string for a list of
+    one (`_one_or_many`) or a list for the ``allow`` key of a table (``_table_of("allow")``).
+    """
+    return {_READ: read}
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+def _table_of(key: str) -> Callable[[object], object]:
+    """A shorthand where a value that is not a table stands for ``{key = value}``."""
+
+    def read(value: object) -> object:
+        return value if isinstance(value, Mapping) else {key: value}
+
+    return read
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """What reading, writing and checking need to know about one field of a section."""
+
+    name: str
+    required: bool
+    """No default, so a table must give it."""
+    section: type[Any] | None
+    """The section a table here is read into; None for a plain value."""
+    array: bool
+    """An array of such tables, a tuple of sections in Python."""
+    strict: bool
+    """Only that shape is allowed; False in a union, where __post_init__ judges other values."""
+    optional: bool
+    """None is allowed (as the default)."""
+    read: Callable[[Any], object] | None
+
+
+def _is_section(hint: object) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _mentions_section(hint: object) -> bool:
+    return _is_section(hint) or any(_mentions_section(arg) for arg in get_args(hint))
+
+
+def _describe(cls: type[Any], field: dataclasses.Field[Any], hint: Any) -> _Field:
+    union = get_origin(hint) in (Union, types.UnionType)
+    choices = get_args(hint) if union else (hint,)
+    alternatives = [choice for choice in choices if choice is not type(None)]
+    structured = [choice for choice in alternatives if _mentions_section(choice)]
+    shape = structured[0] if len(structured) == 1 else None
+    array = get_origin(shape) is tuple
+    section = get_args(shape)[0] if array else shape
+    if structured and (
+        shape is None or not _is_section(section) or (array and get_args(shape)[1:] != (...,))
+    ):
+        raise TypeError(
+            f"{cls.__name__}.{field.name}: TOML cannot read {hint}; a section's field may hold"
+            " a section, a tuple[section, ...], or a union with one of them"
+        )
+    return _Field(
+        name=field.name,
+        required=field.default is dataclasses.MISSING
+        and field.default_factory is dataclasses.MISSING,
+        section=section,
+        array=array,
+        strict=len(alternatives) == 1,
+        optional=len(alternatives) < len(choices),
+        read=field.metadata.get(_READ),
+    )
+
+
+# Filled once per class: resolving type hints (strings, under `from __future__ import
+# annotations`) is too slow to repeat on every construction.
+_FIELDS: Final[dict[type[Any], Mapping[str, _Field]]] = {}
+
+
+def _fields(cls: type[Any]) -> Mapping[str, _Field]:
+    """The fields of the section `cls` a TOML table may set, in declaration order."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        hints = get_type_hints(cls)
+        fields = (field for field in dataclasses.fields(cls) if field.init)
+        known = _FIELDS[cls] = {
+            field.name: _describe(cls, field, hints[field.name]) for field in fields
+        }
+    return known
+
+
+def _check_nested(section: object) -> None:
+    """Refuse a sub-section of the wrong type, and store an array of them as a tuple.
+
+    The TOML reader always builds the right types; this is for Python callers, including
+    `dataclasses.replace`, who could otherwise slip a dict in where a section belongs. A union's
+    other values are left to the section's own __post_init__, which knows its rule.
+    """
+    for field in _fields(type(section)).values():
+        cls, value = field.section, getattr(section, field.name)
+        if cls is None or (value is None and field.optional):
+            continue
+        if not field.array:
+            if field.strict and not isinstance(value, cls):
+                kind = f"a {cls.__name__}" + (" or None" if field.optional else "")
+                raise ConfigError(f"must be {kind}, {_got(value)}", key=field.name)
+            continue
+        if not isinstance(value, tuple | list):
+            if field.strict:
+                problem = f"must be a tuple of {cls.__name__}, {_got(value)}"
+                raise ConfigError(problem, key=field.name)
+            continue
+        for index, item in enumerate(value):
+            if not isinstance(item, cls):
+                problem = f"must be a {cls.__name__}, {_got(item)}"
+                raise ConfigError(problem, key=f"{field.name}[{index}]")
+        object.__setattr__(section, field.name, tuple(value))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"is not a known {kind}{hint}; known: {', '.join(known)}"
+
+
+def _table(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"must be a table of keys, {_got(value)}", key=path)
+    return value
+
+
+def _section_from_mapping(cls: type[_S], table: Mapping[str, Any], path: str) -> _S:
+    """Read the TOML table at `path` (``"auth.users[1]"``) into the section `cls`.
+
+    Raises:
+        ConfigError: An unknown or missing key, or a value the section refuses; the key is the
+            full path from the top of the file.
+    """
+    fields = _fields(cls)
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        field = fields.get(key)
+        if field is None:
+            # "[auth.default_permissions]" is how the file heads that table; an array's item
+            # has no header of its own, so it is named by its path.
+            where = path if "[" in path else f"[{path}]"
+            problem = _unknown(f"key in {where}", key, list(fields))
+            raise ConfigError(problem, key=_join(path, key))
+        values[key] = _read_value(field, value, _join(path, key))
+    for name, field in fields.items():
+        if field.required and name not in values:
+            raise ConfigError("is required and has no default", key=_join(path, name))
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        key = path if exc.key is None else _join(path, exc.key)
+        raise ConfigError(exc.problem, key=key, source=exc.source) from None
+
+
+def _read_value(field: _Field, value: object, path: str) -> object:
+    if field.read is not None:
+        value = field.read(value)
+    cls = field.section
+    if cls is None:
+        return value
+    if field.array:
+        if isinstance(value, list):
+            paths = [f"{path}[{index}]" for index in range(len(value))]
+            return tuple(
+                _section_from_mapping(cls, _table(item, where), where)
+                for item, where in zip(value, paths, strict=True)
+            )
+        if field.strict:
+            raise ConfigError(f"must be an array of tables, {_got(value)}", key=path)
+    elif isinstance(value, Mapping) or field.strict:
+        return _section_from_mapping(cls, _table(value, path), path)
+    return value
+
+
+def _to_toml(value: object) -> Any:
+    """A section as a table, a tuple as an array, anything else as it is; None is left out."""
+    if _is_section(type(value)):
+        items = ((name, getattr(value, name)) for name in _fields(type(value)))
+        return {name: _to_toml(item) for name, item in items if item is not None}
+    if isinstance(value, tuple):
+        return [_to_toml(item) for item in value]
+    return value
+
+
+# A root section (Config) may also lay its own plain fields out in sections for the reader's
+# sake: {section: {key in the file: field}}.
+_FlatLayout = Mapping[str, Mapping[str, str]]
+
+
+def _root_sections(root: type[Any], flat: _FlatLayout) -> dict[str, type[Any]]:
+    """The fields of `root` that are TOML sections of their own, by name: ``[tls]``."""
+    sections: dict[str, type[Any]] = {}
+    for name, field in _fields(root).items():
+        if field.section is None:
+            continue
+        if field.array or not field.strict or field.read is not None or name in flat:
+            raise TypeError(
+                f"{root.__name__}.{name}: a top-level section must be a plain section"
+                " (optionally None) whose name no flat section uses"
+            )
+        sections[name] = field.section
+    return sections
+
+
+def _root_from_mapping(
+    root: type[_S], flat: _FlatLayout, data: Mapping[str, Any], *, source: str
+) -> _S:
+    """Read a whole parsed file into `root`: its flat sections, then its nested ones."""
+    fields = _fields(root)
+    sections = _root_sections(root, flat)
+    values: dict[str, object] = {}
+    try:
+        for name, table in data.items():
+            keys = flat.get(name)
+            if keys is None and name not in sections:
+                raise ConfigError(_unknown("section", name, [*flat, *sections]), key=f"[{name}]")
+            table = _table(table, f"[{name}]")
+            if keys is None:
+                values[name] = _section_from_mapping(sections[name], table, name)
+                continue
+            for key, value in table.items():
+                field = keys.get(key)
+                if field is None:
+                    problem = _unknown(f"key in [{name}]", key, list(keys))
+                    raise ConfigError(problem, key=f"{name}.{key}")
+                values[field] = _read_value(fields[field], value, f"{name}.{key}")
+        for name in sections:
+            if fields[name].required and name not in values:
+                raise ConfigError("is a required section and has no default", key=f"[{name}]")
+        try:
+            return root(**values)
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, key=_flat_key(flat, exc.key)) from None
+    except ConfigError as exc:
+        raise exc.relocated(source=source) from None
+
+
+def _flat_key(flat: _FlatLayout, key: str | None) -> str | None:
+    # "hosts[1]" from Config becomes "server.hosts[1]" in the file; a nested section's key is
+    # already its path in the file.
+    if key is None:
+        return None
+    field, bracket, rest = key.partition("[")
+    for section, keys in flat.items():
+        for name, target in keys.items():
+            if target == field:
+                return f"{section}.{name}{bracket}{rest}"
+    return key
+
+
+def _root_to_mapping(root: object, flat: _FlatLayout) -> dict[str, dict[str, Any]]:
+    """Lay `root` out as `_root_from_mapping` reads it; None (TOML has no null) is left out."""
+    layout: dict[str, dict[str, Any]] = {}
+    for section, keys in flat.items():
+        values = ((key, getattr(root, field)) for key, field in keys.items())
+        layout[section] = {key: _to_toml(value) for key, value in values if value is not None}
+    for name in _root_sections(type(root), flat):
+        value = getattr(root, name)
+        if value is not None:
+            layout[name] = _to_toml(value)
+    return layout
+
+
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the broker can be told at start-up, with defaults that are safe on loopback.
 
     Flat on purpose: the server and sessions read ``config.max_payload`` rather than walking
-    sections; the TOML file groups keys into sections only for the reader's sake (see
-    `config_from_mapping` for the mapping). Every field is validated on construction, including
-    through `dataclasses.replace`, so a `Config` that exists is a valid one. Normalises as it
-    validates: a list of hosts becomes a tuple, integer seconds become floats, and ``log_level``
-    is stored in lower case.
+    sections; the TOML file groups these keys into sections only for the reader's sake (see
+    `config_from_mapping` for the mapping). A section added later is one field holding its own
+    frozen dataclass (see the module's docstring). Every field is validated on construction,
+    including through `dataclasses.replace`, so a `Config` that exists is a valid one. Normalises
+    as it validates: a list of hosts becomes a tuple, integer seconds become floats, and
+    ``log_level`` is stored in lower case.
 
     Raises:
         ConfigError: A field has the wrong type or breaks its rule; the message names the field,
             the rule and the value.
     """
 
-    hosts: tuple[str, ...] = DEFAULT_HOSTS
+    hosts: tuple[str, ...] = dataclasses.field(
+        default=DEFAULT_HOSTS, metadata=_read_toml(_one_or_many)
+    )
     """Addresses to listen on, each an IP literal or host name; ``"::"``/``"0.0.0.0"`` = all."""
     port: int = DEFAULT_PORT
     """TCP port for every host; 0 picks a free port (the server reports the one it got)."""
@@ -336,12 +677,11 @@ class Config:
     """``"text"`` for people, ``"json"`` (one object per line) for log collectors."""
 
     def __post_init__(self) -> None:
+        _check_nested(self)
         # Fields are frozen; object.__setattr__ is how a frozen dataclass normalises itself.
         object.__setattr__(self, "hosts", _check_hosts(self.hosts))
         for name, allowed in _INT_RANGES.items():
-            value = _require_int(name, getattr(self, name))
-            if not allowed.admits(value):
-                raise ConfigError(f"{allowed.rule()}, got {value}", key=name)
+            _require_int_in(name, getattr(self, name), allowed)
         if self.max_frame is not None:
             frame = _require_int("max_frame", self.max_frame)
             least = self.max_payload + MIN_FRAME_HEADROOM
@@ -353,13 +693,8 @@ class Config:
                 )
         _require_choice("slow_consumer_policy", self.slow_consumer_policy, SLOW_CONSUMER_POLICIES)
         for name, allowed in _FLOAT_RANGES.items():
-            seconds = _require_float(name, getattr(self, name))
-            if not allowed.admits(seconds):
-                raise ConfigError(f"{allowed.rule()}, got {_number(seconds)}", key=name)
-            object.__setattr__(self, name, seconds)
-        if not isinstance(self.log_level, str):
-            raise ConfigError(f"must be a string, {_got(self.log_level)}", key="log_level")
-        if self.log_level.lower() not in LOG_LEVELS:
+            object.__setattr__(self, name, _require_seconds_in(name, getattr(self, name), allowed))
+        if _require_str("log_level", self.log_level).lower() not in LOG_LEVELS:
             listed = ", ".join(LOG_LEVELS)
             problem = f"must be one of {listed} (any case), got {self.log_level!r}"
             raise ConfigError(problem, key="log_level")
@@ -409,21 +744,6 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
     },
     "logging": {"level": "log_level", "format": "log_format"},
 }
-_TOML_KEYS: Final[Mapping[str, str]] = {
-    field: f"{section}.{key}" for section, keys in _SECTIONS.items() for key, field in keys.items()
-}
-
-
-def _toml_key(key: str) -> str:
-    # "hosts[1]" from Config becomes "server.hosts[1]" in the file.
-    field, bracket, rest = key.partition("[")
-    return _TOML_KEYS.get(field, field) + bracket + rest
-
-
-def _unknown(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"is not a known {kind}{hint}; known: {', '.join(known)}"
 
 
 def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
@@ -431,8 +751,8 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
 
     Why sections are checked key by key: a misspelt key (``max_paylaod``) would otherwise be
     silently ignored and the default used, which is the worst kind of config bug. So unknown
-    sections and keys are refused, with the nearest known name as a hint. Keys left out take their
-    defaults. ``server.hosts`` may be one string or an array of strings.
+    sections and keys are refused, with the nearest known name as a hint, at every depth. Keys
+    left out take their defaults. ``server.hosts`` may be one string or an array of strings.
 
     Args:
         data: The parsed document, e.g. from `tomllib.load`.
@@ -443,48 +763,24 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
 
     Raises:
         ConfigError: Unknown section or key, wrong type or value out of range; the message names
-            `source`, the key as ``section.key``, the rule and the value.
+            `source`, the key's full path (``section.key``, ``auth.users[1].password``), the rule
+            and the value.
 
     Example:
         >>> config_from_mapping({"server": {"port": 0}}).port
         0
     """
-    values: dict[str, Any] = {}
-    for section, table in data.items():
-        keys = _SECTIONS.get(section)
-        if keys is None:
-            problem = _unknown("section", section, list(_SECTIONS))
-            raise ConfigError(problem, key=f"[{section}]", source=source)
-        if not isinstance(table, Mapping):
-            problem = f"must be a table of keys, {_got(table)}"
-            raise ConfigError(problem, key=f"[{section}]", source=source)
-        for key, value in table.items():
-            field = keys.get(key)
-            if field is None:
-                problem = _unknown(f"key in [{section}]", key, list(keys))
-                raise ConfigError(problem, key=f"{section}.{key}", source=source)
-            values[field] = (value,) if field == "hosts" and isinstance(value, str) else value
-    try:
-        return Config(**values)
-    except ConfigError as exc:
-        key = None if exc.key is None else _toml_key(exc.key)
-        raise exc.relocated(source=source, key=key) from None
+    return _root_from_mapping(Config, _SECTIONS, data, source=source)
 
 
 def config_to_mapping(config: Config) -> dict[str, dict[str, Any]]:
     """Lay a `Config` out in TOML sections, the inverse of `config_from_mapping`.
 
-    Values are TOML's types (hosts as a list). ``limits.max_frame`` is left out when it is None,
-    since TOML has no null and leaving it out is how a file says "use the default".
+    Values are TOML's types (hosts as a list, a section as a table). ``limits.max_frame``, like
+    an optional section, is left out when it is None, since TOML has no null and leaving it out
+    is how a file says "use the default".
     """
-    layout: dict[str, dict[str, Any]] = {}
-    for section, keys in _SECTIONS.items():
-        table = layout[section] = {}
-        for key, field in keys.items():
-            value = getattr(config, field)
-            if value is not None:
-                table[key] = list(value) if isinstance(value, tuple) else value
-    return layout
+    return _root_to_mapping(config, _SECTIONS)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -6,6 +6,8 @@ import ast
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,18 @@ from broker.config import (
     MIN_FRAME_HEADROOM,
     Config,
     ConfigError,
+    _check_nested,
+    _got,
+    _Range,
+    _read_toml,
+    _require_bool,
+    _require_int_in,
+    _require_seconds_in,
+    _require_str,
+    _root_from_mapping,
+    _root_to_mapping,
+    _section_from_mapping,
+    _table_of,
     config_from_mapping,
     config_to_mapping,
     load_config,
@@ -464,3 +478,397 @@ def test_config_error_is_a_value_error() -> None:
     moved = error.relocated(source="command line", key="--port")
     assert str(moved) == "command line: --port must be >= 1, got 0"
     assert str(error.relocated(source="g.toml")) == "g.toml: port must be >= 1, got 0"
+
+
+# ---- nested sections ---------------------------------------------------------------------------
+#
+# The mechanism coming sections ([auth], [tls], [monitoring], ...) are built on, proven on a small
+# model of the [auth] and [tls] contracts rather than on Config, which has no nested section yet.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("allow", "deny"):
+            subjects = getattr(self, name)
+            if not isinstance(subjects, tuple | list):
+                raise ConfigError(f"must be a list of subjects, {_got(subjects)}", key=name)
+            for index, subject in enumerate(subjects):
+                _require_str(f"{name}[{index}]", subject)
+            object.__setattr__(self, name, tuple(subjects))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Responses:
+    max: int = 1
+    expires: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require_int_in("max", self.max, _Range(1))
+        object.__setattr__(self, "expires", _require_seconds_in("expires", self.expires, _Range(0)))
+
+
+# In the file a plain list of subjects is the allow list; in Python, Rules(allow=...) is.
+ALLOW_LIST = _read_toml(_table_of("allow"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Permissions:
+    publish: Rules = dataclasses.field(default=Rules(), metadata=ALLOW_LIST)
+    subscribe: Rules = dataclasses.field(default=Rules(), metadata=ALLOW_LIST)
+    allow_responses: bool | Responses = False
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        if not isinstance(self.allow_responses, bool | Responses):
+            problem = (
+                f"must be true, false or a table of max and expires, {_got(self.allow_responses)}"
+            )
+            raise ConfigError(problem, key="allow_responses")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    user: str
+    password: str
+    permissions: Permissions = Permissions()
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        _require_str("user", self.user)
+        _require_str("password", self.password)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    token: str | None = None
+    users: tuple[User, ...] = ()
+    default_permissions: Permissions = Permissions()
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        if self.token is not None:
+            _require_str("token", self.token)
+        names = [user.user for user in self.users]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                problem = f"must not repeat a user name, got {name!r} again"
+                raise ConfigError(problem, key=f"users[{index}].user")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tls:
+    cert_file: str
+    key_file: str
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        _require_str("cert_file", self.cert_file)
+        _require_str("key_file", self.key_file)
+        _require_bool("verify", self.verify)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Root:
+    """Config in small: a flat field laid out in [server], and two nested sections."""
+
+    port: int = 5878
+    auth: Auth = Auth()
+    tls: Tls | None = None
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        _require_int_in("port", self.port, _Range(0, 65535))
+
+
+FLAT = {"server": {"port": "port"}}
+
+DOCUMENT = """
+[server]
+port = 4000
+
+[auth]
+token = "s3cret"
+
+[[auth.users]]
+user = "orders"
+password = "$2b$12$abc"
+permissions.publish = { allow = ["orders.>"], deny = ["orders.audit"] }
+permissions.subscribe = ["orders.>", "_INBOX.orders.>"]
+permissions.allow_responses = { max = 1, expires = 5 }
+
+[[auth.users]]
+user = "billing"
+password = "$2b$12$def"
+permissions.allow_responses = true
+
+[auth.default_permissions]
+subscribe = { deny = [">"] }
+
+[tls]
+cert_file = "server.pem"
+key_file = "server-key.pem"
+"""
+
+
+def read(data: Mapping[str, Any]) -> Root:
+    return _root_from_mapping(Root, FLAT, data, source=SOURCE)
+
+
+def read_refused(data: Mapping[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        read(data)
+    assert info.value.source == SOURCE
+    return str(info.value)
+
+
+def with_users(*users: Mapping[str, Any]) -> dict[str, Any]:
+    return {"auth": {"users": list(users)}}
+
+
+ORDERS = {"user": "orders", "password": "x"}
+
+
+def test_nested_document_is_read_into_sections() -> None:
+    assert read(tomllib.loads(DOCUMENT)) == Root(
+        port=4000,
+        auth=Auth(
+            token="s3cret",
+            users=(
+                User(
+                    user="orders",
+                    password="$2b$12$abc",
+                    permissions=Permissions(
+                        publish=Rules(allow=("orders.>",), deny=("orders.audit",)),
+                        subscribe=Rules(allow=("orders.>", "_INBOX.orders.>")),
+                        allow_responses=Responses(max=1, expires=5.0),
+                    ),
+                ),
+                User(
+                    user="billing",
+                    password="$2b$12$def",
+                    permissions=Permissions(allow_responses=True),
+                ),
+            ),
+            default_permissions=Permissions(subscribe=Rules(deny=(">",))),
+        ),
+        tls=Tls(cert_file="server.pem", key_file="server-key.pem"),
+    )
+
+
+def test_nested_absent_optional_section_is_none() -> None:
+    assert read({}) == Root()
+    assert read({}).tls is None
+    assert read({"auth": {}}).auth == Auth()
+    # TOML has no null: an absent optional section is left out, as max_frame is.
+    assert _root_to_mapping(Root(), FLAT) == {
+        "server": {"port": 5878},
+        "auth": {
+            "users": [],
+            "default_permissions": {
+                "publish": {"allow": [], "deny": []},
+                "subscribe": {"allow": [], "deny": []},
+                "allow_responses": False,
+            },
+        },
+    }
+
+
+def test_nested_round_trip() -> None:
+    root = read(tomllib.loads(DOCUMENT))
+    layout = _root_to_mapping(root, FLAT)
+    # Written out in full: the shorthand list comes back as a table, seconds as floats.
+    orders = layout["auth"]["users"][0]["permissions"]
+    assert orders["subscribe"] == {"allow": ["orders.>", "_INBOX.orders.>"], "deny": []}
+    assert orders["allow_responses"] == {"max": 1, "expires": 5.0}
+    assert layout["tls"] == {
+        "cert_file": "server.pem",
+        "key_file": "server-key.pem",
+        "verify": False,
+    }
+    assert read(layout) == root
+    assert read(_root_to_mapping(Root(), FLAT)) == Root()
+
+
+def test_nested_unknown_section_hint() -> None:
+    assert read_refused({"tsl": {}}) == (
+        f"{SOURCE}: [tsl] is not a known section (did you mean 'tls'?); known: server, auth, tls"
+    )
+
+
+def test_nested_unknown_key_at_depth_2() -> None:
+    tls = {"cert_file": "a", "key_file": "b", "verfy": True}
+    assert read_refused({"tls": tls}) == (
+        f"{SOURCE}: tls.verfy is not a known key in [tls] (did you mean 'verify'?);"
+        " known: cert_file, key_file, verify"
+    )
+
+
+def test_nested_unknown_key_at_depth_3() -> None:
+    message = read_refused({"auth": {"default_permissions": {"publsh": ["a"]}}})
+    assert message == (
+        f"{SOURCE}: auth.default_permissions.publsh is not a known key in"
+        " [auth.default_permissions] (did you mean 'publish'?);"
+        " known: publish, subscribe, allow_responses"
+    )
+
+
+def test_nested_unknown_key_in_array_of_tables() -> None:
+    billing = {"user": "billing", "password": "y", "permissions": {"subscribe": {"alow": []}}}
+    assert read_refused(with_users(ORDERS, billing)) == (
+        f"{SOURCE}: auth.users[1].permissions.subscribe.alow is not a known key in"
+        " auth.users[1].permissions.subscribe (did you mean 'allow'?); known: allow, deny"
+    )
+    assert read_refused(with_users({**ORDERS, "pasword": "x"})).startswith(
+        f"{SOURCE}: auth.users[0].pasword is not a known key in auth.users[0]"
+        " (did you mean 'password'?)"
+    )
+
+
+def test_nested_wrong_type_in_array_of_tables() -> None:
+    billing = {"user": "billing", "password": 5}
+    assert read_refused(with_users(ORDERS, billing)) == (
+        f"{SOURCE}: auth.users[1].password must be a string, got int 5"
+    )
+    deep = {**ORDERS, "permissions": {"publish": {"allow": [5]}}}
+    assert read_refused(with_users(ORDERS | {"user": "a"}, deep)) == (
+        f"{SOURCE}: auth.users[1].permissions.publish.allow[0] must be a string, got int 5"
+    )
+    assert read_refused(with_users(ORDERS, 5)) == (  # type: ignore[arg-type]
+        f"{SOURCE}: auth.users[1] must be a table of keys, got int 5"
+    )
+    assert read_refused({"auth": {"users": ORDERS}}) == (
+        f"{SOURCE}: auth.users must be an array of tables, got dict {ORDERS!r}"
+    )
+
+
+def test_nested_sub_table_must_be_a_table() -> None:
+    assert read_refused({"tls": 5}) == f"{SOURCE}: [tls] must be a table of keys, got int 5"
+    assert read_refused({"auth": {"default_permissions": "all"}}) == (
+        f"{SOURCE}: auth.default_permissions must be a table of keys, got str 'all'"
+    )
+
+
+def test_nested_required_key() -> None:
+    assert read_refused({"tls": {"cert_file": "a"}}) == (
+        f"{SOURCE}: tls.key_file is required and has no default"
+    )
+    assert read_refused(with_users({"user": "orders"})) == (
+        f"{SOURCE}: auth.users[0].password is required and has no default"
+    )
+
+
+def test_nested_error_from_a_parents_rule_names_the_full_path() -> None:
+    # Auth checks its users together; the key it names is relative to itself.
+    assert read_refused(with_users(ORDERS, ORDERS)) == (
+        f"{SOURCE}: auth.users[1].user must not repeat a user name, got 'orders' again"
+    )
+
+
+def test_nested_flat_field_beside_sections() -> None:
+    assert read_refused({"server": {"port": -1}}) == (
+        f"{SOURCE}: server.port must be between 0 and 65535, got -1"
+    )
+
+
+def default_permissions(value: object) -> Permissions:
+    return read(
+        {"auth": {"default_permissions": {"allow_responses": value}}}
+    ).auth.default_permissions
+
+
+def test_nested_union_bool_or_table() -> None:
+    assert default_permissions(True).allow_responses is True
+    assert default_permissions(False).allow_responses is False
+    assert default_permissions({}).allow_responses == Responses()
+    assert default_permissions({"max": 3, "expires": 2}).allow_responses == Responses(
+        max=3, expires=2.0
+    )
+    key = f"{SOURCE}: auth.default_permissions.allow_responses"
+    with pytest.raises(ConfigError) as info:
+        default_permissions(5)
+    assert str(info.value) == f"{key} must be true, false or a table of max and expires, got int 5"
+    with pytest.raises(ConfigError) as info:
+        default_permissions({"max": 0})
+    assert str(info.value) == f"{key}.max must be >= 1, got 0"
+    with pytest.raises(ConfigError) as info:
+        default_permissions({"expire": 5})
+    assert str(info.value).startswith(
+        f"{key}.expire is not a known key in [auth.default_permissions.allow_responses]"
+        " (did you mean 'expires'?)"
+    )
+
+
+def test_nested_plain_list_is_an_allow_list() -> None:
+    permissions = {"publish": ["a.>"], "subscribe": {"allow": ["b"], "deny": ["b.c"]}}
+    assert read({"auth": {"default_permissions": permissions}}).auth.default_permissions == (
+        Permissions(publish=Rules(allow=("a.>",)), subscribe=Rules(allow=("b",), deny=("b.c",)))
+    )
+    assert read_refused({"auth": {"default_permissions": {"publish": ["a", 5]}}}) == (
+        f"{SOURCE}: auth.default_permissions.publish.allow[1] must be a string, got int 5"
+    )
+
+
+def test_nested_replace_validates() -> None:
+    user = User(user="orders", password="x")
+    with pytest.raises(ConfigError, match=r"^password must be a string, got int 5$"):
+        dataclasses.replace(user, password=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^max must be >= 1, got 0$"):
+        dataclasses.replace(Responses(), max=0)
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(Root(), tls={"cert_file": "a"})  # type: ignore[arg-type]
+    assert str(info.value) == "tls must be a Tls or None, got dict {'cert_file': 'a'}"
+    # The file's shorthand is for the file; Python says Rules(allow=...).
+    with pytest.raises(ConfigError, match=r"^publish must be a Rules, got list \['a'\]$"):
+        dataclasses.replace(Permissions(), publish=["a"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^users\[1\] must be a User, got str 'bob'$"):
+        dataclasses.replace(Auth(), users=(user, "bob"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^users must be a tuple of User, got User "):
+        dataclasses.replace(Auth(), users=user)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^users\[1\]\.user must not repeat a user name"):
+        dataclasses.replace(Auth(), users=(user, user))
+    # A list of sections is stored as a tuple, so the section stays hashable.
+    auth = dataclasses.replace(Auth(), users=[user])  # type: ignore[arg-type]
+    assert auth.users == (user,)
+    assert {auth: "hashable"}[auth] == "hashable"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListOfSections:
+    rules: list[Rules] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TwoSections:
+    rules: Rules | Responses = Rules()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrayAtTop:
+    tls: tuple[Tls, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequiredSection:
+    tls: Tls
+
+
+def test_nested_layouts_toml_cannot_read_are_refused() -> None:
+    with pytest.raises(TypeError, match=r"^ListOfSections\.rules: TOML cannot read list\["):
+        _section_from_mapping(ListOfSections, {}, "x")
+    with pytest.raises(TypeError, match=r"^TwoSections\.rules: TOML cannot read"):
+        _section_from_mapping(TwoSections, {}, "x")
+    with pytest.raises(TypeError, match=r"^ArrayAtTop\.tls: a top-level section must be"):
+        _root_from_mapping(ArrayAtTop, {}, {}, source=SOURCE)
+
+
+def test_nested_required_section() -> None:
+    with pytest.raises(ConfigError) as info:
+        _root_from_mapping(RequiredSection, {}, {}, source=SOURCE)
+    assert str(info.value) == f"{SOURCE}: [tls] is a required section and has no default"
+    tls = {"cert_file": "a", "key_file": "b"}
+    root = _root_from_mapping(RequiredSection, {}, {"tls": tls}, source=SOURCE)
+    assert root.tls == Tls(cert_file="a", key_file="b")
