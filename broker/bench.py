@@ -50,6 +50,7 @@ from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar, cast, fin
 import msgpack
 import typer
 
+from ._rlimit import raise_fd_limit
 from ._version import __version__
 from .protocol import Hello, Ping, Pong, Pub, Sub, encode_frame
 
@@ -879,16 +880,6 @@ class _IdleReport:
 
 def _idle_main(spec: _IdleSpec, pipe: Pipe) -> None:
     _report_back(pipe, _IdleReport(spec.name), lambda: _idle(spec, pipe))
-
-
-def raise_fd_limit() -> int:
-    """Lift this process's soft RLIMIT_NOFILE to its hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _read_all(
