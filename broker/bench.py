@@ -1991,13 +1991,6 @@ def write_docs(path: Path, generated: str) -> None:
 # The command
 
 
-def _parse_url(url: str) -> tuple[str, int]:
-    found = re.fullmatch(r"(?:tcp://)?(\[[^\]]+\]|[^:/]+):(\d+)/?", url)
-    if found is None:
-        raise typer.BadParameter(f"expected tcp://HOST:PORT, got {url!r}", param_hint="--url")
-    return found.group(1).strip("[]"), int(found.group(2))
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
@@ -2063,7 +2056,13 @@ def run_and_report(
     target = None
     console = Console(stderr=True)
     if url is not None:
-        host, port = _parse_url(url)
+        # Imported here, so the client processes, which preload this module, never load the client.
+        from .client import parse_url
+
+        try:
+            host, port = parse_url(url)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--url") from None
         target = Target("broker", host, port, pid=pid)
         if pid is not None and "broker" not in _cmdline(pid):
             console.print(

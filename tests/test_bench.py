@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import typer
 
 from broker import bench
 from broker.protocol import Err, Msg, Pong, encode_frame
@@ -133,3 +134,11 @@ def test_write_docs_keeps_what_is_around_the_generated_part(tmp_path: Path) -> N
     assert text.count("bench:begin") == 1
     assert "broker bench -n 5" in text and "```sh\nbroker bench\n```" not in text
     assert "| 1 -> 1 | deliveries/s | 10/s |" in text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:5878", "tcp://127.0.0.1:99999", "tcp://:5878"])
+def test_a_bad_url_is_refused_before_anything_starts(url: str) -> None:
+    with pytest.raises(typer.BadParameter) as refused:
+        bench.run_and_report(scenario_names=["one-to-one"], url=url)
+    assert refused.value.param_hint == "--url"
+    assert repr(url) in str(refused.value), "the message names the value it refuses"
