@@ -51,9 +51,9 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar, cast, final
 import msgpack
 import typer
 
-from ._rlimit import raise_fd_limit
-from ._version import __version__
-from .protocol import Hello, Ping, Pong, Pub, Sub, encode_frame
+from .._rlimit import raise_fd_limit
+from .._version import __version__
+from ..protocol import Hello, Ping, Pong, Pub, Sub, encode_frame
 
 __all__ = [
     "SCENARIOS",
@@ -2058,7 +2058,7 @@ def run_and_report(
     console = Console(stderr=True)
     if url is not None:
         # Imported here, so the client processes, which preload this module, never load the client.
-        from .client import parse_url
+        from ..client import parse_url
 
         try:
             host, port = parse_url(url)

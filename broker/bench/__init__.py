@@ -1,0 +1,41 @@
+"""The load generators and scenarios behind ``broker bench``; see broker/bench/scenarios.py."""
+
+from __future__ import annotations
+
+from .scenarios import (
+    SCENARIOS,
+    Scenario,
+    ScenarioResult,
+    ServerProcess,
+    SubscriberOutcome,
+    Target,
+    find_nats_server,
+    free_port,
+    render_markdown,
+    run_and_report,
+    run_scenario,
+    run_suite,
+    scaled,
+    start_broker,
+    start_nats,
+    write_docs,
+)
+
+__all__ = [
+    "SCENARIOS",
+    "Scenario",
+    "ScenarioResult",
+    "ServerProcess",
+    "SubscriberOutcome",
+    "Target",
+    "find_nats_server",
+    "free_port",
+    "render_markdown",
+    "run_and_report",
+    "run_scenario",
+    "run_suite",
+    "scaled",
+    "start_broker",
+    "start_nats",
+    "write_docs",
+]
