@@ -15,7 +15,7 @@ import pytest
 import typer
 
 from broker import bench
-from broker.bench.scenarios import _FrameCounter, _NatsCounter
+from broker.bench.dialects import FrameCounter, NatsCounter
 from broker.protocol import Err, Msg, Pong, encode_frame
 
 
@@ -42,7 +42,7 @@ def test_frame_counter_counts_every_msg_however_the_stream_is_cut(seed: int) -> 
         + encode_frame(Err("slow_consumer", "too slow"))
         + (uniform + other) * 50
     )
-    counter = _FrameCounter()
+    counter = FrameCounter()
     for piece in chunked(stream, seed):
         counter.feed(piece)
     assert counter.messages == 500 + 3 + 700 + 100
@@ -64,7 +64,7 @@ def test_nats_counter_counts_every_msg_however_the_stream_is_cut(seed: int) -> N
         + b"HMSG bench.data 1 12 17\r\nNATS/1.0\r\n\r\nhello\r\n"
         + b"-ERR 'Slow Consumer'\r\n"
     )
-    counter = _NatsCounter()
+    counter = NatsCounter()
     for piece in chunked(stream, seed):
         counter.feed(piece)
     assert counter.messages == 800 + 300 + 1

@@ -53,7 +53,17 @@ import typer
 
 from .._rlimit import raise_fd_limit
 from .._version import __version__
-from ..protocol import Hello, Ping, Pong, Pub, Sub, encode_frame
+from .dialects import (
+    DIALECTS,
+    Counter,
+    Dialect,
+    FrameCounter,
+    KiB,
+    Kind,
+    MiB,
+    NatsCounter,
+    exchange,
+)
 
 __all__ = [
     "SCENARIOS",
@@ -72,12 +82,8 @@ __all__ = [
     "start_nats",
 ]
 
-Kind: TypeAlias = Literal["broker", "nats"]
 #: Called as the run goes: a label, deliveries counted so far, deliveries expected.
 ProgressCallback: TypeAlias = Callable[[str, int, int], None]
-
-KiB: Final = 1024
-MiB: Final = 1024 * KiB
 
 #: Bytes asked of the socket per read by a subscriber.
 READ_SIZE: Final = 256 * KiB
@@ -247,8 +253,8 @@ def start_broker(
     server = ServerProcess(target, process, workdir)
 
     def probe(sock: socket.socket) -> None:
-        counter = _FrameCounter()
-        _exchange(sock, counter, _DIALECTS["broker"].opening("probe"), time.monotonic() + 5)
+        counter = FrameCounter()
+        exchange(sock, counter, DIALECTS["broker"].opening("probe"), time.monotonic() + 5)
 
     _wait_listening(server, probe)
     return server
@@ -286,7 +292,7 @@ def start_nats(*, host: str = _HOST, binary: str | None = None) -> ServerProcess
     server = ServerProcess(target, process, workdir)
 
     def probe(sock: socket.socket) -> None:
-        _exchange(sock, _NatsCounter(), _DIALECTS["nats"].opening("probe"), time.monotonic() + 5)
+        exchange(sock, NatsCounter(), DIALECTS["nats"].opening("probe"), time.monotonic() + 5)
 
     _wait_listening(server, probe)
     return server
@@ -393,191 +399,6 @@ class _RssSampler:
 
 
 # ---------------------------------------------------------------------------------------------
-# The two dialects: what a client sends, and how a receiver counts what comes back.
-
-_MSG_OP: Final = b"\xa3MSG"  # fixstr "MSG", right after a MSG frame's array head
-#: After a failed whole-buffer check, this many records are walked one by one.
-_COOLDOWN: Final = 8
-_MAX_BLOCK: Final = 1 << 20
-
-
-class _Counter:
-    """Counts deliveries in a byte stream; keeps PONGs, server PINGs and errors on the side.
-
-    Subclasses walk one record at a time in `_one`, which also records the stride (record
-    length) and the signature (offset, byte) pairs of the last message seen. `feed` then checks
-    a run of records of that stride with one strided slice per signature byte, so a uniform
-    stream costs a few C-level passes per read instead of a Python loop per message. Every
-    record's header is still checked: the fast path is exact, never an estimate.
-    """
-
-    def __init__(self) -> None:
-        self.messages = 0
-        self.pongs = 0
-        self.pings = 0
-        self.errors: list[str] = []
-        self._buffer = bytearray()
-        self._stride = 0
-        self._signature: tuple[tuple[int, int], ...] = ()
-        self._block = 64
-        self._cooldown = 0
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        buf = self._buffer
-        buf += data
-        n = len(buf)
-        pos = 0
-        while pos < n:
-            stride = self._stride
-            if stride and not self._cooldown:
-                k = min((n - pos) // stride, self._block)
-                if k >= 2:
-                    end = pos + k * stride
-                    for offset, byte in self._signature:
-                        if buf[pos + offset : end : stride].count(byte) != k:
-                            self._block = max(2, self._block // 4)
-                            self._cooldown = _COOLDOWN
-                            break
-                    else:
-                        self.messages += k
-                        pos = end
-                        self._block = min(self._block * 4, _MAX_BLOCK)
-                        continue
-            end = self._one(buf, pos, n)
-            if end < 0:
-                break
-            pos = end
-            if self._cooldown:
-                self._cooldown -= 1
-        if pos:
-            del buf[:pos]
-
-    def _one(self, buf: bytearray, pos: int, n: int) -> int:
-        """Take the record at `pos`; return where it ends, or -1 if it is incomplete."""
-        raise NotImplementedError
-
-
-@final
-class _FrameCounter(_Counter):
-    """Our frames: a 4-byte length, then msgpack; a MSG is recognised by its first 5 bytes."""
-
-    def _one(self, buf: bytearray, pos: int, n: int) -> int:
-        if n - pos < 4:
-            return -1
-        length = int.from_bytes(buf[pos : pos + 4], "big")
-        end = pos + 4 + length
-        if end > n:
-            return -1
-        # fixarray of 3 to 6 (trailing nils may be omitted), then fixstr "MSG".
-        if buf[pos + 5 : pos + 9] == _MSG_OP and 0x93 <= buf[pos + 4] <= 0x96:
-            self.messages += 1
-            self._stride = 4 + length
-            self._signature = tuple((i, buf[pos + i]) for i in range(9))
-            return end
-        try:
-            items = msgpack.unpackb(bytes(buf[pos + 4 : end]), raw=False)
-        except (ValueError, TypeError, msgpack.UnpackException) as error:
-            raise ValueError(f"not a broker frame: {error}") from None
-        op = items[0] if isinstance(items, list) and items else None
-        if op == "PONG":
-            self.pongs += 1
-        elif op == "PING":
-            self.pings += 1
-        elif op == "ERR":
-            self.errors.append(str(items[1]))
-        return end
-
-
-@final
-class _NatsCounter(_Counter):
-    """NATS text protocol: ``MSG <subject> <sid> [reply] <#bytes>\\r\\n<payload>\\r\\n``."""
-
-    def _one(self, buf: bytearray, pos: int, n: int) -> int:
-        newline = buf.find(b"\r\n", pos)
-        if newline < 0:
-            if n - pos > 64 * KiB:
-                raise ValueError("a NATS protocol line longer than 64 KiB")
-            return -1
-        if buf.startswith(b"MSG ", pos) or buf.startswith(b"HMSG ", pos):
-            space = buf.rfind(b" ", pos, newline)
-            size = int(buf[space + 1 : newline])
-            end = newline + 2 + size + 2
-            if end > n:
-                return -1
-            self.messages += 1
-            stride = end - pos
-            self._stride = stride
-            # "MSG " and everything from the space after the subject to the line end: with the
-            # subject's length fixed by the stride, these decide where the record ends, as our
-            # length prefix does. The subject's own bytes are not needed to count, so a stream
-            # that interleaves subjects of one length still takes the fast path.
-            after_subject = buf.find(b" ", pos + 4, newline) - pos
-            head = (*range(4), *range(after_subject, newline + 2 - pos))
-            self._signature = (
-                *((i, buf[pos + i]) for i in head),
-                (stride - 2, 13),
-                (stride - 1, 10),
-            )
-            return end
-        line = bytes(buf[pos:newline])
-        if line == b"PONG":
-            self.pongs += 1
-        elif line == b"PING":
-            self.pings += 1
-        elif line.startswith(b"-ERR"):
-            self.errors.append(line[5:].decode(errors="replace").strip(" '"))
-        return newline + 2
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Dialect:
-    """The bytes one protocol's client sends, and the counter for what it receives."""
-
-    opening: Callable[[str], bytes]
-    sub: Callable[[int, str, str | None], bytes]
-    pub: Callable[[str, bytes], bytes]
-    ping: bytes
-    pong: bytes
-    counter: Callable[[], _Counter]
-
-
-def _nats_connect(name: str) -> bytes:
-    options = (
-        '{"verbose":false,"pedantic":false,"tls_required":false,"lang":"python",'
-        f'"version":"{__version__}","protocol":1,"echo":true,"name":"{name}"}}'
-    )
-    return f"CONNECT {options}\r\n".encode()
-
-
-def _nats_sub(sid: int, subject: str, queue: str | None) -> bytes:
-    middle = f"{subject} {queue}" if queue else subject
-    return f"SUB {middle} {sid}\r\n".encode()
-
-
-_DIALECTS: Final[Mapping[Kind, _Dialect]] = {
-    "broker": _Dialect(
-        opening=lambda name: encode_frame(Hello({"version": 1, "name": name})),
-        sub=lambda sid, subject, queue: encode_frame(Sub(sid, subject, queue)),
-        pub=lambda subject, payload: encode_frame(Pub(subject, payload)),
-        ping=encode_frame(Ping()),
-        pong=encode_frame(Pong()),
-        counter=_FrameCounter,
-    ),
-    "nats": _Dialect(
-        opening=_nats_connect,
-        sub=_nats_sub,
-        pub=lambda subject, payload: (
-            b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
-        ),
-        ping=b"PING\r\n",
-        pong=b"PONG\r\n",
-        counter=_NatsCounter,
-    ),
-}
-
-
-# ---------------------------------------------------------------------------------------------
 # Client processes. Each runs one `_*_main` function; it talks to the coordinator over a pipe:
 # it sends ("ready", info), ("progress", count) and finally ("done", report); it receives
 # "go", "check" and "stop".
@@ -599,26 +420,7 @@ def _connect(target: Target, deadline: float, *, rcvbuf: int | None = None) -> s
     return sock
 
 
-def _exchange(sock: socket.socket, counter: _Counter, data: bytes, deadline: float) -> None:
-    """Send `data` and a PING, then read until the PONG; raise on an ERR, EOF or the deadline."""
-    dialect = _DIALECTS["broker" if isinstance(counter, _FrameCounter) else "nats"]
-    wanted = counter.pongs + 1
-    sock.settimeout(max(0.001, deadline - time.monotonic()))
-    sock.sendall(data + dialect.ping)
-    while counter.pongs < wanted:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no PONG before the deadline")
-        sock.settimeout(remaining)
-        data = sock.recv(64 * KiB)
-        if not data:
-            raise ConnectionError(f"closed by the server; errors: {counter.errors}")
-        counter.feed(data)
-        if counter.errors:
-            raise ConnectionError(f"the server answered with errors: {counter.errors}")
-
-
-def _answer_pings(sock: socket.socket, counter: _Counter, answered: int, pong: bytes) -> int:
+def _answer_pings(sock: socket.socket, counter: Counter, answered: int, pong: bytes) -> int:
     if counter.pings > answered:
         sock.sendall(pong * (counter.pings - answered))
     return counter.pings
@@ -697,7 +499,7 @@ def _subscriber_main(spec: _SubscriberSpec, pipe: Pipe) -> None:
 
 
 def _subscriber(spec: _SubscriberSpec, pipe: Pipe) -> SubscriberOutcome:
-    dialect = _DIALECTS[spec.target.kind]
+    dialect = DIALECTS[spec.target.kind]
     counter = dialect.counter()
     rcvbuf = STALLED_RCVBUF if spec.stalled else None
     sock = _connect(spec.target, spec.deadline, rcvbuf=rcvbuf)
@@ -705,7 +507,7 @@ def _subscriber(spec: _SubscriberSpec, pipe: Pipe) -> SubscriberOutcome:
         subs = b"".join(
             dialect.sub(sid, subject, spec.queue) for sid, subject in enumerate(spec.subjects, 1)
         )
-        _exchange(sock, counter, dialect.opening(spec.name) + subs, spec.deadline)
+        exchange(sock, counter, dialect.opening(spec.name) + subs, spec.deadline)
         pipe.send(("ready", None))
         if spec.stalled:
             # Never read until told to stop: the server must deal with a full socket.
@@ -761,7 +563,7 @@ def _subscriber(spec: _SubscriberSpec, pipe: Pipe) -> SubscriberOutcome:
 
 
 def _drain(
-    spec: _SubscriberSpec, sock: socket.socket, counter: _Counter, pong: bytes
+    spec: _SubscriberSpec, sock: socket.socket, counter: Counter, pong: bytes
 ) -> SubscriberOutcome:
     """Read what a stalled subscriber was sent, to learn whether the server closed it."""
     closed = False
@@ -827,7 +629,7 @@ def _publisher_main(spec: _PublisherSpec, pipe: Pipe) -> None:
     _report_back(pipe, _PublisherReport(spec.name), lambda: _publisher(spec, pipe))
 
 
-def _batches(dialect: _Dialect, spec: _PublisherSpec) -> Iterator[bytes]:
+def _batches(dialect: Dialect, spec: _PublisherSpec) -> Iterator[bytes]:
     """The publisher's frames, pre-encoded into writes of about `WRITE_SIZE` bytes."""
     payload = bytes(i % 251 for i in range(spec.payload))
     frames = [dialect.pub(subject, payload) for subject in spec.subjects]
@@ -842,11 +644,11 @@ def _batches(dialect: _Dialect, spec: _PublisherSpec) -> Iterator[bytes]:
 
 
 def _publisher(spec: _PublisherSpec, pipe: Pipe) -> _PublisherReport:
-    dialect = _DIALECTS[spec.target.kind]
+    dialect = DIALECTS[spec.target.kind]
     counter = dialect.counter()
     batches = list(_batches(dialect, spec)) if spec.count < 10 * WRITE_SIZE else None
     with _connect(spec.target, spec.deadline) as sock:
-        _exchange(sock, counter, dialect.opening(spec.name), spec.deadline)
+        exchange(sock, counter, dialect.opening(spec.name), spec.deadline)
         pipe.send(("ready", None))
         if _wait_command(pipe, spec.deadline) != "go":
             return _PublisherReport(spec.name)
@@ -855,7 +657,7 @@ def _publisher(spec: _PublisherSpec, pipe: Pipe) -> _PublisherReport:
             sock.settimeout(max(0.001, spec.deadline - time.monotonic()))
             sock.sendall(batch)
         sent_at = time.monotonic()
-        _exchange(sock, counter, b"", spec.deadline)
+        exchange(sock, counter, b"", spec.deadline)
         return _PublisherReport(spec.name, spec.count, started_at, sent_at, time.monotonic())
 
 
@@ -885,8 +687,8 @@ def _idle_main(spec: _IdleSpec, pipe: Pipe) -> None:
 
 def _read_all(
     selector: selectors.BaseSelector,
-    pending: dict[socket.socket, _Counter],
-    done: Callable[[_Counter], bool],
+    pending: dict[socket.socket, Counter],
+    done: Callable[[Counter], bool],
     deadline: float,
     pong: bytes,
 ) -> None:
@@ -922,12 +724,12 @@ def _read_all(
 
 def _idle(spec: _IdleSpec, pipe: Pipe) -> _IdleReport:
     raise_fd_limit()
-    dialect = _DIALECTS[spec.target.kind]
+    dialect = DIALECTS[spec.target.kind]
     selector = selectors.DefaultSelector()
-    counters: dict[socket.socket, _Counter] = {}
+    counters: dict[socket.socket, Counter] = {}
     try:
         for start in range(0, spec.count, IDLE_BATCH):
-            batch: dict[socket.socket, _Counter] = {}
+            batch: dict[socket.socket, Counter] = {}
             for index in range(
                 spec.first + start, spec.first + min(spec.count, start + IDLE_BATCH)
             ):
