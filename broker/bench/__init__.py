@@ -6,20 +6,14 @@ from .scenarios import (
     SCENARIOS,
     Scenario,
     ScenarioResult,
-    ServerProcess,
-    SubscriberOutcome,
-    Target,
-    find_nats_server,
-    free_port,
     render_markdown,
-    run_and_report,
     run_scenario,
-    run_suite,
     scaled,
-    start_broker,
-    start_nats,
     write_docs,
 )
+from .servers import ServerProcess, Target, find_nats_server, free_port, start_broker, start_nats
+from .suite import run_and_report, run_suite
+from .workers import SubscriberOutcome
 
 __all__ = [
     "SCENARIOS",

