@@ -165,3 +165,24 @@ def test_the_cli_offers_every_scenario_by_name() -> None:
     from broker.cli import _BENCH_SCENARIOS
 
     assert tuple(s.name for s in bench.SCENARIOS) == _BENCH_SCENARIOS
+
+
+def test_the_public_names_are_what_the_cli_benchmarks_and_tests_use() -> None:
+    assert sorted(bench.__all__) == [
+        "SCENARIOS",
+        "Scenario",
+        "ScenarioResult",
+        "ServerProcess",
+        "SubscriberOutcome",
+        "Target",
+        "find_nats_server",
+        "render_markdown",
+        "run_and_report",
+        "run_scenario",
+        "scaled",
+        "start_broker",
+        "start_nats",
+        "write_docs",
+    ]
+    missing = [name for name in bench.__all__ if not hasattr(bench, name)]
+    assert not missing

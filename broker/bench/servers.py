@@ -60,7 +60,7 @@ class Target:
 @final
 @dataclass(slots=True)
 class ServerProcess:
-    """A server this module started; stop it with `stop()` (SIGTERM, then SIGKILL, by PID)."""
+    """A server started here; stop it with `stop()` (SIGTERM, then SIGKILL, by PID)."""
 
     target: Target
     process: subprocess.Popen[bytes]

@@ -20,20 +20,8 @@ from pathlib import Path
 import typer
 
 from .dialects import Kind
-from .scenarios import (
-    SCENARIOS,
-    TABLE_HEADER,
-    ProgressCallback,
-    Scenario,
-    ScenarioResult,
-    render_markdown,
-    run_scenario,
-    scaled,
-    si,
-    table_rows,
-    target_checks,
-    write_docs,
-)
+from .report import TABLE_HEADER, render_markdown, si, table_rows, target_checks, write_docs
+from .scenarios import SCENARIOS, ProgressCallback, Scenario, ScenarioResult, run_scenario, scaled
 from .servers import Target, find_nats_server, start_broker, start_nats
 
 __all__ = ["run_and_report", "run_suite"]
