@@ -37,6 +37,7 @@ __all__ = [
 
 
 def si(value: float | None, unit: str = "") -> str:
+    """`value` to three figures with a k, M or G prefix and `unit`; "n/a" for None."""
     if value is None:
         return "n/a"
     for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -59,10 +59,6 @@ STALLED_MAX_PENDING_BYTES: Final = 8 * MiB
 IDLE_PER_PROCESS: Final = 2_500
 
 
-# ---------------------------------------------------------------------------------------------
-# Scenarios and results
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class Scenario:
