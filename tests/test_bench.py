@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from broker import bench
+from broker.bench.dialects import FrameCounter, NatsCounter
 from broker.protocol import Err, Msg, Pong, encode_frame
 
 
@@ -38,7 +42,7 @@ def test_frame_counter_counts_every_msg_however_the_stream_is_cut(seed: int) -> 
         + encode_frame(Err("slow_consumer", "too slow"))
         + (uniform + other) * 50
     )
-    counter = bench._FrameCounter()
+    counter = FrameCounter()
     for piece in chunked(stream, seed):
         counter.feed(piece)
     assert counter.messages == 500 + 3 + 700 + 100
@@ -60,7 +64,7 @@ def test_nats_counter_counts_every_msg_however_the_stream_is_cut(seed: int) -> N
         + b"HMSG bench.data 1 12 17\r\nNATS/1.0\r\n\r\nhello\r\n"
         + b"-ERR 'Slow Consumer'\r\n"
     )
-    counter = bench._NatsCounter()
+    counter = NatsCounter()
     for piece in chunked(stream, seed):
         counter.feed(piece)
     assert counter.messages == 800 + 300 + 1
@@ -133,3 +137,52 @@ def test_write_docs_keeps_what_is_around_the_generated_part(tmp_path: Path) -> N
     assert text.count("bench:begin") == 1
     assert "broker bench -n 5" in text and "```sh\nbroker bench\n```" not in text
     assert "| 1 -> 1 | deliveries/s | 10/s |" in text
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:5878", "tcp://127.0.0.1:99999", "tcp://:5878"])
+def test_a_bad_url_is_refused_before_anything_starts(url: str) -> None:
+    with pytest.raises(typer.BadParameter) as refused:
+        bench.run_and_report(scenario_names=["one-to-one"], url=url)
+    assert refused.value.param_hint == "--url"
+    assert repr(url) in str(refused.value), "the message names the value it refuses"
+
+
+def test_the_cli_loads_the_suite_only_when_bench_runs() -> None:
+    # In a fresh interpreter: this one has imported broker.bench already.
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from broker.cli import app\n"
+        "for args in (['--help'], ['bench', '--help'], ['check-config', '--help']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('broker.bench'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_the_cli_offers_every_scenario_by_name() -> None:
+    from broker.cli import _BENCH_SCENARIOS
+
+    assert tuple(s.name for s in bench.SCENARIOS) == _BENCH_SCENARIOS
+
+
+def test_the_public_names_are_what_the_cli_benchmarks_and_tests_use() -> None:
+    assert sorted(bench.__all__) == [
+        "SCENARIOS",
+        "Scenario",
+        "ScenarioResult",
+        "ServerProcess",
+        "SubscriberOutcome",
+        "Target",
+        "find_nats_server",
+        "render_markdown",
+        "run_and_report",
+        "run_scenario",
+        "scaled",
+        "start_broker",
+        "start_nats",
+        "write_docs",
+    ]
+    missing = [name for name in bench.__all__ if not hasattr(bench, name)]
+    assert not missing
