@@ -18,6 +18,7 @@ from typing import final
 
 import trio
 
+from .._rlimit import raise_fd_limit
 from ..config import Config
 from ..errors import ErrorCode
 from ..hub import Hub
@@ -207,17 +208,12 @@ def _raise_fd_limit(max_connections: int) -> None:
     configured connection limit; the warning says what the operator must raise instead.
     """
     wanted = max_connections + _FD_HEADROOM
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < wanted:
+    limit = raise_fd_limit(wanted)
+    if limit != resource.RLIM_INFINITY and limit < wanted:
         log.warning(
             "the file descriptor limit (%d) is below max_connections (%d) plus %d; "
             "raise it (ulimit -n) or lower max_connections",
-            target,
+            limit,
             max_connections,
             _FD_HEADROOM,
         )
