@@ -17,7 +17,7 @@ Pure: no trio, anyio or socket (a test imports it alone).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, Protocol, TypeAlias, final
 
 from ._version import __version__
 from .config import Config
@@ -29,7 +29,10 @@ from .routing import RoutingTable
 from .stats import Counters, Statistics
 from .subjects import SubjectError, validate_subject
 
-__all__ = ["Hub", "Refused", "Subscriber", "Subscription"]
+__all__ = ["Hub", "Publish", "Refused", "Subscriber", "Subscription"]
+
+#: One publish as the hub takes it: ``(subject, payload, reply_to, headers, retain)``.
+Publish: TypeAlias = "tuple[str, bytes, str | None, Headers | None, bool]"
 
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
@@ -175,16 +178,13 @@ class Hub:
 
     # -- publish ------------------------------------------------------------------------------
 
-    def publish(
-        self,
-        origin: Subscriber,
-        subject: str,
-        payload: bytes,
-        reply_to: str | None = None,
-        headers: Headers | None = None,
-        retain: bool = False,
-    ) -> None:
+    def publish(self, origin: Subscriber, message: Publish) -> None:
         """Route one message to every matching subscription, each queue group's one member.
+
+        `message` is ``(subject, payload, reply_to, headers, retain)``: the native wire's
+        `Pub` event is one, and any other origin builds the same tuple. A tuple, not keyword
+        arguments, because this runs once per publish and unpacking a tuple is the cheapest
+        call Python has.
 
         A refused publish is neither retained nor delivered: the publisher learns of one
         failure, not of a message that half happened. A request (`reply_to` set) that reaches
@@ -195,6 +195,7 @@ class Hub:
             Refused: ``payload_too_large`` (fatal), ``bad_subject`` (a reserved ``$`` subject,
                 a bad subject or reply subject), ``retained_limit``.
         """
+        subject, payload, reply_to, headers, retain = message
         size = len(payload)
         if size > self._max_payload:
             raise Refused(

@@ -49,7 +49,7 @@ def test_a_publish_reaches_every_matching_subscription_once() -> None:
     hub.subscribe(a, 1, "orders.*")
     hub.subscribe(a, 2, "orders.>")
     hub.subscribe(b, 1, "other")
-    hub.publish(origin, "orders.new", b"x")
+    hub.publish(origin, ("orders.new", b"x", None, None, False))
     assert a.got == [(1, "orders.new", b"x"), (2, "orders.new", b"x")]
     assert b.got == []
     stats = hub.statistics()
@@ -68,7 +68,7 @@ def test_an_envelope_is_encoded_once_however_many_receive_it() -> None:
 
     for index in range(5):
         hub.subscribe(Keeper(), index, "s")
-    hub.publish(Recorder(), "s", b"p")
+    hub.publish(Recorder(), ("s", b"p", None, None, False))
     assert len({id(envelope) for envelope in seen}) == 1
     tail = seen[0].native
     assert tail is not None and seen[0].encode_native() is tail
@@ -81,7 +81,7 @@ def test_echo_off_skips_the_origin_and_a_queue_group_skips_its_members() -> None
     hub.subscribe(me, 2, "s", "q")
     hub.subscribe(other, 1, "s", "q")
     for _ in range(3):
-        hub.publish(me, "s", b"x")
+        hub.publish(me, ("s", b"x", None, None, False))
     assert me.got == []
     assert other.got == [(1, "s", b"x")] * 3
 
@@ -92,7 +92,7 @@ def test_queue_group_members_share_the_messages_evenly() -> None:
     for worker in workers:
         hub.subscribe(worker, 1, "jobs", "workers")
     for _ in range(300):
-        hub.publish(Recorder(), "jobs", b"j")
+        hub.publish(Recorder(), ("jobs", b"j", None, None, False))
     assert [len(worker.got) for worker in workers] == [100, 100, 100]
 
 
@@ -109,7 +109,7 @@ def test_a_request_nobody_serves_is_answered_with_503_on_the_requester_inbox() -
 
     spy = Watcher()
     hub.subscribe(spy, 1, "_INBOX.*")  # someone else's inbox subscription gets no 503
-    hub.publish(requester, "time.now", b"", "_INBOX.abc")
+    hub.publish(requester, ("time.now", b"", "_INBOX.abc", None, False))
     assert requester.got == [(7, "_INBOX.abc", b"")]
     assert answers == []
     assert hub.statistics().no_responders == 1
@@ -119,14 +119,14 @@ def test_refusals_carry_their_code_and_leave_nothing_behind() -> None:
     hub = make_hub(max_payload=8, max_subscriptions=1, max_retained_subjects=1)
     origin = Recorder()
     with pytest.raises(Refused) as refused:
-        hub.publish(origin, "s", b"123456789")
+        hub.publish(origin, ("s", b"123456789", None, None, False))
     assert refused.value.code is ErrorCode.PAYLOAD_TOO_LARGE and refused.value.code.fatal
     with pytest.raises(Refused) as refused:
-        hub.publish(origin, "$SYS.x", b"")
+        hub.publish(origin, ("$SYS.x", b"", None, None, False))
     assert refused.value.code is ErrorCode.BAD_SUBJECT and not refused.value.code.fatal
-    hub.publish(origin, "kept", b"1", retain=True)
+    hub.publish(origin, ("kept", b"1", None, None, True))
     with pytest.raises(Refused) as refused:
-        hub.publish(origin, "other", b"2", retain=True)
+        hub.publish(origin, ("other", b"2", None, None, True))
     assert refused.value.code is ErrorCode.RETAINED_LIMIT
     assert refused.value.details == {"subject": "other"}
     hub.subscribe(origin, 1, "a")
@@ -144,9 +144,9 @@ def test_refusals_carry_their_code_and_leave_nothing_behind() -> None:
 def test_a_new_subscription_gets_the_retained_messages_in_the_same_step() -> None:
     hub = make_hub()
     origin, sub = Recorder(), Recorder()
-    hub.publish(origin, "t.b", b"2", retain=True)
-    hub.publish(origin, "t.a", b"1", retain=True)
-    hub.publish(origin, "t.c", b"", retain=True)  # an empty payload deletes: nothing kept
+    hub.publish(origin, ("t.b", b"2", None, None, True))
+    hub.publish(origin, ("t.a", b"1", None, None, True))
+    hub.publish(origin, ("t.c", b"", None, None, True))  # an empty payload deletes it
     subscription = hub.subscribe(sub, 1, "t.*")
     assert sub.replayed == [(1, "t.a"), (1, "t.b")]
     assert subscription.delivered == 2

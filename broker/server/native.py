@@ -150,7 +150,7 @@ class NativeAdapter:
             kind = type(event)
             try:
                 if kind is Pub:
-                    publish(self, *event)
+                    publish(self, event)  # type: ignore[arg-type]
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if self.outbox.replaying and hub.would_replay(pattern, queue):
