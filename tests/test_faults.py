@@ -25,7 +25,6 @@ from wire import (
     wire_client,
 )
 
-from broker.envelope import Envelope
 from broker.protocol import (
     Err,
     Event,
@@ -572,7 +571,7 @@ async def test_a_keepalive_deadline_that_passes_as_a_message_arrives_does_not_cu
             await trio.testing.wait_all_tasks_blocked()
             (session,) = faults.connections(server, "sub")
             adapter = session.adapter
-            adapter.deliver(adapter.subscriptions[1], Envelope("x", b"on time"))
+            adapter.deliver(adapter.subscriptions[1], ("x", b"on time", None, None, False))
             # Block the whole run past the deadline, so it expires before the woken writer runs.
             time.sleep(interval * 1.5)
             assert [await sub.next_event(), await sub.next_event()] == [

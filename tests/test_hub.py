@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from broker.config import Config
-from broker.envelope import NO_RESPONDERS_HEADERS, Envelope
 from broker.errors import ErrorCode
 from broker.hub import Hub, Refused, Subscription
+from broker.message import NO_RESPONDERS_HEADERS, Message, Retained
 
 
 class Recorder:
@@ -28,13 +28,13 @@ class Recorder:
         self.got: list[tuple[Any, str, bytes]] = []
         self.replayed: list[tuple[Any, str]] = []
 
-    def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+    def deliver(self, sub: Subscription, message: Message) -> int:
         if not self.accepting:
             return 0
-        self.got.append((sub.sid, envelope.subject, envelope.payload))
+        self.got.append((sub.sid, message[0], message[1]))
         return 1
 
-    def replay(self, sub: Subscription, entries: list[tuple[str, Envelope]]) -> bool:
+    def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         self.replayed.extend((sub.sid, subject) for subject, _ in entries)
         return True
 
@@ -56,22 +56,19 @@ def test_a_publish_reaches_every_matching_subscription_once() -> None:
     assert (stats.messages_in, stats.messages_out, stats.bytes_out) == (1, 2, 2)
 
 
-def test_an_envelope_is_encoded_once_however_many_receive_it() -> None:
+def test_every_subscriber_of_a_publish_gets_the_same_message_object() -> None:
     hub = make_hub()
-    seen: list[Envelope] = []
+    seen: list[Message] = []
 
     class Keeper(Recorder):
-        def deliver(self, sub: Subscription, envelope: Envelope) -> int:
-            seen.append(envelope)
-            envelope.encode_native()
+        def deliver(self, sub: Subscription, message: Message) -> int:
+            seen.append(message)
             return 1
 
     for index in range(5):
         hub.subscribe(Keeper(), index, "s")
     hub.publish(Recorder(), ("s", b"p", None, None, False))
-    assert len({id(envelope) for envelope in seen}) == 1
-    tail = seen[0].native
-    assert tail is not None and seen[0].encode_native() is tail
+    assert len(seen) == 5 and len({id(message) for message in seen}) == 1
 
 
 def test_echo_off_skips_the_origin_and_a_queue_group_skips_its_members() -> None:
@@ -100,11 +97,11 @@ def test_a_request_nobody_serves_is_answered_with_503_on_the_requester_inbox() -
     hub = make_hub()
     requester = Recorder("req")
     hub.subscribe(requester, 7, "_INBOX.abc")
-    answers: list[Envelope] = []
+    answers: list[Message] = []
 
     class Watcher(Recorder):
-        def deliver(self, sub: Subscription, envelope: Envelope) -> int:
-            answers.append(envelope)
+        def deliver(self, sub: Subscription, message: Message) -> int:
+            answers.append(message)
             return 1
 
     spy = Watcher()

@@ -14,7 +14,7 @@ import pytest
 PURE_MODULES = (
     "broker",
     "broker.config",
-    "broker.envelope",
+    "broker.message",
     "broker.errors",
     "broker.hub",
     "broker.protocol",

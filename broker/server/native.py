@@ -4,7 +4,7 @@
 its `Transport` sees of the wire (a `WireAdapter`). It decodes one read's frames in one pass
 and turns each into a hub call; a hub refusal becomes an ERR frame, fatal or not as its
 `ErrorCode` says. Delivering encodes the MSG fields every subscriber of a publish shares once
-per publish (cached on the `Envelope`) and joins the subscription's own prefix onto them.
+per publish (see `_last_encoded`) and joins the subscription's own prefix onto them.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import struct
 from typing import Any, Final, cast, final
 
-from ..envelope import Envelope
 from ..errors import ErrorCode
 from ..hub import Hub, Refused, Subscription
+from ..message import Message, Retained
 from ..protocol.native import (
     NEED_DATA,
     Connection,
@@ -41,6 +41,13 @@ __all__ = ["NativeAdapter", "refusal_frame"]
 _PING_FRAME: Final = encode_frame(Ping())
 _PONG_FRAME: Final = encode_frame(Pong())
 _pack_length = struct.Struct(">I").pack
+
+#: The last message encoded for delivery, and its MSG tail (the fields after the sid). Every
+#: delivery of one publish happens in one synchronous step, so this one-entry memo, keyed on the
+#: message's identity, encodes each publish once however many native subscribers it reaches.
+#: It holds the message, so no other live object can share its identity. One tuple, read and
+#: replaced whole, so brokers serving in other threads of this process never see half of it.
+_last_encoded: tuple[object, bytes] = (None, b"")
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:
@@ -176,23 +183,24 @@ class NativeAdapter:
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
 
-    def deliver(self, sub: Subscription, envelope: Envelope) -> int:
+    def deliver(self, sub: Subscription, message: Message) -> int:
         """Queue one MSG for `sub` without waiting; 1 if queued, 0 if not.
 
         A message a drop policy discards still counts towards the subscription's `max_msgs`:
         the count is of messages routed to it, and the client learns of the loss per sid.
         """
+        global _last_encoded
         transport = self.transport
         if not transport.accepting:
             return 0
-        # Envelope.encode_native and msg_head, inlined: this runs once per delivery.
-        tail = envelope.native
-        if tail is None:
-            tail = envelope.native = encode_msg_tail(
-                envelope.subject, envelope.payload, envelope.reply_to, envelope.headers
-            )
+        last = _last_encoded
+        if last[0] is message:
+            tail = last[1]
+        else:
+            tail = encode_msg_tail(message[0], message[1], message[2], message[3])
+            _last_encoded = (message, tail)
         prefix = sub.prefix
-        head = _pack_length(len(prefix) + len(tail)) + prefix
+        head = _pack_length(len(prefix) + len(tail)) + prefix  # msg_head, inlined
         queued = self.outbox.offer(head, tail) or transport.overflow(sub, head, tail)
         if not queued and not transport.accepting:
             return 0
@@ -201,15 +209,15 @@ class NativeAdapter:
             self.hub.remove(sub)
         return 1 if queued else 0
 
-    def replay(self, sub: Subscription, entries: list[tuple[str, Envelope]]) -> bool:
+    def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Queue the retained messages a new subscription matches, flagged as retained."""
         if not self.transport.accepting:
             return False
         flagged = self.retained_flag
         prefix = msg_prefix(sub.sid, retained=flagged)
         offer = self.outbox.offer_replay
-        for _subject, envelope in entries:
-            tail = envelope.encode_native_retained()
+        for _subject, kept in entries:
+            tail = kept.native()
             if not flagged:
                 tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
             offer(msg_head(prefix, len(tail)), tail)
