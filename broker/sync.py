@@ -79,11 +79,10 @@ from .client import (
     DEFAULT_WRITE_BUFFER_SIZE,
     Client,
     Message,
-    Payload,
     Subscription,
-    _check_retain,
 )
 from .client import connect as _connect_async
+from .client.client import Payload, _check_retain
 from .config import DEFAULT_MAX_PAYLOAD
 from .errors import (
     BadSubject,

@@ -67,9 +67,9 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._concurrency import Signal, single_leaf
-from .config import DEFAULT_MAX_PAYLOAD, DEFAULT_PORT
-from .errors import (
+from .._concurrency import Signal, single_leaf
+from ..config import DEFAULT_MAX_PAYLOAD, DEFAULT_PORT
+from ..errors import (
     BadSubject,
     BrokerError,
     ConnectionClosed,
@@ -83,7 +83,7 @@ from .errors import (
     SubscriptionClosed,
     error_from_wire,
 )
-from .protocol import (
+from ..protocol import (
     CLOSED,
     MSG_GROWTH,
     NEED_DATA,
@@ -105,7 +105,7 @@ from .protocol import (
     Unsub,
     Welcome,
 )
-from .subjects import (
+from ..subjects import (
     MAX_SUBJECT_LENGTH,
     MAX_SUBJECT_TOKENS,
     SubjectError,
