@@ -15,7 +15,8 @@ This module is pure: it imports neither trio, anyio nor the client.
 
 from __future__ import annotations
 
-from typing import Any, Final, final
+import copy
+from typing import Any, Final, TypeVar, final
 
 from .protocol import ErrorCode
 from .subjects import SubjectError
@@ -38,6 +39,8 @@ __all__ = [
     "TooManySubscriptions",
     "error_from_wire",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class BrokerError(Exception):
@@ -196,6 +199,18 @@ class SubscriptionClosed(BrokerError):
     """``Subscription.next()`` on a subscription that ended normally: unsubscribed, drained, or
     its ``max_msgs`` delivered. ``async for`` turns it into the end of the loop.
     """
+
+
+def _again(error: E) -> E:
+    """A fresh copy of a stored error, to raise it once more.
+
+    A client keeps the error that ended a connection or a subscription and raises it to every
+    later caller, in many tasks or threads; raising one object each time would pile up its
+    tracebacks, so each raise gets a shallow copy with the same cause.
+    """
+    clone = copy.copy(error)
+    clone.__cause__ = error.__cause__
+    return clone
 
 
 def _int_detail(details: dict[str, Any], key: str) -> int:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import functools
 import logging
 import math
@@ -67,6 +66,7 @@ from typing import Any, Final, TypeAlias, TypeVar, final
 import anyio
 import trio
 
+from ._checks import check_timeout
 from .client import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -91,6 +91,7 @@ from .errors import (
     PayloadTooLarge,
     ServerShuttingDown,
     SubscriptionClosed,
+    _again,
 )
 from .subjects import MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS, SubjectError, validate_subject
 
@@ -118,21 +119,6 @@ _HOLD_POLL: Final = 0.005
 _JOIN_MARGIN: Final = 3.0
 
 T = TypeVar("T")
-E = TypeVar("E", bound=BaseException)
-
-
-def _again(error: E) -> E:
-    """A fresh copy of a stored error, so raising it in many threads does not pile up tracebacks."""
-    clone = copy.copy(error)
-    clone.__cause__ = error.__cause__
-    return clone
-
-
-def _check_timeout(name: str, timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, or None, got {timeout!r}")
 
 
 @final
@@ -293,7 +279,7 @@ class SyncSubscription:
             BrokerError: The subscription failed (see the class docstring); queued messages are
                 still handed out first.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         return self._take(timeout, hold=False)
 
     def __iter__(self) -> Iterator[SyncMessage]:
@@ -686,7 +672,7 @@ class SyncClient:
                 closed or draining.
             BadSubject, PayloadTooLarge, TypeError, ReconnectBufferFull: As `publish`.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         client = self._async
 
         async def request() -> Message:
@@ -711,7 +697,7 @@ class SyncClient:
             RetainedLimitExceeded, BadSubject: With ``raise_refused``, as `broker.Client.flush`.
             ConnectionClosed: The connection broke before the PONG, or the client is closed.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         client = self._async
 
         async def flush() -> None:
@@ -818,7 +804,7 @@ class SyncClient:
             TimeoutError: Consumers did not finish within `timeout` seconds (None waits
                 forever); the client is closed anyway.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         with self._lock:
             if self._closing:
                 already = True

@@ -49,7 +49,6 @@ Decisions a caller can rely on:
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import itertools
 import logging
@@ -60,13 +59,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, TypeAlias, TypeVar, final
+from typing import Any, Final, TypeAlias, final
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._checks import check_seconds
 from .._concurrency import Signal, single_leaf
 from ..config import DEFAULT_MAX_PAYLOAD, DEFAULT_PORT
 from ..errors import (
@@ -81,6 +81,7 @@ from ..errors import (
     ServerShuttingDown,
     StaleConnection,
     SubscriptionClosed,
+    _again,
     error_from_wire,
 )
 from ..protocol import (
@@ -163,19 +164,11 @@ _NO_RESPONDERS_STATUS: Final = "503"
 #: Doubling stops here so the backoff arithmetic stays in range; the delay is capped long before.
 _MAX_BACKOFF_EXPONENT: Final = 32
 
-E = TypeVar("E", bound=BaseException)
 DisconnectedHook: TypeAlias = Callable[[ConnectionClosed], Awaitable[None] | None]
 ReconnectedHook: TypeAlias = Callable[[], Awaitable[None] | None]
 ShuttingDownHook: TypeAlias = Callable[[ServerShuttingDown], Awaitable[None] | None]
 ErrorHook: TypeAlias = Callable[[BrokerError], Awaitable[None] | None]
 Payload: TypeAlias = bytes | bytearray | memoryview
-
-
-def _again(error: E) -> E:
-    """A fresh copy of a stored error, so raising it in many tasks does not pile up tracebacks."""
-    clone = copy.copy(error)
-    clone.__cause__ = error.__cause__
-    return clone
 
 
 class _Control(bytes):
@@ -1431,11 +1424,6 @@ def _require_non_negative_int(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 
-def _require_positive_seconds(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-
-
 def parse_url(url: str) -> tuple[str, int]:
     """Split a broker address into host and port.
 
@@ -1519,8 +1507,8 @@ def connect(
     host, port = parse_url(url)
     if max_reconnect_attempts is not None:
         _require_non_negative_int("max_reconnect_attempts", max_reconnect_attempts)
-    _require_positive_seconds("reconnect_delay", reconnect_delay)
-    _require_positive_seconds("max_reconnect_delay", max_reconnect_delay)
+    check_seconds("reconnect_delay", reconnect_delay)
+    check_seconds("max_reconnect_delay", max_reconnect_delay)
     if max_reconnect_delay < reconnect_delay:
         raise ValueError(
             f"max_reconnect_delay must be >= reconnect_delay ({reconnect_delay}), "
@@ -1528,9 +1516,9 @@ def connect(
         )
     _require_non_negative_int("reconnect_buffer_size", reconnect_buffer_size)
     _require_non_negative_int("write_buffer_size", write_buffer_size)
-    _require_positive_seconds("connect_timeout", connect_timeout)
+    check_seconds("connect_timeout", connect_timeout)
     if ping_interval is not None:
-        _require_positive_seconds("ping_interval", ping_interval)
+        check_seconds("ping_interval", ping_interval)
     _require_positive_int("max_pings_outstanding", max_pings_outstanding)
     options = _Options(
         name=name,
