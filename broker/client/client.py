@@ -111,6 +111,7 @@ from ..subjects import (
     MAX_SUBJECT_TOKENS,
     SubjectError,
     validate_pattern,
+    validate_queue,
     validate_subject,
 )
 
@@ -786,10 +787,10 @@ class Client:
             validate_pattern(
                 subject, max_length=self._max_subject_length, max_tokens=self._max_subject_tokens
             )
+            if queue is not None:
+                validate_queue(queue)
         except SubjectError as error:
             raise BadSubject(str(error)) from None
-        if queue is not None:
-            _check_queue(queue)
         _require_positive_int("max_pending", max_pending)
         _require_positive_int("max_pending_bytes", max_pending_bytes)
         sid = next(self._sids)
@@ -1400,18 +1401,6 @@ def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if type(key) is not str or type(value) is not str:
             raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
     return wire
-
-
-def _check_queue(queue: str) -> None:
-    # The server's rule (broker.routing): a non-empty str without whitespace or control chars.
-    if not isinstance(queue, str) or not queue:
-        raise BadSubject(f"queue name must be a non-empty str, got {queue!r}")
-    for index, char in enumerate(queue):
-        if char.isspace() or ord(char) < 0x20 or char == "\x7f":
-            raise BadSubject(
-                "queue name must not contain whitespace or control characters, "
-                f"found {char!r} at index {index}: {queue[:80]!r}"
-            )
 
 
 def _require_positive_int(name: str, value: object) -> None:
