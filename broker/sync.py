@@ -82,7 +82,8 @@ from .client import (
     Subscription,
 )
 from .client import connect as _connect_async
-from .client.client import Payload, _check_retain
+from .client.client import _check_retain
+from .client.subscription import Payload
 from .config import DEFAULT_MAX_PAYLOAD
 from .errors import (
     BadSubject,

@@ -2,27 +2,14 @@
 
 One implementation serves both event loops because it is written against anyio; the wire format
 comes from the shared I/O-free codec in `broker.protocol`, so client and server cannot disagree
-about a frame. The shape follows the server's sessions:
+about a frame. `Client` holds the state (subscriptions, requests, the write buffer) and the
+verbs; `broker.client.connection` keeps it connected (reader, writer, keepalive, reconnection);
+`broker.client.subscription` has `Subscription` and `Message`; `broker.client.options` the
+options of `connect` and their defaults.
 
-- **One writer per connection.** `Client.publish` encodes the frame, appends it to the write
-  buffer and returns: it does no I/O. The writer task sends everything pending in one write, so a
-  burst of publishes becomes one ``send``. ``publish`` is async only for backpressure: it waits
-  while more than ``write_buffer_size`` bytes (default 1 MiB) are queued and not yet handed to
-  the socket. ``publish_nowait`` raises `anyio.WouldBlock` instead of waiting.
-- **One reader per connection** decodes frames, answers server PINGs with PONG, routes MSG to
-  subscriptions and replies to requests, and turns ERR frames into typed exceptions
-  (`broker.errors`). A subscription queues at most ``max_pending`` messages (and
-  ``max_pending_bytes``); past that the newest message is dropped and counted in
-  ``Subscription.dropped``, so one slow consumer cannot eat the application's memory.
-- **Keepalive.** The client PINGs every ``ping_interval`` (the server's, from WELCOME, unless
-  given) and gives the connection up as dead (`StaleConnection`) when ``max_pings_outstanding``
-  PINGs are unanswered, so a broker that vanished without a FIN is noticed.
-- **Reconnection.** When a live connection breaks, the client retries with exponential backoff
-  and jitter (``reconnect_delay`` doubling up to ``max_reconnect_delay``, each delay scaled by a
-  random factor in [0.5, 1]), ``max_reconnect_attempts`` times (None: forever). On success it
-  re-sends every live subscription with the same sid (and ``max_msgs`` reduced by what was
-  already received), then what was buffered, then a PING; ``on_reconnected`` runs once that PONG
-  arrives, so the subscriptions are known to be in place.
+``publish`` is async only for backpressure: it waits while more than ``write_buffer_size``
+bytes (default 1 MiB) are queued and not yet handed to the socket. ``publish_nowait`` raises
+`anyio.WouldBlock` instead of waiting. ERR frames become typed exceptions (`broker.errors`).
 
 Decisions a caller can rely on:
 
@@ -52,15 +39,12 @@ import contextlib
 import inspect
 import itertools
 import logging
-import random
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
-from typing import Any, Final, TypeAlias, final
-from urllib.parse import urlsplit
+from types import MappingProxyType
+from typing import Any, Final, final
 
 import anyio
 import anyio.abc
@@ -68,43 +52,32 @@ import anyio.lowlevel
 
 from .._checks import check_seconds
 from .._concurrency import Signal, single_leaf
-from ..config import DEFAULT_MAX_PAYLOAD, DEFAULT_PORT
+from ..config import DEFAULT_MAX_PAYLOAD
 from ..errors import (
     BadSubject,
     BrokerError,
     ConnectionClosed,
     NoResponders,
     PayloadTooLarge,
-    ProtocolViolation,
     ReconnectBufferFull,
     RetainedLimitExceeded,
     ServerShuttingDown,
-    StaleConnection,
-    SubscriptionClosed,
     _again,
     error_from_wire,
 )
 from ..protocol import (
-    CLOSED,
     MSG_GROWTH,
-    NEED_DATA,
-    PROTOCOL_VERSION,
-    Connection,
     Encoder,
     Err,
     ErrorCode,
-    Event,
-    Hello,
     LocalProtocolError,
     Msg,
     Ping,
     Pong,
     Pub,
-    RemoteProtocolError,
     Role,
     Sub,
     Unsub,
-    Welcome,
 )
 from ..subjects import (
     MAX_SUBJECT_LENGTH,
@@ -114,430 +87,37 @@ from ..subjects import (
     validate_queue,
     validate_subject,
 )
+from .connection import _Control, _info_int, _Link, _Supervisor, _Waiter
+from .options import (
+    CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_MAX_PINGS_OUTSTANDING,
+    DEFAULT_MAX_RECONNECT_DELAY,
+    DEFAULT_RECONNECT_BUFFER_SIZE,
+    DEFAULT_RECONNECT_DELAY,
+    DEFAULT_WRITE_BUFFER_SIZE,
+    DisconnectedHook,
+    ErrorHook,
+    ReconnectedHook,
+    ShuttingDownHook,
+    _Options,
+    _require_non_negative_int,
+    _require_positive_int,
+    parse_url,
+)
+from .subscription import Message, Payload, Subscription
 
-__all__ = [
-    "CLOSE_TIMEOUT",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_MAX_PENDING",
-    "DEFAULT_MAX_PENDING_BYTES",
-    "DEFAULT_MAX_PINGS_OUTSTANDING",
-    "DEFAULT_MAX_RECONNECT_DELAY",
-    "DEFAULT_RECONNECT_BUFFER_SIZE",
-    "DEFAULT_RECONNECT_DELAY",
-    "DEFAULT_WRITE_BUFFER_SIZE",
-    "Client",
-    "Message",
-    "Subscription",
-    "connect",
-    "parse_url",
-]
+__all__ = ["Client", "connect"]
 
 log = logging.getLogger("broker.client")
 
-KiB: Final = 1024
-MiB: Final = 1024 * KiB
-
-#: Messages one subscription queues for its consumer before dropping the newest.
-DEFAULT_MAX_PENDING: Final = 65_536
-#: Payload bytes one subscription queues before dropping the newest (a message always fits an
-#: empty queue, so one large message is never refused outright).
-DEFAULT_MAX_PENDING_BYTES: Final = 64 * MiB
-#: Queued, unwritten bytes above which `Client.publish` waits for the writer (backpressure).
-DEFAULT_WRITE_BUFFER_SIZE: Final = 1 * MiB
-#: Encoded bytes of publishes kept while disconnected, sent after reconnecting.
-DEFAULT_RECONNECT_BUFFER_SIZE: Final = 8 * MiB
-#: First reconnection delay in seconds; doubles per failed attempt up to the maximum.
-DEFAULT_RECONNECT_DELAY: Final = 0.1
-DEFAULT_MAX_RECONNECT_DELAY: Final = 5.0
-#: Seconds one connection attempt (TCP connect plus HELLO/WELCOME) may take.
-DEFAULT_CONNECT_TIMEOUT: Final = 2.0
-#: Unanswered PINGs after which the connection is given up as dead.
-DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
-#: Seconds a graceful close waits for queued frames to be written and the server to finish.
-CLOSE_TIMEOUT: Final = 2.0
-#: Bytes asked of the socket per read.
-READ_SIZE: Final = 64 * KiB
 #: First token of every request inbox; the rest is random per client.
 INBOX_PREFIX: Final = "_INBOX"
 
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 _NO_RESPONDERS_STATUS: Final = "503"
-#: Doubling stops here so the backoff arithmetic stays in range; the delay is capped long before.
-_MAX_BACKOFF_EXPONENT: Final = 32
-
-DisconnectedHook: TypeAlias = Callable[[ConnectionClosed], Awaitable[None] | None]
-ReconnectedHook: TypeAlias = Callable[[], Awaitable[None] | None]
-ShuttingDownHook: TypeAlias = Callable[[ServerShuttingDown], Awaitable[None] | None]
-ErrorHook: TypeAlias = Callable[[BrokerError], Awaitable[None] | None]
-Payload: TypeAlias = bytes | bytearray | memoryview
-
-
-class _Control(bytes):
-    """A queued frame (SUB, UNSUB, PING, PONG) that only means something on its connection.
-
-    When a connection breaks these are dropped from the write buffer: resubscribing regenerates
-    what still matters. Publishes are plain `bytes` and survive into the next connection.
-    """
-
-    __slots__ = ()
-
-
-class _Waiter:
-    """One outcome to wait for: a PONG, or a request's reply."""
-
-    __slots__ = ("_event", "error", "frame", "refused", "subject", "value")
-
-    def __init__(self, subject: str = "") -> None:
-        self._event = anyio.Event()
-        self.subject = subject
-        self.value: Message | None = None
-        self.error: BrokerError | None = None
-        #: For a PONG: publishes the server refused while it was awaited (`Client.flush`).
-        self.refused: list[BrokerError] = []
-        #: The queued PUB of a request, to tell whether it reached a connection that broke.
-        self.frame: bytes | None = None
-
-    def succeed(self, value: Message | None = None) -> None:
-        if not self._event.is_set():
-            self.value = value
-            self._event.set()
-
-    def fail(self, error: BrokerError) -> None:
-        if not self._event.is_set():
-            self.error = error
-            self._event.set()
-
-    async def wait(self) -> Message | None:
-        await self._event.wait()
-        if self.error is not None:
-            raise _again(self.error)
-        return self.value
-
-
-@final
-@dataclass(frozen=True, slots=True, eq=False)
-class Message:
-    """One message delivered to a subscription, or the reply to a request.
-
-    Attributes:
-        subject: The subject it was published to (not the pattern that matched it).
-        payload: The bytes published.
-        headers: The publisher's headers; empty when there were none.
-        reply_to: Where the publisher wants an answer (set for requests), else None.
-        retained: True for a retained message the broker replayed because this subscription is
-            new (the subject's current value), False for a live one. A reconnection
-            resubscribes, so the current values are replayed again: a consumer catches up on
-            what changed while it was away.
-    """
-
-    subject: str
-    payload: bytes
-    headers: Mapping[str, str]
-    reply_to: str | None
-    _client: Client = field(repr=False)
-    retained: bool = False
-
-    async def respond(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
-        """Publish `payload` to this message's ``reply_to``: the answer to a request.
-
-        Raises:
-            ValueError: The message has no ``reply_to``; nobody asked for an answer.
-            ConnectionClosed, PayloadTooLarge: As `Client.publish`.
-        """
-        if self.reply_to is None:
-            raise ValueError(
-                f"message on {self.subject!r} has no reply_to, so there is nobody to respond to"
-            )
-        await self._client.publish(self.reply_to, payload, headers=headers)
-
-
-@final
-class Subscription:
-    """Messages matching one pattern, queued for the consumer; made by `Client.subscribe`.
-
-    Iterate with ``async for``, or take one at a time with `next`. The queue is bounded by
-    ``max_pending`` messages and ``max_pending_bytes`` of payload: past either, the newest message
-    is dropped and counted in `dropped`, because waiting would stall every other subscription on
-    the connection. Using it as an async context manager unsubscribes on exit.
-
-    The iterator ends (and `next` raises `SubscriptionClosed`) after `unsubscribe`, after
-    ``max_msgs`` deliveries, or after `Client.drain`, once the queued messages are taken. It
-    raises instead when the subscription failed: the server refused it (`BadSubject`,
-    `TooManySubscriptions`, `BadSid`), or the client's connection is gone for good
-    (`ConnectionClosed`).
-    """
-
-    __slots__ = (
-        "_bytes",
-        "_client",
-        "_draining",
-        "_dropped",
-        "_ended",
-        "_error",
-        "_holding",
-        "_max_msgs",
-        "_messages",
-        "_received",
-        "_server_dropped",
-        "_signal",
-        "max_pending",
-        "max_pending_bytes",
-        "queue",
-        "sid",
-        "subject",
-    )
-
-    def __init__(
-        self,
-        client: Client,
-        sid: int,
-        subject: str,
-        queue: str | None,
-        max_pending: int,
-        max_pending_bytes: int,
-    ) -> None:
-        self._client = client
-        #: The subscription id on the wire; kept across reconnections.
-        self.sid = sid
-        #: The pattern subscribed to.
-        self.subject = subject
-        #: The queue group, or None.
-        self.queue = queue
-        self.max_pending = max_pending
-        self.max_pending_bytes = max_pending_bytes
-        self._messages: deque[Message] = deque()
-        self._bytes = 0
-        self._received = 0
-        self._dropped = 0
-        self._server_dropped = 0
-        self._max_msgs: int | None = None
-        self._ended = False
-        self._error: BrokerError | None = None
-        self._draining = False
-        self._holding = False
-        self._signal = Signal()
-
-    def __repr__(self) -> str:
-        queue = "" if self.queue is None else f" queue={self.queue!r}"
-        return f"<Subscription {self.sid} {self.subject!r}{queue} pending={len(self._messages)}>"
-
-    @property
-    def dropped(self) -> int:
-        """Messages lost: discarded here because the queue was full (``max_pending`` or
-        ``max_pending_bytes``), or by the broker's drop policy because this client read too
-        slowly (as it reports in ``messages_dropped``)."""
-        return self._dropped + self._server_dropped
-
-    @property
-    def received(self) -> int:
-        """Messages the server delivered to this subscription, including dropped ones."""
-        return self._received
-
-    @property
-    def pending(self) -> int:
-        """Messages queued and not yet taken by the consumer."""
-        return len(self._messages)
-
-    @property
-    def active(self) -> bool:
-        """Whether messages may still arrive (not unsubscribed, ended or failed)."""
-        return not self._ended and self._error is None
-
-    async def next(self) -> Message:
-        """Wait for and return the next message.
-
-        Raises:
-            SubscriptionClosed: The subscription ended normally and nothing is left queued.
-            BrokerError: The subscription failed (see the class docstring); queued messages are
-                still handed out first.
-        """
-        self._holding = False
-        await anyio.lowlevel.checkpoint()
-        while True:
-            messages = self._messages
-            if messages:
-                message = messages.popleft()
-                self._bytes -= len(message.payload)
-                if not messages:
-                    self._client._drain_signal.fire()
-                return message
-            self._client._drain_signal.fire()
-            if self._error is not None:
-                raise _again(self._error)
-            if self._ended:
-                raise SubscriptionClosed(
-                    f"subscription {self.sid} to {self.subject!r} has ended "
-                    f"({self._received} messages received)"
-                )
-            await self._signal.wait()
-
-    def unsubscribe(self, max_msgs: int | None = None) -> None:
-        """Stop this subscription, now or after ``max_msgs`` deliveries in total.
-
-        Does no I/O: the writer sends UNSUB. With no argument, delivery stops at once and queued
-        messages are discarded. With ``max_msgs`` the iterator ends after that many messages in
-        all, counting those already received (the wire's rule, so it survives reconnection);
-        if that many were received already, it stops now but keeps what is queued. Calling it
-        on an ended subscription does nothing.
-
-        Raises:
-            ValueError: ``max_msgs`` is not a non-negative int.
-        """
-        if max_msgs is not None and (type(max_msgs) is not int or max_msgs < 0):
-            raise ValueError(f"max_msgs must be a non-negative int or None, got {max_msgs!r}")
-        if not self.active:
-            return
-        # The server counts messages it dropped for us towards max_msgs, so we do too.
-        if max_msgs is None or self._received + self._server_dropped >= max_msgs:
-            self._client._unsubscribe(self, None)
-            if max_msgs is None:
-                self._messages.clear()
-                self._bytes = 0
-                self._holding = False
-            self._end()
-        else:
-            self._max_msgs = max_msgs
-            self._client._unsubscribe(self, max_msgs)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.unsubscribe()
-        self._holding = False
-        self._client._drain_signal.fire()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Message:
-        # An `async for` loop coming back for more has finished the message it held; drain
-        # waits for that, so a responder can still answer the last request it took.
-        try:
-            message = await self.next()
-        except SubscriptionClosed:
-            raise StopAsyncIteration from None
-        self._holding = True
-        return message
-
-    # -- called by the client ---------------------------------------------------------------
-
-    @property
-    def _quiescent(self) -> bool:
-        return not self._messages and not self._holding
-
-    def _deliver(self, message: Message) -> None:
-        if not self.active:
-            return
-        self._received += 1
-        size = len(message.payload)
-        messages = self._messages
-        if messages and (
-            len(messages) >= self.max_pending or self._bytes + size > self.max_pending_bytes
-        ):
-            self._dropped += 1
-        else:
-            messages.append(message)
-            self._bytes += size
-            self._signal.fire()
-        self._check_max_msgs()
-
-    def _lost_at_server(self, count: int) -> None:
-        """The broker dropped `count` messages routed here; they count towards ``max_msgs``."""
-        self._server_dropped += count
-        self._check_max_msgs()
-
-    def _check_max_msgs(self) -> None:
-        # The server counts every message routed to the subscription, delivered or dropped by
-        # its policy, and removes it after the same one; forget it here too.
-        if self._max_msgs is not None and self._received + self._server_dropped >= self._max_msgs:
-            self._client._forget(self)
-            self._end()
-
-    def _resubscribe_frames(self, encoder: Encoder) -> list[bytes]:
-        frames = [encoder.send(Sub(self.sid, self.subject, self.queue))]
-        if self._max_msgs is not None:
-            remaining = self._max_msgs - self._received - self._server_dropped
-            frames.append(encoder.send(Unsub(self.sid, remaining)))
-        return frames
-
-    def _end(self) -> None:
-        self._ended = True
-        self._signal.fire()
-        self._client._drain_signal.fire()
-
-    def _fail(self, error: BrokerError) -> None:
-        if self.active:
-            self._error = error
-            self._signal.fire()
-            self._client._drain_signal.fire()
-
-
-@final
-class _Link:
-    """One TCP connection that completed the handshake, and what only makes sense on it."""
-
-    __slots__ = (
-        "announce",
-        "conn",
-        "finish_by",
-        "info",
-        "missed",
-        "pongs",
-        "reason",
-        "scope",
-        "stream",
-    )
-
-    def __init__(
-        self, stream: anyio.abc.SocketStream, conn: Connection, info: dict[str, Any]
-    ) -> None:
-        self.stream = stream
-        self.conn = conn
-        self.info = info
-        #: One entry per PING sent, in order: a waiter, or None for a keepalive.
-        self.pongs: deque[_Waiter | None] = deque()
-        #: Keepalive ticks that passed with no PONG at all since the last one; flush PINGs still
-        #: in flight are not evidence of a dead peer, so they are not counted.
-        self.missed = 0
-        self.reason: ConnectionClosed | None = None
-        self.scope: anyio.CancelScope | None = None
-        #: Deadline of a graceful close in progress, or None.
-        self.finish_by: float | None = None
-        #: The resubscription round trip whose PONG triggers on_reconnected.
-        self.announce: _Waiter | None = None
-
-    def end(self, reason: ConnectionClosed) -> None:
-        """Record why the connection ended (first reason wins) and stop its tasks."""
-        if self.reason is None:
-            self.reason = reason
-        if self.scope is not None:
-            self.scope.cancel()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Options:
-    name: str | None
-    echo: bool
-    token: str | None
-    reconnect: bool
-    max_reconnect_attempts: int | None
-    reconnect_delay: float
-    max_reconnect_delay: float
-    reconnect_buffer_size: int
-    write_buffer_size: int
-    connect_timeout: float
-    ping_interval: float | None
-    max_pings_outstanding: int
-    on_disconnected: DisconnectedHook | None
-    on_reconnected: ReconnectedHook | None
-    on_shutting_down: ShuttingDownHook | None
-    on_error: ErrorHook | None
 
 
 @final
@@ -551,19 +131,9 @@ class Client:
     """
 
     def __init__(self, host: str, port: int, options: _Options) -> None:
-        self._host = host
-        self._port = port
         self._url = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         self._options = options
-        self._hello: dict[str, Any] = {
-            "version": PROTOCOL_VERSION,
-            "echo": options.echo,
-            "retained": True,  # this client takes MSG's retained flag
-        }
-        if options.name is not None:
-            self._hello["name"] = options.name
-        if options.token is not None:
-            self._hello["token"] = options.token
+        self._supervisor = _Supervisor(self, host, port, self._url, options)
         # Frames are encoded once, when queued, whichever connection ends up carrying them, so
         # one codec encodes for every connection. The handshake frame goes through each
         # connection's own codec; this one is told a HELLO went first so it accepts the rest.
@@ -591,9 +161,7 @@ class Client:
         self._reply_ids = itertools.count(1)
         self._hooks: deque[tuple[Callable[..., Awaitable[None] | None], tuple[Any, ...]]] = deque()
         self._hooks_signal = Signal()
-        self._supervisor_scope = anyio.CancelScope()
         self._hooks_scope = anyio.CancelScope()
-        self._supervisor_done = anyio.Event()
 
     def __repr__(self) -> str:
         if self._closed is not None:
@@ -850,8 +418,8 @@ class Client:
                 link.scope.deadline = link.finish_by
             self._writer_signal.fire()
         else:
-            self._supervisor_scope.cancel()
-        await self._supervisor_done.wait()
+            self._supervisor.scope.cancel()
+        await self._supervisor.done.wait()
         self._hooks_scope.cancel()
         self._terminate(self._closed)
 
@@ -1054,7 +622,7 @@ class Client:
 
     def _start(self, task_group: anyio.abc.TaskGroup, link: _Link) -> None:
         self._install(link, reconnected=False)
-        task_group.start_soon(self._supervise, link)
+        task_group.start_soon(self._supervisor.supervise, link)
         task_group.start_soon(self._run_hooks)
 
     async def _wait_for_link(self) -> _Link:
@@ -1065,32 +633,6 @@ class Client:
             if link is not None and link.reason is None:
                 return link
             await self._changed_signal.wait()
-
-    async def _open_link(self) -> _Link:
-        """Connect and handshake, within ``connect_timeout``; any failure is ConnectionClosed."""
-        timeout = self._options.connect_timeout
-        stream: anyio.abc.SocketStream | None = None
-        try:
-            with anyio.move_on_after(timeout):
-                stream = await anyio.connect_tcp(self._host, self._port)
-                conn = Connection(Role.CLIENT)
-                await stream.send(conn.send(Hello(self._hello)))
-                info = await _read_welcome(stream, conn)
-                link = _Link(stream, conn, info)
-                stream = None  # The link owns it now.
-                return link
-            raise ConnectionClosed(
-                f"connecting to {self._url} took longer than connect_timeout ({timeout} s)"
-            )
-        except OSError as error:
-            raise ConnectionClosed(f"cannot connect to {self._url}: {error}") from error
-        except (anyio.BrokenResourceError, anyio.EndOfStream) as error:
-            raise ConnectionClosed(
-                f"the connection to {self._url} broke during the handshake"
-            ) from error
-        finally:
-            if stream is not None:
-                await anyio.aclose_forcefully(stream)
 
     def _install(self, link: _Link, *, reconnected: bool) -> None:
         """Make `link` the live connection, queueing resubscriptions ahead of buffered PUBs."""
@@ -1148,56 +690,6 @@ class Client:
             )
             self._queue_hook(self._options.on_disconnected, reason)
 
-    async def _supervise(self, link: _Link) -> None:
-        """Serve each connection until it ends, then reconnect, until closed or given up."""
-        try:
-            with self._supervisor_scope:
-                while True:
-                    reason = await self._serve_link(link)
-                    self._link_lost(link, reason)
-                    if self._closed is not None:
-                        return
-                    next_link = await self._reconnect(reason)
-                    if next_link is None:
-                        return
-                    link = next_link
-                    self._install(link, reconnected=True)
-        finally:
-            self._supervisor_done.set()
-
-    async def _reconnect(self, reason: ConnectionClosed) -> _Link | None:
-        options = self._options
-        if not options.reconnect:
-            self._terminate(reason)
-            return None
-        attempts = 0
-        last = reason
-        while options.max_reconnect_attempts is None or attempts < options.max_reconnect_attempts:
-            await anyio.sleep(self._backoff(attempts))
-            attempts += 1
-            try:
-                link = await self._open_link()
-            except ConnectionClosed as error:
-                log.info("reconnection attempt %d to %s failed: %s", attempts, self._url, error)
-                last = error
-                continue
-            log.info("reconnected to %s after %d attempts", self._url, attempts)
-            return link
-        gave_up = ConnectionClosed(
-            f"gave up reconnecting to {self._url} after {attempts} attempts "
-            f"(max_reconnect_attempts); last error: {last}",
-            code=last.code,
-        )
-        gave_up.__cause__ = last
-        self._terminate(gave_up)
-        return None
-
-    def _backoff(self, attempt: int) -> float:
-        options = self._options
-        delay = options.reconnect_delay * 2.0 ** min(attempt, _MAX_BACKOFF_EXPONENT)
-        # Jitter spreads a crowd of clients that lost the same broker over time.
-        return min(delay, options.max_reconnect_delay) * random.uniform(0.5, 1.0)
-
     def _terminate(self, reason: ConnectionClosed) -> None:
         """The client is done for good: fail everything still waiting."""
         if self._closed is None:
@@ -1214,155 +706,6 @@ class Client:
         self._changed_signal.fire()
         self._drained_signal.fire()
         self._drain_signal.fire()
-
-    async def _serve_link(self, link: _Link) -> ConnectionClosed:
-        try:
-            async with anyio.create_task_group() as tasks:
-                link.scope = tasks.cancel_scope
-                if link.reason is not None:
-                    tasks.cancel_scope.cancel()
-                if link.finish_by is not None:
-                    tasks.cancel_scope.deadline = link.finish_by
-                tasks.start_soon(self._read_loop, link)
-                tasks.start_soon(self._write_loop, link)
-                tasks.start_soon(self._ping_loop, link)
-                if link.announce is not None:
-                    tasks.start_soon(self._announce, link.announce)
-        finally:
-            link.scope = None
-            await anyio.aclose_forcefully(link.stream)
-        if link.reason is None:
-            # Only a graceful close that ran out of CLOSE_TIMEOUT ends without a reason.
-            link.reason = ConnectionClosed("the client was closed")
-        return link.reason
-
-    async def _read_loop(self, link: _Link) -> None:
-        conn = link.conn
-        receive = link.stream.receive
-        data = b"-"
-        while True:
-            try:
-                events = conn.events()
-            except RemoteProtocolError as error:
-                if not data:
-                    # EOF inside a frame: the server cuts off a slow consumer it is writing to
-                    # that way (it cannot send ERR after half a frame). Not a broken contract.
-                    link.end(
-                        ConnectionClosed(
-                            f"the server at {self._url} closed the connection in the middle of "
-                            "a frame, as it does when it cuts off a client that reads too slowly"
-                        )
-                    )
-                else:
-                    link.end(
-                        ProtocolViolation(
-                            f"the server broke the wire contract: {error.message}",
-                            code=error.code,
-                        )
-                    )
-                return
-            if events:
-                self._dispatch(link, events)
-                if link.reason is not None:
-                    return
-                continue
-            if conn.closed:
-                if link.finish_by is not None:
-                    link.end(ConnectionClosed("the client was closed"))
-                else:
-                    link.end(ConnectionClosed(f"the server at {self._url} closed the connection"))
-                return
-            try:
-                data = await receive(READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-                link.end(ConnectionClosed(f"the connection to {self._url} broke: {error!r}"))
-                return
-            conn.receive_data(data)
-
-    def _dispatch(self, link: _Link, events: list[Event]) -> None:
-        for event in events:
-            kind = type(event)
-            if kind is Msg:
-                self._on_msg(event)  # type: ignore[arg-type]
-            elif kind is Ping:
-                self._queue_control(self._pong_frame)
-            elif kind is Pong:
-                link.missed = 0
-                if link.pongs:
-                    waiter = link.pongs.popleft()
-                    if waiter is not None:
-                        waiter.succeed()
-            elif kind is Err:
-                self._on_err(link, event)  # type: ignore[arg-type]
-                if link.reason is not None:
-                    return
-
-    async def _write_loop(self, link: _Link) -> None:
-        stream = link.stream
-        try:
-            while True:
-                if not self._pending:
-                    if link.finish_by is not None:
-                        await stream.send_eof()
-                        return
-                    await self._writer_signal.wait()
-                    continue
-                await stream.send(self._take_pending())
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
-            link.end(ConnectionClosed(f"the connection to {self._url} broke: {error!r}"))
-
-    async def _ping_loop(self, link: _Link) -> None:
-        interval = self._options.ping_interval
-        if interval is None:
-            interval = _info_float(link.info, "ping_interval", 120.0)
-        limit = self._options.max_pings_outstanding
-        while True:
-            await anyio.sleep(interval)
-            if link.missed >= limit:
-                link.end(
-                    StaleConnection(
-                        f"{link.missed} keepalive PINGs to {self._url} unanswered "
-                        f"(max_pings_outstanding is {limit}, one every {interval} s)"
-                    )
-                )
-                return
-            link.missed += 1
-            link.pongs.append(None)
-            self._queue_control(self._ping_frame)
-
-    async def _announce(self, waiter: _Waiter) -> None:
-        await waiter.wait()
-        self._queue_hook(self._options.on_reconnected)
-
-
-async def _read_welcome(stream: anyio.abc.SocketStream, conn: Connection) -> dict[str, Any]:
-    """Read up to the server's first frame; leave anything after it in `conn` for the reader."""
-    while True:
-        try:
-            event = conn.next_event()
-        except RemoteProtocolError as error:
-            raise ProtocolViolation(
-                f"the server broke the wire contract during the handshake: {error.message}",
-                code=error.code,
-            ) from None
-        if event is NEED_DATA:
-            try:
-                data = await stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-            conn.receive_data(data)
-            continue
-        if event is CLOSED:
-            raise ConnectionClosed("the server closed the connection before WELCOME")
-        if type(event) is Welcome:
-            return event.info
-        assert type(event) is Err
-        refusal = error_from_wire(event.code, event.message, event.details)
-        if isinstance(refusal, ConnectionClosed):
-            raise refusal
-        raise ConnectionClosed(str(refusal), code=refusal.code, details=refusal.details)
 
 
 def _check_retain(limit: object, payload: bytes, server: str) -> None:
@@ -1383,60 +726,12 @@ def _check_retain(limit: object, payload: bytes, server: str) -> None:
     )
 
 
-def _info_int(info: Mapping[str, Any], key: str, default: int) -> int:
-    value = info.get(key)
-    return value if type(value) is int and value > 0 else default
-
-
-def _info_float(info: Mapping[str, Any], key: str, default: float) -> float:
-    value = info.get(key)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return default
-
-
 def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
     wire = dict(headers)
     for key, value in wire.items():
         if type(key) is not str or type(value) is not str:
             raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
     return wire
-
-
-def _require_positive_int(name: str, value: object) -> None:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def _require_non_negative_int(name: str, value: object) -> None:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    """Split a broker address into host and port.
-
-    Accepts ``tcp://host:port``, ``host:port`` and ``[::1]:port``; the port defaults to the
-    server's (`broker.config.DEFAULT_PORT`).
-
-    Raises:
-        ValueError: Another scheme, no host, a bad port, or a path, query or user part.
-    """
-    if not isinstance(url, str):
-        raise TypeError(f"url must be a str, got {type(url).__name__}")
-    parts = urlsplit(url if "://" in url else "tcp://" + url)
-    if parts.scheme != "tcp":
-        raise ValueError(f"broker URLs use the tcp scheme (tcp://host:port), got {url!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"the port must be an int between 0 and 65535 in {url!r}") from None
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"a broker URL needs a host, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"a broker URL is only tcp://host:port, got {url!r}")
-    return host, DEFAULT_PORT if port is None else port
 
 
 def connect(
@@ -1534,14 +829,14 @@ def connect(
 async def _connected(host: str, port: int, options: _Options) -> AsyncIterator[Client]:
     try:
         client = Client(host, port, options)
-        link = await client._open_link()
+        link = await client._supervisor.open_link()
         async with anyio.create_task_group() as tasks:
             client._start(tasks, link)
             try:
                 yield client
             except BaseException:
                 # The block failed: close at once rather than flush into a possibly dead peer.
-                client._supervisor_scope.cancel()
+                client._supervisor.scope.cancel()
                 client._hooks_scope.cancel()
                 client._terminate(ConnectionClosed("the client was closed"))
                 raise
