@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -61,7 +62,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, TypeAlias, TypeVar, final
+from typing import Any, Final, TypeAlias, TypeVar, Unpack, final
 
 import anyio
 import trio
@@ -69,20 +70,14 @@ import trio
 from ._checks import check_timeout
 from .client import (
     CLOSE_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
-    DEFAULT_MAX_PINGS_OUTSTANDING,
-    DEFAULT_MAX_RECONNECT_DELAY,
-    DEFAULT_RECONNECT_BUFFER_SIZE,
-    DEFAULT_RECONNECT_DELAY,
-    DEFAULT_WRITE_BUFFER_SIZE,
     Client,
     Message,
     Subscription,
 )
-from .client import connect as _connect_async
-from .client.client import _check_retain
+from .client.client import _check_retain, open_client
+from .client.options import ConnectOptions, check_options, document_options, parse_url
 from .client.subscription import Payload
 from .config import DEFAULT_MAX_PAYLOAD
 from .errors import (
@@ -90,7 +85,6 @@ from .errors import (
     BrokerError,
     ConnectionClosed,
     PayloadTooLarge,
-    ServerShuttingDown,
     SubscriptionClosed,
     _again,
 )
@@ -1086,26 +1080,8 @@ def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Await
     return run_hook
 
 
-def connect(
-    url: str,
-    *,
-    name: str | None = None,
-    echo: bool = True,
-    token: str | None = None,
-    reconnect: bool = True,
-    max_reconnect_attempts: int | None = None,
-    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
-    max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
-    reconnect_buffer_size: int = DEFAULT_RECONNECT_BUFFER_SIZE,
-    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    ping_interval: float | None = None,
-    max_pings_outstanding: int = DEFAULT_MAX_PINGS_OUTSTANDING,
-    on_disconnected: Callable[[ConnectionClosed], object] | None = None,
-    on_reconnected: Callable[[], object] | None = None,
-    on_shutting_down: Callable[[ServerShuttingDown], object] | None = None,
-    on_error: Callable[[BrokerError], object] | None = None,
-) -> SyncClient:
+@document_options
+def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
     """Connect to a broker from sync code; returns once connected (or raises).
 
     Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
@@ -1114,50 +1090,29 @@ def connect(
 
     Args:
         url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
-        name: Shown in the server's logs.
-        echo: Whether this client receives its own publishes.
-        token: Sent in HELLO, reserved for authentication.
-        reconnect: Reconnect when a live connection breaks (the first connection is not
-            retried: a wrong address should fail loudly).
-        max_reconnect_attempts: Attempts per outage before giving up; None for no limit.
-        reconnect_delay: First delay before an attempt, in seconds; doubles per failure.
-        max_reconnect_delay: Upper bound on that delay.
-        reconnect_buffer_size: Bytes of encoded publishes kept while disconnected.
-        write_buffer_size: Queued bytes above which `SyncClient.publish` waits.
-        connect_timeout: Seconds each connection attempt may take, handshake included.
-        ping_interval: Seconds between our PINGs; None takes the server's from WELCOME.
-        max_pings_outstanding: Unanswered PINGs after which the connection is dead.
-        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
-        on_reconnected: Called once a new connection is up and resubscribed.
-        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
-        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`).
+        **options: Any of `broker.client.options.ConnectOptions` (listed below).
 
     Raises:
         ValueError: A bad URL or option (at once, before connecting).
+        TypeError: An unknown option.
         ConnectionClosed: The connection or handshake failed; the server's refusal (e.g.
             ``max_connections``) is in its ``code``.
     """
-    report_error = _in_worker_thread(on_error)
-    client = SyncClient(write_buffer_size=write_buffer_size, on_error=report_error)
-    # Validates every option here, in the caller's thread; connecting happens in the client's.
-    client._connector = _connect_async(
-        url,
-        name=name,
-        echo=echo,
-        token=token,
-        reconnect=reconnect,
-        max_reconnect_attempts=max_reconnect_attempts,
-        reconnect_delay=reconnect_delay,
-        max_reconnect_delay=max_reconnect_delay,
-        reconnect_buffer_size=reconnect_buffer_size,
-        write_buffer_size=write_buffer_size,
-        connect_timeout=connect_timeout,
-        ping_interval=ping_interval,
-        max_pings_outstanding=max_pings_outstanding,
-        on_disconnected=_in_worker_thread(on_disconnected),
-        on_reconnected=_in_worker_thread(on_reconnected),
-        on_shutting_down=_in_worker_thread(on_shutting_down),
-        on_error=report_error,
+    # Checked here, in the caller's thread; connecting happens in the client's.
+    host, port = parse_url(url)
+    checked = check_options(options, "connect")
+    report_error = _in_worker_thread(checked.on_error)
+    client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)
+    client._connector = open_client(
+        host,
+        port,
+        dataclasses.replace(
+            checked,
+            on_disconnected=_in_worker_thread(checked.on_disconnected),
+            on_reconnected=_in_worker_thread(checked.on_reconnected),
+            on_shutting_down=_in_worker_thread(checked.on_shutting_down),
+            on_error=report_error,
+        ),
     )
     client._start()
     return client

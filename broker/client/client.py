@@ -41,16 +41,15 @@ import itertools
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import MappingProxyType
-from typing import Any, Final, final
+from typing import Any, Final, Unpack, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._checks import check_seconds
 from .._concurrency import Signal, single_leaf
 from ..config import DEFAULT_MAX_PAYLOAD
 from ..errors import (
@@ -90,22 +89,14 @@ from ..subjects import (
 from .connection import _Control, _info_int, _Link, _Supervisor, _Waiter
 from .options import (
     CLOSE_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
-    DEFAULT_MAX_PINGS_OUTSTANDING,
-    DEFAULT_MAX_RECONNECT_DELAY,
-    DEFAULT_RECONNECT_BUFFER_SIZE,
-    DEFAULT_RECONNECT_DELAY,
-    DEFAULT_WRITE_BUFFER_SIZE,
-    DisconnectedHook,
-    ErrorHook,
-    ReconnectedHook,
-    ShuttingDownHook,
-    _Options,
-    _require_non_negative_int,
-    _require_positive_int,
+    ClientOptions,
+    ConnectOptions,
+    check_options,
+    document_options,
     parse_url,
+    require_positive_int,
 )
 from .subscription import Message, Payload, Subscription
 
@@ -130,7 +121,7 @@ class Client:
     docstring for what is buffered and what waits).
     """
 
-    def __init__(self, host: str, port: int, options: _Options) -> None:
+    def __init__(self, host: str, port: int, options: ClientOptions) -> None:
         self._url = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         self._options = options
         self._supervisor = _Supervisor(self, host, port, self._url, options)
@@ -159,7 +150,7 @@ class Client:
         self._inbox_sid: int | None = None
         self._replies: dict[str, _Waiter] = {}
         self._reply_ids = itertools.count(1)
-        self._hooks: deque[tuple[Callable[..., Awaitable[None] | None], tuple[Any, ...]]] = deque()
+        self._hooks: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._hooks_signal = Signal()
         self._hooks_scope = anyio.CancelScope()
 
@@ -359,8 +350,8 @@ class Client:
                 validate_queue(queue)
         except SubjectError as error:
             raise BadSubject(str(error)) from None
-        _require_positive_int("max_pending", max_pending)
-        _require_positive_int("max_pending_bytes", max_pending_bytes)
+        require_positive_int("max_pending", max_pending)
+        require_positive_int("max_pending_bytes", max_pending_bytes)
         sid = next(self._sids)
         sub = Subscription(self, sid, subject, queue, max_pending, max_pending_bytes)
         self._subs[sid] = sub
@@ -600,7 +591,7 @@ class Client:
 
     # -- internals: hooks -------------------------------------------------------------------------
 
-    def _queue_hook(self, hook: Callable[..., Awaitable[None] | None] | None, *args: Any) -> None:
+    def _queue_hook(self, hook: Callable[..., object] | None, *args: Any) -> None:
         if hook is not None:
             self._hooks.append((hook, args))
             self._hooks_signal.fire()
@@ -734,26 +725,8 @@ def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return wire
 
 
-def connect(
-    url: str,
-    *,
-    name: str | None = None,
-    echo: bool = True,
-    token: str | None = None,
-    reconnect: bool = True,
-    max_reconnect_attempts: int | None = None,
-    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
-    max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
-    reconnect_buffer_size: int = DEFAULT_RECONNECT_BUFFER_SIZE,
-    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    ping_interval: float | None = None,
-    max_pings_outstanding: int = DEFAULT_MAX_PINGS_OUTSTANDING,
-    on_disconnected: DisconnectedHook | None = None,
-    on_reconnected: ReconnectedHook | None = None,
-    on_shutting_down: ShuttingDownHook | None = None,
-    on_error: ErrorHook | None = None,
-) -> AbstractAsyncContextManager[Client]:
+@document_options
+def connect(url: str, **options: Unpack[ConnectOptions]) -> AbstractAsyncContextManager[Client]:
     """Connect to a broker; use as ``async with broker.connect(url) as client:``.
 
     Entering connects and completes the handshake (or raises); the client then runs its
@@ -763,70 +736,22 @@ def connect(
 
     Args:
         url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
-        name: Shown in the server's logs.
-        echo: Whether this client receives its own publishes.
-        token: Sent in HELLO, reserved for authentication.
-        reconnect: Reconnect when a live connection breaks. The first connection is not
-            retried: a wrong address should fail loudly.
-        max_reconnect_attempts: Attempts per outage before giving up; None for no limit.
-        reconnect_delay: First delay before an attempt, in seconds; doubles per failure.
-        max_reconnect_delay: Upper bound on that delay.
-        reconnect_buffer_size: Bytes of encoded publishes kept while disconnected.
-        write_buffer_size: Queued bytes above which `Client.publish` waits.
-        connect_timeout: Seconds each connection attempt may take, handshake included (the
-            reconnections run in the background, with no caller's cancel scope to bound them).
-        ping_interval: Seconds between our PINGs; None takes the server's from WELCOME.
-        max_pings_outstanding: Unanswered PINGs after which the connection is dead.
-        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
-        on_reconnected: Called once a new connection is up and resubscribed.
-        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
-        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`); they
-            are logged when it is None.
+        **options: Any of `ConnectOptions` (listed below): reconnection, buffers, keepalive,
+            hooks.
 
     Raises:
         ValueError: A bad URL or option (at once, before connecting).
+        TypeError: An unknown option.
         ConnectionClosed: On entering, if the connection or handshake fails; the server's
             refusal (e.g. ``max_connections``) is in its ``code``.
     """
     host, port = parse_url(url)
-    if max_reconnect_attempts is not None:
-        _require_non_negative_int("max_reconnect_attempts", max_reconnect_attempts)
-    check_seconds("reconnect_delay", reconnect_delay)
-    check_seconds("max_reconnect_delay", max_reconnect_delay)
-    if max_reconnect_delay < reconnect_delay:
-        raise ValueError(
-            f"max_reconnect_delay must be >= reconnect_delay ({reconnect_delay}), "
-            f"got {max_reconnect_delay}"
-        )
-    _require_non_negative_int("reconnect_buffer_size", reconnect_buffer_size)
-    _require_non_negative_int("write_buffer_size", write_buffer_size)
-    check_seconds("connect_timeout", connect_timeout)
-    if ping_interval is not None:
-        check_seconds("ping_interval", ping_interval)
-    _require_positive_int("max_pings_outstanding", max_pings_outstanding)
-    options = _Options(
-        name=name,
-        echo=echo,
-        token=token,
-        reconnect=reconnect,
-        max_reconnect_attempts=max_reconnect_attempts,
-        reconnect_delay=float(reconnect_delay),
-        max_reconnect_delay=float(max_reconnect_delay),
-        reconnect_buffer_size=reconnect_buffer_size,
-        write_buffer_size=write_buffer_size,
-        connect_timeout=float(connect_timeout),
-        ping_interval=None if ping_interval is None else float(ping_interval),
-        max_pings_outstanding=max_pings_outstanding,
-        on_disconnected=on_disconnected,
-        on_reconnected=on_reconnected,
-        on_shutting_down=on_shutting_down,
-        on_error=on_error,
-    )
-    return _connected(host, port, options)
+    return open_client(host, port, check_options(options, "connect"))
 
 
 @asynccontextmanager
-async def _connected(host: str, port: int, options: _Options) -> AsyncIterator[Client]:
+async def open_client(host: str, port: int, options: ClientOptions) -> AsyncIterator[Client]:
+    """`connect` once the URL and options are checked; `broker.sync` enters it in its thread."""
     try:
         client = Client(host, port, options)
         link = await client._supervisor.open_link()

@@ -56,7 +56,7 @@ from ..protocol import (
     Role,
     Welcome,
 )
-from .options import KiB, _Options
+from .options import ClientOptions, KiB
 
 if TYPE_CHECKING:
     from .client import Client
@@ -170,7 +170,9 @@ class _Supervisor:
 
     __slots__ = ("_client", "_hello", "_host", "_options", "_port", "_url", "done", "scope")
 
-    def __init__(self, client: Client, host: str, port: int, url: str, options: _Options) -> None:
+    def __init__(
+        self, client: Client, host: str, port: int, url: str, options: ClientOptions
+    ) -> None:
         self._client = client
         self._host = host
         self._port = port
