@@ -76,19 +76,15 @@ from .client import (
     Message,
     Subscription,
 )
-from .client.client import _check_retain, open_client
+from .client.client import open_client
+from .client.limits import Payload, ServerLimits, check_headers
 from .client.options import ConnectOptions, check_options, document_options, parse_url
-from .client.subscription import Payload
-from .config import DEFAULT_MAX_PAYLOAD
 from .errors import (
-    BadSubject,
     BrokerError,
     ConnectionClosed,
-    PayloadTooLarge,
     SubscriptionClosed,
     _again,
 )
-from .subjects import MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS, SubjectError, validate_subject
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -526,14 +522,9 @@ class SyncClient:
         self._abort = False
         self._url = ""
         self._outbox = _Outbox(write_buffer_size)
-        #: max_payload, max_subject_length, max_subject_tokens from the server's WELCOME; one
-        #: tuple, replaced whole, so callers' threads read a consistent set without a lock.
-        self._limits: tuple[int, int, int, int | None] = (
-            DEFAULT_MAX_PAYLOAD,
-            MAX_SUBJECT_LENGTH,
-            MAX_SUBJECT_TOKENS,
-            None,
-        )
+        #: The async client's, taken in the client's thread and read in callers' threads; it is
+        #: immutable and replaced whole, so they read a consistent set without a lock.
+        self._limits = ServerLimits()
         # The sender's state; only the client's thread touches these.
         self._send_wanted: trio.Event | None = None
         self._batch_sent = trio.Event()
@@ -620,32 +611,9 @@ class SyncClient:
         Also copies what the caller could change after publish returns (a bytearray, the
         headers mapping).
         """
-        max_payload, max_length, max_tokens, max_retained = self._limits
-        for value, what in ((subject, "subject"), (reply_to, "reply_to")):
-            if value is None:
-                continue
-            try:
-                validate_subject(value, max_length=max_length, max_tokens=max_tokens)
-            except SubjectError as error:
-                raise BadSubject(f"{what}: {error}") from None
-        if type(payload) is not bytes:
-            if not isinstance(payload, bytearray | memoryview):
-                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-            payload = bytes(payload)
-        if len(payload) > max_payload:
-            raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes exceeds the server's max_payload "
-                f"({max_payload} bytes)"
-            )
-        if retain:
-            _check_retain(max_retained, payload, "the server")
-        copied = None
-        if headers is not None:
-            copied = dict(headers)
-            for key, value in copied.items():
-                if type(key) is not str or type(value) is not str:
-                    raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
-        return subject, payload, reply_to, copied, len(payload), retain
+        data = self._limits.check_publish(subject, payload, reply_to, retain)
+        copied = None if headers is None else check_headers(headers)
+        return subject, data, reply_to, copied, len(data), retain
 
     def request(
         self,
@@ -897,7 +865,7 @@ class SyncClient:
             async with self._connector as client:
                 self._client = client
                 self._url = client.url
-                self._limits = _limits_of(client)
+                self._limits = client._limits
                 async with trio.open_nursery() as tasks:
                     self._pumps = tasks
                     tasks.start_soon(self._send_loop, client)
@@ -933,7 +901,7 @@ class SyncClient:
             self._sending = True
             batch = outbox.take()
             # A reconnection may have brought other limits; callers check against these.
-            self._limits = _limits_of(client)
+            self._limits = client._limits
             for subject, payload, reply_to, headers, _, retain in batch:
                 try:
                     try:
@@ -1049,19 +1017,6 @@ class SyncClient:
             return self._run_sync(fn)
         except ConnectionClosed:
             return fn()
-
-
-def _limits_of(client: Client) -> tuple[int, int, int, int | None]:
-    """What `SyncClient.publish` checks in the caller's thread, from the server's WELCOME."""
-    info = client.server_info
-    length, tokens = info.get("max_subject_length"), info.get("max_subject_tokens")
-    retained = info.get("max_retained_subjects")
-    return (
-        client.max_payload,
-        length if type(length) is int and length > 0 else MAX_SUBJECT_LENGTH,
-        tokens if type(tokens) is int and tokens > 0 else MAX_SUBJECT_TOKENS,
-        retained if type(retained) is int else None,
-    )
 
 
 def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Awaitable[None]] | None:

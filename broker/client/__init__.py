@@ -7,6 +7,8 @@ This module only re-exports the public names. The package, one thing per module:
 - `broker.client.subscription`: `Subscription` and `Message`.
 - `broker.client.connection`: the link to the broker: connect and handshake, reader, writer,
   pinger, reconnection with backoff.
+- `broker.client.limits`: the server's limits from WELCOME, and the checks every publish passes
+  (shared with `broker.sync`).
 - `broker.client.options`: the options of `connect`, their defaults and checks, `parse_url`.
 """
 

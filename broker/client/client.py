@@ -51,7 +51,6 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._concurrency import Signal, single_leaf
-from ..config import DEFAULT_MAX_PAYLOAD
 from ..errors import (
     BadSubject,
     BrokerError,
@@ -59,7 +58,6 @@ from ..errors import (
     NoResponders,
     PayloadTooLarge,
     ReconnectBufferFull,
-    RetainedLimitExceeded,
     ServerShuttingDown,
     _again,
     error_from_wire,
@@ -79,14 +77,12 @@ from ..protocol import (
     Unsub,
 )
 from ..subjects import (
-    MAX_SUBJECT_LENGTH,
-    MAX_SUBJECT_TOKENS,
     SubjectError,
     validate_pattern,
     validate_queue,
-    validate_subject,
 )
-from .connection import _Control, _info_int, _Link, _Supervisor, _Waiter
+from .connection import _Control, _Link, _Supervisor, _Waiter
+from .limits import Payload, ServerLimits, check_headers, info_int
 from .options import (
     CLOSE_TIMEOUT,
     DEFAULT_MAX_PENDING,
@@ -98,7 +94,7 @@ from .options import (
     parse_url,
     require_positive_int,
 )
-from .subscription import Message, Payload, Subscription
+from .subscription import Message, Subscription
 
 __all__ = ["Client", "connect"]
 
@@ -132,9 +128,8 @@ class Client:
         self._ping_frame = _Control(self._encoder.send(Ping()))
         self._pong_frame = _Control(self._encoder.send(Pong()))
         self._info: dict[str, Any] = {}
-        self._max_payload = 0
-        self._max_subject_length = MAX_SUBJECT_LENGTH
-        self._max_subject_tokens = MAX_SUBJECT_TOKENS
+        #: Those of the current (or last) connection; `broker.sync` checks publishes with them.
+        self._limits = ServerLimits()
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._writer_signal = Signal()
@@ -178,7 +173,7 @@ class Client:
     @property
     def max_payload(self) -> int:
         """The largest payload the server accepts, from its WELCOME."""
-        return self._max_payload
+        return self._limits.max_payload
 
     @property
     def is_connected(self) -> bool:
@@ -342,9 +337,10 @@ class Client:
             ConnectionClosed: The client is closed or draining.
         """
         self._check_open()
+        limits = self._limits
         try:
             validate_pattern(
-                subject, max_length=self._max_subject_length, max_tokens=self._max_subject_tokens
+                subject, max_length=limits.max_subject_length, max_tokens=limits.max_subject_tokens
             )
             if queue is not None:
                 validate_queue(queue)
@@ -426,36 +422,14 @@ class Client:
     ) -> bytes:
         if self._closed is not None:
             raise _again(self._closed)
-        self._check_subject(subject, "subject")
-        if reply_to is not None:
-            self._check_subject(reply_to, "reply_to")
-        if type(payload) is not bytes:
-            if not isinstance(payload, bytearray | memoryview):
-                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-            payload = bytes(payload)
-        if len(payload) > self._max_payload:
-            raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes exceeds the server's max_payload "
-                f"({self._max_payload} bytes)"
-            )
-        if retain:
-            limit = self._info.get("max_retained_subjects")
-            _check_retain(limit, payload, f"the server at {self._url}")
-        wire_headers = None if headers is None else _wire_headers(headers)
+        data = self._limits.check_publish(subject, payload, reply_to, retain)
+        wire_headers = None if headers is None else check_headers(headers)
         try:
-            return self._encoder.send(Pub(subject, payload, reply_to, wire_headers, bool(retain)))
+            return self._encoder.send(Pub(subject, data, reply_to, wire_headers, bool(retain)))
         except LocalProtocolError as error:
             if error.code is ErrorCode.FRAME_TOO_LARGE:
                 raise PayloadTooLarge(error.message) from None
             raise TypeError(error.message) from None
-
-    def _check_subject(self, subject: str, what: str) -> None:
-        try:
-            validate_subject(
-                subject, max_length=self._max_subject_length, max_tokens=self._max_subject_tokens
-            )
-        except SubjectError as error:
-            raise BadSubject(f"{what}: {error}") from None
 
     def _must_wait(self) -> bool:
         return (
@@ -629,13 +603,11 @@ class Client:
         """Make `link` the live connection, queueing resubscriptions ahead of buffered PUBs."""
         info = link.info
         self._info = info
-        self._max_payload = _info_int(info, "max_payload", DEFAULT_MAX_PAYLOAD)
-        max_frame = _info_int(info, "max_frame", link.conn.max_frame)
+        self._limits = ServerLimits.from_welcome(info, f"the server at {self._url}")
+        max_frame = info_int(info, "max_frame", link.conn.max_frame)
         # A MSG may be MSG_GROWTH bytes longer than the largest PUB it delivers.
         link.conn.max_frame = max_frame + MSG_GROWTH
         self._encoder.max_frame = max_frame
-        self._max_subject_length = _info_int(info, "max_subject_length", MAX_SUBJECT_LENGTH)
-        self._max_subject_tokens = _info_int(info, "max_subject_tokens", MAX_SUBJECT_TOKENS)
         if reconnected:
             frames: list[bytes] = []
             for sub in self._subs.values():
@@ -697,32 +669,6 @@ class Client:
         self._changed_signal.fire()
         self._drained_signal.fire()
         self._drain_signal.fire()
-
-
-def _check_retain(limit: object, payload: bytes, server: str) -> None:
-    """Refuse a retained PUB of `payload` to a server whose WELCOME announced `limit` as its
-    ``max_retained_subjects`` (shared with `broker.sync`, which checks in the caller's thread).
-
-    A server that does not announce the limit predates retained messages and would take the
-    extra PUB field as a broken frame; one that announces 0 refuses all but deletions.
-
-    Raises:
-        RetainedLimitExceeded: The server would not take it.
-    """
-    if type(limit) is int and (limit > 0 or not payload):
-        return
-    shown = "not announced" if limit is None else limit
-    raise RetainedLimitExceeded(
-        f"{server} does not retain messages (its max_retained_subjects is {shown})"
-    )
-
-
-def _wire_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    wire = dict(headers)
-    for key, value in wire.items():
-        if type(key) is not str or type(value) is not str:
-            raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
-    return wire
 
 
 @document_options

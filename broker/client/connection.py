@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -56,6 +55,7 @@ from ..protocol import (
     Role,
     Welcome,
 )
+from .limits import info_float
 from .options import ClientOptions, KiB
 
 if TYPE_CHECKING:
@@ -373,7 +373,7 @@ class _Supervisor:
     async def _ping_loop(self, link: _Link) -> None:
         interval = self._options.ping_interval
         if interval is None:
-            interval = _info_float(link.info, "ping_interval", 120.0)
+            interval = info_float(link.info, "ping_interval", 120.0)
         limit = self._options.max_pings_outstanding
         client = self._client
         while True:
@@ -421,15 +421,3 @@ async def _read_welcome(stream: anyio.abc.SocketStream, conn: Connection) -> dic
         if isinstance(refusal, ConnectionClosed):
             raise refusal
         raise ConnectionClosed(str(refusal), code=refusal.code, details=refusal.details)
-
-
-def _info_int(info: Mapping[str, Any], key: str, default: int) -> int:
-    value = info.get(key)
-    return value if type(value) is int and value > 0 else default
-
-
-def _info_float(info: Mapping[str, Any], key: str, default: float) -> float:
-    value = info.get(key)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    return default

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeAlias, final
+from typing import TYPE_CHECKING, final
 
 import anyio
 import anyio.lowlevel
@@ -20,14 +20,12 @@ import anyio.lowlevel
 from .._concurrency import Signal
 from ..errors import BrokerError, SubscriptionClosed, _again
 from ..protocol import Encoder, Sub, Unsub
+from .limits import Payload
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Message", "Payload", "Subscription"]
-
-#: What a payload may be given as; it is sent (and delivered) as bytes.
-Payload: TypeAlias = bytes | bytearray | memoryview
+__all__ = ["Message", "Subscription"]
 
 
 @final
