@@ -32,9 +32,9 @@ import trio
 
 from .._checks import check_timeout
 from .._concurrency import Signal, single_leaf
+from .._portal import Portal, PortalClosed
 from ..client import Client, Message, Subscription
 from ..errors import BrokerError, ConnectionClosed, SubscriptionClosed, _again
-from ._portal import Portal, PortalClosed
 
 __all__ = ["DEFAULT_WAIT_TIMEOUT", "Capture", "SyncCapture", "capture"]
 
