@@ -21,13 +21,14 @@ limits and typed errors behave exactly as they do for async code:
   wait only while ``write_buffer_size`` bytes are on their way (backpressure). The few errors
   only the client's thread can see (the reconnect buffer is full while disconnected, the
   connection was lost for good a moment before) go to the log and the ``on_error`` hook.
-- **Everything else hops to the client's thread.** ``subscribe`` and ``unsubscribe`` run there
-  with `trio.from_thread.run_sync`; blocking calls (``request``, ``flush``, ``drain``) with
-  `trio.from_thread.run`, bounded by their ``timeout``. Each acts after every publish queued
-  before it, so what one thread does happens in the order it was called, and errors come out as
-  the same typed exceptions from `broker.errors`, never as an `ExceptionGroup`. From a Trio
-  task these calls raise `RuntimeError` saying so (they would block its loop): async code uses
-  `broker.connect`, or calls them through ``trio.to_thread.run_sync``.
+- **Everything else hops to the client's thread**, through the `broker._portal.Portal` that
+  `broker.testing` uses too. ``subscribe`` and ``unsubscribe`` run there as calls; blocking
+  calls (``request``, ``flush``, ``drain``) as tasks, bounded by their ``timeout``. Each acts
+  after every publish queued before it, so what one thread does happens in the order it was
+  called, and errors come out as the same typed exceptions from `broker.errors`, never as an
+  `ExceptionGroup`. From a Trio task these calls raise `RuntimeError` saying so (they would
+  block its loop): async code uses `broker.connect`, or calls them through
+  ``trio.to_thread.run_sync``.
 - **Deliveries cross by queue.** A task in the client's thread moves each subscription's
   messages into a thread-safe queue of its own, so `SyncSubscription.next` is a plain,
   timeout-bounded wait on a condition variable. Once the async subscription is empty, the task
@@ -50,7 +51,6 @@ thread keeps the client alive until it is closed.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -68,6 +68,8 @@ import anyio
 import trio
 
 from ._checks import check_timeout
+from ._concurrency import single_leaf
+from ._portal import Portal, PortalClosed
 from .client import (
     CLOSE_TIMEOUT,
     DEFAULT_MAX_PENDING,
@@ -512,7 +514,7 @@ class SyncClient:
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
         # Set in the client's thread before _started, read-only afterwards.
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._portal: Portal | None = None
         self._client: Client | None = None
         self._pumps: trio.Nursery | None = None
         self._stop: trio.Event | None = None
@@ -857,8 +859,23 @@ class SyncClient:
             self._started.set()
 
     async def _main(self) -> None:
+        # Callers' calls run as tasks of `calls`, beside the client, until the client is closed.
+        try:
+            async with trio.open_nursery() as calls:
+                self._portal = Portal(calls, "the client was closed")
+                await self._serve()
+                calls.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            single = single_leaf(group)
+            if single is None:
+                raise
+        else:
+            return
+        # Raised outside the except block, so the group does not become its __context__.
+        raise single
+
+    async def _serve(self) -> None:
         assert self._connector is not None
-        self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
         self._send_wanted = trio.Event()
         try:
@@ -964,11 +981,9 @@ class SyncClient:
 
     def _soon(self, fn: Callable[[], object]) -> None:
         """Run `fn` in the client's thread soon, unless that thread has finished."""
-        token = self._token
-        if token is None:
-            return
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(fn)
+        portal = self._portal
+        if portal is not None:
+            portal.run_soon(fn)
 
     @property
     def _async(self) -> Client:
@@ -980,34 +995,34 @@ class SyncClient:
     def _copy_info(self) -> Mapping[str, Any]:
         return MappingProxyType(dict(self._async.server_info))
 
-    def _check_caller(self) -> trio.lowlevel.TrioToken:
-        token = self._token
-        if token is None:
+    def _check_caller(self) -> Portal:
+        portal = self._portal
+        if portal is None:
             raise ConnectionClosed("the client is not connected")
         try:
             trio.lowlevel.current_task()
         except RuntimeError:
-            return token
-        # Trio refuses to block its own loop waiting for another thread; say why in our terms.
+            return portal
+        # Blocking here would stall the caller's own loop, whichever loop the client runs on.
         raise RuntimeError(
             "broker.sync blocks, so it cannot be called from a Trio task: use the async client "
             "(broker.connect), or call this through trio.to_thread.run_sync"
         )
 
-    def _run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call `fn(*args)` in the client's thread and return its result or raise its error."""
-        token = self._check_caller()
+    def _run_sync(self, fn: Callable[[], T]) -> T:
+        """Call `fn()` in the client's thread and return its result or raise its error."""
+        portal = self._check_caller()
         try:
-            return trio.from_thread.run_sync(fn, *args, trio_token=token)
-        except (trio.RunFinishedError, trio.Cancelled):
+            return portal.run_sync(fn)
+        except PortalClosed:
             raise ConnectionClosed("the client was closed") from None
 
     def _run_async(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await `fn()` in the client's thread and return its result or raise its error."""
-        token = self._check_caller()
+        portal = self._check_caller()
         try:
-            return trio.from_thread.run(fn, trio_token=token)
-        except (trio.RunFinishedError, trio.Cancelled):
+            return portal.run(fn)
+        except PortalClosed:
             raise ConnectionClosed("the client was closed") from None
 
     def _peek(self, fn: Callable[[], T]) -> T:
