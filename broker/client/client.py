@@ -76,11 +76,7 @@ from ..protocol import (
     Sub,
     Unsub,
 )
-from ..subjects import (
-    SubjectError,
-    validate_pattern,
-    validate_queue,
-)
+from ..subjects import SubjectError, validate_pattern, validate_queue
 from .connection import _Control, _Link, _Supervisor, _Waiter
 from .limits import Payload, ServerLimits, check_headers, info_int
 from .options import (

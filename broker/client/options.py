@@ -1,13 +1,14 @@
 """How a client connects: the options of `connect`, their defaults and checks, broker URLs.
 
-Every limit the client keeps is a named constant here, so the defaults are documented in one
-place; `broker.sync` takes the same options.
+Each option's default is a named constant here, documented once, and `ConnectOptions`
+documents the options once for both `broker.connect` and `broker.sync.connect`.
 
 This module is pure: it imports neither trio, anyio nor the rest of the client.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict, TypeVar, final
@@ -197,8 +198,10 @@ def document_options(fn: F) -> F:
     """
     doc, options = fn.__doc__, ConnectOptions.__doc__
     if doc is not None and options is not None:  # None under python -OO
-        section = options[options.index("    Keyword Args:") :]
-        fn.__doc__ = f"{doc.rstrip()}\n\n{section.rstrip()}\n"
+        # Cleaned first: Python 3.13 strips docstrings' indentation when compiling, 3.11 not.
+        options = inspect.cleandoc(options)
+        section = options[options.index("Keyword Args:") :]
+        fn.__doc__ = f"{inspect.cleandoc(doc)}\n\n{section}\n"
     return fn
 
 
