@@ -29,6 +29,7 @@ from typing import Annotated, Any, Final, NoReturn
 import typer
 
 from . import sync
+from ._checks import check_seconds
 from ._version import __version__
 from .config import (
     DEFAULT_HOSTS,
@@ -253,8 +254,15 @@ def _check(value: str, what: str, *, pattern: bool = False) -> None:
 
 
 def _check_timeout(value: float | None, option: str) -> None:
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"must be a number of seconds > 0, got {value}", param_hint=option)
+    """The library's rule for seconds, as a usage error; waiting 0 s would make no sense here."""
+    if value is None:
+        return
+    try:
+        check_seconds(option, value)
+    except ValueError as error:
+        # typer names the option itself, ahead of the message.
+        message = str(error).removeprefix(f"{option} ")
+        raise typer.BadParameter(message, param_hint=option) from None
 
 
 @contextlib.contextmanager

@@ -15,8 +15,9 @@ This module is pure: it imports neither trio, anyio nor the client.
 
 from __future__ import annotations
 
+import copy
 from enum import StrEnum
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 from .subjects import SubjectError
 
@@ -39,6 +40,8 @@ __all__ = [
     "TooManySubscriptions",
     "error_from_wire",
 ]
+
+E = TypeVar("E", bound=BaseException)
 
 
 class ErrorCode(StrEnum):
@@ -239,6 +242,18 @@ class SubscriptionClosed(BrokerError):
     """``Subscription.next()`` on a subscription that ended normally: unsubscribed, drained, or
     its ``max_msgs`` delivered. ``async for`` turns it into the end of the loop.
     """
+
+
+def _again(error: E) -> E:
+    """A fresh copy of a stored error, to raise it once more.
+
+    A client keeps the error that ended a connection or a subscription and raises it to every
+    later caller, in many tasks or threads; raising one object each time would pile up its
+    tracebacks, so each raise gets a shallow copy with the same cause.
+    """
+    clone = copy.copy(error)
+    clone.__cause__ = error.__cause__
+    return clone
 
 
 def _int_detail(details: dict[str, Any], key: str) -> int:

@@ -34,10 +34,10 @@ from typing import Any, Generic, TypeVar, final
 from broker.subjects import (
     MAX_SUBJECT_LENGTH,
     MAX_SUBJECT_TOKENS,
-    SubjectError,
     is_literal,
     matches,
     validate_pattern,
+    validate_queue,
     validate_subject,
 )
 
@@ -146,20 +146,6 @@ class Match(Generic[S]):
 _NO_MATCH: Match[Any] = Match((), ())
 
 
-def _validate_queue(queue: object) -> str:
-    if not isinstance(queue, str):
-        raise SubjectError(f"queue name must be a str, not {type(queue).__name__}: {queue!r}")
-    if not queue:
-        raise SubjectError(f"queue name must not be empty: {queue!r}")
-    for i, ch in enumerate(queue):
-        if ch.isspace() or ch < "\x20" or ch == "\x7f":
-            raise SubjectError(
-                "queue name must not contain whitespace or control characters, "
-                f"found {ch!r} at index {i}: {queue[:80]!r}"
-            )
-    return queue
-
-
 @final
 class RoutingTable(Generic[S]):
     """Subscriptions by pattern, and the subscribers each published subject goes to.
@@ -220,7 +206,7 @@ class RoutingTable(Generic[S]):
         """
         validate_pattern(pattern, max_length=self._max_length, max_tokens=self._max_tokens)
         if queue is not None:
-            _validate_queue(queue)
+            validate_queue(queue)
         if sub in self._entries:
             raise ValueError(f"subscriber is already in the routing table: {sub!r}")
         entry = _Entry(sub, pattern, queue, next(self._seq))

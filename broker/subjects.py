@@ -13,6 +13,10 @@ every published subject reachable by a literal subscription.
 Subjects that start with ``$`` are reserved for the broker itself: clients may subscribe to them
 but not publish to them, so ``validate_subject`` refuses them unless ``allow_reserved=True``.
 
+A queue group name is a name, not a subject: any non-empty text without whitespace or control
+characters (``validate_queue``). The client checks it before sending and the routing table
+again, with the same rule.
+
 This module does no I/O and never imports trio.
 """
 
@@ -28,6 +32,7 @@ __all__ = [
     "is_literal",
     "matches",
     "validate_pattern",
+    "validate_queue",
     "validate_subject",
 ]
 
@@ -178,6 +183,29 @@ def validate_pattern(
     return _check(
         pattern, what="pattern", max_length=max_length, max_tokens=max_tokens, wildcards=True
     )
+
+
+def validate_queue(queue: object) -> str:
+    """Check a queue group name and return it.
+
+    Unlike a subject it has no tokens and no length limit of its own (the frame bounds it), so
+    dots and ``*`` are plain characters in it.
+
+    Raises:
+        SubjectError: If the name is not a str, is empty, or contains whitespace or a control
+            character.
+    """
+    if not isinstance(queue, str):
+        raise SubjectError(f"queue name must be a str, not {type(queue).__name__}: {_show(queue)}")
+    if not queue:
+        raise SubjectError(f"queue name must not be empty: {queue!r}")
+    bad = _FORBIDDEN_CHAR.search(queue)
+    if bad is not None:
+        raise SubjectError(
+            "queue name must not contain whitespace or control characters, "
+            f"found {bad.group()!r} at index {bad.start()}: {queue[:_SHOW_MAX]!r}"
+        )
+    return queue
 
 
 def is_literal(pattern: str) -> bool:

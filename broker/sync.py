@@ -21,13 +21,14 @@ limits and typed errors behave exactly as they do for async code:
   wait only while ``write_buffer_size`` bytes are on their way (backpressure). The few errors
   only the client's thread can see (the reconnect buffer is full while disconnected, the
   connection was lost for good a moment before) go to the log and the ``on_error`` hook.
-- **Everything else hops to the client's thread.** ``subscribe`` and ``unsubscribe`` run there
-  with `trio.from_thread.run_sync`; blocking calls (``request``, ``flush``, ``drain``) with
-  `trio.from_thread.run`, bounded by their ``timeout``. Each acts after every publish queued
-  before it, so what one thread does happens in the order it was called, and errors come out as
-  the same typed exceptions from `broker.errors`, never as an `ExceptionGroup`. From a Trio
-  task these calls raise `RuntimeError` saying so (they would block its loop): async code uses
-  `broker.connect`, or calls them through ``trio.to_thread.run_sync``.
+- **Everything else hops to the client's thread**, through the `broker._portal.Portal` that
+  `broker.testing` uses too. ``subscribe`` and ``unsubscribe`` run there as calls; blocking
+  calls (``request``, ``flush``, ``drain``) as tasks, bounded by their ``timeout``. Each acts
+  after every publish queued before it, so what one thread does happens in the order it was
+  called, and errors come out as the same typed exceptions from `broker.errors`, never as an
+  `ExceptionGroup`. From a Trio task these calls raise `RuntimeError` saying so (they would
+  block its loop): async code uses `broker.connect`, or calls them through
+  ``trio.to_thread.run_sync``.
 - **Deliveries cross by queue.** A task in the client's thread moves each subscription's
   messages into a thread-safe queue of its own, so `SyncSubscription.next` is a plain,
   timeout-bounded wait on a condition variable. Once the async subscription is empty, the task
@@ -50,8 +51,7 @@ thread keeps the client alive until it is closed.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import copy
+import dataclasses
 import functools
 import logging
 import math
@@ -62,38 +62,31 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, TypeAlias, TypeVar, final
+from typing import Any, Final, TypeAlias, TypeVar, Unpack, final
 
 import anyio
 import trio
 
+from ._checks import check_timeout
+from ._concurrency import single_leaf
+from ._portal import Portal, PortalClosed
 from .client import (
     CLOSE_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
-    DEFAULT_MAX_PINGS_OUTSTANDING,
-    DEFAULT_MAX_RECONNECT_DELAY,
-    DEFAULT_RECONNECT_BUFFER_SIZE,
-    DEFAULT_RECONNECT_DELAY,
-    DEFAULT_WRITE_BUFFER_SIZE,
     Client,
     Message,
-    Payload,
     Subscription,
-    _check_retain,
 )
-from .client import connect as _connect_async
-from .config import DEFAULT_MAX_PAYLOAD
+from .client.client import open_client
+from .client.limits import Payload, ServerLimits, check_headers
+from .client.options import ConnectOptions, check_options, document_options, parse_url
 from .errors import (
-    BadSubject,
     BrokerError,
     ConnectionClosed,
-    PayloadTooLarge,
-    ServerShuttingDown,
     SubscriptionClosed,
+    _again,
 )
-from .subjects import MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS, SubjectError, validate_subject
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -119,21 +112,6 @@ _HOLD_POLL: Final = 0.005
 _JOIN_MARGIN: Final = 3.0
 
 T = TypeVar("T")
-E = TypeVar("E", bound=BaseException)
-
-
-def _again(error: E) -> E:
-    """A fresh copy of a stored error, so raising it in many threads does not pile up tracebacks."""
-    clone = copy.copy(error)
-    clone.__cause__ = error.__cause__
-    return clone
-
-
-def _check_timeout(name: str, timeout: float | None) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, or None, got {timeout!r}")
 
 
 @final
@@ -294,7 +272,7 @@ class SyncSubscription:
             BrokerError: The subscription failed (see the class docstring); queued messages are
                 still handed out first.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         return self._take(timeout, hold=False)
 
     def __iter__(self) -> Iterator[SyncMessage]:
@@ -536,7 +514,7 @@ class SyncClient:
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
         # Set in the client's thread before _started, read-only afterwards.
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._portal: Portal | None = None
         self._client: Client | None = None
         self._pumps: trio.Nursery | None = None
         self._stop: trio.Event | None = None
@@ -546,14 +524,9 @@ class SyncClient:
         self._abort = False
         self._url = ""
         self._outbox = _Outbox(write_buffer_size)
-        #: max_payload, max_subject_length, max_subject_tokens from the server's WELCOME; one
-        #: tuple, replaced whole, so callers' threads read a consistent set without a lock.
-        self._limits: tuple[int, int, int, int | None] = (
-            DEFAULT_MAX_PAYLOAD,
-            MAX_SUBJECT_LENGTH,
-            MAX_SUBJECT_TOKENS,
-            None,
-        )
+        #: The async client's, taken in the client's thread and read in callers' threads; it is
+        #: immutable and replaced whole, so they read a consistent set without a lock.
+        self._limits = ServerLimits()
         # The sender's state; only the client's thread touches these.
         self._send_wanted: trio.Event | None = None
         self._batch_sent = trio.Event()
@@ -640,32 +613,9 @@ class SyncClient:
         Also copies what the caller could change after publish returns (a bytearray, the
         headers mapping).
         """
-        max_payload, max_length, max_tokens, max_retained = self._limits
-        for value, what in ((subject, "subject"), (reply_to, "reply_to")):
-            if value is None:
-                continue
-            try:
-                validate_subject(value, max_length=max_length, max_tokens=max_tokens)
-            except SubjectError as error:
-                raise BadSubject(f"{what}: {error}") from None
-        if type(payload) is not bytes:
-            if not isinstance(payload, bytearray | memoryview):
-                raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-            payload = bytes(payload)
-        if len(payload) > max_payload:
-            raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes exceeds the server's max_payload "
-                f"({max_payload} bytes)"
-            )
-        if retain:
-            _check_retain(max_retained, payload, "the server")
-        copied = None
-        if headers is not None:
-            copied = dict(headers)
-            for key, value in copied.items():
-                if type(key) is not str or type(value) is not str:
-                    raise TypeError(f"headers must map str to str, got {key!r}: {value!r}")
-        return subject, payload, reply_to, copied, len(payload), retain
+        data = self._limits.check_publish(subject, payload, reply_to, retain)
+        copied = None if headers is None else check_headers(headers)
+        return subject, data, reply_to, copied, len(data), retain
 
     def request(
         self,
@@ -687,7 +637,7 @@ class SyncClient:
                 closed or draining.
             BadSubject, PayloadTooLarge, TypeError, ReconnectBufferFull: As `publish`.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         client = self._async
 
         async def request() -> Message:
@@ -712,7 +662,7 @@ class SyncClient:
             RetainedLimitExceeded, BadSubject: With ``raise_refused``, as `broker.Client.flush`.
             ConnectionClosed: The connection broke before the PONG, or the client is closed.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         client = self._async
 
         async def flush() -> None:
@@ -819,7 +769,7 @@ class SyncClient:
             TimeoutError: Consumers did not finish within `timeout` seconds (None waits
                 forever); the client is closed anyway.
         """
-        _check_timeout("timeout", timeout)
+        check_timeout(timeout)
         with self._lock:
             if self._closing:
                 already = True
@@ -909,15 +859,30 @@ class SyncClient:
             self._started.set()
 
     async def _main(self) -> None:
+        # Callers' calls run as tasks of `calls`, beside the client, until the client is closed.
+        try:
+            async with trio.open_nursery() as calls:
+                self._portal = Portal(calls, "the client was closed")
+                await self._serve()
+                calls.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            single = single_leaf(group)
+            if single is None:
+                raise
+        else:
+            return
+        # Raised outside the except block, so the group does not become its __context__.
+        raise single
+
+    async def _serve(self) -> None:
         assert self._connector is not None
-        self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
         self._send_wanted = trio.Event()
         try:
             async with self._connector as client:
                 self._client = client
                 self._url = client.url
-                self._limits = _limits_of(client)
+                self._limits = client._limits
                 async with trio.open_nursery() as tasks:
                     self._pumps = tasks
                     tasks.start_soon(self._send_loop, client)
@@ -953,7 +918,7 @@ class SyncClient:
             self._sending = True
             batch = outbox.take()
             # A reconnection may have brought other limits; callers check against these.
-            self._limits = _limits_of(client)
+            self._limits = client._limits
             for subject, payload, reply_to, headers, _, retain in batch:
                 try:
                     try:
@@ -1016,11 +981,9 @@ class SyncClient:
 
     def _soon(self, fn: Callable[[], object]) -> None:
         """Run `fn` in the client's thread soon, unless that thread has finished."""
-        token = self._token
-        if token is None:
-            return
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(fn)
+        portal = self._portal
+        if portal is not None:
+            portal.run_soon(fn)
 
     @property
     def _async(self) -> Client:
@@ -1032,34 +995,34 @@ class SyncClient:
     def _copy_info(self) -> Mapping[str, Any]:
         return MappingProxyType(dict(self._async.server_info))
 
-    def _check_caller(self) -> trio.lowlevel.TrioToken:
-        token = self._token
-        if token is None:
+    def _check_caller(self) -> Portal:
+        portal = self._portal
+        if portal is None:
             raise ConnectionClosed("the client is not connected")
         try:
             trio.lowlevel.current_task()
         except RuntimeError:
-            return token
-        # Trio refuses to block its own loop waiting for another thread; say why in our terms.
+            return portal
+        # Blocking here would stall the caller's own loop, whichever loop the client runs on.
         raise RuntimeError(
             "broker.sync blocks, so it cannot be called from a Trio task: use the async client "
             "(broker.connect), or call this through trio.to_thread.run_sync"
         )
 
-    def _run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call `fn(*args)` in the client's thread and return its result or raise its error."""
-        token = self._check_caller()
+    def _run_sync(self, fn: Callable[[], T]) -> T:
+        """Call `fn()` in the client's thread and return its result or raise its error."""
+        portal = self._check_caller()
         try:
-            return trio.from_thread.run_sync(fn, *args, trio_token=token)
-        except (trio.RunFinishedError, trio.Cancelled):
+            return portal.run_sync(fn)
+        except PortalClosed:
             raise ConnectionClosed("the client was closed") from None
 
     def _run_async(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await `fn()` in the client's thread and return its result or raise its error."""
-        token = self._check_caller()
+        portal = self._check_caller()
         try:
-            return trio.from_thread.run(fn, trio_token=token)
-        except (trio.RunFinishedError, trio.Cancelled):
+            return portal.run(fn)
+        except PortalClosed:
             raise ConnectionClosed("the client was closed") from None
 
     def _peek(self, fn: Callable[[], T]) -> T:
@@ -1069,19 +1032,6 @@ class SyncClient:
             return self._run_sync(fn)
         except ConnectionClosed:
             return fn()
-
-
-def _limits_of(client: Client) -> tuple[int, int, int, int | None]:
-    """What `SyncClient.publish` checks in the caller's thread, from the server's WELCOME."""
-    info = client.server_info
-    length, tokens = info.get("max_subject_length"), info.get("max_subject_tokens")
-    retained = info.get("max_retained_subjects")
-    return (
-        client.max_payload,
-        length if type(length) is int and length > 0 else MAX_SUBJECT_LENGTH,
-        tokens if type(tokens) is int and tokens > 0 else MAX_SUBJECT_TOKENS,
-        retained if type(retained) is int else None,
-    )
 
 
 def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Awaitable[None]] | None:
@@ -1100,26 +1050,8 @@ def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Await
     return run_hook
 
 
-def connect(
-    url: str,
-    *,
-    name: str | None = None,
-    echo: bool = True,
-    token: str | None = None,
-    reconnect: bool = True,
-    max_reconnect_attempts: int | None = None,
-    reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
-    max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
-    reconnect_buffer_size: int = DEFAULT_RECONNECT_BUFFER_SIZE,
-    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    ping_interval: float | None = None,
-    max_pings_outstanding: int = DEFAULT_MAX_PINGS_OUTSTANDING,
-    on_disconnected: Callable[[ConnectionClosed], object] | None = None,
-    on_reconnected: Callable[[], object] | None = None,
-    on_shutting_down: Callable[[ServerShuttingDown], object] | None = None,
-    on_error: Callable[[BrokerError], object] | None = None,
-) -> SyncClient:
+@document_options
+def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
     """Connect to a broker from sync code; returns once connected (or raises).
 
     Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
@@ -1128,50 +1060,29 @@ def connect(
 
     Args:
         url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
-        name: Shown in the server's logs.
-        echo: Whether this client receives its own publishes.
-        token: Sent in HELLO, reserved for authentication.
-        reconnect: Reconnect when a live connection breaks (the first connection is not
-            retried: a wrong address should fail loudly).
-        max_reconnect_attempts: Attempts per outage before giving up; None for no limit.
-        reconnect_delay: First delay before an attempt, in seconds; doubles per failure.
-        max_reconnect_delay: Upper bound on that delay.
-        reconnect_buffer_size: Bytes of encoded publishes kept while disconnected.
-        write_buffer_size: Queued bytes above which `SyncClient.publish` waits.
-        connect_timeout: Seconds each connection attempt may take, handshake included.
-        ping_interval: Seconds between our PINGs; None takes the server's from WELCOME.
-        max_pings_outstanding: Unanswered PINGs after which the connection is dead.
-        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
-        on_reconnected: Called once a new connection is up and resubscribed.
-        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
-        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`).
+        **options: Any of `broker.client.options.ConnectOptions` (listed below).
 
     Raises:
         ValueError: A bad URL or option (at once, before connecting).
+        TypeError: An unknown option.
         ConnectionClosed: The connection or handshake failed; the server's refusal (e.g.
             ``max_connections``) is in its ``code``.
     """
-    report_error = _in_worker_thread(on_error)
-    client = SyncClient(write_buffer_size=write_buffer_size, on_error=report_error)
-    # Validates every option here, in the caller's thread; connecting happens in the client's.
-    client._connector = _connect_async(
-        url,
-        name=name,
-        echo=echo,
-        token=token,
-        reconnect=reconnect,
-        max_reconnect_attempts=max_reconnect_attempts,
-        reconnect_delay=reconnect_delay,
-        max_reconnect_delay=max_reconnect_delay,
-        reconnect_buffer_size=reconnect_buffer_size,
-        write_buffer_size=write_buffer_size,
-        connect_timeout=connect_timeout,
-        ping_interval=ping_interval,
-        max_pings_outstanding=max_pings_outstanding,
-        on_disconnected=_in_worker_thread(on_disconnected),
-        on_reconnected=_in_worker_thread(on_reconnected),
-        on_shutting_down=_in_worker_thread(on_shutting_down),
-        on_error=report_error,
+    # Checked here, in the caller's thread; connecting happens in the client's.
+    host, port = parse_url(url)
+    checked = check_options(options, "connect")
+    report_error = _in_worker_thread(checked.on_error)
+    client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)
+    client._connector = open_client(
+        host,
+        port,
+        dataclasses.replace(
+            checked,
+            on_disconnected=_in_worker_thread(checked.on_disconnected),
+            on_reconnected=_in_worker_thread(checked.on_reconnected),
+            on_shutting_down=_in_worker_thread(checked.on_shutting_down),
+            on_error=report_error,
+        ),
     )
     client._start()
     return client

@@ -3,6 +3,8 @@ where the real one cannot be made to misbehave)."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -15,7 +17,9 @@ import trio.testing
 
 import broker.client
 import broker.errors
+import broker.sync
 from broker.client import Message, Subscription, connect, parse_url
+from broker.client.options import ClientOptions, ConnectOptions
 from broker.config import Config
 from broker.errors import (
     BadSubject,
@@ -544,6 +548,15 @@ def test_every_error_code_maps_to_a_typed_error() -> None:
     unknown = error_from_wire("brand_new", "from a newer server")
     assert type(unknown) is BrokerError and unknown.code is None
     assert "brand_new" in str(unknown)
+
+
+def test_connect_options_are_declared_once_for_both_clients() -> None:
+    fields = {field.name for field in dataclasses.fields(ClientOptions)}
+    assert fields == set(ConnectOptions.__annotations__)
+    for connect_fn in (connect, broker.sync.connect):
+        doc = inspect.getdoc(connect_fn)
+        assert doc is not None
+        assert all(f"    {name}: " in doc for name in fields), connect_fn
 
 
 def test_public_names() -> None:

@@ -13,6 +13,7 @@ from broker.subjects import (
     is_literal,
     matches,
     validate_pattern,
+    validate_queue,
     validate_subject,
 )
 
@@ -339,3 +340,23 @@ def test_matches_agrees_with_reference(pattern: str, subject: str) -> None:
 )
 def test_is_literal(pattern: str, expected: bool) -> None:
     assert is_literal(pattern) is expected
+
+
+@pytest.mark.parametrize("queue", ["workers", "a.b", "*", ">", "日本", "$q", "x" * 1000])
+def test_a_queue_name_is_free_form_text(queue: str) -> None:
+    assert validate_queue(queue) is queue
+
+
+def test_a_queue_name_refuses_every_character_a_subject_refuses() -> None:
+    for char in FORBIDDEN:
+        with pytest.raises(SubjectError, match="queue name must not contain whitespace or control"):
+            validate_queue(f"q{char}")
+
+
+@pytest.mark.parametrize(
+    ("queue", "message"),
+    [(3, "queue name must be a str, not int: 3"), ("", "queue name must not be empty: ''")],
+)
+def test_a_queue_name_is_a_non_empty_str(queue: object, message: str) -> None:
+    with pytest.raises(SubjectError, match=re.escape(message)):
+        validate_queue(queue)

@@ -20,7 +20,6 @@ live deliveries only, so a value published while the capture was disconnected is
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,10 +30,11 @@ from typing import Final, final
 import anyio
 import trio
 
+from .._checks import check_timeout
 from .._concurrency import Signal, single_leaf
+from .._portal import Portal, PortalClosed
 from ..client import Client, Message, Subscription
-from ..errors import BrokerError, ConnectionClosed, SubscriptionClosed
-from ._portal import Portal, PortalClosed
+from ..errors import BrokerError, ConnectionClosed, SubscriptionClosed, _again
 
 __all__ = ["DEFAULT_WAIT_TIMEOUT", "Capture", "SyncCapture", "capture"]
 
@@ -44,23 +44,9 @@ DEFAULT_WAIT_TIMEOUT: Final = 5.0
 Predicate = Callable[[Message], object]
 
 
-def _again(error: BrokerError) -> BrokerError:
-    """A fresh copy of a stored error, so raising it again does not pile up tracebacks."""
-    clone = copy.copy(error)
-    clone.__cause__ = error.__cause__
-    return clone
-
-
 def _check_count(n: object) -> None:
     if type(n) is not int or n < 0:
         raise ValueError(f"the number of messages to wait for must be an int >= 0, got {n!r}")
-
-
-def _check_timeout(timeout: object) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0, or None, got {timeout!r}")
 
 
 @final
@@ -282,7 +268,7 @@ class SyncCapture:
             ConnectionClosed: The capturing client's connection is gone for good.
         """
         _check_count(n)
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while len(self._messages) < n:
@@ -302,7 +288,7 @@ class SyncCapture:
             TimeoutError: No message matched in time.
             SubscriptionClosed, ConnectionClosed: As `wait_for`.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         checked = 0
         while True:
@@ -326,7 +312,7 @@ class SyncCapture:
             TimeoutError: The round trip did not finish within `timeout` seconds.
             ConnectionClosed: The capture is closed or its connection is gone for good.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         portal, cap = self._portal, self._capture
         if portal is None or cap is None or self._finished:
             raise ConnectionClosed(f"the capture of {self.pattern!r} is closed")

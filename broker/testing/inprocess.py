@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 import trio
 
 from .._concurrency import single_leaf
+from .._portal import Portal, PortalClosed
 from ..client import Client, connect
 from ..config import Config
 from ..server import Server
 from ..stats import Statistics
 from . import faults
-from ._portal import Portal, PortalClosed
 from .capture import Capture, SyncCapture, capture
 
 if TYPE_CHECKING:

@@ -1,13 +1,17 @@
-"""Calls into one Trio loop from any other thread, even one that runs a Trio loop of its own.
+"""The one bridge from threads to a Trio loop running on a background thread of its own.
 
-`trio.from_thread` refuses to be called from a thread that runs Trio (it cannot tell that the
-loop it would block is not the one it calls into), but a Trio test calling a broker thread is
-exactly that. This does the same job with `TrioToken.run_sync_soon` and a `threading.Event`:
-it blocks the calling thread, which is safe for any thread but the loop's own.
+`broker.sync` runs its client on such a thread and `broker.testing.BrokerThread` its broker;
+both hand work to the loop through a `Portal`. It calls into the loop from any other thread,
+even one that runs a Trio loop of its own: `trio.from_thread` refuses that (it cannot tell that
+the loop it would block is not the one it calls into), but a Trio test calling a broker thread
+is exactly that. It does the same job with `TrioToken.run_sync_soon` and a `threading.Event`,
+blocking the calling thread, which is safe for any thread but the loop's own. Whether a caller
+may block at all is the caller's rule (`broker.sync` refuses Trio tasks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar, final
@@ -53,7 +57,13 @@ class _Result(Generic[T]):
 
 @final
 class Portal:
-    """Runs functions in one Trio loop on behalf of other threads; made in that loop."""
+    """Runs functions in one Trio loop on behalf of other threads; made in that loop.
+
+    Args:
+        nursery: Where `run` starts its tasks; once it is closed (or cancelled), `run` raises
+            `PortalClosed`.
+        closed_message: The message of `PortalClosed` once the loop is gone.
+    """
 
     __slots__ = ("_nursery", "_thread", "_token", "closed_message")
 
@@ -115,9 +125,20 @@ class Portal:
         self._submit(spawn)
         return result.unwrap()
 
+    def run_soon(self, fn: Callable[[], object]) -> None:
+        """Schedule `fn()` in the loop and return at once; nothing happens once it has finished.
+
+        Any thread may call it, the loop's own included. `fn` must not raise: an exception
+        would crash the loop.
+        """
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn)
+
     def _submit(self, fn: Callable[[], None]) -> None:
         if threading.current_thread() is self._thread:
-            raise RuntimeError("the broker's own thread cannot wait for itself; call from another")
+            raise RuntimeError(
+                "a thread cannot wait for its own Trio loop; call from another thread"
+            )
         try:
             self._token.run_sync_soon(fn)
         except trio.RunFinishedError:

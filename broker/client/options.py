@@ -1,0 +1,241 @@
+"""How a client connects: the options of `connect`, their defaults and checks, broker URLs.
+
+Each option's default is a named constant here, documented once, and `ConnectOptions`
+documents the options once for both `broker.connect` and `broker.sync.connect`.
+
+This module is pure: it imports neither trio, anyio nor the rest of the client.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias, TypedDict, TypeVar, final
+from urllib.parse import urlsplit
+
+from .._checks import check_seconds
+from ..config import DEFAULT_PORT
+from ..errors import BrokerError, ConnectionClosed, ServerShuttingDown
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_PENDING_BYTES",
+    "DEFAULT_MAX_PINGS_OUTSTANDING",
+    "DEFAULT_MAX_RECONNECT_DELAY",
+    "DEFAULT_RECONNECT_BUFFER_SIZE",
+    "DEFAULT_RECONNECT_DELAY",
+    "DEFAULT_WRITE_BUFFER_SIZE",
+    "ClientOptions",
+    "ConnectOptions",
+    "check_options",
+    "document_options",
+    "parse_url",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+
+#: Messages one subscription queues for its consumer before dropping the newest.
+DEFAULT_MAX_PENDING: Final = 65_536
+#: Payload bytes one subscription queues before dropping the newest (a message always fits an
+#: empty queue, so one large message is never refused outright).
+DEFAULT_MAX_PENDING_BYTES: Final = 64 * MiB
+#: Queued, unwritten bytes above which `Client.publish` waits for the writer (backpressure).
+DEFAULT_WRITE_BUFFER_SIZE: Final = 1 * MiB
+#: Encoded bytes of publishes kept while disconnected, sent after reconnecting.
+DEFAULT_RECONNECT_BUFFER_SIZE: Final = 8 * MiB
+#: First reconnection delay in seconds; doubles per failed attempt up to the maximum.
+DEFAULT_RECONNECT_DELAY: Final = 0.1
+DEFAULT_MAX_RECONNECT_DELAY: Final = 5.0
+#: Seconds one connection attempt (TCP connect plus HELLO/WELCOME) may take.
+DEFAULT_CONNECT_TIMEOUT: Final = 2.0
+#: Unanswered PINGs after which the connection is given up as dead.
+DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
+#: Seconds a graceful close waits for queued frames to be written and the server to finish.
+CLOSE_TIMEOUT: Final = 2.0
+
+#: Hooks may return an awaitable: `broker.connect` awaits it, `broker.sync.connect` does not.
+DisconnectedHook: TypeAlias = Callable[[ConnectionClosed], object]
+ReconnectedHook: TypeAlias = Callable[[], object]
+ShuttingDownHook: TypeAlias = Callable[[ServerShuttingDown], object]
+ErrorHook: TypeAlias = Callable[[BrokerError], object]
+
+
+class ConnectOptions(TypedDict, total=False):
+    """The keyword arguments of `broker.connect` and `broker.sync.connect`, all optional.
+
+    Both clients take the same options with the same defaults, checked before connecting (a
+    bad value raises `ValueError`, an unknown keyword `TypeError`).
+
+    Keyword Args:
+        name: Shown in the server's logs. Default None.
+        echo: Whether this client receives its own publishes. Default True.
+        token: Sent in HELLO, reserved for authentication. Default None.
+        reconnect: Reconnect when a live connection breaks. The first connection is not
+            retried: a wrong address should fail loudly. Default True.
+        max_reconnect_attempts: Attempts per outage before giving up; None (the default) for
+            no limit.
+        reconnect_delay: First delay before an attempt, in seconds; doubles per failure.
+            Default `DEFAULT_RECONNECT_DELAY` (0.1).
+        max_reconnect_delay: Upper bound on that delay. Default `DEFAULT_MAX_RECONNECT_DELAY`
+            (5.0).
+        reconnect_buffer_size: Bytes of encoded publishes kept while disconnected. Default
+            `DEFAULT_RECONNECT_BUFFER_SIZE` (8 MiB).
+        write_buffer_size: Queued bytes above which ``publish`` waits. Default
+            `DEFAULT_WRITE_BUFFER_SIZE` (1 MiB).
+        connect_timeout: Seconds each connection attempt may take, handshake included (the
+            reconnections run in the background, with no caller's cancel scope to bound them).
+            Default `DEFAULT_CONNECT_TIMEOUT` (2.0).
+        ping_interval: Seconds between our PINGs; None (the default) takes the server's from
+            WELCOME.
+        max_pings_outstanding: Unanswered PINGs after which the connection is dead. Default
+            `DEFAULT_MAX_PINGS_OUTSTANDING` (2).
+        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
+        on_reconnected: Called once a new connection is up and resubscribed.
+        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
+        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`); they
+            are logged when it is None.
+
+    Hooks run one at a time, in order, so a slow hook never stalls the reader, and an exception
+    from one is logged. `broker.connect` takes sync or async callables and runs them in a task
+    of its own; `broker.sync.connect` runs plain callables in a worker thread, where they may
+    call the client's blocking methods.
+    """
+
+    name: str | None
+    echo: bool
+    token: str | None
+    reconnect: bool
+    max_reconnect_attempts: int | None
+    reconnect_delay: float
+    max_reconnect_delay: float
+    reconnect_buffer_size: int
+    write_buffer_size: int
+    connect_timeout: float
+    ping_interval: float | None
+    max_pings_outstanding: int
+    on_disconnected: DisconnectedHook | None
+    on_reconnected: ReconnectedHook | None
+    on_shutting_down: ShuttingDownHook | None
+    on_error: ErrorHook | None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOptions:
+    """`ConnectOptions` with their defaults, checked: what a client runs with.
+
+    Raises:
+        ValueError: A value breaks its rule (on construction, so before connecting).
+    """
+
+    name: str | None = None
+    echo: bool = True
+    token: str | None = None
+    reconnect: bool = True
+    max_reconnect_attempts: int | None = None
+    reconnect_delay: float = DEFAULT_RECONNECT_DELAY
+    max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY
+    reconnect_buffer_size: int = DEFAULT_RECONNECT_BUFFER_SIZE
+    write_buffer_size: int = DEFAULT_WRITE_BUFFER_SIZE
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ping_interval: float | None = None
+    max_pings_outstanding: int = DEFAULT_MAX_PINGS_OUTSTANDING
+    on_disconnected: DisconnectedHook | None = None
+    on_reconnected: ReconnectedHook | None = None
+    on_shutting_down: ShuttingDownHook | None = None
+    on_error: ErrorHook | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_reconnect_attempts is not None:
+            require_non_negative_int("max_reconnect_attempts", self.max_reconnect_attempts)
+        check_seconds("reconnect_delay", self.reconnect_delay)
+        check_seconds("max_reconnect_delay", self.max_reconnect_delay)
+        if self.max_reconnect_delay < self.reconnect_delay:
+            raise ValueError(
+                f"max_reconnect_delay must be >= reconnect_delay ({self.reconnect_delay}), "
+                f"got {self.max_reconnect_delay}"
+            )
+        require_non_negative_int("reconnect_buffer_size", self.reconnect_buffer_size)
+        require_non_negative_int("write_buffer_size", self.write_buffer_size)
+        check_seconds("connect_timeout", self.connect_timeout)
+        if self.ping_interval is not None:
+            check_seconds("ping_interval", self.ping_interval)
+        require_positive_int("max_pings_outstanding", self.max_pings_outstanding)
+        # Seconds are kept as floats, so messages show them alike whichever was given.
+        for name in ("reconnect_delay", "max_reconnect_delay", "connect_timeout"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.ping_interval is not None:
+            object.__setattr__(self, "ping_interval", float(self.ping_interval))
+
+
+_KEYWORDS: Final = frozenset(ConnectOptions.__annotations__)
+
+
+def check_options(options: ConnectOptions, caller: str) -> ClientOptions:
+    """`options` as given to `caller` (``connect``), checked and completed with defaults.
+
+    Raises:
+        TypeError: An unknown keyword, as Python says it for a function that lists its own.
+        ValueError: As `ClientOptions`.
+    """
+    for key in options:
+        if key not in _KEYWORDS:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {key!r}")
+    return ClientOptions(**options)
+
+
+def document_options(fn: F) -> F:
+    """Append the keyword arguments documented in `ConnectOptions` to `fn`'s docstring.
+
+    So ``help(broker.connect)`` lists them, as it did when they were in the signature; the
+    text is written once, in `ConnectOptions`.
+    """
+    doc, options = fn.__doc__, ConnectOptions.__doc__
+    if doc is not None and options is not None:  # None under python -OO
+        # Cleaned first: Python 3.13 strips docstrings' indentation when compiling, 3.11 not.
+        options = inspect.cleandoc(options)
+        section = options[options.index("Keyword Args:") :]
+        fn.__doc__ = f"{inspect.cleandoc(doc)}\n\n{section}\n"
+    return fn
+
+
+def require_positive_int(name: str, value: object) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def require_non_negative_int(name: str, value: object) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """Split a broker address into host and port.
+
+    Accepts ``tcp://host:port``, ``host:port`` and ``[::1]:port``; the port defaults to the
+    server's (`broker.config.DEFAULT_PORT`).
+
+    Raises:
+        ValueError: Another scheme, no host, a bad port, or a path, query or user part.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    parts = urlsplit(url if "://" in url else "tcp://" + url)
+    if parts.scheme != "tcp":
+        raise ValueError(f"broker URLs use the tcp scheme (tcp://host:port), got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the port must be an int between 0 and 65535 in {url!r}") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"a broker URL needs a host, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"a broker URL is only tcp://host:port, got {url!r}")
+    return host, DEFAULT_PORT if port is None else port
