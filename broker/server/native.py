@@ -197,7 +197,8 @@ class NativeAdapter:
         if last[0] is message:
             tail = last[1]
         else:
-            tail = encode_msg_tail(message[0], message[1], message[2], message[3])
+            subject, payload, reply_to, headers, _retain = message
+            tail = encode_msg_tail(subject, payload, reply_to, headers)
             _last_encoded = (message, tail)
         prefix = sub.prefix
         head = _pack_length(len(prefix) + len(tail)) + prefix  # msg_head, inlined

@@ -113,14 +113,19 @@ def peer_address(stream: trio.abc.Stream) -> tuple[str, int]:
 
 
 async def _close_gracefully(stream: trio.abc.Stream) -> None:
-    """Half-close where the stream can, then drain briefly, so the peer reads our last frame
-    instead of a reset."""
+    """Let the peer read our last frame instead of a reset, within `LINGER_SECONDS`.
+
+    A TCP stream is half-closed, then drained until the peer closes too. A stream that cannot
+    half-close (TLS) is closed outright: its close_notify is how the peer learns we are done.
+    """
     with trio.move_on_after(LINGER_SECONDS):
         try:
             if isinstance(stream, trio.abc.HalfCloseableStream):
                 await stream.send_eof()
-            while await stream.receive_some(READ_SIZE):
-                pass
+                while await stream.receive_some(READ_SIZE):
+                    pass
+            else:
+                await stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
