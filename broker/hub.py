@@ -16,9 +16,11 @@ Pure: no trio, anyio or socket (a test imports it alone).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, Final, Protocol, final
 
+from ._text import brief
 from ._version import __version__
 from .config import Config
 from .errors import ErrorCode
@@ -201,7 +203,7 @@ class Hub:
             )
         try:
             if subject[:1] == "$":
-                raise SubjectError(f"subjects starting with '$' are reserved: {subject!r}")
+                raise SubjectError(f"subjects starting with '$' are reserved: {brief(subject)}")
             match = self.table.match(subject)
             if reply_to is not None:
                 validate_subject(
@@ -334,12 +336,28 @@ class Hub:
             del held[sub.sid]
             self.table.discard(sub)
 
-    def remove_all(self, owner: Subscriber) -> None:
-        """Remove every subscription of `owner` (it is leaving)."""
+    def remove_all(self, owner: Subscriber, *, limit: int | None = None) -> bool:
+        """Remove the subscriptions of `owner` (it is leaving); True while some remain.
+
+        With `limit`, at most that many go per call, so a caller that yields between calls
+        tears down 65,536 subscriptions without holding the other clients up for it. Queue
+        group memberships all go in the first call, whatever the limit: a member that stays
+        in its group while its connection is gone would be chosen for messages it can no
+        longer take, and the group would lose them.
+        """
         table = self.table
-        for sub in owner.subscriptions.values():
-            table.discard(sub)
-        owner.subscriptions.clear()
+        held = owner.subscriptions
+        if limit is None or len(held) <= limit:
+            for sub in held.values():
+                table.discard(sub)
+            held.clear()
+            return False
+        members = [sub for sub in held.values() if sub.queue is not None]
+        for sub in members:
+            self.remove(sub)
+        for sub in list(itertools.islice(held.values(), limit)):
+            self.remove(sub)
+        return bool(held)
 
     # -- statistics ---------------------------------------------------------------------------
 

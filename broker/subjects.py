@@ -14,8 +14,8 @@ Subjects that start with ``$`` are reserved for the broker itself: clients may s
 but not publish to them, so ``validate_subject`` refuses them unless ``allow_reserved=True``.
 
 A queue group name is a name, not a subject: any non-empty text without whitespace or control
-characters (``validate_queue``). The client checks it before sending and the routing table
-again, with the same rule.
+characters, no longer than a subject may be (``validate_queue``). The client checks it before
+sending and the routing table again, with the same rule.
 
 This module does no I/O and never imports trio.
 """
@@ -24,6 +24,10 @@ from __future__ import annotations
 
 import re
 from typing import Final
+
+from ._text import brief
+
+_SHOW_MAX = 80
 
 __all__ = [
     "MAX_SUBJECT_LENGTH",
@@ -47,7 +51,6 @@ _FORBIDDEN_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 
 # Values in error messages are cut short: a refused subject may be a megabyte long, and the
 # message may be sent back to the client that sent it.
-_SHOW_MAX = 80
 
 
 class SubjectError(ValueError):
@@ -58,10 +61,8 @@ class SubjectError(ValueError):
 
 
 def _show(value: object) -> str:
-    text = repr(value)
-    if len(text) > _SHOW_MAX:
-        return text[: _SHOW_MAX - 3] + "..."
-    return text
+    text = brief(value)  # bounded work, however large or deep the value
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 3] + "..."
 
 
 def _check(value: object, *, what: str, max_length: int, max_tokens: int, wildcards: bool) -> str:
@@ -185,25 +186,33 @@ def validate_pattern(
     )
 
 
-def validate_queue(queue: object) -> str:
+def validate_queue(queue: object, *, max_length: int = MAX_SUBJECT_LENGTH) -> str:
     """Check a queue group name and return it.
 
-    Unlike a subject it has no tokens and no length limit of its own (the frame bounds it), so
-    dots and ``*`` are plain characters in it.
+    Unlike a subject it has no tokens, so dots and ``*`` are plain characters in it; it obeys
+    the subjects' length limit, so a client cannot make the table keep (and every match copy)
+    a name of a megabyte.
 
     Raises:
-        SubjectError: If the name is not a str, is empty, or contains whitespace or a control
-            character.
+        SubjectError: If the name is not a str, is empty, is longer than `max_length` bytes in
+            UTF-8, or contains whitespace or a control character.
     """
     if not isinstance(queue, str):
         raise SubjectError(f"queue name must be a str, not {type(queue).__name__}: {_show(queue)}")
     if not queue:
         raise SubjectError(f"queue name must not be empty: {queue!r}")
+    # len() first: a str of n characters holds at least n UTF-8 bytes, so most names are
+    # settled without encoding them.
+    if len(queue) > max_length or len(queue.encode("utf-8", "surrogatepass")) > max_length:
+        size = len(queue.encode("utf-8", "surrogatepass"))
+        raise SubjectError(
+            f"queue name must be at most {max_length} bytes in UTF-8, got {size}: {_show(queue)}"
+        )
     bad = _FORBIDDEN_CHAR.search(queue)
     if bad is not None:
         raise SubjectError(
             "queue name must not contain whitespace or control characters, "
-            f"found {bad.group()!r} at index {bad.start()}: {queue[:_SHOW_MAX]!r}"
+            f"found {bad.group()!r} at index {bad.start()}: {_show(queue)}"
         )
     return queue
 

@@ -22,6 +22,7 @@ PURE_MODULES = (
     "broker.retained",
     "broker.routing",
     "broker.stats",
+    "broker._text",
     "broker.subjects",
 )
 

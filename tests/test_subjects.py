@@ -342,7 +342,7 @@ def test_is_literal(pattern: str, expected: bool) -> None:
     assert is_literal(pattern) is expected
 
 
-@pytest.mark.parametrize("queue", ["workers", "a.b", "*", ">", "日本", "$q", "x" * 1000])
+@pytest.mark.parametrize("queue", ["workers", "a.b", "*", ">", "日本", "$q", "x" * 256])
 def test_a_queue_name_is_free_form_text(queue: str) -> None:
     assert validate_queue(queue) is queue
 
@@ -360,3 +360,16 @@ def test_a_queue_name_refuses_every_character_a_subject_refuses() -> None:
 def test_a_queue_name_is_a_non_empty_str(queue: object, message: str) -> None:
     with pytest.raises(SubjectError, match=re.escape(message)):
         validate_queue(queue)
+
+
+def test_a_queue_name_has_the_subject_length_limit_at_the_edge() -> None:
+    assert validate_queue("q" * 256) == "q" * 256
+    with pytest.raises(SubjectError, match=r"at most 256 bytes in UTF-8, got 257"):
+        validate_queue("q" * 257)
+    assert validate_queue("é" * 128) == "é" * 128  # 256 bytes
+    with pytest.raises(SubjectError, match=r"got 258"):
+        validate_queue("é" * 129)
+    assert validate_queue("q" * 17, max_length=17) and validate_queue("q" * 16, max_length=17)
+    with pytest.raises(SubjectError) as info:
+        validate_queue("q" * 1_000_000)
+    assert len(str(info.value)) < 200

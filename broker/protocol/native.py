@@ -19,6 +19,7 @@ from typing import Any, Final, NamedTuple, NoReturn, TypeAlias, final
 
 import msgpack
 
+from .._text import brief
 from ..errors import ErrorCode
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -216,7 +217,7 @@ def _is_int(value: object) -> bool:
 
 def _check_sid(value: object) -> str | None:
     if type(value) is not int or not 0 <= value < 2**63:
-        return f"sid must be an int between 0 and 2**63-1, got {value!r}"
+        return f"sid must be an int between 0 and 2**63-1, got {brief(value)}"
     return None
 
 
@@ -239,7 +240,7 @@ def _check_headers(value: object) -> str | None:
         return f"headers must be a map of str to str or nil, got {type(value).__name__}"
     for key, item in value.items():
         if type(key) is not str or type(item) is not str:
-            return f"headers must map str to str, got {key!r}: {item!r}"
+            return f"headers must map str to str, got {brief(key)}: {brief(item)}"
     return None
 
 
@@ -264,12 +265,14 @@ def _check_options(name: str, value: object) -> str | None:
 def _check_hello(options: dict[str, Any]) -> str | None:
     version = options.get("version", PROTOCOL_VERSION)
     if not _is_int(version):
-        return f"HELLO version must be an int, got {version!r}"
+        return f"HELLO version must be an int, got {brief(version)}"
     if version != PROTOCOL_VERSION:
-        return f"unsupported protocol version {version!r}; this server speaks {PROTOCOL_VERSION}"
+        return (
+            f"unsupported protocol version {brief(version)}; this server speaks {PROTOCOL_VERSION}"
+        )
     for flag in ("echo", "retained"):
         if type(options.get(flag, True)) is not bool:
-            return f"HELLO {flag} must be a bool, got {options.get(flag)!r}"
+            return f"HELLO {flag} must be a bool, got {brief(options.get(flag))}"
     for key in ("name", "token"):
         if (problem := _check_optional_str(f"HELLO {key}", options.get(key))) is not None:
             return problem
@@ -332,7 +335,7 @@ def _parse_unsub(items: list[Any]) -> Event | str:
     if (problem := _check_sid(sid)) is not None:
         return problem
     if max_msgs is not None and (not _is_int(max_msgs) or max_msgs < 0):
-        return f"UNSUB max_msgs must be a non-negative int or nil, got {max_msgs!r}"
+        return f"UNSUB max_msgs must be a non-negative int or nil, got {brief(max_msgs)}"
     return Unsub(sid, max_msgs)
 
 
@@ -394,7 +397,7 @@ def _parse_err(items: list[Any]) -> Event | str:
         return fields
     code, message, details = fields
     if type(code) is not str or type(message) is not str:
-        return f"ERR code and message must be str, got {code!r}, {message!r}"
+        return f"ERR code and message must be str, got {brief(code)}, {brief(message)}"
     if details is not None and type(details) is not dict:
         return f"ERR details must be a map or nil, got {type(details).__name__}"
     return Err(code, message, details)
@@ -689,14 +692,14 @@ class Connection:
             self._fail(
                 ErrorCode.BAD_FRAME,
                 "a frame must hold an array whose first element is the operation name, "
-                f"got {_describe(items)}",
+                f"got {brief(items)}",
             )
         op = items[0]
         parser = self._parsers.get(op)
         if parser is None:
             self._fail(
                 ErrorCode.UNKNOWN_OP,
-                f"unknown operation {op[:32]!r} from the {self.their_role.value}",
+                f"unknown operation {brief(op[:32])} from the {self.their_role.value}",
             )
         result = parser(items)
         if type(result) is str:
@@ -728,11 +731,6 @@ class Connection:
                 )
             self._our_opening = None
         return _encode_checked(event, self.our_role, self.max_frame)
-
-
-def _describe(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def encode_frame(event: Event) -> bytes:
