@@ -8,9 +8,9 @@ subscriptions.
 
 Publishers tend to repeat a small set of subjects, so results are cached per subject: a hit is
 one dict lookup and returns the same immutable ``Match`` object. The cache is bounded (the oldest
-entry goes first) and is invalidated precisely: a change to a subscription with pattern ``p``
-drops only the cached subjects ``p`` matches, so unrelated traffic keeps its hits while clients
-come and go.
+entry goes first). A change to a literal subscription drops only its own subject (request
+inboxes come and go without touching the rest); a change to a wildcard subscription empties the
+cache, since finding the subjects it matches would cost the whole cache on every change.
 
 Queue groups pick one member per message. The state that makes the choice fair (when each
 member was last chosen) lives in the table, on the member's own record, not in the cached
@@ -35,7 +35,6 @@ from broker.subjects import (
     MAX_SUBJECT_LENGTH,
     MAX_SUBJECT_TOKENS,
     is_literal,
-    matches,
     validate_pattern,
     validate_queue,
     validate_subject,
@@ -206,7 +205,7 @@ class RoutingTable(Generic[S]):
         """
         validate_pattern(pattern, max_length=self._max_length, max_tokens=self._max_tokens)
         if queue is not None:
-            validate_queue(queue)
+            validate_queue(queue, max_length=self._max_length)
         if sub in self._entries:
             raise ValueError(f"subscriber is already in the routing table: {sub!r}")
         entry = _Entry(sub, pattern, queue, next(self._seq))
@@ -324,20 +323,18 @@ class RoutingTable(Generic[S]):
         return Match(tuple(plain), groups)
 
     def _invalidate(self, pattern: str) -> None:
-        """Drop the cached matches of every subject ``pattern`` matches, and only those."""
+        """Drop the cached matches `pattern` may change, in time independent of the cache's size.
+
+        A literal pattern matches one subject: only that entry goes. A wildcard pattern empties
+        the cache instead of searching it for the subjects it matches: a search costs the whole
+        cache on every SUB and UNSUB, which a client can repeat at will, while emptying costs
+        at most what filling it did (each entry is freed once), and refilling it costs the
+        misses that publishers would pay anyway.
+        """
         cache = self._cache
         if not cache:
             return
         if is_literal(pattern):
             cache.pop(pattern, None)
-            return
-        if pattern == ">":
+        else:
             cache.clear()
-            return
-        # Only subjects that share the pattern's literal prefix can match, and that test is
-        # cheap, so most of the cache is skipped without splitting anything.
-        cut = min(i for i in (pattern.find("*"), pattern.find(">")) if i >= 0)
-        prefix = pattern[:cut]
-        stale = [s for s in cache if s.startswith(prefix) and matches(pattern, s)]
-        for subject in stale:
-            del cache[subject]
