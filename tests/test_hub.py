@@ -166,3 +166,17 @@ def test_unsubscribe_after_max_msgs_and_remove_all() -> None:
 
 def test_no_responders_headers_are_the_status_only() -> None:
     assert NO_RESPONDERS_HEADERS == {"status": "503"}
+
+
+def test_a_leaving_owner_sheds_its_subscriptions_in_batches_queue_members_first() -> None:
+    hub = make_hub()
+    owner = Recorder()
+    for sid in range(10):
+        hub.subscribe(owner, sid, f"plain.{sid}")
+    hub.subscribe(owner, 10, "jobs", "workers")
+    assert hub.remove_all(owner, limit=4)  # some remain
+    assert all(sub.queue is None for sub in owner.subscriptions.values())
+    assert len(owner.subscriptions) == 6
+    assert hub.remove_all(owner, limit=4)
+    assert not hub.remove_all(owner, limit=4)
+    assert owner.subscriptions == {} and len(hub.table) == 0

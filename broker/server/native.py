@@ -10,6 +10,7 @@ per publish (see `_last_encoded`) and joins the subscription's own prefix onto t
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any, Final, cast, final
 
 from ..errors import ErrorCode
@@ -41,6 +42,11 @@ __all__ = ["NativeAdapter", "refusal_frame"]
 _PING_FRAME: Final = encode_frame(Ping())
 _PONG_FRAME: Final = encode_frame(Pong())
 _pack_length = struct.Struct(">I").pack
+#: Most time one turn of a reader spends turning frames into hub calls before it lets the
+#: other tasks run (see `NativeAdapter._dispatch`).
+TURN_SECONDS: Final = 0.002
+#: Frames between two looks at the clock: a look costs about as much as routing a frame.
+_CLOCK_EVERY: Final = 16
 
 #: The last message encoded for delivery, and its MSG tail (the fields after the sid). Every
 #: delivery of one publish happens in one synchronous step, so this one-entry memo, keyed on the
@@ -126,8 +132,7 @@ class NativeAdapter:
             events = self.conn.events()
             if not events:
                 return False
-        self._dispatch(events)
-        return DEFERRED if self._deferred is not None else True
+        return self._dispatch(events)
 
     def error_frame(
         self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
@@ -149,11 +154,23 @@ class NativeAdapter:
 
     # -- frames to hub calls ------------------------------------------------------------------
 
-    def _dispatch(self, events: list[Event]) -> None:
+    def _dispatch(self, events: list[Event]) -> str | bool:
+        """Turn events into hub calls; `DEFERRED` if the rest waits for a replay to be taken.
+
+        One turn does at most `TURN_SECONDS` of work: past that, the rest is kept for the next
+        call and the reader lets every other task run first. So a client whose frames are
+        expensive (a publish matching thousands of subscriptions, a flood of SUBs) delays the
+        others by milliseconds, not by the seconds one 64 KiB read of them could take.
+        """
         hub = self.hub
         publish = hub.publish
         transport = self.transport
+        clock = time.perf_counter
+        deadline = clock() + TURN_SECONDS
         for at, event in enumerate(events):
+            if not at % _CLOCK_EVERY and at and clock() > deadline:
+                self._deferred = events[at:]
+                return True
             kind = type(event)
             try:
                 if kind is Pub:
@@ -164,7 +181,7 @@ class NativeAdapter:
                         # One replay at a time beyond the bounds: this SUB, and everything
                         # after it, waits until the writer has taken the one already queued.
                         self._deferred = events[at:]
-                        return
+                        return DEFERRED
                     hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
                 elif kind is Unsub:
                     # An unknown sid is not an error: an auto-unsubscribe may have removed it.
@@ -179,7 +196,8 @@ class NativeAdapter:
             except Refused as refused:
                 transport.error(refused.code, refused.message, refused.details)
             if not transport.accepting:
-                return
+                break
+        return True
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
 

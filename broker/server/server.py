@@ -178,7 +178,9 @@ class Server:
             finally:
                 transport.accepting = False
                 self.transports.discard(transport)
-                hub.remove_all(adapter)
+                with trio.CancelScope(shield=True):
+                    while hub.remove_all(adapter, limit=_TEARDOWN_BATCH):
+                        await trio.lowlevel.checkpoint()
                 counters.connections -= 1
                 log.debug("%r closed", transport)
         except Exception:
@@ -196,6 +198,10 @@ async def serve(
     """Run a broker until cancelled; `task_status.started` gets the listening `Server`."""
     await Server(config).serve(task_status=task_status)
 
+
+#: Subscriptions a closed connection sheds between two yields to the other tasks: about a
+#: millisecond of work, so closing a connection with 65,536 subscriptions delays nobody.
+_TEARDOWN_BATCH = 512
 
 #: File descriptors kept for listeners, logs and the like beyond one per client.
 _FD_HEADROOM = 64

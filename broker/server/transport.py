@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol, final
 
 import trio
 
+from .._text import brief
 from ..errors import ErrorCode
 from ..hub import Hub, Subscription
 from ..protocol.errors import RemoteProtocolError
@@ -41,6 +42,7 @@ READ_SIZE: Final = 64 * 1024
 LINGER_SECONDS: Final = 0.5
 #: `WireAdapter.process` stopped early: the rest waits until the writer takes a queued replay.
 DEFERRED: Final = "deferred"
+_INTERNAL_ERROR: Final = "internal error: the server failed handling this connection; it is closed"
 
 
 class WireAdapter(Protocol):
@@ -210,7 +212,7 @@ class Transport:
 
     def __repr__(self) -> str:
         name = self.adapter.name
-        label = f" {name!r}" if name else ""
+        label = f" {brief(name)}" if name else ""
         return f"<Connection {self.client_id}{label} {self.peer}>"
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -297,7 +299,9 @@ class Transport:
 
     async def _refuse(self, code: ErrorCode, message: str) -> None:
         """Send one fatal error before the session ever started, then close."""
-        self.hub.counters.protocol_errors += code.violation
+        counters = self.hub.counters
+        counters.protocol_errors += code.violation
+        counters.refused_connections += 1
         log.info("%r refused: %s: %s", self, code.value, message)
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
@@ -318,6 +322,11 @@ class Transport:
                             found = adapter.process()
                     except RemoteProtocolError as error:
                         self.fail(error.code, error.message)
+                        return
+                    except Exception:
+                        # A bug, not the client's fault: say so, once, and close only this one.
+                        log.exception("%r: internal error handling its frames", self)
+                        self.fail(ErrorCode.INTERNAL_ERROR, _INTERNAL_ERROR)
                         return
                     if self._fatal is not None:
                         return

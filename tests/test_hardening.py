@@ -1,0 +1,179 @@
+"""Hostile input over loopback: every error is a bounded ERR, and everyone else carries on.
+
+Issue 10's attacks, each checked against what it did before: a megabyte of bad value copied
+into the ERR (too large to send: a silent close) and the log, msgpack nested too deep for
+`repr`, a megabyte queue-group name, a bug that closed a connection without the documented
+`internal_error`, handshake refusals not counted, and one read of expensive frames holding
+the reader for as long as they took.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+from wire import StartServer, bystanders, raw_frame, wire_client
+
+from broker.hub import Subscription
+from broker.message import Message, Retained
+from broker.protocol import Err, Hello, Msg, Pub, Sub, encode_frame
+from broker.server.native import NativeAdapter
+from broker.server.transport import Transport
+
+#: An ERR about a client's value stays this small, whatever the value.
+ERR_BOUND = 1024
+
+
+def _nested(depth: int) -> bytes:
+    """A msgpack value nested `depth` arrays deep, built as bytes (no Python recursion)."""
+    return b"\x91" * depth + b"\xc0"
+
+
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("hello", "code"),
+    [
+        ({"version": "v" * 1_000_000}, "bad_handshake"),
+        ({"echo": b"x" * 1_000_000}, "bad_handshake"),
+        ({"name": ["n" * 1000] * 1000}, "bad_handshake"),
+    ],
+)
+async def test_a_huge_bad_value_in_hello_gets_a_short_err(
+    start_server: StartServer, hello: dict[str, Any], code: str
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server()
+        async with bystanders(server.port) as pair, wire_client(server.port, hello=False) as bad:
+            await bad.send_raw(raw_frame(["HELLO", hello]))
+            (err,) = await bad.closed()
+            assert type(err) is Err and err.code == code and err.fatal
+            assert len(err.message) < ERR_BOUND
+            await pair.check()
+        stats = server.statistics()
+        assert (stats.refused_connections, stats.protocol_errors) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        msgpack.packb(["SUB", "x" * 1_000_000, "s"]),  # a sid that is a megabyte of text
+        msgpack.packb(["PUB", "s", b"p", None, {"k": b"v" * 1_000_000}]),
+        msgpack.packb(["UNSUB", 1, "m" * 1_000_000]),
+        b"\x93\xa5UNSUB\x01" + _nested(1000),  # max_msgs nested a thousand arrays deep
+        b"\x92\xa3SUB" + _nested(100_000),  # deeper than msgpack's own stack
+    ],
+    ids=["huge-sid", "huge-header", "huge-max-msgs", "nested-1000", "nested-100k"],
+)
+async def test_a_huge_or_deep_bad_value_gets_a_short_bad_frame(
+    start_server: StartServer, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server()
+        async with bystanders(server.port) as pair, wire_client(server.port) as bad:
+            await bad.send_raw(_frame(body))
+            (err,) = await bad.closed()
+            assert type(err) is Err and err.code == "bad_frame"
+            assert len(err.message) < ERR_BOUND
+            await pair.check()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert all(len(r.getMessage()) < 2 * ERR_BOUND for r in caplog.records)
+
+
+async def test_a_megabyte_queue_name_is_refused_and_the_connection_carries_on(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server()
+        async with wire_client(server.port) as client:
+            await client.send(Sub(1, "jobs", "q" * 1_000_000), Sub(2, "jobs", "q" * 256))
+            err = await client.expect(Err)
+            assert err.code == "bad_subject" and not err.fatal
+            assert err.details == {"sid": 1} and "at most 256 bytes" in err.message
+            assert len(err.message) < ERR_BOUND
+            await client.send(Pub("jobs", b"work"))
+            assert await client.expect(Msg) == Msg(2, "jobs", b"work")
+            assert server.statistics().subscriptions == 1
+
+
+async def test_an_internal_error_sends_internal_error_then_closes_that_client_only(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        """An in-process subscriber with a bug: it raises on every delivery."""
+
+        name = "broken"
+        echo = True
+        permissions = None
+
+        def __init__(self) -> None:
+            self.subscriptions: dict[Any, Subscription] = {}
+
+        def deliver(self, sub: Subscription, message: Message) -> int:
+            raise RuntimeError("a bug in a subscriber")
+
+        def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
+            return False
+
+    with trio.fail_after(10):
+        server = await start_server()
+        server.hub.subscribe(Broken(), 1, "boom")
+        async with bystanders(server.port) as pair, wire_client(server.port) as victim:
+            await victim.send(Pub("boom", b"x"))
+            (err,) = await victim.closed()
+            assert type(err) is Err and err.code == "internal_error" and err.fatal
+            await pair.check()
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+async def test_refusals_at_the_handshake_count_as_refused_connections(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server(handshake_timeout=0.05)
+        async with wire_client(server.port, hello=False) as late:
+            (err,) = await late.closed()
+            assert type(err) is Err and err.code == "handshake_timeout"
+        async with wire_client(server.port, hello=False) as bad:
+            await bad.send(Pub("not", b"a hello"))
+            (err,) = await bad.closed()
+            assert type(err) is Err and err.code == "bad_handshake"
+        assert server.statistics().refused_connections == 2
+
+
+def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None:
+    from broker.server import Server
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
+
+    def connected(client_id: int) -> NativeAdapter:
+        transport = Transport(hub, trio.testing.MemorySendStream(), "peer", client_id)
+        adapter = transport.adapter = NativeAdapter(hub, transport)
+        adapter.receive_data(encode_frame(Hello({})))
+        assert adapter.handshake()
+        transport.outbox.take_batch()
+        return adapter
+
+    publisher, subscriber = connected(1), connected(2)
+    subscriber.receive_data(b"".join(encode_frame(Sub(sid, "fan")) for sid in range(500)))
+    while subscriber.process():
+        pass
+    assert len(subscriber.subscriptions) == 500
+    publisher.receive_data(b"".join(encode_frame(Pub("fan", b"%d" % n)) for n in range(400)))
+    turns = 0
+    while publisher.process():
+        turns += 1
+    assert turns > 1  # 200,000 deliveries do not fit in one turn
+    frames = list(subscriber.outbox._frames)
+    assert len(frames) == 2 * 400 * 500
+    payloads = [msgpack.unpackb(b"\x94" + tail)[1] for tail in frames[1::1000]]
+    assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
