@@ -17,13 +17,15 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from wire import StartServer, bystanders, raw_frame, wire_client
+from wire import StartServer, bystanders, raw_frame, wait_until, wire_client
 
 from broker.hub import Subscription
 from broker.message import Message, Retained
-from broker.protocol import Err, Hello, Msg, Pub, Sub, encode_frame
+from broker.protocol import Err, Hello, Msg, Ping, Pong, Pub, Sub, encode_frame
 from broker.server.native import NativeAdapter
+from broker.server.outbox import CONTROL_OVERHEAD
 from broker.server.transport import Transport
+from broker.testing import faults
 
 #: An ERR about a client's value stays this small, whatever the value.
 ERR_BOUND = 1024
@@ -177,3 +179,32 @@ def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None
     assert len(frames) == 2 * 400 * 500
     payloads = [msgpack.unpackb(b"\x94" + tail)[1] for tail in frames[1::1000]]
     assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
+
+
+@pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])
+async def test_pongs_count_at_their_memory_cost_against_max_pending_bytes(
+    start_server: StartServer, extra: int
+) -> None:
+    limit = 1024
+    pong_cost = len(encode_frame(Pong())) + CONTROL_OVERHEAD  # about 65 bytes, not 9
+    fit = limit // pong_cost
+    with trio.fail_after(10):
+        server = await start_server(max_pending_bytes=limit)
+        async with bystanders(server.port) as pair, wire_client(server.port, name="pinger") as c:
+            await c.flush()
+            assert faults.stall_client(server, "pinger") == 1
+            (pinger,) = faults.connections(server, "pinger")
+            await c.send(*[Ping()] * (fit + extra))
+            if extra:
+                await wait_until(lambda: server.statistics().slow_consumers == 1)
+            else:  # every PONG is queued, and the connection holds exactly its bound
+                await wait_until(lambda: pinger.outbox.control_bytes == fit * pong_cost)
+                assert server.statistics().slow_consumers == 0
+            faults.resume_client(server, "pinger")
+            if extra:
+                (err,) = await c.closed()
+                assert type(err) is Err and err.code == "slow_consumer"
+            else:
+                assert [await c.next_event() for _ in range(fit)] == [Pong()] * fit
+                await c.flush()
+            await pair.check()

@@ -13,7 +13,7 @@ from typing import Final, final
 
 import trio
 
-__all__ = ["MESSAGE_OVERHEAD", "WRITE_BATCH_BYTES", "Outbox"]
+__all__ = ["CONTROL_OVERHEAD", "MESSAGE_OVERHEAD", "WRITE_BATCH_BYTES", "Outbox"]
 
 #: Most bytes one write takes from a backlog (everything, when less is queued).
 WRITE_BATCH_BYTES: Final = 1024 * 1024
@@ -23,6 +23,10 @@ WRITE_BATCH_BYTES: Final = 1024 * 1024
 #: slot. Counting it makes `max_pending_bytes` bound the memory a stalled client pins, not just
 #: its frame bytes (small frames were 1.5x over).
 MESSAGE_OVERHEAD: Final = 2 * (sys.getsizeof(b"") + 15) + 2 * 8
+#: The same for a queued control frame (PONG, ERR, PING): one `bytes` object of its own and one
+#: deque slot. A 9-byte PONG holds about 65 bytes; counting only its 9 let a client that sends
+#: PINGs and never reads pin seven times `max_pending_bytes`.
+CONTROL_OVERHEAD: Final = sys.getsizeof(b"") + 15 + 8
 
 
 class _Control(bytes):
@@ -139,8 +143,9 @@ class Outbox:
     def push_control(self, frame: bytes) -> None:
         """Queue a control frame; it counts towards bytes but is never dropped by policy."""
         self._frames.append(_Control(frame))
-        self.bytes += len(frame)
-        self.control_bytes += len(frame)
+        size = len(frame) + CONTROL_OVERHEAD
+        self.bytes += size
+        self.control_bytes += size
         if self._waiting:
             self.wake()
 
@@ -217,8 +222,8 @@ class Outbox:
             if kind is _Control:
                 batch.append(head)
                 size += len(head)
-                self.bytes -= len(head)
-                self.control_bytes -= len(head)
+                self.bytes -= len(head) + CONTROL_OVERHEAD
+                self.control_bytes -= len(head) + CONTROL_OVERHEAD
                 continue
             tail = popleft()
             batch.append(head)
