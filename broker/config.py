@@ -46,6 +46,7 @@ from typing import Any, Final, Literal, TypeVar, Union, final, get_args, get_ori
 
 __all__ = [
     "DEFAULT_FRAME_HEADROOM",
+    "DEFAULT_FRAME_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HOSTS",
     "DEFAULT_LOG_FORMAT",
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_WRITE_TIMEOUT",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
@@ -139,6 +141,8 @@ DEFAULT_SLOW_CONSUMER_POLICY: Final[SlowConsumerPolicy] = "disconnect"
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 2.0
 MAX_HANDSHAKE_TIMEOUT: Final = 60.0
 DEFAULT_WRITE_TIMEOUT: Final = 10.0
+DEFAULT_FRAME_TIMEOUT: Final = 10.0
+MAX_FRAME_TIMEOUT: Final = 300.0
 MAX_WRITE_TIMEOUT: Final = 10.0
 DEFAULT_PING_INTERVAL: Final = 120.0
 DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
@@ -222,6 +226,7 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
     "handshake_timeout": _Range(0, MAX_HANDSHAKE_TIMEOUT, low_exclusive=True),
     "write_timeout": _Range(0, MAX_WRITE_TIMEOUT, low_exclusive=True),
+    "frame_timeout": _Range(0, MAX_FRAME_TIMEOUT, low_exclusive=True),
     "ping_interval": _Range(0, low_exclusive=True),
     "shutdown_grace": _Range(0, MAX_SHUTDOWN_GRACE),
 }
@@ -664,6 +669,8 @@ class Config:
     """Seconds a new connection has to complete the handshake."""
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     """Seconds one write to a client may take before the client is treated as slow and closed."""
+    frame_timeout: float = DEFAULT_FRAME_TIMEOUT
+    """Seconds a frame a client has begun may take to arrive whole before the client is closed."""
     ping_interval: float = DEFAULT_PING_INTERVAL
     """Seconds between server pings to an idle client."""
     max_pings_outstanding: int = DEFAULT_MAX_PINGS_OUTSTANDING
@@ -737,6 +744,7 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
         for name in (
             "handshake_timeout",
             "write_timeout",
+            "frame_timeout",
             "ping_interval",
             "max_pings_outstanding",
             "shutdown_grace",

@@ -57,6 +57,7 @@ TOML_KEY = {
     "max_retained_bytes": "retained.max_bytes",
     "handshake_timeout": "timeouts.handshake_timeout",
     "write_timeout": "timeouts.write_timeout",
+    "frame_timeout": "timeouts.frame_timeout",
     "ping_interval": "timeouts.ping_interval",
     "max_pings_outstanding": "timeouts.max_pings_outstanding",
     "shutdown_grace": "timeouts.shutdown_grace",

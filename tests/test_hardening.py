@@ -208,3 +208,46 @@ async def test_pongs_count_at_their_memory_cost_against_max_pending_bytes(
                 assert [await c.next_event() for _ in range(fit)] == [Pong()] * fit
                 await c.flush()
             await pair.check()
+
+
+async def test_half_a_frame_is_cut_after_frame_timeout_and_trickling_does_not_help(
+    start_server: StartServer,
+) -> None:
+    frame = encode_frame(Pub("slow", b"x" * 100))
+    with trio.fail_after(10):
+        server = await start_server(frame_timeout=0.3)
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port, name="half") as half,
+            wire_client(server.port, name="trickle") as trickle,
+        ):
+            started = trio.current_time()
+            await half.send_raw(frame[:50])
+            # One byte every 20 ms for 0.5 s: bytes all along, but never a whole frame. It stops
+            # while the server still lingers after cutting it, so no reset eats the ERR.
+            for byte in frame[:25]:
+                await trickle.send_raw(bytes([byte]))
+                await trio.sleep(0.02)
+            for client in (half, trickle):
+                (err,) = await client.closed()
+                assert type(err) is Err and err.code == "stale_connection"
+                assert "frame_timeout" in err.message
+            assert trio.current_time() - started < 2
+            await pair.check()
+
+
+async def test_frames_that_arrive_in_pieces_within_frame_timeout_are_fine(
+    start_server: StartServer,
+) -> None:
+    frame = encode_frame(Pub("pieces", b"x" * 100))
+    with trio.fail_after(10):
+        server = await start_server(frame_timeout=0.5)
+        async with wire_client(server.port) as client:
+            await client.send(Sub(1, "pieces"))
+            for _ in range(3):
+                for piece in (frame[:30], frame[30:70], frame[70:]):
+                    await client.send_raw(piece)
+                    await trio.sleep(0.1)  # 0.2 s per frame, 0.9 s in all: each one in time
+            assert [await client.expect(Msg) for _ in range(3)] == [
+                Msg(1, "pieces", b"x" * 100)
+            ] * 3

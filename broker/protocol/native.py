@@ -678,6 +678,11 @@ class Connection:
         return out
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet decoded: the start of a frame still arriving, if any."""
+        return len(self._buffer)
+
+    @property
     def closed(self) -> bool:
         """Whether the peer sent EOF and every complete frame before it has been taken."""
         return self._eof and not self._buffer

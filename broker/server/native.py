@@ -123,6 +123,10 @@ class NativeAdapter:
     def closed(self) -> bool:
         return self.conn.closed
 
+    @property
+    def buffered(self) -> int:
+        return self.conn.buffered
+
     def process(self) -> str | bool:
         deferred = self._deferred
         if deferred is not None:

@@ -80,6 +80,11 @@ class WireAdapter(Protocol):
         """Whether the peer's EOF arrived and every frame before it was processed."""
         ...
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet a whole frame (a frame still arriving)."""
+        ...
+
     def error_frame(
         self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
     ) -> bytes:
@@ -309,9 +314,18 @@ class Transport:
     # -- reading --------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        """Read, hand each read to the adapter, repeat; only whole frames count as signs of life.
+
+        A frame the client has begun must arrive whole within `frame_timeout`, or the client is
+        closed with ERR ``stale_connection``: trickled bytes and half-sent frames would
+        otherwise hold a connection slot, and up to a frame of buffer, forever.
+        """
         adapter = self.adapter
         receive = self.stream.receive_some
         checkpoint = trio.lowlevel.checkpoint
+        frame_timeout = self.hub.config.frame_timeout
+        #: When the bytes now buffered began to arrive (None: nothing is buffered).
+        partial_since: float | None = None
         with self._reader_scope:
             try:
                 while True:
@@ -331,6 +345,9 @@ class Transport:
                     if self._fatal is not None:
                         return
                     if found:
+                        now = trio.current_time()
+                        self._last_received = now
+                        partial_since = now if adapter.buffered else None
                         # Let the writers this batch woke send before we read again: that read
                         # usually finds nothing, and its EAGAIN and epoll registration would
                         # otherwise delay their sends. Two turns, because trio runs the tasks of
@@ -341,8 +358,20 @@ class Transport:
                         continue
                     if adapter.closed:
                         break
-                    data = await receive(READ_SIZE)
-                    self._last_received = trio.current_time()
+                    if partial_since is None:
+                        data = await receive(READ_SIZE)
+                    else:
+                        with trio.move_on_at(partial_since + frame_timeout) as late:
+                            data = await receive(READ_SIZE)
+                        if late.cancelled_caught:
+                            self.fail(
+                                ErrorCode.STALE_CONNECTION,
+                                f"a frame begun {frame_timeout} s ago is still incomplete "
+                                f"({adapter.buffered} bytes of it arrived; frame_timeout)",
+                            )
+                            return
+                    if partial_since is None and data:
+                        partial_since = trio.current_time()
                     adapter.receive_data(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
