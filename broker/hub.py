@@ -177,7 +177,7 @@ class Hub:
 
     # -- publish ------------------------------------------------------------------------------
 
-    def publish(self, origin: Subscriber, message: Message) -> None:
+    def publish(self, origin: Subscriber, message: Message) -> int:
         """Route one message to every matching subscription, each queue group's one member.
 
         `message` is ``(subject, payload, reply_to, headers, retain)`` (`Message`): the native
@@ -189,6 +189,10 @@ class Hub:
         failure, not of a message that half happened. A request (`reply_to` set) that reaches
         nobody is answered at once with an empty 503 message on the origin's own subscriptions
         to `reply_to`, so its requester need not wait for a timeout.
+
+        Returns:
+            How many subscriptions it was delivered to: the work it cost, for a caller that
+            bounds how much one client may do in a turn.
 
         Raises:
             Refused: ``payload_too_large`` (fatal), ``bad_subject`` (a reserved ``$`` subject,
@@ -242,6 +246,7 @@ class Hub:
             counters.bytes_out += delivered * size
         elif reply_to is not None and not reached:
             self._no_responders(origin, reply_to)
+        return delivered
 
     def _retain(self, message: Message) -> None:
         """Make `message` its subject's retained message (an empty payload deletes it)."""

@@ -45,9 +45,11 @@ _pack_length = struct.Struct(">I").pack
 #: Most time one turn of a reader spends turning frames into hub calls before it lets the
 #: other tasks run (see `NativeAdapter._dispatch`).
 TURN_SECONDS: Final = 0.002
-#: Frames between two looks at the clock (a look costs about 50 ns): few, since one frame can be
-#: a publish that matches tens of thousands of subscriptions and takes tens of milliseconds.
+#: Frames between two looks at the clock (a look costs about 50 ns)...
 _CLOCK_EVERY: Final = 4
+#: ... or after this many deliveries, whichever comes first: one publish can match tens of
+#: thousands of subscriptions and take a hundred milliseconds, and the next must wait a turn.
+_WORK_PER_LOOK: Final = 256
 
 #: The last message encoded for delivery, and its MSG tail (the fields after the sid). Every
 #: delivery of one publish happens in one synchronous step, so this one-entry memo, keyed on the
@@ -172,14 +174,17 @@ class NativeAdapter:
         transport = self.transport
         clock = time.perf_counter
         deadline = clock() + TURN_SECONDS
+        work = 0
         for at, event in enumerate(events):
-            if not at % _CLOCK_EVERY and at and clock() > deadline:
-                self._deferred = events[at:]
-                return True
+            if at and (work >= _WORK_PER_LOOK or not at % _CLOCK_EVERY):
+                if clock() > deadline:
+                    self._deferred = events[at:]
+                    return True
+                work = 0
             kind = type(event)
             try:
                 if kind is Pub:
-                    publish(self, event)  # type: ignore[arg-type]
+                    work += publish(self, event)  # type: ignore[arg-type]
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if self.outbox.replaying and hub.would_replay(pattern, queue):
