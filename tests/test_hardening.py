@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -251,3 +252,32 @@ async def test_frames_that_arrive_in_pieces_within_frame_timeout_are_fine(
             assert [await client.expect(Msg) for _ in range(3)] == [
                 Msg(1, "pieces", b"x" * 100)
             ] * 3
+
+
+async def test_a_client_that_never_reads_a_replay_holds_a_chunk_not_the_store(
+    start_server: StartServer,
+) -> None:
+    # 40 retained messages of 100 KB: a 4 MB store. Replayed whole, two SUBs of '>' from a
+    # client that never reads pinned twice the store; streamed, it pins about one chunk.
+    with trio.fail_after(20):
+        server = await start_server(write_timeout=1.0)
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.send(*(Pub(f"r.{i}", b"r" * 100_000, None, None, True) for i in range(40)))
+            await pub.flush()
+        async with bystanders(server.port) as pair:
+            tracemalloc.start()
+            try:
+                async with wire_client(server.port, name="sleeper", rcvbuf=4096) as sleeper:
+                    before = tracemalloc.get_traced_memory()[0]
+                    await sleeper.send(Sub(1, ">"), Sub(2, ">"))
+                    (transport,) = faults.connections(server, "sleeper")
+                    # The first replay is being sent, the second waits its turn: neither copied.
+                    await wait_until(lambda: transport.outbox.streaming is not None)
+                    await wait_until(lambda: transport.outbox.replaying == 1)
+                    held = tracemalloc.get_traced_memory()[0] - before
+                    assert held < 3 * 1024 * 1024, held  # was more than 8 MB
+                    # It never reads: write_timeout cuts it, as any client that stops reading.
+                    await wait_until(lambda: server.statistics().slow_consumers == 1)
+            finally:
+                tracemalloc.stop()
+            await pair.check()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -348,15 +349,30 @@ def test_a_backlog_goes_out_in_batches_and_the_books_balance() -> None:
     assert (outbox.messages, outbox.bytes, outbox.control_bytes, outbox.sending) == (0, 0, 0, 0)
 
 
-def test_a_queued_replay_is_taken_whole_and_never_counts_as_sending() -> None:
+def test_a_queued_replay_is_taken_at_once_streamed_in_chunks_and_never_counts() -> None:
     # The SUBs deferred behind a replay go ahead once it is taken, not once it is sent: a
-    # client that writes much before it reads must not wait on its own replay.
+    # client that writes much before it reads must not wait on its own replay. It is sent in
+    # chunks made as the writer reaches them, so it never costs the client a copy of the store.
     outbox = Outbox(max_messages=10_000, max_bytes=64 * 1024)
-    for n in range(40):
-        outbox.offer_replay(b"r%02d" % n, b"v" * 100_000)  # 4 MB, far past both bounds
+    made = 0
+
+    def frames() -> Iterator[tuple[bytes, bytes]]:
+        nonlocal made
+        for n in range(40):  # 4 MB, far past both bounds
+            made += 1
+            yield b"r%02d" % n, b"v" * 100_000
+
+    outbox.offer_replay(frames())
     outbox.offer(b"live", b"x")
-    data = outbox.take_batch()
-    assert len(data) == 40 * 100_003 + 5
-    assert outbox.sending == 5  # only the live frame
-    assert (outbox.replaying, outbox.replay_bytes, outbox.messages) == (0, 0, 0)
+    assert outbox.replaying == 1 and made == 0
+    first = outbox.take_batch()
+    assert WRITE_BATCH_BYTES <= len(first) < WRITE_BATCH_BYTES + 100_003
+    assert made == len(first) // 100_003  # only this chunk's frames were made
+    assert outbox.replaying == 0 and outbox.sending == 0  # taken; outside the bounds
     assert outbox.offer(b"live", b"y") and outbox.offer(b"live", b"z")  # room, not 4 MB over
+    sent = [first]
+    while outbox.streaming is not None:
+        outbox.sent()
+        sent.append(outbox.take_batch())
+    assert sum(len(chunk) for chunk in sent) == 40 * 100_003
+    assert outbox.take_batch() == b"livexliveylivez"  # the live ones, after the replay

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Iterator
 from typing import Any, Final, cast, final
 
 from ..errors import ErrorCode
@@ -31,7 +32,6 @@ from ..protocol.native import (
     Welcome,
     encode_frame,
     encode_msg_tail,
-    msg_head,
     msg_head_sid,
     msg_prefix,
 )
@@ -239,15 +239,25 @@ class NativeAdapter:
         return 1 if queued else 0
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
-        """Queue the retained messages a new subscription matches, flagged as retained."""
+        """Queue the retained messages a new subscription matches, flagged as retained.
+
+        Queued as one item that the writer streams when it reaches it (`Outbox.offer_replay`):
+        the frames are made then, from the store's own encodings.
+        """
         if not self.transport.accepting:
             return False
         flagged = self.retained_flag
         prefix = msg_prefix(sub.sid, retained=flagged)
-        offer = self.outbox.offer_replay
-        for _subject, kept in entries:
-            tail = kept.native()
-            if not flagged:
-                tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
-            offer(msg_head(prefix, len(tail)), tail)
+        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged))
         return True
+
+
+def _replay_frames(
+    prefix: bytes, entries: list[tuple[str, Retained]], flagged: bool
+) -> Iterator[tuple[bytes, bytes]]:
+    """Each replayed message's (head, tail), made as the writer asks for it."""
+    for _subject, kept in entries:
+        tail = kept.native()
+        if not flagged:
+            tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
+        yield _pack_length(len(prefix) + len(tail)) + prefix, tail

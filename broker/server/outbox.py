@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 from collections import deque
-from typing import Final, final
+from collections.abc import Iterator
+from typing import Final, cast, final
 
 import trio
 
@@ -35,14 +36,19 @@ class _Control(bytes):
     __slots__ = ()
 
 
-class _Replayed(bytes):
-    """The head of a retained message replayed to a new subscription; its tail follows it.
+@final
+class _Replay:
+    """A new subscription's retained messages, queued as one item where its SUB was routed.
 
-    Replays sit outside the outbox's bounds (see `Outbox.offer_replay`), so the drop policies
-    never discard them either.
+    The frames are made as the writer reaches them, a chunk at a time (see
+    `Outbox.take_batch`), from references to the store's own encodings: a replay of the whole
+    store costs a client a list of references and one chunk, never a copy of the store.
     """
 
-    __slots__ = ()
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: Iterator[tuple[bytes, bytes]]) -> None:
+        self.frames = frames
 
 
 @final
@@ -54,7 +60,8 @@ class Outbox:
     buffer. Bounds apply to what is waiting plus the batch the writer is sending.
 
     A message is queued as two items: its own head (length, op, sid) and the tail it shares
-    with every other subscriber of the same publish, so fan-out never copies a payload.
+    with every other subscriber of the same publish, so fan-out never copies a payload. A
+    retained replay is one `_Replay` item, streamed when the writer reaches it.
     """
 
     __slots__ = (
@@ -67,13 +74,13 @@ class Outbox:
         "max_bytes",
         "max_messages",
         "messages",
-        "replay_bytes",
         "replaying",
         "sending",
+        "streaming",
     )
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[bytes | _Replay] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._waiting = False
         self.max_messages = max_messages
@@ -87,14 +94,15 @@ class Outbox:
         #: Bytes of queued control frames, bounded on their own: under the drop policies the
         #: outbox sits at its byte bound by design, and a PONG must not tip it over.
         self.control_bytes = 0
-        #: Replayed messages queued (outside the bounds), and who waits for the writer to take
-        #: them.
+        #: Replays queued and not yet reached by the writer (outside the bounds), and who waits
+        #: for the writer to take them.
         self.replaying = 0
-        self.replay_bytes = 0
         self._replay_taken: trio.Event | None = None
+        #: The frames of the replay the writer is sending, a chunk per batch.
+        self.streaming: Iterator[tuple[bytes, bytes]] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self._frames)
+        return bool(self._frames) or self.streaming is not None
 
     def offer(self, head: bytes, tail: bytes) -> bool:
         """Queue one message frame, `head + tail`; False (nothing queued) past a bound.
@@ -116,19 +124,19 @@ class Outbox:
             self.wake()
         return True
 
-    def offer_replay(self, head: bytes, tail: bytes) -> None:
-        """Queue one replayed retained message, outside the bounds.
+    def offer_replay(self, frames: Iterator[tuple[bytes, bytes]]) -> None:
+        """Queue a new subscription's retained messages, outside the bounds, in order.
 
         A replay is the retained store's content, already bounded by its own limits; counting
         it against the outbox's would cut off a subscriber that keeps up merely because it
-        subscribed to a wide pattern. Instead an adapter queues one replay at a time (see
-        `NativeAdapter.process`), so a client holds at most one replay beyond its bounds.
+        subscribed to a wide pattern. It costs the client no copy: `frames` makes each
+        (head, tail) as the writer reaches it, a chunk of `WRITE_BATCH_BYTES` per write. An
+        adapter queues one replay at a time beyond the one being sent (see
+        `NativeAdapter.process`); a client that stops reading during a replay is cut by
+        write_timeout like any other.
         """
-        frames = self._frames
-        frames.append(_Replayed(head))
-        frames.append(tail)
+        self._frames.append(_Replay(frames))
         self.replaying += 1
-        self.replay_bytes += len(head) + len(tail)
         if self._waiting:
             self.wake()
 
@@ -153,21 +161,18 @@ class Outbox:
         """Discard the oldest messages until a frame of `room` bytes fits; return their heads."""
         room += MESSAGE_OVERHEAD
         frames = self._frames
-        kept: list[bytes] = []
+        kept: list[bytes | _Replay] = []
         dropped: list[bytes] = []
         while self.messages and (
             self.messages >= self.max_messages or self.bytes + self.sending + room > self.max_bytes
         ):
             head = frames.popleft()
             kind = type(head)
-            if kind is _Control:
+            if kind is _Control or kind is _Replay:
                 kept.append(head)
                 continue
             tail = frames.popleft()
-            if kind is _Replayed:
-                kept.append(head)
-                kept.append(tail)
-                continue
+            assert type(head) is bytes and type(tail) is bytes
             self.messages -= 1
             self.bytes -= len(head) + len(tail) + MESSAGE_OVERHEAD
             dropped.append(head)
@@ -177,11 +182,11 @@ class Outbox:
     def clear(self) -> None:
         """Discard everything queued (the client is being cut off)."""
         self._frames.clear()
+        self.streaming = None
         self.messages = 0
         self.bytes = 0
         self.sending = 0
         self.control_bytes = 0
-        self.replay_bytes = 0
         self._replay_done()
 
     def take_batch(self) -> bytes:
@@ -190,35 +195,64 @@ class Outbox:
         Usually everything queued. A backlog of live messages larger than `WRITE_BATCH_BYTES`
         goes out in batches of about that size: joining frames into one buffer briefly holds
         them twice, and a batch the client stops reading in the middle of stays pinned until it
-        is sent. A queued replay is taken whole, so the SUBs waiting on it go ahead at once
-        (a client that writes much before it reads must not wait on its own replay); its size
-        is bounded by the retained store, and it never counts in `sending`.
+        is sent. A replay goes out in chunks of about that size when the writer reaches it; it
+        is taken (and the SUBs waiting on it go ahead) as soon as it is reached, and its
+        chunks never count in `sending`. Empty only when a replay matched nothing.
         """
+        if self.streaming is not None:
+            return self._stream_chunk()
         frames = self._frames
-        if self.replaying or self.bytes <= WRITE_BATCH_BYTES:
-            data = frames.popleft() if len(frames) == 1 else b"".join(frames)
-            self.sending = len(data) - self.replay_bytes
+        if frames and type(frames[0]) is _Replay:
+            replay = frames.popleft()
+            assert isinstance(replay, _Replay)
+            self.streaming = replay.frames
+            self.replaying -= 1
+            if not self.replaying:
+                self._replay_done()
+            return self._stream_chunk()
+        if not self.replaying and self.bytes <= WRITE_BATCH_BYTES:
+            # No replay is queued, so every item is bytes.
+            queued = cast("deque[bytes]", frames)
+            data = queued.popleft() if len(queued) == 1 else b"".join(queued)
+            self.sending = len(data)
             frames.clear()
             self.messages = 0
             self.bytes = 0
             self.control_bytes = 0
-            self.replay_bytes = 0
-            if self.replaying:
-                self._replay_done()
             return data
         data = self._take_some(WRITE_BATCH_BYTES)
         self.sending = len(data)
         return data
 
+    def _stream_chunk(self) -> bytes:
+        """About `WRITE_BATCH_BYTES` of the replay being sent; ends the replay when it is done."""
+        streaming = self.streaming
+        assert streaming is not None
+        chunk: list[bytes] = []
+        size = 0
+        for head, tail in streaming:
+            chunk.append(head)
+            chunk.append(tail)
+            size += len(head) + len(tail)
+            if size >= WRITE_BATCH_BYTES:
+                break
+        else:
+            self.streaming = None
+        self.sending = 0
+        return b"".join(chunk)
+
     def _take_some(self, limit: int) -> bytes:
-        """About `limit` bytes of live messages and control frames (no replay is queued)."""
+        """About `limit` bytes of live messages and control frames, up to the next replay."""
         frames = self._frames
         popleft = frames.popleft
         batch: list[bytes] = []
         size = 0
         while frames and size < limit:
+            kind = type(frames[0])
+            if kind is _Replay:
+                break
             head = popleft()
-            kind = type(head)
+            assert isinstance(head, bytes)
             if kind is _Control:
                 batch.append(head)
                 size += len(head)
@@ -226,6 +260,7 @@ class Outbox:
                 self.control_bytes -= len(head) + CONTROL_OVERHEAD
                 continue
             tail = popleft()
+            assert isinstance(tail, bytes)
             batch.append(head)
             batch.append(tail)
             frame = len(head) + len(tail)
@@ -246,7 +281,7 @@ class Outbox:
 
     async def wait(self) -> None:
         """Sleep until something is queued (or the caller's cancel scope fires)."""
-        if self._frames:
+        if self._frames or self.streaming is not None:
             return
         self._waiting = True
         try:
