@@ -1,0 +1,109 @@
+"""What a new user meets in the first hour of `broker serve` and `broker check-config`.
+
+A port that is taken or a host that does not resolve is one line and exit 1, not a traceback;
+the statistics at shutdown are fields a person or a log collector can read; a key written
+outside its section is named with the section it belongs in. Commands run as a user runs them,
+as subprocesses, each bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from wire import StartServer
+
+from broker.config import Config
+from broker.server.server import ListenError, Server, _listen_hint
+from broker.testing import BrokerThread
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Seconds a command may take before the test gives up on it (and kills it).
+WAIT = 30
+
+
+def serve_refused(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run `broker serve ARGS`, which must fail to listen; return the one line it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "ExceptionGroup" not in result.stderr, result.stderr
+    *before, line = result.stderr.splitlines()
+    # The only other line allowed: the warning that the fd limit is below max_connections.
+    assert all("file descriptor limit" in other for other in before), result.stderr
+    return line
+
+
+# ---- a port in use, a host that does not resolve ---------------------------------------------
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_1(
+    broker_thread: BrokerThread,
+) -> None:
+    """`broker serve & broker serve`: the second says what and what to do; the first serves on."""
+    port = broker_thread.port
+    line = serve_refused("--port", str(port))
+    assert line.endswith(
+        f"ERROR broker.server: cannot listen on 127.0.0.1:{port}: address already in use; "
+        "is another broker running? stop it, or pick another --port"
+    ), line
+    with broker_thread.connect_sync(name="still-served") as client:
+        client.flush()
+
+
+def test_serve_on_a_host_that_does_not_resolve_says_so_in_one_line_and_exits_1() -> None:
+    # attempts:0 makes glibc's resolver fail at once without sending a query, so the test
+    # stays on this machine; elsewhere the variable is ignored and the name fails in DNS.
+    env = {**os.environ, "RES_OPTIONS": "attempts:0"}
+    line = serve_refused("--port", "0", "--host", "not-a-host.invalid", env=env)
+    assert "ERROR broker.server: cannot listen on not-a-host.invalid:0: " in line
+    assert "cannot resolve the host name (" in line
+    assert line.endswith(
+        "check the name, or give an IP address (--host 127.0.0.1 for this machine only)"
+    ), line
+
+
+async def test_a_port_in_use_is_a_listen_error_that_keeps_the_errno(
+    start_server: StartServer,
+) -> None:
+    """Embedding code sees an OSError with the usual errno, and the address in its message."""
+    with trio.fail_after(5):
+        first = await start_server()
+        second = Server(Config(hosts=("127.0.0.1",), port=first.port))
+        with pytest.raises(ListenError) as caught:
+            await second.serve()
+    error = caught.value
+    assert isinstance(error, OSError)
+    assert error.errno == errno.EADDRINUSE
+    assert (error.host, error.port, error.resolving) == ("127.0.0.1", first.port, False)
+    assert str(error) == f"cannot listen on 127.0.0.1:{first.port}: address already in use"
+    assert isinstance(error.__cause__, OSError)
+    assert first.statistics().connections == 0  # the first broker was not disturbed
+
+
+@pytest.mark.parametrize(
+    ("code", "port", "hint"),
+    [
+        (errno.EADDRNOTAVAIL, 5878, "that address is not one of this machine's"),
+        (errno.EACCES, 80, "ports below 1024 need privileges"),
+        (errno.EACCES, 5878, "check --host and --port"),
+        (errno.EAFNOSUPPORT, 5878, "this machine has no network of that kind"),
+    ],
+)
+def test_each_listen_error_gets_a_hint(code: int, port: int, hint: str) -> None:
+    error = ListenError("192.0.2.1", port, OSError(code, os.strerror(code)))
+    assert _listen_hint(error).startswith(hint)
+    assert str(error).startswith(f"cannot listen on 192.0.2.1:{port}: ")
