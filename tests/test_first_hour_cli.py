@@ -1,23 +1,27 @@
 """What a new user meets in the first hour of `broker serve` and `broker check-config`.
 
-A port that is taken or a host that does not resolve is one line and exit 1, not a traceback;
-the statistics at shutdown are fields a person or a log collector can read; a key written
-outside its section is named with the section it belongs in. Commands run as a user runs them,
-as subprocesses, each bounded by a timeout.
+`pip install trio-broker` (``broker`` on PyPI is someone else's) still gives `import broker`
+and the `broker` command. A port that is taken or a host that does not resolve is one line and
+exit 1, not a traceback. Commands run as a user runs them, as subprocesses, each bounded by a
+timeout.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import trio
 from wire import StartServer
 
+from broker._version import DISTRIBUTION_NAME, __version__
 from broker.config import Config
 from broker.server.server import ListenError, Server, _listen_hint
 from broker.testing import BrokerThread
@@ -107,3 +111,29 @@ def test_each_listen_error_gets_a_hint(code: int, port: int, hint: str) -> None:
     error = ListenError("192.0.2.1", port, OSError(code, os.strerror(code)))
     assert _listen_hint(error).startswith(hint)
     assert str(error).startswith(f"cannot listen on 192.0.2.1:{port}: ")
+
+
+# ---- the name to install under ---------------------------------------------------------------
+
+
+def test_the_distribution_is_trio_broker_and_installs_broker_and_its_command() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION_NAME == "trio-broker"
+    assert project["scripts"] == {"broker": "broker.cli:app"}
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(f"{DISTRIBUTION_NAME} is not installed; from a checkout: pip install -e .")
+    assert dist.version == importlib.metadata.version(DISTRIBUTION_NAME) == __version__
+    scripts = dist.entry_points.select(group="console_scripts")
+    assert [(script.name, script.value) for script in scripts] == [("broker", "broker.cli:app")]
+
+
+def test_the_installed_broker_command_prints_its_version() -> None:
+    # The script pip put beside this interpreter, as a user's shell finds it.
+    command = shutil.which("broker", path=os.path.dirname(sys.executable))
+    assert command is not None, "no broker command beside the interpreter: pip install -e ."
+    result = subprocess.run(
+        [command, "--version"], capture_output=True, text=True, timeout=WAIT, check=True
+    )
+    assert result.stdout == f"broker {__version__}\n"
