@@ -2,16 +2,21 @@
 
 `pip install trio-broker` (``broker`` on PyPI is someone else's) still gives `import broker`
 and the `broker` command. A port that is taken or a host that does not resolve is one line and
-exit 1, not a traceback. Commands run as a user runs them, as subprocesses, each bounded by a
-timeout.
+exit 1, not a traceback. The statistics at shutdown are fields, ``key=value`` in text logs and
+an object in JSON logs, not a Python dict inside the message. Commands run as a user runs
+them, as subprocesses, each bounded by a timeout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib.metadata
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -24,6 +29,7 @@ from wire import StartServer
 from broker._version import DISTRIBUTION_NAME, __version__
 from broker.config import Config
 from broker.server.server import ListenError, Server, _listen_hint
+from broker.stats import Statistics
 from broker.testing import BrokerThread
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +55,41 @@ def serve_refused(*args: str, env: dict[str, str] | None = None) -> str:
     # The only other line allowed: the warning that the fd limit is below max_connections.
     assert all("file descriptor limit" in other for other in before), result.stderr
     return line
+
+
+LISTENING = re.compile(rb"listening on 127\.0\.0\.1:\d+")
+STATISTICS = [field.name for field in dataclasses.fields(Statistics)]
+
+
+async def serve_until_sigterm(*args: str) -> list[str]:
+    """Run `broker serve --port 0 ARGS`; once it listens, SIGTERM it; return its stderr lines.
+
+    Also checks that it exited 0 after a clean shutdown.
+    """
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "broker", "serve", "--port", "0", *args],
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stderr is not None
+    log = bytearray()
+    try:
+        with trio.fail_after(WAIT):
+            while LISTENING.search(log) is None:
+                chunk = await process.stderr.receive_some()
+                assert chunk, f"broker exited before listening: {log.decode()}"
+                log += chunk
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stderr.receive_some():
+                log += chunk
+            assert await process.wait() == 0, log.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(5):
+            await process.wait()
+        await trio.aclose_forcefully(process.stderr)
+    return log.decode().splitlines()
 
 
 # ---- a port in use, a host that does not resolve ---------------------------------------------
@@ -111,6 +152,31 @@ def test_each_listen_error_gets_a_hint(code: int, port: int, hint: str) -> None:
     error = ListenError("192.0.2.1", port, OSError(code, os.strerror(code)))
     assert _listen_hint(error).startswith(hint)
     assert str(error).startswith(f"cannot listen on 192.0.2.1:{port}: ")
+
+
+# ---- the statistics when the broker stops ----------------------------------------------------
+
+
+async def test_text_logs_give_the_statistics_as_key_value_pairs() -> None:
+    lines = await serve_until_sigterm()
+    [stopped] = [line for line in lines if " stopped " in line]
+    assert "Traceback" not in "\n".join(lines)
+    found = re.search(r"INFO broker\.server: broker [0-9a-f]{16} stopped \| (.*)$", stopped)
+    assert found is not None, stopped
+    pairs = [pair.split("=") for pair in found[1].split(" ")]
+    assert [key for key, _ in pairs] == STATISTICS
+    assert all(value.isdigit() for _, value in pairs), stopped
+
+
+async def test_json_logs_give_the_statistics_as_an_object(tmp_path: Path) -> None:
+    config = tmp_path / "json.toml"
+    config.write_text('[logging]\nformat = "json"\n')
+    records = [json.loads(line) for line in await serve_until_sigterm("--config", str(config))]
+    [stopped] = [record for record in records if record["message"].endswith(" stopped")]
+    assert re.fullmatch(r"broker [0-9a-f]{16} stopped", stopped["message"])
+    assert list(stopped["stats"]) == STATISTICS
+    assert all(type(value) is int for value in stopped["stats"].values()), stopped
+    assert stopped["level"] == "INFO" and stopped["logger"] == "broker.server"
 
 
 # ---- the name to install under ---------------------------------------------------------------

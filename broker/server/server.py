@@ -146,7 +146,9 @@ class Server:
                 self._begin_shutdown(handlers)
         finally:
             await self._close_listeners(listeners)
-            log.info("broker %s stopped: %s", self.server_id, self.statistics().as_dict())
+            # As fields, so JSON logs get them as an object ("stats") and text as key=value.
+            stats = self.statistics().as_dict()
+            log.info("broker %s stopped", self.server_id, extra={"stats": stats})
             self._stopped.set()
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
