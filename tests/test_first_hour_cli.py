@@ -3,8 +3,9 @@
 `pip install trio-broker` (``broker`` on PyPI is someone else's) still gives `import broker`
 and the `broker` command. A port that is taken or a host that does not resolve is one line and
 exit 1, not a traceback. The statistics at shutdown are fields, ``key=value`` in text logs and
-an object in JSON logs, not a Python dict inside the message. Commands run as a user runs
-them, as subprocesses, each bounded by a timeout.
+an object in JSON logs, not a Python dict inside the message. A key written above every
+section header (``port = 6001``) is named with the section it belongs in. Commands run as a
+user runs them, as subprocesses, each bounded by a timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import trio
 from wire import StartServer
 
 from broker._version import DISTRIBUTION_NAME, __version__
-from broker.config import Config
+from broker.config import Config, ConfigError, load_config
 from broker.server.server import ListenError, Server, _listen_hint
 from broker.stats import Statistics
 from broker.testing import BrokerThread
@@ -177,6 +178,89 @@ async def test_json_logs_give_the_statistics_as_an_object(tmp_path: Path) -> Non
     assert list(stopped["stats"]) == STATISTICS
     assert all(type(value) is int for value in stopped["stats"].values()), stopped
     assert stopped["level"] == "INFO" and stopped["logger"] == "broker.server"
+
+
+# ---- a key outside its section --------------------------------------------------------------
+
+SECTIONS = "[server], [limits], [slow_consumer], [retained], [timeouts], [logging]"
+
+
+def test_check_config_says_which_section_a_top_level_key_belongs_in(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    # TOML reads a key above the first header as a top-level key, not as part of [logging].
+    path.write_text('port = 6001\n\n[logging]\nlevel = "debug"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"error: {path}: port must be inside a section, not at the top of the file:"
+        " put port = 6001 under [server]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        (
+            'hosts = ["0.0.0.0", "::"]',
+            'hosts must be inside a section, not at the top of the file: put hosts = ["0.0.0.0",'
+            ' "::"] under [server]',
+        ),
+        (
+            "max_payload = 2048",
+            "max_payload must be inside a section, not at the top of the file:"
+            " put max_payload = 2048 under [limits]",
+        ),
+        (
+            'policy = "drop_oldest"',
+            "policy must be inside a section, not at the top of the file:"
+            ' put policy = "drop_oldest" under [slow_consumer]',
+        ),
+        (
+            "shutdown_grace = 2.5",
+            "shutdown_grace must be inside a section, not at the top of the file:"
+            " put shutdown_grace = 2.5 under [timeouts]",
+        ),
+        (
+            "hosts = [" + ", ".join(['"127.0.0.1"'] * 10) + "]",
+            "hosts must be inside a section, not at the top of the file:"
+            " put hosts = ... under [server]",
+        ),
+        (
+            "prot = 6001",
+            "prot is not a key of any section (did you mean 'port' in [server]?); every key"
+            f" belongs inside one of the sections {SECTIONS}",
+        ),
+        (
+            "colour = true",
+            f"colour is not a key of any section; every key belongs inside one of the sections"
+            f" {SECTIONS}",
+        ),
+    ],
+    ids=["list", "int", "string", "float", "elided", "misspelt", "unknown"],
+)
+def test_load_config_names_the_section_a_top_level_key_belongs_in(
+    tmp_path: Path, written: str, problem: str
+) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(f"{written}\n[server]\nport = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {problem}"
+    assert caught.value.key == written.split(" = ")[0]
+
+
+def test_an_unknown_table_is_still_an_unknown_section(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text("[[serve]]\nport = 0\n")
+    with pytest.raises(ConfigError, match=r"\[serve\] is not a known section \(did you mean"):
+        load_config(path)
 
 
 # ---- the name to install under ---------------------------------------------------------------
