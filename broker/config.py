@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -568,6 +569,8 @@ def _root_from_mapping(
         for name, table in data.items():
             keys = flat.get(name)
             if keys is None and name not in sections:
+                if not _is_table(table):
+                    raise ConfigError(_outside_sections(name, table, flat, sections), key=name)
                 raise ConfigError(_unknown("section", name, [*flat, *sections]), key=f"[{name}]")
             table = _table(table, f"[{name}]")
             if keys is None:
@@ -588,6 +591,63 @@ def _root_from_mapping(
             raise ConfigError(exc.problem, key=_flat_key(flat, exc.key)) from None
     except ConfigError as exc:
         raise exc.relocated(source=source) from None
+
+
+def _is_table(value: object) -> bool:
+    """A ``[table]``, or an ``[[array of tables]]``: what a section looks like at the top."""
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(item, Mapping) for item in value)
+    return isinstance(value, Mapping)
+
+
+#: Longest value `_written` repeats in an error; a longer one is elided.
+_MAX_WRITTEN: Final = 60
+
+
+def _written(name: str, value: object) -> str:
+    """``name = value`` in TOML, to show where a key written at the top level belongs."""
+
+    def toml(item: object) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)  # inf and nan are spelt the same in TOML
+        if isinstance(item, list):
+            return "[" + ", ".join(toml(element) for element in item) + "]"
+        if isinstance(item, str):
+            return json.dumps(item, ensure_ascii=False)  # its escapes are TOML's too
+        return str(item)  # dates and times
+
+    text = toml(value)
+    return f"{name} = {text if len(text) <= _MAX_WRITTEN else '...'}"
+
+
+def _outside_sections(
+    name: str, value: object, flat: _FlatLayout, sections: Mapping[str, type[Any]]
+) -> str:
+    """Why the key `name`, written above every section header, is refused, and where it goes.
+
+    TOML puts keys written before the first header at the top level, where the file has only
+    sections; ``port = 6001`` there is almost always meant for ``[server]``.
+    """
+    keys = {section: list(names) for section, names in flat.items()}
+    keys.update((section, list(_fields(cls))) for section, cls in sections.items())
+    holders = [f"[{section}]" for section, names in keys.items() if name in names]
+    if holders:
+        return (
+            "must be inside a section, not at the top of the file:"
+            f" put {_written(name, value)} under {' or '.join(holders)}"
+        )
+    pairs = [(section, key) for section, names in keys.items() for key in names]
+    close = difflib.get_close_matches(name, [key for _, key in pairs], n=1)
+    hint = ""
+    if close:
+        section = next(section for section, key in pairs if key == close[0])
+        hint = f" (did you mean {close[0]!r} in [{section}]?)"
+    return (
+        f"is not a key of any section{hint}; every key belongs inside one of the sections"
+        f" {', '.join(f'[{section}]' for section in keys)}"
+    )
 
 
 def _flat_key(flat: _FlatLayout, key: str | None) -> str | None:
@@ -759,8 +819,10 @@ def config_from_mapping(data: Mapping[str, Any], *, source: str = "<config>") ->
 
     Why sections are checked key by key: a misspelt key (``max_paylaod``) would otherwise be
     silently ignored and the default used, which is the worst kind of config bug. So unknown
-    sections and keys are refused, with the nearest known name as a hint, at every depth. Keys
-    left out take their defaults. ``server.hosts`` may be one string or an array of strings.
+    sections and keys are refused, with the nearest known name as a hint, at every depth. A key
+    written above every section header (``port = 6001``) is refused with the section that holds
+    a key of that name (``[server]``). Keys left out take their defaults. ``server.hosts`` may
+    be one string or an array of strings.
 
     Args:
         data: The parsed document, e.g. from `tomllib.load`.

@@ -5,7 +5,8 @@
     python examples/fanout_relay.py [--url URL] consume [--name NAME] [--slow SECONDS] [--count N]
 
 The relay is the only connection to the source (a line-based TCP server, or numbered items for
-the demo) and publishes each line on ``feed.items``. Consumers attach and leave at any time
+the demo) and publishes each line on ``feed.items``; it starts by saying so, and how consumers
+attach. Consumers attach and leave at any time
 without the source noticing; each prints the items, and a summary when it stops (``--count``
 items, or Ctrl-C).
 
@@ -53,8 +54,15 @@ async def lines_from(address: str) -> AsyncIterator[bytes]:
 
 
 async def relay(url: str, source: str | None, demo: int, rate: float) -> None:
-    items = lines_from(source) if source else numbered(demo, rate)
+    if source:
+        items, what = lines_from(source), f"the lines of {source}"
+    else:
+        pace = f"{rate:g} a second" if rate else "all at once"
+        items, what = numbered(demo, rate), f"{demo} demo items, {pace},"
     async with broker.connect(url, name="fanout-relay") as client:
+        # Once connected, so the line also says the broker is there; the source is opened next.
+        attach = f"consumers attach with: python {sys.argv[0]} --url {url} consume"
+        print(f"relaying {what} to {SUBJECT} on {url}; {attach}", flush=True)
         count = 0
         async for item in items:
             # No I/O and no waiting for consumers: the writer task sends, the broker fans out.

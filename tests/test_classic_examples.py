@@ -213,6 +213,12 @@ ITEMS = 200
 ALL_ITEMS = [f"item {n}" for n in range(ITEMS)]
 
 
+def relaying(what: str, url: str) -> str:
+    """The relay's first line: what it relays, where, and how a consumer attaches."""
+    consume = f"python {EXAMPLES / 'fanout_relay.py'} --url {url} consume"
+    return f"relaying {what} to feed.items on {url}; consumers attach with: {consume}"
+
+
 @pytest.mark.broker_config(slow_consumer_policy="drop_oldest", max_pending_messages=50)
 def test_fanout_relay_a_stalled_consumer_loses_the_oldest_and_others_get_everything(
     run: Run, broker_thread: BrokerThread
@@ -229,7 +235,10 @@ def test_fanout_relay_a_stalled_consumer_loses_the_oldest_and_others_get_everyth
     )  # it stops reading, as far as the broker knows
     relay = run("fanout_relay.py", "relay", "--demo", str(ITEMS), "--rate", "500")
     assert relay.finish() == 0, relay.stderr
-    assert relay.stdout == [f"relayed {ITEMS} items"]
+    assert relay.stdout == [
+        relaying(f"{ITEMS} demo items, 500 a second,", broker_thread.url),
+        f"relayed {ITEMS} items",
+    ]
 
     assert fast.finish() == 0, fast.stderr
     assert fast.stdout[1:] == [*ALL_ITEMS, f"{ITEMS} items received, 0 lost"]
@@ -272,12 +281,13 @@ def test_fanout_relay_a_stalled_consumer_is_cut_off_and_others_carry_on(
     assert stalled.interrupt() == 0, stalled.stderr
 
 
-def test_fanout_relay_republishes_a_tcp_source(run: Run) -> None:
+def test_fanout_relay_republishes_a_tcp_source(run: Run, broker_thread: BrokerThread) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         host, port = listener.getsockname()[:2]
         consumer = run("fanout_relay.py", "consume", "--count", "3")
         consumer.expect("consuming feed.items")
         relay = run("fanout_relay.py", "relay", "--source", f"{host}:{port}")
+        relay.expect("relaying")  # connected to the broker before it opens the source
         listener.settimeout(WAIT)
         source, _ = listener.accept()
         with source:
@@ -285,7 +295,10 @@ def test_fanout_relay_republishes_a_tcp_source(run: Run) -> None:
             consumer.expect("beta")  # the relay sends each line as it arrives
             source.sendall(b"gamma")  # the last line needs no newline: the source closes
     assert relay.finish() == 0, relay.stderr
-    assert relay.stdout == ["relayed 3 items"]
+    assert relay.stdout == [
+        relaying(f"the lines of {host}:{port}", broker_thread.url),
+        "relayed 3 items",
+    ]
     assert consumer.finish() == 0, consumer.stderr
     assert consumer.stdout == [
         "consuming feed.items as consumer",

@@ -683,6 +683,15 @@ def test_nested_unknown_section_hint() -> None:
     )
 
 
+def test_nested_top_level_key_is_sent_to_its_section() -> None:
+    assert read_refused({"verify": True}) == (
+        f"{SOURCE}: verify must be inside a section, not at the top of the file:"
+        " put verify = true under [tls]"
+    )
+    assert read_refused({"token": "s3cret"}).endswith('put token = "s3cret" under [auth]')
+    assert read_refused({"port": 1}).endswith("put port = 1 under [server]")
+
+
 def test_nested_unknown_key_at_depth_2() -> None:
     tls = {"cert_file": "a", "key_file": "b", "verfy": True}
     assert read_refused({"tls": tls}) == (

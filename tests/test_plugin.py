@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from broker._version import DISTRIBUTION_NAME
+
 pytest_plugins = ["pytester"]
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,7 +33,7 @@ timeout = 20
 
 def _declared_entry_point() -> bool:
     try:
-        dist = importlib.metadata.distribution("broker")
+        dist = importlib.metadata.distribution(DISTRIBUTION_NAME)
     except importlib.metadata.PackageNotFoundError:
         return False
     return any(

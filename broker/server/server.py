@@ -8,11 +8,13 @@ is already queued for up to `shutdown_grace`, then cancel whatever is left.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import resource
 import secrets
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import final
 
@@ -26,7 +28,7 @@ from ..stats import Statistics
 from .native import NativeAdapter, refusal_frame
 from .transport import Transport, peer_address, refuse
 
-__all__ = ["Server", "format_address", "run", "serve"]
+__all__ = ["ListenError", "Server", "format_address", "run", "serve"]
 
 log = logging.getLogger("broker.server")
 
@@ -34,6 +36,35 @@ log = logging.getLogger("broker.server")
 def format_address(host: str, port: int) -> str:
     """`host:port`, with IPv6 hosts in brackets as URLs need them."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ListenError(OSError):
+    """A listener could not be opened: the address asked for, and the system's reason.
+
+    An `OSError` with the original's ``errno`` and ``strerror`` (the original is its
+    ``__cause__``), so ``except OSError`` and ``error.errno == errno.EADDRINUSE`` keep working;
+    what it adds is the address, which neither ``bind`` nor ``getaddrinfo`` says.
+
+    Attributes:
+        host: The host as configured (a name or an IP literal).
+        port: The port tried (the one the first host got, when the config asked for 0).
+        resolving: True when the host name could not be resolved, rather than bound.
+    """
+
+    def __init__(self, host: str, port: int, reason: OSError) -> None:
+        super().__init__(reason.errno, reason.strerror or str(reason))
+        self.host = host
+        self.port = port
+        self.resolving = isinstance(reason, socket.gaierror)
+
+    def __str__(self) -> str:
+        # "Address already in use" reads better mid-sentence as "address already in use".
+        reason = str(self.strerror)
+        if reason[:1].isupper() and reason[1:2].islower():
+            reason = reason[0].lower() + reason[1:]
+        if self.resolving:
+            reason = f"cannot resolve the host name ({reason})"
+        return f"cannot listen on {format_address(self.host, self.port)}: {reason}"
 
 
 @final
@@ -92,7 +123,10 @@ class Server:
         """Listen and serve until `shutdown()` or cancellation.
 
         Calls `task_status.started(self)` once every listener is bound, so `self.url` is valid.
-        Raises OSError if a listener cannot be bound (port in use, unknown host).
+
+        Raises:
+            ListenError: A listener cannot be opened (port in use, unknown host); an
+                `OSError` that names the address.
         """
         listeners = await self._open_listeners()
         try:
@@ -112,7 +146,9 @@ class Server:
                 self._begin_shutdown(handlers)
         finally:
             await self._close_listeners(listeners)
-            log.info("broker %s stopped: %s", self.server_id, self.statistics().as_dict())
+            # As fields, so JSON logs get them as an object ("stats") and text as key=value.
+            stats = self.statistics().as_dict()
+            log.info("broker %s stopped", self.server_id, extra={"stats": stats})
             self._stopped.set()
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
@@ -120,7 +156,10 @@ class Server:
         port = self.config.port
         try:
             for host in self.config.hosts:
-                opened = await trio.open_tcp_listeners(port, host=host)
+                try:
+                    opened = await trio.open_tcp_listeners(port, host=host)
+                except OSError as error:
+                    raise ListenError(host, port, error) from error
                 listeners.extend(opened)
                 # With port 0, every further host must share the port the first one got.
                 port = opened[0].socket.getsockname()[1]
@@ -225,15 +264,35 @@ def _raise_fd_limit(max_connections: int) -> None:
         )
 
 
+def _listen_hint(error: ListenError) -> str:
+    """What the person who ran `broker serve` can do about `error`, for the end of its line."""
+    if error.resolving:
+        return "check the name, or give an IP address (--host 127.0.0.1 for this machine only)"
+    if error.errno == errno.EADDRINUSE:
+        return "is another broker running? stop it, or pick another --port"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (
+            "that address is not one of this machine's; pick another --host"
+            " (127.0.0.1 for this machine only, 0.0.0.0 or :: for every interface)"
+        )
+    if error.errno in (errno.EACCES, errno.EPERM) and 0 < error.port < 1024:
+        return "ports below 1024 need privileges; pick a --port of 1024 or above"
+    if error.errno == errno.EAFNOSUPPORT:
+        return "this machine has no network of that kind (IPv4 or IPv6); drop that --host"
+    return "check --host and --port (or [server] in the config file)"
+
+
 def run(config: Config | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; returns the exit code.
 
     The first signal starts a graceful shutdown (0 when it completes); a second one exits at
-    once (1). A listener that cannot be bound logs why and returns 1.
+    once (1). A listener that cannot be opened is one logged line, what failed and what to do,
+    and returns 1: no traceback, since nothing in it would help whoever ran the command.
     """
     server = Server(config)
     _raise_fd_limit(server.config.max_connections)
     forced = False
+    failed: ListenError | None = None
 
     async def watch_signals(receiver: AsyncIterator[int], cancel_scope: trio.CancelScope) -> None:
         nonlocal forced
@@ -248,17 +307,23 @@ def run(config: Config | None = None) -> int:
                 cancel_scope.cancel()
 
     async def main() -> None:
+        nonlocal failed
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_signals, receiver, nursery.cancel_scope)
-                await server.serve()
+                # Caught here, inside the nursery: past it, trio wraps the error in an
+                # ExceptionGroup.
+                try:
+                    await server.serve()
+                except ListenError as error:
+                    failed = error
                 nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)
-    except OSError as error:
-        log.error("cannot listen: %s", error)
-        return 1
     except KeyboardInterrupt:
         return 130
+    if failed is not None:
+        log.error("%s; %s", failed, _listen_hint(failed))
+        return 1
     return 1 if forced else 0
