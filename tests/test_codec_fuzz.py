@@ -26,14 +26,14 @@ _scalars = st.one_of(
     st.text(max_size=20),
     st.binary(max_size=20),
     # Large, yet under what hypothesis will repr for a report (about 1 MB in all).
-    st.sampled_from(["x" * 50_000, b"y" * 50_000, "a." * 5000 + "b", "q q", "\x00"]),
+    st.sampled_from(["x" * 20_000, b"y" * 20_000, "a." * 5000 + "b", "q q", "\x00"]),
 )
 _values = st.recursive(
     _scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
-    max_leaves=12,
+    max_leaves=6,
 )
 
 
