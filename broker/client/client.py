@@ -21,7 +21,14 @@ Decisions a caller can rely on:
 - **Requests in flight** when a connection breaks (their PUB was handed to it) fail at once with
   the `ConnectionClosed` that ended it: whether the responder saw the request is unknown, so
   retrying is the caller's decision. Requests whose PUB is still queued, and requests made while
-  disconnected, wait for the next connection, bounded by the caller's cancel scope.
+  disconnected, wait for the next connection, within their deadline.
+- **Deadlines.** Every call that waits (`Client.request`, `Client.flush`, `Client.drain`,
+  `Subscription.next`) takes ``timeout`` in seconds and raises the builtin `TimeoutError` when it
+  passes. Left at None, the caller's cancel scope bounds the call if it has a deadline
+  (``with trio.fail_after(10): await client.request(...)`` waits up to 10 s), else a default
+  does (2 s for a request, 5 s for a flush, 30 s for a drain, 1 s for `Subscription.next`), so
+  nothing waits forever by mistake. ``async for`` over a subscription waits as long as it
+  takes: it ends when the subscription does. See `broker.client.deadlines`.
 - **Hooks** are plain callables, sync or async, given to `connect`: ``on_disconnected(error)``
   when a live connection breaks (not when we close it), ``on_reconnected()`` once resubscribed,
   ``on_shutting_down(error)`` when the server sends ERR ``shutting_down``, and ``on_error(error)``
@@ -39,6 +46,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import math
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -78,11 +86,15 @@ from ..protocol import (
 )
 from ..subjects import SubjectError, validate_pattern, validate_queue
 from .connection import _Control, _Link, _Supervisor, _Waiter
+from .deadlines import deadline, expired, own_limit
 from .limits import Payload, ServerLimits, check_headers, info_int
 from .options import (
     CLOSE_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
     ClientOptions,
     ConnectOptions,
     check_options,
@@ -241,25 +253,48 @@ class Client:
         self._append_pub(frame)
 
     async def request(
-        self, subject: str, payload: Payload, *, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: Payload,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Publish a request and wait for the first reply.
 
         Replies come through one wildcard subscription per client (``_INBOX.<random>.*``, made
-        on the first request) and are matched by their last token. There is no timeout
-        parameter: bound the wait with the caller's cancel scope (``anyio.fail_after``,
-        ``trio.fail_after``, ``asyncio.timeout``).
+        on the first request) and are matched by their last token.
+
+        Args:
+            subject: Where the responders subscribe.
+            payload: The request's bytes.
+            timeout: Seconds to wait for the reply (``math.inf``: no limit of its own). None,
+                the default, leaves the bound to the caller's cancel scope if it has a deadline
+                (``trio.fail_after``, ``anyio.fail_after``), else waits `DEFAULT_REQUEST_TIMEOUT`
+                (2 s); see `broker.client.deadlines`.
+            headers: A mapping of str to str, or None.
 
         Returns:
             The reply; ``reply.payload`` is the answer.
 
         Raises:
+            TimeoutError: No reply within ``timeout`` (or the default).
             NoResponders: Nothing subscribes to ``subject``; raised as soon as the server says so.
             ConnectionClosed: The connection broke after the request was sent, or the client is
                 closed or draining.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
             BadSubject, PayloadTooLarge, TypeError, ReconnectBufferFull: As `publish`.
         """
         self._check_open()
+        with deadline(
+            timeout, DEFAULT_REQUEST_TIMEOUT, lambda: f"no reply to a request on {subject!r}"
+        ):
+            reply = await self._request(subject, payload, headers)
+        return reply
+
+    async def _request(
+        self, subject: str, payload: Payload, headers: Mapping[str, str] | None
+    ) -> Message:
         token = str(next(self._reply_ids))
         frame = self._encode_pub(subject, payload, f"{self._inbox}.{token}", headers)
         if self._inbox_sid is None:
@@ -278,7 +313,7 @@ class Client:
         assert reply is not None
         return reply
 
-    async def flush(self, *, raise_refused: bool = False) -> None:
+    async def flush(self, timeout: float | None = None, *, raise_refused: bool = False) -> None:
         """Round trip a PING: when it returns, the server has processed everything sent before.
 
         Subscriptions made are in place, publishes are routed, and messages routed to this
@@ -286,22 +321,28 @@ class Client:
         for the connection first (and so also flushes the reconnect buffer).
 
         Args:
+            timeout: Seconds to wait for the PONG (``math.inf``: no limit of its own). None, the
+                default, leaves the bound to the caller's cancel scope if it has a deadline,
+                else waits `DEFAULT_FLUSH_TIMEOUT` (5 s); see `broker.client.deadlines`.
             raise_refused: Also raise the first publish the server refused while this flush
                 waited (a full retained store, or a subject only the server could judge), so
                 publish-then-flush learns whether its messages went through. The refusal may
                 be of any task's publish made before the flush; ``on_error`` hears of it too.
 
         Raises:
+            TimeoutError: No PONG within ``timeout`` (or the default).
             RetainedLimitExceeded, BadSubject: With ``raise_refused``: the server refused a
                 publish made before the flush; the others were processed.
             ConnectionClosed: The connection broke before the PONG (what was sent may or may not
                 have been processed), or the client is closed.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
         """
-        link = await self._wait_for_link()
-        waiter = _Waiter()
-        link.pongs.append(waiter)
-        self._queue_control(self._ping_frame)
-        await waiter.wait()
+        with deadline(timeout, DEFAULT_FLUSH_TIMEOUT, lambda: f"no PONG from {self._url}"):
+            link = await self._wait_for_link()
+            waiter = _Waiter()
+            link.pongs.append(waiter)
+            self._queue_control(self._ping_frame)
+            await waiter.wait()
         if raise_refused and waiter.refused:
             raise _again(waiter.refused[0])
 
@@ -353,7 +394,7 @@ class Client:
 
     # -- closing -------------------------------------------------------------------------------
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         """Stop every subscription, let consumers finish what they hold, flush, then close.
 
         New subscriptions and requests are refused from the start; publishing still works, so
@@ -363,10 +404,29 @@ class Client:
         left its ``async with`` block: so a responder answers the last request it took before
         the connection closes. Then the client closes; requests still waiting fail with
         `ConnectionClosed`. Queued messages nobody takes keep drain waiting, and so does a loop
-        left with ``break`` outside ``async with``: bound drain with the caller's cancel scope.
+        left with ``break`` outside ``async with``, until the limit.
+
+        Args:
+            timeout: Seconds to wait for the consumers (``math.inf``: no limit of its own). None,
+                the default, leaves the bound to the caller's cancel scope if it has a deadline,
+                else waits `DEFAULT_DRAIN_TIMEOUT` (30 s); see `broker.client.deadlines`.
+
+        Raises:
+            TimeoutError: The consumers did not finish in time; the client is closed anyway.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
         """
+        defaulted = timeout is None
+        limit = own_limit(timeout, DEFAULT_DRAIN_TIMEOUT)
         if self._closed is not None:
             return
+        with anyio.move_on_after(limit) as scope:
+            await self._drain()
+        await self.aclose()
+        if scope.cancelled_caught:
+            missed = "drain: the consumers did not finish what they hold"
+            raise TimeoutError(expired(missed, limit, defaulted=defaulted))
+
+    async def _drain(self) -> None:
         self._draining = True
         subs = list(self._subs.values())
         for sub in subs:
@@ -375,13 +435,12 @@ class Client:
                 self._queue_control(self._encoder.send(Unsub(sub.sid)))
         # A broken connection delivers nothing more either, so the flush may fail harmlessly.
         with contextlib.suppress(ConnectionClosed):
-            await self.flush()
+            await self.flush(math.inf)
         for sub in subs:
             self._forget(sub)
             sub._end()
         while not all(sub._quiescent for sub in subs):
             await self._drain_signal.wait()
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client: write what is queued, half-close, wait up to `CLOSE_TIMEOUT`.

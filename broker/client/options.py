@@ -21,12 +21,16 @@ from ..errors import BrokerError, ConnectionClosed, ServerShuttingDown
 __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_FLUSH_TIMEOUT",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
     "DEFAULT_MAX_RECONNECT_DELAY",
+    "DEFAULT_NEXT_TIMEOUT",
     "DEFAULT_RECONNECT_BUFFER_SIZE",
     "DEFAULT_RECONNECT_DELAY",
+    "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_WRITE_BUFFER_SIZE",
     "ClientOptions",
     "ConnectOptions",
@@ -58,6 +62,17 @@ DEFAULT_CONNECT_TIMEOUT: Final = 2.0
 DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
 #: Seconds a graceful close waits for queued frames to be written and the server to finish.
 CLOSE_TIMEOUT: Final = 2.0
+
+# The default limits of the calls that wait, for both clients. The async client applies them
+# only when no cancel scope with a deadline surrounds the call (`broker.client.deadlines`).
+#: Seconds `request` waits for a reply.
+DEFAULT_REQUEST_TIMEOUT: Final = 2.0
+#: Seconds `flush` waits for the server's PONG (and, while reconnecting, for the connection).
+DEFAULT_FLUSH_TIMEOUT: Final = 5.0
+#: Seconds `drain` waits for consumers to finish before closing anyway.
+DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+#: Seconds a subscription's `next` waits for a message.
+DEFAULT_NEXT_TIMEOUT: Final = 1.0
 
 #: Hooks may return an awaitable: `broker.connect` awaits it, `broker.sync.connect` does not.
 DisconnectedHook: TypeAlias = Callable[[ConnectionClosed], object]

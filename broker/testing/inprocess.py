@@ -26,9 +26,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -37,6 +38,7 @@ import trio
 from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
+from ..client.deadlines import deadline
 from ..config import Config
 from ..server import Server
 from ..stats import Statistics
@@ -181,48 +183,68 @@ class RunningBroker:
         """Undo `stall_client`; returns how many connections were resumed."""
         return faults.resume_client(self._server, name)
 
-    async def restart(self) -> None:
+    async def restart(self, timeout: float | None = None) -> None:
         """Shut the broker down gracefully and serve again on the same port.
 
         Clients get ERR ``shutting_down`` as on SIGTERM, then reconnect (if they do) to a new
         `broker.Server` with the same config; its statistics start from zero. Returns once the
         new server listens and every open capture has resubscribed to it, so whatever is
-        published to the new server is captured. Bound it with a cancel scope.
+        published to the new server is captured. To wait for a service to be back, follow it
+        with `wait_for_client`.
+
+        Args:
+            timeout: Seconds the whole restart may take (``math.inf``: no limit of its own).
+                None, the default, leaves the bound to the caller's cancel scope if it has a
+                deadline, else allows ``shutdown_grace`` plus `START_TIMEOUT`.
 
         Raises:
+            TimeoutError: It took longer.
             OSError: The port could not be bound again.
         """
-        await self.stop_server()
-        await self.start_server()
+        with self._deadline(timeout, "restart"):
+            await self.stop_server(math.inf)
+            await self.start_server(math.inf)
 
-    async def stop_server(self) -> None:
+    async def stop_server(self, timeout: float | None = None) -> None:
         """Shut the broker down gracefully, as `restart` does, and wait until it has stopped.
 
         Until `start_server`, clients find nothing listening (and, if they reconnect, keep
         trying). Does nothing if it is stopped already.
+
+        Raises:
+            TimeoutError: It took longer than ``timeout``, as in `restart`.
         """
         if self._watched is not None:
             return
-        self._watched = [(reconnects, reconnects.count) for reconnects in self._captures]
-        self._stop_server()
-        await self._server.wait_stopped()
+        with self._deadline(timeout, "stop"):
+            self._watched = [(reconnects, reconnects.count) for reconnects in self._captures]
+            self._stop_server()
+            await self._server.wait_stopped()
 
-    async def start_server(self) -> None:
+    async def start_server(self, timeout: float | None = None) -> None:
         """Serve again on the same port after `stop_server`, as `restart` does.
 
+        Returns once the new server listens and every open capture has resubscribed.
+
         Raises:
+            TimeoutError: It took longer than ``timeout``, as in `restart`.
             RuntimeError: The broker is not stopped.
             OSError: The port could not be bound again.
         """
         watched = self._watched
         if watched is None:
             raise RuntimeError(f"the broker on {self.url} is serving; call stop_server() first")
-        old = self._server
-        config = dataclasses.replace(old.config, port=old.port)
-        self._server = await self._nursery.start(Server(config).serve)
-        self._watched = None
-        for reconnects, count in watched:
-            await reconnects.wait_past(count)
+        with self._deadline(timeout, "start"):
+            old = self._server
+            config = dataclasses.replace(old.config, port=old.port)
+            self._server = await self._nursery.start(Server(config).serve)
+            self._watched = None
+            for reconnects, count in watched:
+                await reconnects.wait_past(count)
+
+    def _deadline(self, timeout: float | None, what: str) -> AbstractContextManager[None]:
+        default = self._server.config.shutdown_grace + START_TIMEOUT
+        return deadline(timeout, default, lambda: f"the broker on {self.url} did not {what}")
 
     def connect(self, **options: Any) -> AbstractAsyncContextManager[Client]:
         """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` as defaults."""
