@@ -172,15 +172,27 @@ class RunningBroker:
         return [transport.adapter.name for transport in faults.connections(self._server)]
 
     def drop_client(self, name: str) -> int:
-        """Cut every connection named `name` with no ERR; returns how many (`faults`)."""
+        """Cut every connection named `name` with no ERR; returns how many (`faults`).
+
+        Raises:
+            LookupError: No live connection is named `name`; the message lists those there are.
+        """
         return faults.drop_client(self._server, name)
 
     def stall_client(self, name: str) -> int:
-        """Stop writing to every client named `name` (a slow consumer); returns how many."""
+        """Stop writing to every client named `name` (a slow consumer); returns how many.
+
+        Raises:
+            LookupError: As `drop_client`.
+        """
         return faults.stall_client(self._server, name)
 
     def resume_client(self, name: str) -> int:
-        """Undo `stall_client`; returns how many connections were resumed."""
+        """Undo `stall_client`; returns how many connections were resumed.
+
+        Raises:
+            LookupError: As `drop_client`.
+        """
         return faults.resume_client(self._server, name)
 
     async def restart(self, timeout: float | None = None) -> None:
@@ -476,7 +488,11 @@ class BrokerThread:
     # -- fault injection -------------------------------------------------------------------------
 
     def drop_client(self, name: str) -> int:
-        """Cut every connection named `name` with no ERR; returns how many were cut."""
+        """Cut every connection named `name` with no ERR; returns how many were cut.
+
+        Raises:
+            LookupError: No live connection is named `name`; the message lists those there are.
+        """
         return self._call(lambda: self._live().drop_client(name))
 
     def stall_client(self, name: str) -> int:
@@ -484,11 +500,18 @@ class BrokerThread:
 
         The configured ``slow_consumer_policy`` then applies once its outbox overflows
         (``max_pending_messages``, ``max_pending_bytes``). Returns how many were stalled.
+
+        Raises:
+            LookupError: As `drop_client`.
         """
         return self._call(lambda: self._live().stall_client(name))
 
     def resume_client(self, name: str) -> int:
-        """Undo `stall_client`; returns how many connections were resumed."""
+        """Undo `stall_client`; returns how many connections were resumed.
+
+        Raises:
+            LookupError: As `drop_client`.
+        """
         return self._call(lambda: self._live().resume_client(name))
 
     def restart(self) -> None:
