@@ -16,6 +16,7 @@ consumer under the configured policy) and `restart` (shut down gracefully, as on
 serve again on the same port: the listeners set SO_REUSEADDR, so the port is free at once).
 `stop_server` and `start_server` are the two halves of `restart`, for a test that needs the
 broker gone for a while. A restart starts a new `broker.Server`: its statistics start from zero.
+`wait_for_client` waits until a named service is (back) up, with its subscriptions if asked.
 
 Clients made with the handles' `connect` reconnect quickly (`TEST_CLIENT_OPTIONS`), which keeps
 restart and drop tests fast; any option of `broker.connect` may be passed instead.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
+from .._checks import check_timeout
 from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
@@ -43,7 +45,7 @@ from ..config import Config
 from ..server import Server
 from ..stats import Statistics
 from . import faults
-from .capture import Capture, SyncCapture, capture
+from .capture import DEFAULT_WAIT_TIMEOUT, Capture, SyncCapture, capture
 
 if TYPE_CHECKING:
     from ..sync import SyncClient
@@ -53,6 +55,7 @@ __all__ = [
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "TEST_CLIENT_OPTIONS",
+    "WAIT_POLL",
     "BrokerThread",
     "RunningBroker",
     "config_for_tests",
@@ -68,6 +71,8 @@ T = TypeVar("T")
 START_TIMEOUT: Final = 10.0
 #: Seconds `BrokerThread.stop` waits for the thread beyond the configured ``shutdown_grace``.
 STOP_TIMEOUT: Final = 5.0
+#: Seconds between looks at the broker's connections in `RunningBroker.wait_for_client`.
+WAIT_POLL: Final = 0.002
 #: The name the capture helpers' own clients give in HELLO.
 CAPTURE_CLIENT_NAME: Final = "broker.testing.capture"
 #: Defaults for clients made by `RunningBroker.connect` and `BrokerThread.connect`: reconnect
@@ -194,6 +199,58 @@ class RunningBroker:
             LookupError: As `drop_client`.
         """
         return faults.resume_client(self._server, name)
+
+    async def wait_for_client(
+        self,
+        name: str,
+        count: int = 1,
+        *,
+        subscriptions: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        """Wait until `count` live connections are named `name`: a service is (back) up.
+
+        For after `drop_client` or `restart`, or a service started in the background: the
+        connections counted are those whose handshake gave `name` and that are not closing
+        (so the one just cut does not count). A client resubscribes right after its
+        handshake, so to know that a message published next reaches the service, also ask for
+        its subscriptions: each of the `count` connections must hold at least `subscriptions`
+        (a client that made a request holds one more, its reply inbox). The broker is looked
+        at every `WAIT_POLL` seconds.
+
+        Args:
+            name: The name the client gave (``connect(name=...)``).
+            count: How many such connections to wait for (a queue group of workers).
+            subscriptions: Subscriptions each must hold; 0 waits for the handshake only.
+            timeout: Seconds to wait (``math.inf``: no limit of its own). None, the default,
+                leaves the bound to the caller's cancel scope if it has a deadline, else waits
+                `DEFAULT_WAIT_TIMEOUT` (5 s).
+
+        Raises:
+            TimeoutError: They did not come in time; the message lists the live clients.
+            ValueError: `count` is not an int >= 1 or `subscriptions` not an int >= 0.
+        """
+        if type(count) is not int or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        if type(subscriptions) is not int or subscriptions < 0:
+            raise ValueError(f"subscriptions must be an int >= 0, got {subscriptions!r}")
+        holding = f" holding {subscriptions} subscriptions" if subscriptions else ""
+
+        def missed() -> str:
+            names = ", ".join(repr(n) for n in dict.fromkeys(self.client_names())) or "none"
+            return f"{count} live client(s) named {name!r}{holding} did not come (now: {names})"
+
+        with deadline(timeout, DEFAULT_WAIT_TIMEOUT, missed):
+            while self._ready_count(name, subscriptions) < count:
+                await trio.sleep(WAIT_POLL)
+
+    def _ready_count(self, name: str, subscriptions: int) -> int:
+        ready = 0
+        for transport in faults.connections(self._server, name):
+            held = getattr(transport.adapter, "subscriptions", ())
+            if transport.accepting and len(held) >= subscriptions:
+                ready += 1
+        return ready
 
     async def restart(self, timeout: float | None = None) -> None:
         """Shut the broker down gracefully and serve again on the same port.
@@ -513,6 +570,29 @@ class BrokerThread:
             LookupError: As `drop_client`.
         """
         return self._call(lambda: self._live().resume_client(name))
+
+    def wait_for_client(
+        self,
+        name: str,
+        count: int = 1,
+        *,
+        subscriptions: int = 0,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
+        """Wait up to `timeout` seconds until `count` live connections are named `name`.
+
+        See `RunningBroker.wait_for_client`; here None waits forever, as in `broker.sync`.
+
+        Raises:
+            TimeoutError: They did not come in time; the message lists the live clients.
+            ValueError: A bad `count`, `subscriptions` or `timeout`.
+        """
+        check_timeout(timeout)
+        limit = math.inf if timeout is None else timeout
+        broker = self._live()
+        self._require_portal().run(
+            lambda: broker.wait_for_client(name, count, subscriptions=subscriptions, timeout=limit)
+        )
 
     def restart(self) -> None:
         """Shut the broker down gracefully and serve again on the same port.

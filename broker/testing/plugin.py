@@ -19,7 +19,8 @@ For every kind of test (sync, asyncio, Trio):
 - ``broker_thread``: a started `broker.testing.BrokerThread`: ``.url``, ``.port``,
   ``.statistics()``, ``.capture(pattern)``, ``.connect(...)`` (an async client for the test's
   own loop), fault injection (``.drop_client(name)``, ``.stall_client(name)``,
-  ``.resume_client(name)``, ``.restart()``, ``.stop_server()`` / ``.start_server()``).
+  ``.resume_client(name)``, ``.restart()``, ``.stop_server()`` / ``.start_server()``), and
+  ``.wait_for_client(name, subscriptions=n)`` to know a service is (back) up.
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
