@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -41,7 +41,7 @@ from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
 from ..client.deadlines import deadline
-from ..config import Config
+from ..config import Config, config_from_mapping, config_to_mapping
 from ..server import Server
 from ..stats import Statistics
 from . import faults
@@ -88,21 +88,67 @@ _CONFIG_FIELDS: Final = frozenset(field.name for field in dataclasses.fields(Con
 def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
     """The config a test broker runs with: `config` (or 127.0.0.1, port 0) with `overrides`.
 
+    Overrides name a setting either way: as the `broker.Config` field (``max_payload=1024``,
+    ``slow_consumer_policy="drop_oldest"``), or as its key in a config file such as
+    config/broker.toml, dotted (``**{"slow_consumer.policy": "drop_oldest"}``) or as tables
+    (``toml={"slow_consumer": {"policy": "drop_oldest"}}``). File keys are read by
+    `broker.config.config_from_mapping`, with its checks and messages; field names are applied
+    after them.
+
     Args:
         config: A base config; None means the defaults with ``hosts=("127.0.0.1",)`` and
             ``port=0`` (a free port, so tests never collide).
-        overrides: `broker.Config` fields, e.g. ``max_payload=1024``.
+        overrides: `broker.Config` fields, dotted file keys, and ``toml``.
 
     Raises:
-        TypeError: An override names no `broker.Config` field.
-        ConfigError: An override breaks its rule.
+        TypeError: An override names no `broker.Config` field (and has no dot), or ``toml`` is
+            not a mapping of tables.
+        ConfigError: An override breaks its rule, or a file key is unknown (with the nearest
+            known one as a hint).
     """
-    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    fields: dict[str, Any] = {}
+    layout: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "toml":
+            if not isinstance(value, Mapping):
+                raise TypeError(
+                    f"toml= takes the config file's tables as a dict, e.g. "
+                    f'{{"slow_consumer": {{"policy": "drop_oldest"}}}}, got {value!r}'
+                )
+            _merge(layout, value)
+        elif "." in key:
+            *sections, name = key.split(".")
+            table = layout
+            for section in sections:
+                table = table.setdefault(section, {})
+            table[name] = value
+        else:
+            fields[key] = value
+    unknown = sorted(set(fields) - _CONFIG_FIELDS)
     if unknown:
-        raise TypeError(f"broker.Config has no field {unknown[0]!r} (overrides: {unknown})")
+        raise TypeError(
+            f"broker.Config has no field {unknown[0]!r} (overrides: {unknown}); a key of the "
+            'config file is given dotted, e.g. **{"slow_consumer.policy": "drop_oldest"}'
+        )
     if config is None:
         config = Config(hosts=("127.0.0.1",), port=0)
-    return dataclasses.replace(config, **overrides) if overrides else config
+    if layout:
+        merged = config_to_mapping(config)
+        _merge(merged, layout)
+        config = config_from_mapping(merged, source="the test's config overrides")
+    return dataclasses.replace(config, **fields) if fields else config
+
+
+def _merge(into: dict[str, Any], tables: Mapping[str, Any]) -> None:
+    """Merge nested `tables` into `into`, table by table; a value replaces what was there."""
+    for key, value in tables.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 class _Reconnects:

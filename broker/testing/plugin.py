@@ -44,15 +44,21 @@ need one of the two), the broker runs in the test's own loop:
 - ``trio_broker_client``: a connected `broker.Client` named ``"trio_broker_client"``.
 
 Configuration: ``@pytest.mark.broker_config(max_payload=1024, slow_consumer_policy="drop_oldest")``
-on a test (or module, via ``pytestmark``) passes `broker.Config` overrides to that test's broker;
-override the ``broker_config`` fixture to change the base for a whole directory. The marker is
+on a test (or module, via ``pytestmark``) passes `broker.Config` overrides to that test's broker.
+The keys of a config file (config/broker.toml) work too, dotted or as tables::
+
+    @pytest.mark.broker_config(**{"slow_consumer.policy": "drop_oldest", "limits.max_payload": 64})
+    @pytest.mark.broker_config(toml={"slow_consumer": {"policy": "drop_oldest"}})
+
+(see `broker.testing.config_for_tests`). With several markers the closest to the test wins.
+Override the ``broker_config`` fixture to change the base for a whole directory. The marker is
 registered by the plugin, so it is allowed under ``--strict-markers``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -80,24 +86,26 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the ``broker_config`` marker, so ``--strict-markers`` accepts it."""
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(**overrides): broker.Config fields for this test's in-process broker "
-        "(broker_thread, trio_broker and the fixtures built on them)",
+        f"{MARKER}(**overrides): settings for this test's in-process broker (broker_thread, "
+        "trio_broker and the fixtures built on them): broker.Config fields "
+        '(slow_consumer_policy="drop_oldest"), config file keys dotted '
+        '(**{"slow_consumer.policy": "drop_oldest"}) or toml={"slow_consumer": {...}}',
     )
 
 
 @pytest.fixture
 def broker_config(request: pytest.FixtureRequest) -> Config:
     """The `broker.Config` for this test's broker: 127.0.0.1, a free port, and the overrides
-    of every ``broker_config`` marker on the test (the closest wins)."""
-    overrides: dict[str, Any] = {}
+    of every ``broker_config`` marker on the test, applied farthest first (the closest wins)."""
+    config: Config | None = None
     for marker in reversed(list(request.node.iter_markers(MARKER))):
         if marker.args:
             raise TypeError(
-                f"@pytest.mark.{MARKER} takes keyword arguments only (Config fields), "
-                f"got positional {marker.args!r}"
+                f"@pytest.mark.{MARKER} takes keyword arguments only (Config fields or config "
+                f"file keys), got positional {marker.args!r}"
             )
-        overrides.update(marker.kwargs)
-    return config_for_tests(**overrides)
+        config = config_for_tests(config, **marker.kwargs)
+    return config_for_tests(config)
 
 
 @pytest.fixture
