@@ -110,16 +110,23 @@ class ConnectOptions(TypedDict, total=False):
             WELCOME.
         max_pings_outstanding: Unanswered PINGs after which the connection is dead. Default
             `DEFAULT_MAX_PINGS_OUTSTANDING` (2).
-        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
-        on_reconnected: Called once a new connection is up and resubscribed.
-        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
-        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`); they
-            are logged when it is None.
+        on_disconnected: ``on_disconnected(error)``: called with the `ConnectionClosed` (or
+            subclass: `StaleConnection`, `SlowConsumer`, ...) that ended a live connection;
+            not when the client itself closes.
+        on_reconnected: ``on_reconnected()``: called with no arguments once a new connection
+            is up, every subscription is in place again and what was published meanwhile has
+            been sent (a PING round trip proves it). Not called for the first connection.
+        on_shutting_down: ``on_shutting_down(error)``: called with the `ServerShuttingDown`
+            the server sent before closing (``on_disconnected`` follows).
+        on_error: ``on_error(error)``: called with a `BrokerError` that belongs to no caller:
+            `MessagesDropped`, or a publish the server refused (`RetainedLimitExceeded`,
+            `BadSubject`). They are logged when it is None.
 
     Hooks run one at a time, in order, so a slow hook never stalls the reader, and an exception
-    from one is logged. `broker.connect` takes sync or async callables and runs them in a task
-    of its own; `broker.sync.connect` runs plain callables in a worker thread, where they may
-    call the client's blocking methods.
+    from one is logged. None is given the client: to use it in a hook, close over it (a
+    closure, or ``functools.partial(hook, client)``). `broker.connect` takes sync or async
+    callables and runs them in a task of its own; `broker.sync.connect` runs plain callables in
+    a worker thread, where they may call the client's blocking methods.
     """
 
     name: str | None
