@@ -657,11 +657,13 @@ class SyncClient:
 
         Messages routed to this client before that point are queued in its subscriptions
         (counted in `SyncSubscription.pending`). While reconnecting, waits for the connection.
-        ``raise_refused`` raises a publish the server refused meanwhile, as `broker.Client.flush`.
+        ``raise_refused`` raises a publish or subscription the server refused meanwhile, as
+        `broker.Client.flush`.
 
         Raises:
             TimeoutError: No PONG within `timeout` seconds (None waits forever).
-            RetainedLimitExceeded, BadSubject: With ``raise_refused``, as `broker.Client.flush`.
+            RetainedLimitExceeded, BadSubject, TooManySubscriptions: With ``raise_refused``, as
+                `broker.Client.flush`.
             ConnectionClosed: The connection broke before the PONG, or the client is closed.
         """
         check_timeout(timeout)

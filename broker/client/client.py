@@ -32,7 +32,7 @@ Decisions a caller can rely on:
 - **Hooks** are plain callables, sync or async, given to `connect`: ``on_disconnected(error)``
   when a live connection breaks (not when we close it), ``on_reconnected()`` once resubscribed,
   ``on_shutting_down(error)`` when the server sends ERR ``shutting_down``, and ``on_error(error)``
-  for errors that belong to no caller (``messages_dropped``, a refused PUB subject). They run one
+  for errors that belong to no caller (``messages_dropped``, a refused PUB or SUB). They run one
   at a time, in order, in a task of their own, so a slow hook never stalls the reader; an
   exception from a hook is logged and the client carries on.
 - **Closing.** Leaving the ``async with connect(...)`` block normally writes what is queued,
@@ -152,6 +152,8 @@ class Client:
         self._inbox = f"{INBOX_PREFIX}.{secrets.token_hex(11)}"
         self._inbox_sid: int | None = None
         self._replies: dict[str, _Waiter] = {}
+        #: The first refusal that came while no flush waited; the next flush takes it.
+        self._unclaimed_refusal: BrokerError | None = None
         self._reply_ids = itertools.count(1)
         self._hooks: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._hooks_signal = Signal()
@@ -324,15 +326,19 @@ class Client:
             timeout: Seconds to wait for the PONG (``math.inf``: no limit of its own). None, the
                 default, leaves the bound to the caller's cancel scope if it has a deadline,
                 else waits `DEFAULT_FLUSH_TIMEOUT` (5 s); see `broker.client.deadlines`.
-            raise_refused: Also raise the first publish the server refused while this flush
-                waited (a full retained store, or a subject only the server could judge), so
-                publish-then-flush learns whether its messages went through. The refusal may
-                be of any task's publish made before the flush; ``on_error`` hears of it too.
+            raise_refused: Also raise the first publish or subscription the server refused
+                (a full retained store, ``max_subscriptions``, a subject only the server could
+                judge) that was made before this flush and that no earlier flush was told of,
+                so publish-then-flush and subscribe-then-flush learn whether they went
+                through. It may be any task's; ``on_error`` hears of it too (and a refused
+                subscription's reader raises it).
 
         Raises:
             TimeoutError: No PONG within ``timeout`` (or the default).
-            RetainedLimitExceeded, BadSubject: With ``raise_refused``: the server refused a
-                publish made before the flush; the others were processed.
+            RetainedLimitExceeded, BadSubject, TooManySubscriptions: With ``raise_refused``:
+                the server refused a publish or subscription made before the flush; the
+                others were processed. A subscription's error has its ``sid`` in
+                ``details``.
             ConnectionClosed: The connection broke before the PONG (what was sent may or may not
                 have been processed), or the client is closed.
             ValueError: ``timeout`` is not a number of seconds >= 0 or None.
@@ -340,6 +346,9 @@ class Client:
         with deadline(timeout, DEFAULT_FLUSH_TIMEOUT, lambda: f"no PONG from {self._url}"):
             link = await self._wait_for_link()
             waiter = _Waiter()
+            if self._unclaimed_refusal is not None:
+                waiter.refused.append(self._unclaimed_refusal)
+                self._unclaimed_refusal = None
             link.pongs.append(waiter)
             self._queue_control(self._ping_frame)
             await waiter.wait()
@@ -360,7 +369,8 @@ class Client:
 
         Use the result with ``async with`` to unsubscribe on exit. To be sure the server has the
         subscription before another client publishes, call `flush`. A refusal from the server
-        (e.g. ``max_subscriptions``) fails the subscription: its iterator raises.
+        (e.g. ``max_subscriptions``) fails the subscription: its iterator raises, ``on_error``
+        is told, and ``flush(raise_refused=True)`` raises it.
 
         Args:
             subject: A pattern: ``*`` matches one token, a final ``>`` one or more.
@@ -592,15 +602,29 @@ class Client:
                 return
             sub = self._subs.pop(sid, None)
             if sub is not None:
-                log.info("subscription %d to %r refused by the server: %s", sid, sub.subject, error)
+                # Its reader raises it, but nobody may read it yet: a flush and on_error hear
+                # of it as of a refused publish.
                 sub._fail(error)
+                self._refused(link, error)
+                self._report(error)
                 return
         if "subject" in error.details:
-            # A refused publish: a flush awaiting a PONG sent after it may raise it.
-            for pending in link.pongs:
-                if pending is not None:
-                    pending.refused.append(error)
+            self._refused(link, error)
         self._report(error)
+
+    def _refused(self, link: _Link, error: BrokerError) -> None:
+        """A refused publish or subscription, for `flush` to raise (``raise_refused``).
+
+        The flushes awaiting a PONG get it (their PING was sent after what was refused). With
+        none waiting, the next flush does: so a refusal that comes back before the caller's
+        flush has even sent its PING (as a `broker.sync` caller's may) is not missed. Only
+        the first such refusal is kept, since a flush raises only the first.
+        """
+        flushes = [w for w in link.pongs if w is not None and w is not link.announce]
+        for pending in flushes:
+            pending.refused.append(error)
+        if not flushes and self._unclaimed_refusal is None:
+            self._unclaimed_refusal = error
 
     def _credit_drops(self, pairs: object) -> None:
         """Tell each subscription how many of its messages the broker dropped."""

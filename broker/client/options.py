@@ -119,8 +119,9 @@ class ConnectOptions(TypedDict, total=False):
         on_shutting_down: ``on_shutting_down(error)``: called with the `ServerShuttingDown`
             the server sent before closing (``on_disconnected`` follows).
         on_error: ``on_error(error)``: called with a `BrokerError` that belongs to no caller:
-            `MessagesDropped`, or a publish the server refused (`RetainedLimitExceeded`,
-            `BadSubject`). They are logged when it is None.
+            `MessagesDropped`, a publish the server refused (`RetainedLimitExceeded`,
+            `BadSubject`), a subscription it refused (`TooManySubscriptions`, `BadSubject`,
+            with its ``sid`` in ``details``). They are logged when it is None.
 
     Hooks run one at a time, in order, so a slow hook never stalls the reader, and an exception
     from one is logged. None is given the client: to use it in a hook, close over it (a
