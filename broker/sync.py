@@ -86,7 +86,7 @@ from .client import (
 )
 from .client.client import open_client
 from .client.limits import Payload, ServerLimits, check_headers
-from .client.options import ConnectOptions, check_options, document_options, parse_url
+from .client.options import ConnectOptions, check_options, document_options, resolve_url
 from .errors import (
     BrokerError,
     ConnectionClosed,
@@ -1055,7 +1055,7 @@ def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Await
 
 
 @document_options
-def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
+def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncClient:
     """Connect to a broker from sync code; returns once connected (or raises).
 
     Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
@@ -1063,7 +1063,8 @@ def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
     a worker thread (see the module docstring).
 
     Args:
-        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
+        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
+            ``$BROKER_URL`` as the command line does, else ``tcp://127.0.0.1:5878``.
         **options: Any of `broker.client.options.ConnectOptions` (listed below).
 
     Raises:
@@ -1073,7 +1074,7 @@ def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
             ``max_connections``) is in its ``code``.
     """
     # Checked here, in the caller's thread; connecting happens in the client's.
-    host, port = parse_url(url)
+    host, port = resolve_url(url)
     checked = check_options(options, "connect")
     report_error = _in_worker_thread(checked.on_error)
     client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)

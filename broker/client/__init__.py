@@ -29,7 +29,9 @@ from .options import (
     DEFAULT_RECONNECT_BUFFER_SIZE,
     DEFAULT_RECONNECT_DELAY,
     DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_URL,
     DEFAULT_WRITE_BUFFER_SIZE,
+    URL_ENV,
     parse_url,
 )
 from .subscription import Message, Subscription
@@ -47,7 +49,9 @@ __all__ = [
     "DEFAULT_RECONNECT_BUFFER_SIZE",
     "DEFAULT_RECONNECT_DELAY",
     "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_URL",
     "DEFAULT_WRITE_BUFFER_SIZE",
+    "URL_ENV",
     "Client",
     "Message",
     "Subscription",

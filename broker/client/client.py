@@ -99,8 +99,8 @@ from .options import (
     ConnectOptions,
     check_options,
     document_options,
-    parse_url,
     require_positive_int,
+    resolve_url,
 )
 from .subscription import Message, Subscription
 
@@ -751,7 +751,9 @@ class Client:
 
 
 @document_options
-def connect(url: str, **options: Unpack[ConnectOptions]) -> AbstractAsyncContextManager[Client]:
+def connect(
+    url: str | None = None, **options: Unpack[ConnectOptions]
+) -> AbstractAsyncContextManager[Client]:
     """Connect to a broker; use as ``async with broker.connect(url) as client:``.
 
     Entering connects and completes the handshake (or raises); the client then runs its
@@ -760,17 +762,20 @@ def connect(url: str, **options: Unpack[ConnectOptions]) -> AbstractAsyncContext
     wrapped in a one-error `ExceptionGroup`.
 
     Args:
-        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
+        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
+            ``$BROKER_URL`` as the command line does, else `DEFAULT_URL`
+            (``tcp://127.0.0.1:5878``).
         **options: Any of `ConnectOptions` (listed below): reconnection, buffers, keepalive,
             hooks.
 
     Raises:
         ValueError: A bad URL or option (at once, before connecting).
         TypeError: An unknown option.
-        ConnectionClosed: On entering, if the connection or handshake fails; the server's
-            refusal (e.g. ``max_connections``) is in its ``code``.
+        ConnectionClosed: On entering, if the connection or handshake fails (the message
+            names the URL tried); the server's refusal (e.g. ``max_connections``) is in its
+            ``code``.
     """
-    host, port = parse_url(url)
+    host, port = resolve_url(url)
     return open_client(host, port, check_options(options, "connect"))
 
 
@@ -779,7 +784,7 @@ async def open_client(host: str, port: int, options: ClientOptions) -> AsyncIter
     """`connect` once the URL and options are checked; `broker.sync` enters it in its thread."""
     try:
         client = Client(host, port, options)
-        link = await client._supervisor.open_link()
+        link = await client._supervisor.open_link(first=True)
         async with anyio.create_task_group() as tasks:
             client._start(tasks, link)
             try:

@@ -9,13 +9,14 @@ This module is pure: it imports neither trio, anyio nor the rest of the client.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict, TypeVar, final
 from urllib.parse import urlsplit
 
 from .._checks import check_seconds
-from ..config import DEFAULT_PORT
+from ..config import DEFAULT_HOSTS, DEFAULT_PORT
 from ..errors import BrokerError, ConnectionClosed, ServerShuttingDown
 
 __all__ = [
@@ -31,18 +32,27 @@ __all__ = [
     "DEFAULT_RECONNECT_BUFFER_SIZE",
     "DEFAULT_RECONNECT_DELAY",
     "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_URL",
     "DEFAULT_WRITE_BUFFER_SIZE",
+    "URL_ENV",
     "ClientOptions",
     "ConnectOptions",
     "check_options",
     "document_options",
     "parse_url",
+    "resolve_url",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
+
+#: The environment variable `connect` reads when given no URL, as the command line does.
+URL_ENV: Final = "BROKER_URL"
+#: Where `connect` goes when given no URL and $BROKER_URL is unset or empty: the server's
+#: default address.
+DEFAULT_URL: Final = f"tcp://{DEFAULT_HOSTS[0]}:{DEFAULT_PORT}"
 
 #: Messages one subscription queues for its consumer before dropping the newest.
 DEFAULT_MAX_PENDING: Final = 65_536
@@ -236,6 +246,25 @@ def require_positive_int(name: str, value: object) -> None:
 def require_non_negative_int(name: str, value: object) -> None:
     if type(value) is not int or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def resolve_url(url: str | None) -> tuple[str, int]:
+    """Host and port of `url`, or when it is None of ``$BROKER_URL``, or else of `DEFAULT_URL`.
+
+    The same rule as the command line's ``--url``: an empty ``$BROKER_URL`` counts as unset.
+
+    Raises:
+        ValueError: As `parse_url`; for an address from the environment, it says so.
+    """
+    if url is not None:
+        return parse_url(url)
+    from_env = os.environ.get(URL_ENV)
+    if not from_env:
+        return parse_url(DEFAULT_URL)
+    try:
+        return parse_url(from_env)
+    except ValueError as error:
+        raise ValueError(f"${URL_ENV}: {error}") from None
 
 
 def parse_url(url: str) -> tuple[str, int]:
