@@ -24,6 +24,15 @@ For every kind of test (sync, asyncio, Trio):
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
+- ``asyncio_service``: a function, ``asyncio_service(serve, *args)``, that runs the coroutine
+  function ``serve(*args)`` on an asyncio loop in a thread of its own and returns its
+  `broker.testing.AsyncioThread`; each is cancelled after the test, and a service that failed
+  fails the test. For sync tests of an asyncio service::
+
+    def test_prices(broker_thread, broker_client_sync, asyncio_service):
+        asyncio_service(serve_prices, broker_thread.url)
+        broker_thread.wait_for_client("prices", subscriptions=1)
+        assert broker_client_sync.request("price.apple", b"").payload == b"3"
 
 asyncio tests use ``broker_thread`` and connect inside the test, e.g. under anyio's pytest
 plugin (``@pytest.mark.anyio``) or ``asyncio.run``::
@@ -57,19 +66,21 @@ registered by the plugin, so it is allowed under ``--strict-markers``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..client import Client
 from ..config import Config
+from .asyncio_thread import AsyncioThread
 from .inprocess import BrokerThread, RunningBroker, config_for_tests, running_broker
 
 if TYPE_CHECKING:
     from ..sync import SyncClient
 
 __all__ = [
+    "asyncio_service",
     "broker_client_sync",
     "broker_config",
     "broker_thread",
@@ -141,3 +152,29 @@ async def trio_broker_client(trio_broker: RunningBroker) -> AsyncIterator[Client
     """A `broker.Client` connected to ``trio_broker``, named ``trio_broker_client``."""
     async with trio_broker.connect(name="trio_broker_client") as client:
         yield client
+
+
+@pytest.fixture
+def asyncio_service() -> Iterator[Callable[..., AsyncioThread[Any]]]:
+    """Run asyncio services in threads for this test: ``asyncio_service(serve, *args)``.
+
+    Each call starts ``serve(*args)`` in an `AsyncioThread` and returns it. After the test they
+    are stopped, last started first; the first failure of one is raised, failing the test.
+    """
+    started: list[AsyncioThread[Any]] = []
+
+    def start(fn: Callable[..., Awaitable[Any]], *args: Any) -> AsyncioThread[Any]:
+        name = f"asyncio-service-{len(started) + 1}"
+        thread = AsyncioThread(fn, *args, name=name).start()
+        started.append(thread)
+        return thread
+
+    yield start
+    failures: list[BaseException] = []
+    for thread in reversed(started):
+        try:
+            thread.stop()
+        except BaseException as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
