@@ -1,8 +1,8 @@
 """The rule for arguments that are a number of seconds, shared by every API that takes one.
 
 The async client's options and the command line's ``--timeout`` check with `check_seconds`;
-`broker.sync`'s and the testing captures' timeouts with `check_timeout`. So they accept the same
-values and refuse the rest with the same message.
+the ``timeout`` of every call that waits (both clients, the testing helpers) with
+`check_timeout`. So they accept the same values and refuse the rest with the same message.
 
 This module is pure: it imports neither trio, anyio nor the client.
 """
@@ -40,7 +40,10 @@ def check_seconds(
 
 
 def check_timeout(timeout: object, name: str = "timeout") -> None:
-    """Refuse a timeout that is neither None (wait forever) nor a number of seconds >= 0.
+    """Refuse a timeout that is neither None nor a number of seconds >= 0.
+
+    What None means is the caller's rule: wait forever in `broker.sync`, the default limit or
+    the caller's cancel scope in the async client (`broker.client.deadlines`).
 
     Raises:
         ValueError: As `check_seconds`.

@@ -36,8 +36,10 @@ limits and typed errors behave exactly as they do for async code:
   message it took by iterating), so the async side's bound (``max_pending``) and drop counting
   apply while the consumers are busy, and `SyncClient.drain` waits until they have finished
   what they took, as `broker.Client.drain` does for ``async for`` loops.
-- **Timeouts are parameters**, unlike the async client's cancel scopes, since threads have none;
-  running out raises the builtin `TimeoutError`.
+- **Timeouts are parameters** with a default each (`DEFAULT_REQUEST_TIMEOUT`, 2 s, and the
+  others), as in the async client, but threads have no cancel scopes, so None here means wait
+  forever (where the async client takes None as "the caller's cancel scope, else the default").
+  Running out raises the builtin `TimeoutError`, as in the async client.
 - **Hooks** (``on_disconnected`` and the rest, as for `broker.connect`) are plain callables run
   one at a time, in order, in a worker thread, so they may call this client's methods.
 
@@ -72,15 +74,19 @@ from ._concurrency import single_leaf
 from ._portal import Portal, PortalClosed
 from .client import (
     CLOSE_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_NEXT_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
     Client,
     Message,
     Subscription,
 )
 from .client.client import open_client
 from .client.limits import Payload, ServerLimits, check_headers
-from .client.options import ConnectOptions, check_options, document_options, parse_url
+from .client.options import ConnectOptions, check_options, document_options, resolve_url
 from .errors import (
     BrokerError,
     ConnectionClosed,
@@ -91,6 +97,7 @@ from .errors import (
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_FLUSH_TIMEOUT",
+    "DEFAULT_NEXT_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
     "SyncClient",
     "SyncMessage",
@@ -100,12 +107,6 @@ __all__ = [
 
 log = logging.getLogger("broker.sync")
 
-#: Seconds `SyncClient.request` waits for a reply by default.
-DEFAULT_REQUEST_TIMEOUT: Final = 2.0
-#: Seconds `SyncClient.flush` waits for the server's PONG by default.
-DEFAULT_FLUSH_TIMEOUT: Final = 5.0
-#: Seconds `SyncClient.drain` waits for consumers by default before closing anyway.
-DEFAULT_DRAIN_TIMEOUT: Final = 30.0
 #: Seconds between looks for new messages while a consumer holds one and nothing is queued.
 _HOLD_POLL: Final = 0.005
 #: Seconds `SyncClient.close` waits for the client's thread beyond the graceful close itself.
@@ -260,7 +261,7 @@ class SyncSubscription:
 
     # -- consuming -----------------------------------------------------------------------------
 
-    def next(self, timeout: float | None = 1.0) -> SyncMessage:
+    def next(self, timeout: float | None = DEFAULT_NEXT_TIMEOUT) -> SyncMessage:
         """Wait up to `timeout` seconds for the next message and return it.
 
         Args:
@@ -643,7 +644,8 @@ class SyncClient:
         async def request() -> Message:
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 await self._outbox_sent()
-                return await client.request(subject, payload, headers=headers)
+                # This scope is the limit: math.inf, so None here still waits forever.
+                return await client.request(subject, payload, timeout=math.inf, headers=headers)
             raise TimeoutError(f"no reply to a request on {subject!r} within {timeout} s")
 
         return _wrap(self._run_async(request), self)
@@ -655,11 +657,13 @@ class SyncClient:
 
         Messages routed to this client before that point are queued in its subscriptions
         (counted in `SyncSubscription.pending`). While reconnecting, waits for the connection.
-        ``raise_refused`` raises a publish the server refused meanwhile, as `broker.Client.flush`.
+        ``raise_refused`` raises a publish or subscription the server refused meanwhile, as
+        `broker.Client.flush`.
 
         Raises:
             TimeoutError: No PONG within `timeout` seconds (None waits forever).
-            RetainedLimitExceeded, BadSubject: With ``raise_refused``, as `broker.Client.flush`.
+            RetainedLimitExceeded, BadSubject, TooManySubscriptions: With ``raise_refused``, as
+                `broker.Client.flush`.
             ConnectionClosed: The connection broke before the PONG, or the client is closed.
         """
         check_timeout(timeout)
@@ -668,7 +672,7 @@ class SyncClient:
         async def flush() -> None:
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 await self._outbox_sent()
-                await client.flush(raise_refused=raise_refused)
+                await client.flush(math.inf, raise_refused=raise_refused)
                 return
             raise TimeoutError(f"no PONG from {client.url} within {timeout} s")
 
@@ -784,7 +788,7 @@ class SyncClient:
         async def drain() -> None:
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 await self._outbox_sent()
-                await client.drain()
+                await client.drain(math.inf)
                 return
             raise TimeoutError(
                 f"drain did not finish within {timeout} s: consumers still hold messages"
@@ -1051,7 +1055,7 @@ def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Await
 
 
 @document_options
-def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
+def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncClient:
     """Connect to a broker from sync code; returns once connected (or raises).
 
     Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
@@ -1059,7 +1063,8 @@ def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
     a worker thread (see the module docstring).
 
     Args:
-        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
+        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
+            ``$BROKER_URL`` as the command line does, else ``tcp://127.0.0.1:5878``.
         **options: Any of `broker.client.options.ConnectOptions` (listed below).
 
     Raises:
@@ -1069,7 +1074,7 @@ def connect(url: str, **options: Unpack[ConnectOptions]) -> SyncClient:
             ``max_connections``) is in its ``code``.
     """
     # Checked here, in the caller's thread; connecting happens in the client's.
-    host, port = parse_url(url)
+    host, port = resolve_url(url)
     checked = check_options(options, "connect")
     report_error = _in_worker_thread(checked.on_error)
     client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)

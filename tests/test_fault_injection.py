@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from wire import StartServer, bystanders, wire_client
 
@@ -29,7 +30,8 @@ async def test_drop_client_cuts_only_that_client_without_an_err(
                 "other",
             ]
             assert server.statistics().subscriptions == 1  # only the bystander's remains
-            assert faults.drop_client(server, "nobody") == 0
+            with pytest.raises(LookupError, match="no live client named 'nobody'"):
+                faults.drop_client(server, "nobody")
             await other.flush()
             await pair.check()
 
@@ -84,3 +86,31 @@ async def test_resume_delivers_what_was_queued_while_stalled(start_server: Start
                 raise AssertionError(f"a stalled client received {event!r}")
             assert faults.resume_client(server, "sleepy") == 1
             assert [e.payload for e in await sleepy.drain() if isinstance(e, Msg)] == [b"a", b"b"]
+
+
+async def test_a_name_no_client_has_is_refused_with_the_names_there_are(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(5):
+        server = await start_server()
+        assert faults.resume_client(server, None) == 0  # every one of none: nothing to refuse
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port, name="orders-svc") as svc,
+        ):
+            await svc.flush()
+            expected = (
+                r"no live client named 'order-svc' \(live clients: 'bystander-sub', "
+                r"'bystander-pub', 'orders-svc'\); .*wait_for_client"
+            )
+            for fault in (faults.drop_client, faults.stall_client, faults.resume_client):
+                with pytest.raises(LookupError, match=expected):
+                    fault(server, "order-svc")
+            assert faults.stall_client(server, "orders-svc") == 1
+            assert faults.resume_client(server, "orders-svc") == 1
+            assert faults.drop_client(server, "orders-svc") == 1
+            # Cut, and not back: a second drop finds nothing to cut, and says so.
+            with pytest.raises(LookupError, match="no live client named 'orders-svc'"):
+                faults.drop_client(server, "orders-svc")
+            assert await svc.closed() == []
+            await pair.check()

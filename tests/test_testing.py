@@ -304,7 +304,8 @@ async def test_drop_client_and_the_client_reconnects_and_resubscribes() -> None:
             sub = svc.subscribe("jobs")
             await svc.flush()
             assert handle.drop_client("svc") == 1
-            assert handle.drop_client("nobody") == 0
+            with pytest.raises(LookupError, match="no live client named 'nobody'"):
+                handle.drop_client("nobody")
             await dropped.wait()
             await back.wait()
             assert handle.statistics().total_connections == 3

@@ -10,6 +10,7 @@ This module only re-exports the public names. The package, one thing per module:
 - `broker.client.limits`: the server's limits from WELCOME, and the checks every publish passes
   (shared with `broker.sync`).
 - `broker.client.options`: the options of `connect`, their defaults and checks, `parse_url`.
+- `broker.client.deadlines`: how a call's ``timeout`` and the caller's cancel scopes bound it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,19 @@ from .client import Client, connect
 from .options import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PINGS_OUTSTANDING,
     DEFAULT_MAX_RECONNECT_DELAY,
+    DEFAULT_NEXT_TIMEOUT,
     DEFAULT_RECONNECT_BUFFER_SIZE,
     DEFAULT_RECONNECT_DELAY,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_URL,
     DEFAULT_WRITE_BUFFER_SIZE,
+    URL_ENV,
     parse_url,
 )
 from .subscription import Message, Subscription
@@ -32,13 +39,19 @@ from .subscription import Message, Subscription
 __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_FLUSH_TIMEOUT",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
     "DEFAULT_MAX_RECONNECT_DELAY",
+    "DEFAULT_NEXT_TIMEOUT",
     "DEFAULT_RECONNECT_BUFFER_SIZE",
     "DEFAULT_RECONNECT_DELAY",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_URL",
     "DEFAULT_WRITE_BUFFER_SIZE",
+    "URL_ENV",
     "Client",
     "Message",
     "Subscription",

@@ -21,11 +21,18 @@ Decisions a caller can rely on:
 - **Requests in flight** when a connection breaks (their PUB was handed to it) fail at once with
   the `ConnectionClosed` that ended it: whether the responder saw the request is unknown, so
   retrying is the caller's decision. Requests whose PUB is still queued, and requests made while
-  disconnected, wait for the next connection, bounded by the caller's cancel scope.
+  disconnected, wait for the next connection, within their deadline.
+- **Deadlines.** Every call that waits (`Client.request`, `Client.flush`, `Client.drain`,
+  `Subscription.next`) takes ``timeout`` in seconds and raises the builtin `TimeoutError` when it
+  passes. Left at None, the caller's cancel scope bounds the call if it has a deadline
+  (``with trio.fail_after(10): await client.request(...)`` waits up to 10 s), else a default
+  does (2 s for a request, 5 s for a flush, 30 s for a drain, 1 s for `Subscription.next`), so
+  nothing waits forever by mistake. ``async for`` over a subscription waits as long as it
+  takes: it ends when the subscription does. See `broker.client.deadlines`.
 - **Hooks** are plain callables, sync or async, given to `connect`: ``on_disconnected(error)``
   when a live connection breaks (not when we close it), ``on_reconnected()`` once resubscribed,
   ``on_shutting_down(error)`` when the server sends ERR ``shutting_down``, and ``on_error(error)``
-  for errors that belong to no caller (``messages_dropped``, a refused PUB subject). They run one
+  for errors that belong to no caller (``messages_dropped``, a refused PUB or SUB). They run one
   at a time, in order, in a task of their own, so a slow hook never stalls the reader; an
   exception from a hook is logged and the client carries on.
 - **Closing.** Leaving the ``async with connect(...)`` block normally writes what is queued,
@@ -39,6 +46,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import math
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -78,17 +86,21 @@ from ..protocol import (
 )
 from ..subjects import SubjectError, validate_pattern, validate_queue
 from .connection import _Control, _Link, _Supervisor, _Waiter
+from .deadlines import deadline, expired, own_limit
 from .limits import Payload, ServerLimits, check_headers, info_int
 from .options import (
     CLOSE_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PENDING_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
     ClientOptions,
     ConnectOptions,
     check_options,
     document_options,
-    parse_url,
     require_positive_int,
+    resolve_url,
 )
 from .subscription import Message, Subscription
 
@@ -140,6 +152,8 @@ class Client:
         self._inbox = f"{INBOX_PREFIX}.{secrets.token_hex(11)}"
         self._inbox_sid: int | None = None
         self._replies: dict[str, _Waiter] = {}
+        #: The first refusal that came while no flush waited; the next flush takes it.
+        self._unclaimed_refusal: BrokerError | None = None
         self._reply_ids = itertools.count(1)
         self._hooks: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._hooks_signal = Signal()
@@ -241,25 +255,48 @@ class Client:
         self._append_pub(frame)
 
     async def request(
-        self, subject: str, payload: Payload, *, headers: Mapping[str, str] | None = None
+        self,
+        subject: str,
+        payload: Payload,
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Publish a request and wait for the first reply.
 
         Replies come through one wildcard subscription per client (``_INBOX.<random>.*``, made
-        on the first request) and are matched by their last token. There is no timeout
-        parameter: bound the wait with the caller's cancel scope (``anyio.fail_after``,
-        ``trio.fail_after``, ``asyncio.timeout``).
+        on the first request) and are matched by their last token.
+
+        Args:
+            subject: Where the responders subscribe.
+            payload: The request's bytes.
+            timeout: Seconds to wait for the reply (``math.inf``: no limit of its own). None,
+                the default, leaves the bound to the caller's cancel scope if it has a deadline
+                (``trio.fail_after``, ``anyio.fail_after``), else waits `DEFAULT_REQUEST_TIMEOUT`
+                (2 s); see `broker.client.deadlines`.
+            headers: A mapping of str to str, or None.
 
         Returns:
             The reply; ``reply.payload`` is the answer.
 
         Raises:
+            TimeoutError: No reply within ``timeout`` (or the default).
             NoResponders: Nothing subscribes to ``subject``; raised as soon as the server says so.
             ConnectionClosed: The connection broke after the request was sent, or the client is
                 closed or draining.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
             BadSubject, PayloadTooLarge, TypeError, ReconnectBufferFull: As `publish`.
         """
         self._check_open()
+        with deadline(
+            timeout, DEFAULT_REQUEST_TIMEOUT, lambda: f"no reply to a request on {subject!r}"
+        ):
+            reply = await self._request(subject, payload, headers)
+        return reply
+
+    async def _request(
+        self, subject: str, payload: Payload, headers: Mapping[str, str] | None
+    ) -> Message:
         token = str(next(self._reply_ids))
         frame = self._encode_pub(subject, payload, f"{self._inbox}.{token}", headers)
         if self._inbox_sid is None:
@@ -278,7 +315,7 @@ class Client:
         assert reply is not None
         return reply
 
-    async def flush(self, *, raise_refused: bool = False) -> None:
+    async def flush(self, timeout: float | None = None, *, raise_refused: bool = False) -> None:
         """Round trip a PING: when it returns, the server has processed everything sent before.
 
         Subscriptions made are in place, publishes are routed, and messages routed to this
@@ -286,22 +323,35 @@ class Client:
         for the connection first (and so also flushes the reconnect buffer).
 
         Args:
-            raise_refused: Also raise the first publish the server refused while this flush
-                waited (a full retained store, or a subject only the server could judge), so
-                publish-then-flush learns whether its messages went through. The refusal may
-                be of any task's publish made before the flush; ``on_error`` hears of it too.
+            timeout: Seconds to wait for the PONG (``math.inf``: no limit of its own). None, the
+                default, leaves the bound to the caller's cancel scope if it has a deadline,
+                else waits `DEFAULT_FLUSH_TIMEOUT` (5 s); see `broker.client.deadlines`.
+            raise_refused: Also raise the first publish or subscription the server refused
+                (a full retained store, ``max_subscriptions``, a subject only the server could
+                judge) that was made before this flush and that no earlier flush was told of,
+                so publish-then-flush and subscribe-then-flush learn whether they went
+                through. It may be any task's; ``on_error`` hears of it too (and a refused
+                subscription's reader raises it).
 
         Raises:
-            RetainedLimitExceeded, BadSubject: With ``raise_refused``: the server refused a
-                publish made before the flush; the others were processed.
+            TimeoutError: No PONG within ``timeout`` (or the default).
+            RetainedLimitExceeded, BadSubject, TooManySubscriptions: With ``raise_refused``:
+                the server refused a publish or subscription made before the flush; the
+                others were processed. A subscription's error has its ``sid`` in
+                ``details``.
             ConnectionClosed: The connection broke before the PONG (what was sent may or may not
                 have been processed), or the client is closed.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
         """
-        link = await self._wait_for_link()
-        waiter = _Waiter()
-        link.pongs.append(waiter)
-        self._queue_control(self._ping_frame)
-        await waiter.wait()
+        with deadline(timeout, DEFAULT_FLUSH_TIMEOUT, lambda: f"no PONG from {self._url}"):
+            link = await self._wait_for_link()
+            waiter = _Waiter()
+            if self._unclaimed_refusal is not None:
+                waiter.refused.append(self._unclaimed_refusal)
+                self._unclaimed_refusal = None
+            link.pongs.append(waiter)
+            self._queue_control(self._ping_frame)
+            await waiter.wait()
         if raise_refused and waiter.refused:
             raise _again(waiter.refused[0])
 
@@ -319,7 +369,8 @@ class Client:
 
         Use the result with ``async with`` to unsubscribe on exit. To be sure the server has the
         subscription before another client publishes, call `flush`. A refusal from the server
-        (e.g. ``max_subscriptions``) fails the subscription: its iterator raises.
+        (e.g. ``max_subscriptions``) fails the subscription: its iterator raises, ``on_error``
+        is told, and ``flush(raise_refused=True)`` raises it.
 
         Args:
             subject: A pattern: ``*`` matches one token, a final ``>`` one or more.
@@ -353,7 +404,7 @@ class Client:
 
     # -- closing -------------------------------------------------------------------------------
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:
         """Stop every subscription, let consumers finish what they hold, flush, then close.
 
         New subscriptions and requests are refused from the start; publishing still works, so
@@ -363,10 +414,29 @@ class Client:
         left its ``async with`` block: so a responder answers the last request it took before
         the connection closes. Then the client closes; requests still waiting fail with
         `ConnectionClosed`. Queued messages nobody takes keep drain waiting, and so does a loop
-        left with ``break`` outside ``async with``: bound drain with the caller's cancel scope.
+        left with ``break`` outside ``async with``, until the limit.
+
+        Args:
+            timeout: Seconds to wait for the consumers (``math.inf``: no limit of its own). None,
+                the default, leaves the bound to the caller's cancel scope if it has a deadline,
+                else waits `DEFAULT_DRAIN_TIMEOUT` (30 s); see `broker.client.deadlines`.
+
+        Raises:
+            TimeoutError: The consumers did not finish in time; the client is closed anyway.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
         """
+        defaulted = timeout is None
+        limit = own_limit(timeout, DEFAULT_DRAIN_TIMEOUT)
         if self._closed is not None:
             return
+        with anyio.move_on_after(limit) as scope:
+            await self._drain()
+        await self.aclose()
+        if scope.cancelled_caught:
+            missed = "drain: the consumers did not finish what they hold"
+            raise TimeoutError(expired(missed, limit, defaulted=defaulted))
+
+    async def _drain(self) -> None:
         self._draining = True
         subs = list(self._subs.values())
         for sub in subs:
@@ -375,13 +445,12 @@ class Client:
                 self._queue_control(self._encoder.send(Unsub(sub.sid)))
         # A broken connection delivers nothing more either, so the flush may fail harmlessly.
         with contextlib.suppress(ConnectionClosed):
-            await self.flush()
+            await self.flush(math.inf)
         for sub in subs:
             self._forget(sub)
             sub._end()
         while not all(sub._quiescent for sub in subs):
             await self._drain_signal.wait()
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client: write what is queued, half-close, wait up to `CLOSE_TIMEOUT`.
@@ -533,15 +602,29 @@ class Client:
                 return
             sub = self._subs.pop(sid, None)
             if sub is not None:
-                log.info("subscription %d to %r refused by the server: %s", sid, sub.subject, error)
+                # Its reader raises it, but nobody may read it yet: a flush and on_error hear
+                # of it as of a refused publish.
                 sub._fail(error)
+                self._refused(link, error)
+                self._report(error)
                 return
         if "subject" in error.details:
-            # A refused publish: a flush awaiting a PONG sent after it may raise it.
-            for pending in link.pongs:
-                if pending is not None:
-                    pending.refused.append(error)
+            self._refused(link, error)
         self._report(error)
+
+    def _refused(self, link: _Link, error: BrokerError) -> None:
+        """A refused publish or subscription, for `flush` to raise (``raise_refused``).
+
+        The flushes awaiting a PONG get it (their PING was sent after what was refused). With
+        none waiting, the next flush does: so a refusal that comes back before the caller's
+        flush has even sent its PING (as a `broker.sync` caller's may) is not missed. Only
+        the first such refusal is kept, since a flush raises only the first.
+        """
+        flushes = [w for w in link.pongs if w is not None and w is not link.announce]
+        for pending in flushes:
+            pending.refused.append(error)
+        if not flushes and self._unclaimed_refusal is None:
+            self._unclaimed_refusal = error
 
     def _credit_drops(self, pairs: object) -> None:
         """Tell each subscription how many of its messages the broker dropped."""
@@ -668,7 +751,9 @@ class Client:
 
 
 @document_options
-def connect(url: str, **options: Unpack[ConnectOptions]) -> AbstractAsyncContextManager[Client]:
+def connect(
+    url: str | None = None, **options: Unpack[ConnectOptions]
+) -> AbstractAsyncContextManager[Client]:
     """Connect to a broker; use as ``async with broker.connect(url) as client:``.
 
     Entering connects and completes the handshake (or raises); the client then runs its
@@ -677,17 +762,20 @@ def connect(url: str, **options: Unpack[ConnectOptions]) -> AbstractAsyncContext
     wrapped in a one-error `ExceptionGroup`.
 
     Args:
-        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``.
+        url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
+            ``$BROKER_URL`` as the command line does, else `DEFAULT_URL`
+            (``tcp://127.0.0.1:5878``).
         **options: Any of `ConnectOptions` (listed below): reconnection, buffers, keepalive,
             hooks.
 
     Raises:
         ValueError: A bad URL or option (at once, before connecting).
         TypeError: An unknown option.
-        ConnectionClosed: On entering, if the connection or handshake fails; the server's
-            refusal (e.g. ``max_connections``) is in its ``code``.
+        ConnectionClosed: On entering, if the connection or handshake fails (the message
+            names the URL tried); the server's refusal (e.g. ``max_connections``) is in its
+            ``code``.
     """
-    host, port = parse_url(url)
+    host, port = resolve_url(url)
     return open_client(host, port, check_options(options, "connect"))
 
 
@@ -696,7 +784,7 @@ async def open_client(host: str, port: int, options: ClientOptions) -> AsyncIter
     """`connect` once the URL and options are checked; `broker.sync` enters it in its thread."""
     try:
         client = Client(host, port, options)
-        link = await client._supervisor.open_link()
+        link = await client._supervisor.open_link(first=True)
         async with anyio.create_task_group() as tasks:
             client._start(tasks, link)
             try:

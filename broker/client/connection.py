@@ -68,6 +68,8 @@ log = logging.getLogger("broker.client")
 
 #: Bytes asked of the socket per read.
 READ_SIZE: Final = 64 * KiB
+#: Added to the first connection's failure: what a new user should check.
+_UNREACHABLE_HINT: Final = ". Is `broker serve` running there, and is the URL right?"
 #: Doubling stops here so the backoff arithmetic stays in range; the delay is capped long before.
 _MAX_BACKOFF_EXPONENT: Final = 32
 
@@ -192,9 +194,14 @@ class _Supervisor:
         #: Set once `supervise` has returned.
         self.done = anyio.Event()
 
-    async def open_link(self) -> _Link:
-        """Connect and handshake, within ``connect_timeout``; any failure is ConnectionClosed."""
+    async def open_link(self, *, first: bool = False) -> _Link:
+        """Connect and handshake, within ``connect_timeout``; any failure is ConnectionClosed.
+
+        The `first` connection's failure says what to check, since a wrong address or a
+        broker not started is the usual cause then (a reconnection's is a broker gone).
+        """
         timeout = self._options.connect_timeout
+        hint = _UNREACHABLE_HINT if first else ""
         stream: anyio.abc.SocketStream | None = None
         try:
             with anyio.move_on_after(timeout):
@@ -206,10 +213,10 @@ class _Supervisor:
                 stream = None  # The link owns it now.
                 return link
             raise ConnectionClosed(
-                f"connecting to {self._url} took longer than connect_timeout ({timeout} s)"
+                f"connecting to {self._url} took longer than connect_timeout ({timeout} s){hint}"
             )
         except OSError as error:
-            raise ConnectionClosed(f"cannot connect to {self._url}: {error}") from error
+            raise ConnectionClosed(f"cannot connect to {self._url}: {error}{hint}") from error
         except (anyio.BrokenResourceError, anyio.EndOfStream) as error:
             raise ConnectionClosed(
                 f"the connection to {self._url} broke during the handshake"

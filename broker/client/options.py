@@ -9,36 +9,50 @@ This module is pure: it imports neither trio, anyio nor the rest of the client.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict, TypeVar, final
 from urllib.parse import urlsplit
 
 from .._checks import check_seconds
-from ..config import DEFAULT_PORT
+from ..config import DEFAULT_HOSTS, DEFAULT_PORT
 from ..errors import BrokerError, ConnectionClosed, ServerShuttingDown
 
 __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_FLUSH_TIMEOUT",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
     "DEFAULT_MAX_RECONNECT_DELAY",
+    "DEFAULT_NEXT_TIMEOUT",
     "DEFAULT_RECONNECT_BUFFER_SIZE",
     "DEFAULT_RECONNECT_DELAY",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_URL",
     "DEFAULT_WRITE_BUFFER_SIZE",
+    "URL_ENV",
     "ClientOptions",
     "ConnectOptions",
     "check_options",
     "document_options",
     "parse_url",
+    "resolve_url",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
+
+#: The environment variable `connect` reads when given no URL, as the command line does.
+URL_ENV: Final = "BROKER_URL"
+#: Where `connect` goes when given no URL and $BROKER_URL is unset or empty: the server's
+#: default address.
+DEFAULT_URL: Final = f"tcp://{DEFAULT_HOSTS[0]}:{DEFAULT_PORT}"
 
 #: Messages one subscription queues for its consumer before dropping the newest.
 DEFAULT_MAX_PENDING: Final = 65_536
@@ -58,6 +72,17 @@ DEFAULT_CONNECT_TIMEOUT: Final = 2.0
 DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
 #: Seconds a graceful close waits for queued frames to be written and the server to finish.
 CLOSE_TIMEOUT: Final = 2.0
+
+# The default limits of the calls that wait, for both clients. The async client applies them
+# only when no cancel scope with a deadline surrounds the call (`broker.client.deadlines`).
+#: Seconds `request` waits for a reply.
+DEFAULT_REQUEST_TIMEOUT: Final = 2.0
+#: Seconds `flush` waits for the server's PONG (and, while reconnecting, for the connection).
+DEFAULT_FLUSH_TIMEOUT: Final = 5.0
+#: Seconds `drain` waits for consumers to finish before closing anyway.
+DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+#: Seconds a subscription's `next` waits for a message.
+DEFAULT_NEXT_TIMEOUT: Final = 1.0
 
 #: Hooks may return an awaitable: `broker.connect` awaits it, `broker.sync.connect` does not.
 DisconnectedHook: TypeAlias = Callable[[ConnectionClosed], object]
@@ -95,16 +120,24 @@ class ConnectOptions(TypedDict, total=False):
             WELCOME.
         max_pings_outstanding: Unanswered PINGs after which the connection is dead. Default
             `DEFAULT_MAX_PINGS_OUTSTANDING` (2).
-        on_disconnected: Called with the `ConnectionClosed` when a live connection breaks.
-        on_reconnected: Called once a new connection is up and resubscribed.
-        on_shutting_down: Called with the `ServerShuttingDown` the server sent.
-        on_error: Called with errors that belong to no caller (e.g. `MessagesDropped`); they
-            are logged when it is None.
+        on_disconnected: ``on_disconnected(error)``: called with the `ConnectionClosed` (or
+            subclass: `StaleConnection`, `SlowConsumer`, ...) that ended a live connection;
+            not when the client itself closes.
+        on_reconnected: ``on_reconnected()``: called with no arguments once a new connection
+            is up, every subscription is in place again and what was published meanwhile has
+            been sent (a PING round trip proves it). Not called for the first connection.
+        on_shutting_down: ``on_shutting_down(error)``: called with the `ServerShuttingDown`
+            the server sent before closing (``on_disconnected`` follows).
+        on_error: ``on_error(error)``: called with a `BrokerError` that belongs to no caller:
+            `MessagesDropped`, a publish the server refused (`RetainedLimitExceeded`,
+            `BadSubject`), a subscription it refused (`TooManySubscriptions`, `BadSubject`,
+            with its ``sid`` in ``details``). They are logged when it is None.
 
     Hooks run one at a time, in order, so a slow hook never stalls the reader, and an exception
-    from one is logged. `broker.connect` takes sync or async callables and runs them in a task
-    of its own; `broker.sync.connect` runs plain callables in a worker thread, where they may
-    call the client's blocking methods.
+    from one is logged. None is given the client: to use it in a hook, close over it (a
+    closure, or ``functools.partial(hook, client)``). `broker.connect` takes sync or async
+    callables and runs them in a task of its own; `broker.sync.connect` runs plain callables in
+    a worker thread, where they may call the client's blocking methods.
     """
 
     name: str | None
@@ -213,6 +246,25 @@ def require_positive_int(name: str, value: object) -> None:
 def require_non_negative_int(name: str, value: object) -> None:
     if type(value) is not int or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+
+def resolve_url(url: str | None) -> tuple[str, int]:
+    """Host and port of `url`, or when it is None of ``$BROKER_URL``, or else of `DEFAULT_URL`.
+
+    The same rule as the command line's ``--url``: an empty ``$BROKER_URL`` counts as unset.
+
+    Raises:
+        ValueError: As `parse_url`; for an address from the environment, it says so.
+    """
+    if url is not None:
+        return parse_url(url)
+    from_env = os.environ.get(URL_ENV)
+    if not from_env:
+        return parse_url(DEFAULT_URL)
+    try:
+        return parse_url(from_env)
+    except ValueError as error:
+        raise ValueError(f"${URL_ENV}: {error}") from None
 
 
 def parse_url(url: str) -> tuple[str, int]:

@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, final
 import anyio
 import anyio.lowlevel
 
+from .._checks import check_timeout
 from .._concurrency import Signal
 from ..errors import BrokerError, SubscriptionClosed, _again
 from ..protocol import Encoder, Sub, Unsub
+from .deadlines import deadline
 from .limits import Payload
+from .options import DEFAULT_NEXT_TIMEOUT
 
 if TYPE_CHECKING:
     from .client import Client
@@ -157,33 +160,64 @@ class Subscription:
         """Whether messages may still arrive (not unsubscribed, ended or failed)."""
         return not self._ended and self._error is None
 
-    async def next(self) -> Message:
+    async def next(self, timeout: float | None = None) -> Message:
         """Wait for and return the next message.
 
+        Args:
+            timeout: Seconds to wait (0 only takes what is already queued; ``math.inf``: no
+                limit of its own). None, the default, leaves the bound to the caller's cancel
+                scope if it has a deadline, else waits `DEFAULT_NEXT_TIMEOUT` (1 s); see
+                `broker.client.deadlines`. ``async for`` has no limit: it ends with the
+                subscription.
+
         Raises:
+            TimeoutError: No message within ``timeout`` (or the default).
             SubscriptionClosed: The subscription ended normally and nothing is left queued.
             BrokerError: The subscription failed (see the class docstring); queued messages are
                 still handed out first.
+            ValueError: ``timeout`` is not a number of seconds >= 0 or None.
         """
+        check_timeout(timeout)
         self._holding = False
         await anyio.lowlevel.checkpoint()
-        while True:
-            messages = self._messages
-            if messages:
-                message = messages.popleft()
-                self._bytes -= len(message.payload)
-                if not messages:
-                    self._client._drain_signal.fire()
-                return message
-            self._client._drain_signal.fire()
-            if self._error is not None:
-                raise _again(self._error)
-            if self._ended:
-                raise SubscriptionClosed(
-                    f"subscription {self.sid} to {self.subject!r} has ended "
-                    f"({self._received} messages received)"
-                )
+        message = self._take()
+        if message is not None:
+            return message
+        with deadline(timeout, DEFAULT_NEXT_TIMEOUT, self._nothing_arrived):
+            while message is None:
+                await self._signal.wait()
+                message = self._take()
+        return message
+
+    async def _next(self) -> Message:
+        """`next` with no limit: for ``async for``, which ends with the subscription."""
+        self._holding = False
+        await anyio.lowlevel.checkpoint()
+        while (message := self._take()) is None:
             await self._signal.wait()
+        return message
+
+    def _take(self) -> Message | None:
+        """The next queued message, or None (and the consumers are idle); raises once ended."""
+        messages = self._messages
+        if messages:
+            message = messages.popleft()
+            self._bytes -= len(message.payload)
+            if not messages:
+                self._client._drain_signal.fire()
+            return message
+        self._client._drain_signal.fire()
+        if self._error is not None:
+            raise _again(self._error)
+        if self._ended:
+            raise SubscriptionClosed(
+                f"subscription {self.sid} to {self.subject!r} has ended "
+                f"({self._received} messages received)"
+            )
+        return None
+
+    def _nothing_arrived(self) -> str:
+        return f"no message on {self.subject!r} (subscription {self.sid})"
 
     def unsubscribe(self, max_msgs: int | None = None) -> None:
         """Stop this subscription, now or after ``max_msgs`` deliveries in total.
@@ -233,7 +267,7 @@ class Subscription:
         # An `async for` loop coming back for more has finished the message it held; drain
         # waits for that, so a responder can still answer the last request it took.
         try:
-            message = await self.next()
+            message = await self._next()
         except SubscriptionClosed:
             raise StopAsyncIteration from None
         self._holding = True

@@ -1,4 +1,5 @@
-"""Testing helpers: an in-process broker, captures, fault injection and pytest fixtures.
+"""Testing helpers: an in-process broker, captures, fault injection, an asyncio service thread,
+and pytest fixtures.
 
 This module only re-exports the public names; the pytest fixtures live in
 `broker.testing.plugin` (loaded through the ``pytest11`` entry point).
@@ -6,6 +7,7 @@ This module only re-exports the public names; the pytest fixtures live in
 
 from __future__ import annotations
 
+from .asyncio_thread import AsyncioThread, start_asyncio_thread
 from .capture import DEFAULT_WAIT_TIMEOUT, Capture, SyncCapture, capture
 from .inprocess import (
     CAPTURE_CLIENT_NAME,
@@ -21,6 +23,7 @@ __all__ = [
     "CAPTURE_CLIENT_NAME",
     "DEFAULT_WAIT_TIMEOUT",
     "TEST_CLIENT_OPTIONS",
+    "AsyncioThread",
     "BrokerThread",
     "Capture",
     "RunningBroker",
@@ -28,5 +31,6 @@ __all__ = [
     "capture",
     "config_for_tests",
     "running_broker",
+    "start_asyncio_thread",
     "start_broker_thread",
 ]

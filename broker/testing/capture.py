@@ -5,11 +5,14 @@ shapes, one implementation:
 
 - `capture` (async, on anyio, so it runs under Trio and asyncio alike) subscribes with a client
   the test already has, flushes so the subscription is live when the block is entered, and moves
-  each delivery into `Capture.messages` from a task of its own. Waits are bounded by the caller's
-  cancel scope (``with trio.fail_after(2): await cap.wait_for(3)``), as everywhere in broker.
+  each delivery into `Capture.messages` from a task of its own. Its waits take ``timeout`` as
+  the async client's calls do (`broker.client.deadlines`): left at None, the caller's cancel
+  scope bounds them if it has a deadline (``with trio.fail_after(2): await cap.wait_for(3)``),
+  else `DEFAULT_WAIT_TIMEOUT` (5 s) does; running out raises the builtin `TimeoutError`.
 - `SyncCapture` is the same for sync tests, made by `broker.testing.BrokerThread.capture`: the
   subscription lives in the broker thread's Trio loop and deliveries cross to the test's thread
-  under a lock, so its waits take a ``timeout`` and raise the builtin `TimeoutError`.
+  under a lock, so its waits take a ``timeout`` (default `DEFAULT_WAIT_TIMEOUT`; None waits
+  forever, as in `broker.sync`) and raise the builtin `TimeoutError`.
 
 Messages are `broker.Message` objects. The async capture keeps everything it receives; bound a
 capture's life, not its size, by keeping it to one test. Retained messages the broker replays
@@ -20,6 +23,7 @@ live deliveries only, so a value published while the capture was disconnected is
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,11 +38,13 @@ from .._checks import check_timeout
 from .._concurrency import Signal, single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, Message, Subscription
+from ..client.deadlines import deadline
 from ..errors import BrokerError, ConnectionClosed, SubscriptionClosed, _again
 
 __all__ = ["DEFAULT_WAIT_TIMEOUT", "Capture", "SyncCapture", "capture"]
 
-#: Seconds a `SyncCapture` wait allows by default before raising `TimeoutError`.
+#: Seconds a capture's wait allows by default before raising `TimeoutError` (for `Capture`, when
+#: no cancel scope with a deadline surrounds the call).
 DEFAULT_WAIT_TIMEOUT: Final = 5.0
 
 Predicate = Callable[[Message], object]
@@ -84,55 +90,80 @@ class Capture:
     def __repr__(self) -> str:
         return f"<Capture {self.pattern!r} messages={len(self.messages)}>"
 
-    async def wait_for(self, n: int) -> list[Message]:
+    async def wait_for(self, n: int, timeout: float | None = None) -> list[Message]:
         """Wait until at least `n` messages have arrived and return the first `n`.
 
-        Bound the wait with a cancel scope (``trio.fail_after``, ``anyio.fail_after``); this
-        has no timeout of its own. `n` counts everything in `messages`, including what arrived
-        before the call (clear `messages` to count afresh).
+        `n` counts everything in `messages`, including what arrived before the call (clear
+        `messages` to count afresh).
+
+        Args:
+            n: How many messages to wait for.
+            timeout: Seconds to wait (``math.inf``: no limit of its own). None, the default,
+                leaves the bound to the caller's cancel scope if it has a deadline, else waits
+                `DEFAULT_WAIT_TIMEOUT` (5 s).
 
         Raises:
-            ValueError: `n` is not an int >= 0.
+            TimeoutError: Fewer than `n` arrived in time; the message says how many did.
+            ValueError: `n` is not an int >= 0, or `timeout` is not seconds >= 0 or None.
             SubscriptionClosed: The capture ended (its block was left) with fewer messages.
             ConnectionClosed: The capturing client's connection is gone for good.
         """
         _check_count(n)
-        while len(self.messages) < n:
-            self._check_ended(f"{n} messages")
-            await self._changed.wait()
+        wanted = f"{n} messages"
+        with deadline(timeout, DEFAULT_WAIT_TIMEOUT, lambda: self._missed(wanted)):
+            while len(self.messages) < n:
+                self._check_ended(wanted)
+                await self._changed.wait()
         return self.messages[:n]
 
-    async def wait_until(self, predicate: Predicate) -> Message:
+    async def wait_until(self, predicate: Predicate, timeout: float | None = None) -> Message:
         """Wait for a message for which `predicate(message)` is true, and return the first one.
 
         Messages that arrived before the call are checked first, oldest first.
 
+        Args:
+            predicate: Called with each message until it returns a true value.
+            timeout: As `wait_for`.
+
         Raises:
+            TimeoutError: No message matched in time.
+            ValueError: `timeout` is not seconds >= 0 or None.
             SubscriptionClosed, ConnectionClosed: As `wait_for`.
         """
-        checked = 0
-        while True:
-            messages = self.messages
-            for message in messages[checked:]:
-                if predicate(message):
-                    return message
-            checked = len(messages)
-            self._check_ended("a message matching the predicate")
-            await self._changed.wait()
+        wanted = "a message matching the predicate"
+        with deadline(timeout, DEFAULT_WAIT_TIMEOUT, lambda: self._missed(wanted)):
+            checked = 0
+            while True:
+                messages = self.messages
+                for message in messages[checked:]:
+                    if predicate(message):
+                        return message
+                checked = len(messages)
+                self._check_ended(wanted)
+                await self._changed.wait()
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         """Make `messages` hold everything routed to the capture before this call.
 
         A PING round trip on the capturing client (so the server has written it all), then a
         wait until the capture has taken each delivery. To assert that something was *not*
         published: flush the publisher, flush the capture, then look at `messages`.
 
+        Args:
+            timeout: As `wait_for`.
+
         Raises:
+            TimeoutError: That took longer than ``timeout`` (or the default).
             ConnectionClosed: As `broker.Client.flush`.
         """
-        await self._client.flush()
-        while self._sub.pending and not self._ended:
-            await self._changed.wait()
+        missed = f"the capture of {self.pattern!r} did not flush"
+        with deadline(timeout, DEFAULT_WAIT_TIMEOUT, lambda: missed):
+            await self._client.flush(math.inf)
+            while self._sub.pending and not self._ended:
+                await self._changed.wait()
+
+    def _missed(self, wanted: str) -> str:
+        return f"captured {len(self.messages)} messages on {self.pattern!r} (waiting for {wanted})"
 
     def _check_ended(self, wanted: str) -> None:
         if not self._ended:
@@ -320,7 +351,7 @@ class SyncCapture:
 
         async def flush() -> None:
             with trio.move_on_after(limit):
-                await cap.flush()
+                await cap.flush(math.inf)
                 return
             raise TimeoutError(f"the capture of {self.pattern!r} did not flush within {timeout} s")
 

@@ -16,6 +16,7 @@ consumer under the configured policy) and `restart` (shut down gracefully, as on
 serve again on the same port: the listeners set SO_REUSEADDR, so the port is free at once).
 `stop_server` and `start_server` are the two halves of `restart`, for a test that needs the
 broker gone for a while. A restart starts a new `broker.Server`: its statistics start from zero.
+`wait_for_client` waits until a named service is (back) up, with its subscriptions if asked.
 
 Clients made with the handles' `connect` reconnect quickly (`TEST_CLIENT_OPTIONS`), which keeps
 restart and drop tests fast; any option of `broker.connect` may be passed instead.
@@ -26,22 +27,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
+from .._checks import check_timeout
 from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
-from ..config import Config
+from ..client.deadlines import deadline
+from ..config import Config, config_from_mapping, config_to_mapping
 from ..server import Server
 from ..stats import Statistics
 from . import faults
-from .capture import Capture, SyncCapture, capture
+from .capture import DEFAULT_WAIT_TIMEOUT, Capture, SyncCapture, capture
 
 if TYPE_CHECKING:
     from ..sync import SyncClient
@@ -51,6 +55,7 @@ __all__ = [
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "TEST_CLIENT_OPTIONS",
+    "WAIT_POLL",
     "BrokerThread",
     "RunningBroker",
     "config_for_tests",
@@ -66,6 +71,8 @@ T = TypeVar("T")
 START_TIMEOUT: Final = 10.0
 #: Seconds `BrokerThread.stop` waits for the thread beyond the configured ``shutdown_grace``.
 STOP_TIMEOUT: Final = 5.0
+#: Seconds between looks at the broker's connections in `RunningBroker.wait_for_client`.
+WAIT_POLL: Final = 0.002
 #: The name the capture helpers' own clients give in HELLO.
 CAPTURE_CLIENT_NAME: Final = "broker.testing.capture"
 #: Defaults for clients made by `RunningBroker.connect` and `BrokerThread.connect`: reconnect
@@ -81,21 +88,67 @@ _CONFIG_FIELDS: Final = frozenset(field.name for field in dataclasses.fields(Con
 def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
     """The config a test broker runs with: `config` (or 127.0.0.1, port 0) with `overrides`.
 
+    Overrides name a setting either way: as the `broker.Config` field (``max_payload=1024``,
+    ``slow_consumer_policy="drop_oldest"``), or as its key in a config file such as
+    config/broker.toml, dotted (``**{"slow_consumer.policy": "drop_oldest"}``) or as tables
+    (``toml={"slow_consumer": {"policy": "drop_oldest"}}``). File keys are read by
+    `broker.config.config_from_mapping`, with its checks and messages; field names are applied
+    after them.
+
     Args:
         config: A base config; None means the defaults with ``hosts=("127.0.0.1",)`` and
             ``port=0`` (a free port, so tests never collide).
-        overrides: `broker.Config` fields, e.g. ``max_payload=1024``.
+        overrides: `broker.Config` fields, dotted file keys, and ``toml``.
 
     Raises:
-        TypeError: An override names no `broker.Config` field.
-        ConfigError: An override breaks its rule.
+        TypeError: An override names no `broker.Config` field (and has no dot), or ``toml`` is
+            not a mapping of tables.
+        ConfigError: An override breaks its rule, or a file key is unknown (with the nearest
+            known one as a hint).
     """
-    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    fields: dict[str, Any] = {}
+    layout: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key == "toml":
+            if not isinstance(value, Mapping):
+                raise TypeError(
+                    f"toml= takes the config file's tables as a dict, e.g. "
+                    f'{{"slow_consumer": {{"policy": "drop_oldest"}}}}, got {value!r}'
+                )
+            _merge(layout, value)
+        elif "." in key:
+            *sections, name = key.split(".")
+            table = layout
+            for section in sections:
+                table = table.setdefault(section, {})
+            table[name] = value
+        else:
+            fields[key] = value
+    unknown = sorted(set(fields) - _CONFIG_FIELDS)
     if unknown:
-        raise TypeError(f"broker.Config has no field {unknown[0]!r} (overrides: {unknown})")
+        raise TypeError(
+            f"broker.Config has no field {unknown[0]!r} (overrides: {unknown}); a key of the "
+            'config file is given dotted, e.g. **{"slow_consumer.policy": "drop_oldest"}'
+        )
     if config is None:
         config = Config(hosts=("127.0.0.1",), port=0)
-    return dataclasses.replace(config, **overrides) if overrides else config
+    if layout:
+        merged = config_to_mapping(config)
+        _merge(merged, layout)
+        config = config_from_mapping(merged, source="the test's config overrides")
+    return dataclasses.replace(config, **fields) if fields else config
+
+
+def _merge(into: dict[str, Any], tables: Mapping[str, Any]) -> None:
+    """Merge nested `tables` into `into`, table by table; a value replaces what was there."""
+    for key, value in tables.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 class _Reconnects:
@@ -170,59 +223,143 @@ class RunningBroker:
         return [transport.adapter.name for transport in faults.connections(self._server)]
 
     def drop_client(self, name: str) -> int:
-        """Cut every connection named `name` with no ERR; returns how many (`faults`)."""
+        """Cut every connection named `name` with no ERR; returns how many (`faults`).
+
+        Raises:
+            LookupError: No live connection is named `name`; the message lists those there are.
+        """
         return faults.drop_client(self._server, name)
 
     def stall_client(self, name: str) -> int:
-        """Stop writing to every client named `name` (a slow consumer); returns how many."""
+        """Stop writing to every client named `name` (a slow consumer); returns how many.
+
+        Raises:
+            LookupError: As `drop_client`.
+        """
         return faults.stall_client(self._server, name)
 
     def resume_client(self, name: str) -> int:
-        """Undo `stall_client`; returns how many connections were resumed."""
+        """Undo `stall_client`; returns how many connections were resumed.
+
+        Raises:
+            LookupError: As `drop_client`.
+        """
         return faults.resume_client(self._server, name)
 
-    async def restart(self) -> None:
+    async def wait_for_client(
+        self,
+        name: str,
+        count: int = 1,
+        *,
+        subscriptions: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        """Wait until `count` live connections are named `name`: a service is (back) up.
+
+        For after `drop_client` or `restart`, or a service started in the background: the
+        connections counted are those whose handshake gave `name` and that are not closing
+        (so the one just cut does not count). A client resubscribes right after its
+        handshake, so to know that a message published next reaches the service, also ask for
+        its subscriptions: each of the `count` connections must hold at least `subscriptions`
+        (a client that made a request holds one more, its reply inbox). The broker is looked
+        at every `WAIT_POLL` seconds.
+
+        Args:
+            name: The name the client gave (``connect(name=...)``).
+            count: How many such connections to wait for (a queue group of workers).
+            subscriptions: Subscriptions each must hold; 0 waits for the handshake only.
+            timeout: Seconds to wait (``math.inf``: no limit of its own). None, the default,
+                leaves the bound to the caller's cancel scope if it has a deadline, else waits
+                `DEFAULT_WAIT_TIMEOUT` (5 s).
+
+        Raises:
+            TimeoutError: They did not come in time; the message lists the live clients.
+            ValueError: `count` is not an int >= 1 or `subscriptions` not an int >= 0.
+        """
+        if type(count) is not int or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
+        if type(subscriptions) is not int or subscriptions < 0:
+            raise ValueError(f"subscriptions must be an int >= 0, got {subscriptions!r}")
+        holding = f" holding {subscriptions} subscriptions" if subscriptions else ""
+
+        def missed() -> str:
+            names = ", ".join(repr(n) for n in dict.fromkeys(self.client_names())) or "none"
+            return f"{count} live client(s) named {name!r}{holding} did not come (now: {names})"
+
+        with deadline(timeout, DEFAULT_WAIT_TIMEOUT, missed):
+            while self._ready_count(name, subscriptions) < count:
+                await trio.sleep(WAIT_POLL)
+
+    def _ready_count(self, name: str, subscriptions: int) -> int:
+        ready = 0
+        for transport in faults.connections(self._server, name):
+            held = getattr(transport.adapter, "subscriptions", ())
+            if transport.accepting and len(held) >= subscriptions:
+                ready += 1
+        return ready
+
+    async def restart(self, timeout: float | None = None) -> None:
         """Shut the broker down gracefully and serve again on the same port.
 
         Clients get ERR ``shutting_down`` as on SIGTERM, then reconnect (if they do) to a new
         `broker.Server` with the same config; its statistics start from zero. Returns once the
         new server listens and every open capture has resubscribed to it, so whatever is
-        published to the new server is captured. Bound it with a cancel scope.
+        published to the new server is captured. To wait for a service to be back, follow it
+        with `wait_for_client`.
+
+        Args:
+            timeout: Seconds the whole restart may take (``math.inf``: no limit of its own).
+                None, the default, leaves the bound to the caller's cancel scope if it has a
+                deadline, else allows ``shutdown_grace`` plus `START_TIMEOUT`.
 
         Raises:
+            TimeoutError: It took longer.
             OSError: The port could not be bound again.
         """
-        await self.stop_server()
-        await self.start_server()
+        with self._deadline(timeout, "restart"):
+            await self.stop_server(math.inf)
+            await self.start_server(math.inf)
 
-    async def stop_server(self) -> None:
+    async def stop_server(self, timeout: float | None = None) -> None:
         """Shut the broker down gracefully, as `restart` does, and wait until it has stopped.
 
         Until `start_server`, clients find nothing listening (and, if they reconnect, keep
         trying). Does nothing if it is stopped already.
+
+        Raises:
+            TimeoutError: It took longer than ``timeout``, as in `restart`.
         """
         if self._watched is not None:
             return
-        self._watched = [(reconnects, reconnects.count) for reconnects in self._captures]
-        self._stop_server()
-        await self._server.wait_stopped()
+        with self._deadline(timeout, "stop"):
+            self._watched = [(reconnects, reconnects.count) for reconnects in self._captures]
+            self._stop_server()
+            await self._server.wait_stopped()
 
-    async def start_server(self) -> None:
+    async def start_server(self, timeout: float | None = None) -> None:
         """Serve again on the same port after `stop_server`, as `restart` does.
 
+        Returns once the new server listens and every open capture has resubscribed.
+
         Raises:
+            TimeoutError: It took longer than ``timeout``, as in `restart`.
             RuntimeError: The broker is not stopped.
             OSError: The port could not be bound again.
         """
         watched = self._watched
         if watched is None:
             raise RuntimeError(f"the broker on {self.url} is serving; call stop_server() first")
-        old = self._server
-        config = dataclasses.replace(old.config, port=old.port)
-        self._server = await self._nursery.start(Server(config).serve)
-        self._watched = None
-        for reconnects, count in watched:
-            await reconnects.wait_past(count)
+        with self._deadline(timeout, "start"):
+            old = self._server
+            config = dataclasses.replace(old.config, port=old.port)
+            self._server = await self._nursery.start(Server(config).serve)
+            self._watched = None
+            for reconnects, count in watched:
+                await reconnects.wait_past(count)
+
+    def _deadline(self, timeout: float | None, what: str) -> AbstractContextManager[None]:
+        default = self._server.config.shutdown_grace + START_TIMEOUT
+        return deadline(timeout, default, lambda: f"the broker on {self.url} did not {what}")
 
     def connect(self, **options: Any) -> AbstractAsyncContextManager[Client]:
         """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` as defaults."""
@@ -454,7 +591,11 @@ class BrokerThread:
     # -- fault injection -------------------------------------------------------------------------
 
     def drop_client(self, name: str) -> int:
-        """Cut every connection named `name` with no ERR; returns how many were cut."""
+        """Cut every connection named `name` with no ERR; returns how many were cut.
+
+        Raises:
+            LookupError: No live connection is named `name`; the message lists those there are.
+        """
         return self._call(lambda: self._live().drop_client(name))
 
     def stall_client(self, name: str) -> int:
@@ -462,12 +603,42 @@ class BrokerThread:
 
         The configured ``slow_consumer_policy`` then applies once its outbox overflows
         (``max_pending_messages``, ``max_pending_bytes``). Returns how many were stalled.
+
+        Raises:
+            LookupError: As `drop_client`.
         """
         return self._call(lambda: self._live().stall_client(name))
 
     def resume_client(self, name: str) -> int:
-        """Undo `stall_client`; returns how many connections were resumed."""
+        """Undo `stall_client`; returns how many connections were resumed.
+
+        Raises:
+            LookupError: As `drop_client`.
+        """
         return self._call(lambda: self._live().resume_client(name))
+
+    def wait_for_client(
+        self,
+        name: str,
+        count: int = 1,
+        *,
+        subscriptions: int = 0,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
+        """Wait up to `timeout` seconds until `count` live connections are named `name`.
+
+        See `RunningBroker.wait_for_client`; here None waits forever, as in `broker.sync`.
+
+        Raises:
+            TimeoutError: They did not come in time; the message lists the live clients.
+            ValueError: A bad `count`, `subscriptions` or `timeout`.
+        """
+        check_timeout(timeout)
+        limit = math.inf if timeout is None else timeout
+        broker = self._live()
+        self._require_portal().run(
+            lambda: broker.wait_for_client(name, count, subscriptions=subscriptions, timeout=limit)
+        )
 
     def restart(self) -> None:
         """Shut the broker down gracefully and serve again on the same port.

@@ -19,21 +19,39 @@ For every kind of test (sync, asyncio, Trio):
 - ``broker_thread``: a started `broker.testing.BrokerThread`: ``.url``, ``.port``,
   ``.statistics()``, ``.capture(pattern)``, ``.connect(...)`` (an async client for the test's
   own loop), fault injection (``.drop_client(name)``, ``.stall_client(name)``,
-  ``.resume_client(name)``, ``.restart()``, ``.stop_server()`` / ``.start_server()``).
+  ``.resume_client(name)``, ``.restart()``, ``.stop_server()`` / ``.start_server()``), and
+  ``.wait_for_client(name, subscriptions=n)`` to know a service is (back) up.
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
+- ``asyncio_service``: a function, ``asyncio_service(serve, *args)``, that runs the coroutine
+  function ``serve(*args)`` on an asyncio loop in a thread of its own and returns its
+  `broker.testing.AsyncioThread`; each is cancelled after the test, and a service that failed
+  fails the test. For sync tests of an asyncio service::
+
+    def test_prices(broker_thread, broker_client_sync, asyncio_service):
+        asyncio_service(serve_prices, broker_thread.url)
+        broker_thread.wait_for_client("prices", subscriptions=1)
+        assert broker_client_sync.request("price.apple", b"").payload == b"3"
 
 asyncio tests use ``broker_thread`` and connect inside the test, e.g. under anyio's pytest
-plugin (``@pytest.mark.anyio``) or ``asyncio.run``::
+plugin (``@pytest.mark.anyio``) or ``asyncio.run``. anyio's plugin runs a ``@pytest.mark.anyio``
+test once per backend installed, and broker installs Trio: each such test runs twice, as
+``test_orders[asyncio]`` and ``test_orders[trio]`` (the client and `capture` work under both).
+To run on asyncio only, define the ``anyio_backend`` fixture, in the module or a
+``conftest.py``::
+
+    @pytest.fixture
+    def anyio_backend():
+        return "asyncio"
+
 
     @pytest.mark.anyio
     async def test_orders(broker_thread):
         async with broker_thread.connect(name="svc") as client:
             async with capture(client, "orders.>") as cap:
                 await client.publish("orders.new", b"1")
-                with anyio.fail_after(2):
-                    await cap.wait_for(1)
+                await cap.wait_for(1)  # 5 s by default, or timeout=
 
 For Trio tests (pytest-trio, with ``trio_mode = true`` or ``@pytest.mark.trio``; async fixtures
 need one of the two), the broker runs in the test's own loop:
@@ -43,26 +61,34 @@ need one of the two), the broker runs in the test's own loop:
 - ``trio_broker_client``: a connected `broker.Client` named ``"trio_broker_client"``.
 
 Configuration: ``@pytest.mark.broker_config(max_payload=1024, slow_consumer_policy="drop_oldest")``
-on a test (or module, via ``pytestmark``) passes `broker.Config` overrides to that test's broker;
-override the ``broker_config`` fixture to change the base for a whole directory. The marker is
+on a test (or module, via ``pytestmark``) passes `broker.Config` overrides to that test's broker.
+The keys of a config file (config/broker.toml) work too, dotted or as tables::
+
+    @pytest.mark.broker_config(**{"slow_consumer.policy": "drop_oldest", "limits.max_payload": 64})
+    @pytest.mark.broker_config(toml={"slow_consumer": {"policy": "drop_oldest"}})
+
+(see `broker.testing.config_for_tests`). With several markers the closest to the test wins.
+Override the ``broker_config`` fixture to change the base for a whole directory. The marker is
 registered by the plugin, so it is allowed under ``--strict-markers``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..client import Client
 from ..config import Config
+from .asyncio_thread import AsyncioThread
 from .inprocess import BrokerThread, RunningBroker, config_for_tests, running_broker
 
 if TYPE_CHECKING:
     from ..sync import SyncClient
 
 __all__ = [
+    "asyncio_service",
     "broker_client_sync",
     "broker_config",
     "broker_thread",
@@ -79,24 +105,26 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the ``broker_config`` marker, so ``--strict-markers`` accepts it."""
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(**overrides): broker.Config fields for this test's in-process broker "
-        "(broker_thread, trio_broker and the fixtures built on them)",
+        f"{MARKER}(**overrides): settings for this test's in-process broker (broker_thread, "
+        "trio_broker and the fixtures built on them): broker.Config fields "
+        '(slow_consumer_policy="drop_oldest"), config file keys dotted '
+        '(**{"slow_consumer.policy": "drop_oldest"}) or toml={"slow_consumer": {...}}',
     )
 
 
 @pytest.fixture
 def broker_config(request: pytest.FixtureRequest) -> Config:
     """The `broker.Config` for this test's broker: 127.0.0.1, a free port, and the overrides
-    of every ``broker_config`` marker on the test (the closest wins)."""
-    overrides: dict[str, Any] = {}
+    of every ``broker_config`` marker on the test, applied farthest first (the closest wins)."""
+    config: Config | None = None
     for marker in reversed(list(request.node.iter_markers(MARKER))):
         if marker.args:
             raise TypeError(
-                f"@pytest.mark.{MARKER} takes keyword arguments only (Config fields), "
-                f"got positional {marker.args!r}"
+                f"@pytest.mark.{MARKER} takes keyword arguments only (Config fields or config "
+                f"file keys), got positional {marker.args!r}"
             )
-        overrides.update(marker.kwargs)
-    return config_for_tests(**overrides)
+        config = config_for_tests(config, **marker.kwargs)
+    return config_for_tests(config)
 
 
 @pytest.fixture
@@ -132,3 +160,29 @@ async def trio_broker_client(trio_broker: RunningBroker) -> AsyncIterator[Client
     """A `broker.Client` connected to ``trio_broker``, named ``trio_broker_client``."""
     async with trio_broker.connect(name="trio_broker_client") as client:
         yield client
+
+
+@pytest.fixture
+def asyncio_service() -> Iterator[Callable[..., AsyncioThread[Any]]]:
+    """Run asyncio services in threads for this test: ``asyncio_service(serve, *args)``.
+
+    Each call starts ``serve(*args)`` in an `AsyncioThread` and returns it. After the test they
+    are stopped, last started first; the first failure of one is raised, failing the test.
+    """
+    started: list[AsyncioThread[Any]] = []
+
+    def start(fn: Callable[..., Awaitable[Any]], *args: Any) -> AsyncioThread[Any]:
+        name = f"asyncio-service-{len(started) + 1}"
+        thread = AsyncioThread(fn, *args, name=name).start()
+        started.append(thread)
+        return thread
+
+    yield start
+    failures: list[BaseException] = []
+    for thread in reversed(started):
+        try:
+            thread.stop()
+        except BaseException as error:
+            failures.append(error)
+    if failures:
+        raise failures[0]
