@@ -30,7 +30,7 @@ async def main(url: str) -> None:
                     await request.respond(request.payload.upper())
 
             nursery.start_soon(serve)
-            # No timeout parameter: the caller's cancel scope bounds the wait.
+            # A cancel scope bounds the wait; without one, request(..., timeout=2.0) does.
             with trio.fail_after(2):
                 reply = await client.request("upper", b"hello")
             print(f"reply: {reply.payload.decode()}")
