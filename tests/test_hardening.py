@@ -281,3 +281,19 @@ async def test_a_client_that_never_reads_a_replay_holds_a_chunk_not_the_store(
             finally:
                 tracemalloc.stop()
             await pair.check()
+
+
+@pytest.mark.parametrize("request_line", [b"GET / HTTP/1.1", b"HEAD /healthz HTTP/1.1"])
+async def test_an_http_request_to_the_broker_port_is_told_where_to_go(
+    start_server: StartServer, request_line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    with trio.fail_after(10):
+        server = await start_server()
+        async with wire_client(server.port, hello=False) as curl:
+            await curl.send_raw(request_line + b"\r\nHost: 127.0.0.1\r\n\r\n")
+            (err,) = await curl.closed()
+            assert type(err) is Err and err.code == "bad_handshake"
+            assert "not HTTP" in err.message and "monitoring port" in err.message
+    assert not any("1195725856" in record.getMessage() for record in caplog.records)
+    assert any("not HTTP" in record.getMessage() for record in caplog.records)

@@ -431,6 +431,16 @@ _OPENING: Final = {Role.SERVER: (Hello,), Role.CLIENT: (Welcome, Err)}
 _unpackb: Callable[..., Any] = msgpack.unpackb
 _new_tuple = tuple.__new__
 _EMPTY_FRAME: Final = "empty frame: a frame holds one msgpack array"
+#: An HTTP request's first four bytes, read as a frame length: a health checker, curl or a
+#: browser pointed at this port. Told so, instead of "frame of 1195725856 bytes".
+_HTTP_METHODS: Final = frozenset(
+    _unpack_header(method.ljust(4)[:4])[0]
+    for method in (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT")
+)
+_NOT_HTTP: Final = (
+    "this is broker's native port (length-prefixed msgpack frames), not HTTP: point HTTP "
+    "clients and health checks at the monitoring port, and broker clients at this one"
+)
 _NOT_MSGPACK: Final = "frame is not one valid msgpack value"
 
 _MSGPACK_ERRORS: Final = (
@@ -637,6 +647,8 @@ class Connection:
             while limit and available - position >= _HEADER_SIZE:
                 (length,) = _unpack_header(buffer, position)
                 if length > max_frame:
+                    if self._their_opening is not None and length in _HTTP_METHODS:
+                        self._fail(ErrorCode.BAD_HANDSHAKE, _NOT_HTTP)
                     self._fail(
                         ErrorCode.FRAME_TOO_LARGE,
                         f"frame of {length} bytes exceeds the limit of {max_frame} bytes",
