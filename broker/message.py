@@ -40,16 +40,17 @@ class Retained:
 
     Attributes:
         message: The message, with no reply subject.
+        native: The native MSG fields after the sid, ending with the retained flag (true).
         size: What the retained store charges for it: its native replay encoding's length.
     """
 
-    __slots__ = ("_native", "message", "size")
+    __slots__ = ("message", "native", "size")
 
     def __init__(self, message: Message) -> None:
         subject, payload, _reply_to, headers, retain = message
         self.message: Message = (subject, payload, None, headers, retain)
-        self._native = encode_retained_tail(subject, payload, None, headers)
-        self.size = len(self._native)
+        self.native = encode_retained_tail(subject, payload, None, headers)
+        self.size = len(self.native)
 
     def __repr__(self) -> str:
         return f"<Retained {self.message[0]!r} {len(self.message[1])} bytes>"
@@ -57,7 +58,3 @@ class Retained:
     @property
     def payload(self) -> bytes:
         return self.message[1]
-
-    def native(self) -> bytes:
-        """The native MSG fields after the sid, ending with the retained flag (true)."""
-        return self._native

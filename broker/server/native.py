@@ -258,7 +258,7 @@ def _replay_frames(
 ) -> Iterator[tuple[bytes, bytes]]:
     """Each replayed message's (head, tail), made as the writer asks for it."""
     for _subject, kept in entries:
-        tail = kept.native()
+        tail = kept.native
         if not flagged:
             tail = tail[:-1]  # the stored tail ends with the flag, one byte (true)
         yield _pack_length(len(prefix) + len(tail)) + prefix, tail
