@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
+    "DEFAULT_MAX_REPLAY_BYTES",
     "DEFAULT_MAX_RETAINED_BYTES",
     "DEFAULT_MAX_RETAINED_SUBJECTS",
     "DEFAULT_MAX_SUBJECT_LENGTH",
@@ -73,6 +74,7 @@ __all__ = [
     "MAX_HANDSHAKE_TIMEOUT",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
+    "MAX_MAX_REPLAY_BYTES",
     "MAX_MAX_RETAINED_BYTES",
     "MAX_MAX_RETAINED_SUBJECTS",
     "MAX_MAX_SUBJECT_LENGTH",
@@ -82,6 +84,7 @@ __all__ = [
     "MAX_WRITE_TIMEOUT",
     "MIN_FRAME_HEADROOM",
     "MIN_MAX_PENDING_BYTES",
+    "MIN_MAX_REPLAY_BYTES",
     "MIN_MAX_SUBJECT_LENGTH",
     "SLOW_CONSUMER_POLICIES",
     "Config",
@@ -134,6 +137,10 @@ DEFAULT_MAX_RETAINED_SUBJECTS: Final = 10_000
 MAX_MAX_RETAINED_SUBJECTS: Final = 10_000_000
 DEFAULT_MAX_RETAINED_BYTES: Final = 64 * MiB
 MAX_MAX_RETAINED_BYTES: Final = 16 * GiB
+#: Memory every replay under way may hold at once, server-wide (see `Config.max_replay_bytes`).
+DEFAULT_MAX_REPLAY_BYTES: Final = 64 * MiB
+MIN_MAX_REPLAY_BYTES: Final = 64 * KiB
+MAX_MAX_REPLAY_BYTES: Final = 16 * GiB
 
 # [slow_consumer]
 DEFAULT_SLOW_CONSUMER_POLICY: Final[SlowConsumerPolicy] = "disconnect"
@@ -222,6 +229,7 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
     "max_pending_bytes": _Range(MIN_MAX_PENDING_BYTES, MAX_MAX_PENDING_BYTES),
     "max_retained_subjects": _Range(0, MAX_MAX_RETAINED_SUBJECTS),
     "max_retained_bytes": _Range(0, MAX_MAX_RETAINED_BYTES),
+    "max_replay_bytes": _Range(MIN_MAX_REPLAY_BYTES, MAX_MAX_REPLAY_BYTES),
     "max_pings_outstanding": _Range(1),
 }
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
@@ -721,6 +729,10 @@ class Config:
     """Subjects holding a retained message at once; 0 turns retained messages off."""
     max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
     """Memory the retained store may hold: messages as encoded, plus the store's structure."""
+    max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES
+    """Memory all replays under way may hold at once, server-wide: each replay's references to
+    the store and the chunk being written. A replay past it waits for room; the SUB that asked
+    for it, and that client's later frames, wait with it."""
 
     slow_consumer_policy: SlowConsumerPolicy = DEFAULT_SLOW_CONSUMER_POLICY
     """What to do when a client's outbox is full: disconnect it, or drop its oldest or newest."""
@@ -798,7 +810,11 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
         )
     },
     "slow_consumer": {"policy": "slow_consumer_policy"},
-    "retained": {"max_subjects": "max_retained_subjects", "max_bytes": "max_retained_bytes"},
+    "retained": {
+        "max_subjects": "max_retained_subjects",
+        "max_bytes": "max_retained_bytes",
+        "max_replay_bytes": "max_replay_bytes",
+    },
     "timeouts": {
         name: name
         for name in (

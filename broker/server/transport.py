@@ -68,7 +68,7 @@ class WireAdapter(Protocol):
 
     def process(self) -> str | bool:
         """Act on every complete frame received; True if there was any, `DEFERRED` if the
-        rest must wait for `Outbox.wait_replay_taken`.
+        rest must wait for `Outbox.wait_replay_room`.
 
         Raises:
             RemoteProtocolError: The peer broke the wire's contract.
@@ -195,7 +195,9 @@ class Transport:
         self.client_id = client_id
         self.adapter: WireAdapter
         self.outbox = Outbox(
-            max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
+            max_messages=config.max_pending_messages,
+            max_bytes=config.max_pending_bytes,
+            replay_memory=hub.replay_memory,
         )
         self.accepting = True
         self.dropped_unreported = 0
@@ -224,16 +226,20 @@ class Transport:
 
     async def run(self) -> None:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
-        with self._session_scope:
-            if not await self._handshake():
-                return
-            log.debug("%r connected", self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                await self._write_loop()
-                self._reader_scope.cancel()
-            if self._fatal is not None or self._shutting_down:
-                await _close_gracefully(self.stream)
+        try:
+            with self._session_scope:
+                if not await self._handshake():
+                    return
+                log.debug("%r connected", self)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._write_loop()
+                    self._reader_scope.cancel()
+                if self._fatal is not None or self._shutting_down:
+                    await _close_gracefully(self.stream)
+        finally:
+            # Whatever is left (a replay under way, above all) frees its server-wide charge.
+            self.outbox.clear()
 
     def begin_shutdown(self) -> None:
         """Tell the client the server is stopping; flush what is queued, then close."""
@@ -332,7 +338,7 @@ class Transport:
                     try:
                         found = adapter.process()
                         while found == DEFERRED and self._fatal is None:
-                            await self.outbox.wait_replay_taken()
+                            await self.outbox.wait_replay_room()
                             found = adapter.process()
                     except RemoteProtocolError as error:
                         self.fail(error.code, error.message)
