@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_HOSTS",
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
+    "DEFAULT_LOG_PEER_LINES_PER_MINUTE",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_PENDING_BYTES",
@@ -72,6 +73,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
+    "MAX_LOG_PEER_LINES_PER_MINUTE",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
     "MAX_MAX_REPLAY_BYTES",
@@ -160,6 +162,8 @@ MAX_SHUTDOWN_GRACE: Final = 300.0
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_LOG_FORMAT: Final[LogFormat] = "text"
+DEFAULT_LOG_PEER_LINES_PER_MINUTE: Final = 60
+MAX_LOG_PEER_LINES_PER_MINUTE: Final = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -231,6 +235,7 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
     "max_retained_bytes": _Range(0, MAX_MAX_RETAINED_BYTES),
     "max_replay_bytes": _Range(MIN_MAX_REPLAY_BYTES, MAX_MAX_REPLAY_BYTES),
     "max_pings_outstanding": _Range(1),
+    "log_peer_lines_per_minute": _Range(1, MAX_LOG_PEER_LINES_PER_MINUTE),
 }
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
     "handshake_timeout": _Range(0, MAX_HANDSHAKE_TIMEOUT, low_exclusive=True),
@@ -754,6 +759,9 @@ class Config:
     """One of `LOG_LEVELS`, any case; stored in lower case."""
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     """``"text"`` for people, ``"json"`` (one object per line) for log collectors."""
+    log_peer_lines_per_minute: int = DEFAULT_LOG_PEER_LINES_PER_MINUTE
+    """Lines one client host may cause in the log per minute (in bursts up to as many); the next
+    line after a pause says how many were suppressed."""
 
     def __post_init__(self) -> None:
         _check_nested(self)
@@ -826,7 +834,11 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
             "shutdown_grace",
         )
     },
-    "logging": {"level": "log_level", "format": "log_format"},
+    "logging": {
+        "level": "log_level",
+        "format": "log_format",
+        "peer_lines_per_minute": "log_peer_lines_per_minute",
+    },
 }
 
 

@@ -352,3 +352,21 @@ async def test_a_replay_ended_by_a_leaving_client_frees_its_charge(
                 faults.drop_client(server, "leaver")
         await wait_until(lambda: not server.transports)
         assert memory.used == 0
+
+
+async def test_lines_about_one_host_are_rate_limited_and_every_refusal_still_counts(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    with trio.fail_after(10):
+        server = await start_server(log_peer_lines_per_minute=3)
+        async with bystanders(server.port) as pair:
+            for _ in range(10):
+                async with wire_client(server.port, hello=False) as bad:
+                    await bad.send_raw(_frame(msgpack.packb(["HELLO", {"version": "x" * 100}])))
+                    (err,) = await bad.closed()
+                    assert type(err) is Err and err.code == "bad_handshake"
+            await pair.check()
+        assert server.statistics().refused_connections == 10
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 3

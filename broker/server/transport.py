@@ -22,6 +22,7 @@ import trio
 from .._text import brief
 from ..errors import ErrorCode
 from ..hub import Hub, Subscription
+from ..peerlog import PeerLog
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
 
@@ -184,12 +185,26 @@ class Transport:
         "hub",
         "outbox",
         "peer",
+        "peer_log",
         "stream",
     )
 
-    def __init__(self, hub: Hub, stream: trio.abc.Stream, peer: str, client_id: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stream: trio.abc.Stream,
+        peer: str,
+        client_id: int,
+        *,
+        peer_log: PeerLog | None = None,
+    ) -> None:
         config = hub.config
         self.hub = hub
+        #: Where lines about this client go: rate-limited per host, shared by the server's
+        #: connections (see `broker.peerlog`).
+        self.peer_log = peer_log or PeerLog(
+            log, lines_per_minute=config.log_peer_lines_per_minute, clock=trio.current_time
+        )
         self.stream = stream
         self.peer = peer
         self.client_id = client_id
@@ -313,7 +328,7 @@ class Transport:
         counters = self.hub.counters
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
-        log.info("%r refused: %s: %s", self, code.value, message)
+        self.peer_log.log(logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message)
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
 
@@ -345,7 +360,13 @@ class Transport:
                         return
                     except Exception:
                         # A bug, not the client's fault: say so, once, and close only this one.
-                        log.exception("%r: internal error handling its frames", self)
+                        self.peer_log.log(
+                            logging.ERROR,
+                            self.peer,
+                            "%r: internal error handling its frames",
+                            self,
+                            exc_info=True,
+                        )
                         self.fail(ErrorCode.INTERNAL_ERROR, _INTERNAL_ERROR)
                         return
                     if self._fatal is not None:
@@ -432,7 +453,9 @@ class Transport:
             return
         self._slow = True
         self.hub.counters.slow_consumers += 1
-        log.warning(
+        self.peer_log.log(
+            logging.WARNING,
+            self.peer,
             "%r is a slow consumer (policy %s, limits %d messages / %d bytes)",
             self,
             self._policy,
@@ -468,7 +491,9 @@ class Transport:
         self.accepting = False
         self.hub.counters.protocol_errors += code.violation
         if code is not ErrorCode.SLOW_CONSUMER:
-            log.info("%r closed: %s: %s", self, code.value, message)
+            self.peer_log.log(
+                logging.INFO, self.peer, "%r closed: %s: %s", self, code.value, message
+            )
         self.outbox.clear()
         self.outbox.push_control(self.adapter.error_frame(code, message))
         self._reader_scope.cancel()
@@ -496,7 +521,13 @@ class Transport:
             self.accepting = False
             if self._fatal is None:
                 self._mark_slow()
-                log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
+                self.peer_log.log(
+                    logging.INFO,
+                    self.peer,
+                    "%r closed: write_timeout (%s s) expired",
+                    self,
+                    write_timeout,
+                )
                 self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
             return
 
