@@ -186,6 +186,7 @@ class Transport:
         "outbox",
         "peer",
         "peer_log",
+        "rest",
         "stream",
     )
 
@@ -215,6 +216,9 @@ class Transport:
             replay_memory=hub.replay_memory,
         )
         self.accepting = True
+        #: Seconds the reader waits before its next turn, set by an adapter whose turn took
+        #: far longer than its budget (see `NativeAdapter._dispatch`).
+        self.rest = 0.0
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -382,6 +386,13 @@ class Transport:
                         # has run.
                         await checkpoint()
                         await checkpoint()
+                        rest = self.rest
+                        if rest:
+                            # Its last turn overran (one publish that matched tens of
+                            # thousands of subscriptions cannot be split): it waits as long
+                            # as it took, so every other client gets at least as much time.
+                            self.rest = 0.0
+                            await trio.sleep(rest)
                         continue
                     if adapter.closed:
                         break
