@@ -21,6 +21,7 @@ and the broker and the bystander are stopped by their PIDs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -339,10 +340,9 @@ async def bad_values(port: int, outcome: Outcome) -> None:
 
     async def one(frame: bytes) -> None:
         raw = await Raw.open(port, hello=False)
-        try:
+        # Refused before the whole of it was sent: the ERR is still there to read.
+        with contextlib.suppress(trio.BrokenResourceError):
             await raw.send_raw(frame)
-        except trio.BrokenResourceError:
-            pass  # refused before the whole of it was sent: the ERR is still there to read
         outcome.closed(raw, await raw.errors_until_closed())
 
     outcome.attackers = 100
