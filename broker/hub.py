@@ -42,6 +42,12 @@ class Subscriber(Protocol):
 
     Attributes:
         name: For logs and monitoring ("" if none was given).
+        lang: The client library's language, as it said in its handshake ("" if it did not).
+        version: The client library's version, as it said in its handshake ("" if not).
+        in_msgs: Messages it published that the hub routed (refused ones are not counted).
+        in_bytes: Payload bytes of those messages.
+        out_msgs: Messages queued for it (its `deliver` returned 1), replays included.
+        out_bytes: Payload bytes of those messages.
         echo: Whether it receives its own publishes.
         subscriptions: Its live subscriptions by sid. The hub keeps this map (it adds and
             removes); the owner reads it to find a sid.
@@ -50,6 +56,12 @@ class Subscriber(Protocol):
     """
 
     name: str
+    lang: str
+    version: str
+    in_msgs: int
+    in_bytes: int
+    out_msgs: int
+    out_bytes: int
     echo: bool
     subscriptions: dict[Any, Subscription]
     permissions: object | None
@@ -224,15 +236,22 @@ class Hub:
         counters = self.counters
         counters.messages_in += 1
         counters.bytes_in += size
+        origin.in_msgs += 1
+        origin.in_bytes += size
         delivered = 0
         reached = False
         echo = origin.echo
+        # Each subscriber's own out_* are counted here, once for every wire: an add per
+        # delivery, and nothing for a message its outbox refused.
         for sub in match.plain:
             target = sub.owner
             if target is origin and not echo:
                 continue
             reached = True
-            delivered += target.deliver(sub, message)
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
         if match.groups:
             skip = None if echo else _owned_by(origin)
             for group in match.groups:
@@ -240,7 +259,11 @@ class Hub:
                 if chosen is None:
                     continue
                 reached = True
-                delivered += chosen.owner.deliver(chosen, message)
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
@@ -315,8 +338,11 @@ class Hub:
             if entries and owner.replay(sub, entries):
                 # A replay comes straight after its subscribe: no max_msgs can cut it short.
                 counters = self.counters
+                size = sum(len(kept.payload) for _, kept in entries)
                 counters.messages_out += len(entries)
-                counters.bytes_out += sum(len(kept.payload) for _, kept in entries)
+                counters.bytes_out += size
+                owner.out_msgs += len(entries)
+                owner.out_bytes += size
                 sub.delivered += len(entries)
         return sub
 

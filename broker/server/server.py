@@ -194,7 +194,8 @@ class Server:
         counters = hub.counters
         limit = self.config.max_connections
         try:
-            peer = format_address(*peer_address(stream))
+            address = peer_address(stream)
+            peer = format_address(*address)
         except OSError:
             await trio.aclose_forcefully(stream)
             return
@@ -208,7 +209,7 @@ class Server:
                 return
             counters.connections += 1
             counters.total_connections += 1
-            transport = Transport(hub, stream, peer, self._next_client_id)
+            transport = Transport(hub, stream, peer, self._next_client_id, address=address)
             self._next_client_id += 1
             adapter = transport.adapter = NativeAdapter(hub, transport)
             self.transports.add(transport)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Final, Protocol, final
 
 import trio
@@ -159,6 +160,12 @@ class Transport:
         adapter: Its wire; set by the listener right after construction.
         outbox: What waits to be written to it.
         accepting: False once it is closing: deliveries to it are then discarded.
+        address: The client's ``(ip, port)``, for monitoring (``("", 0)`` if unknown).
+        start: When it was accepted, in seconds since the epoch.
+
+    For monitoring, with the adapter's identity and counters (`broker.hub.Subscriber`), it
+    also tells `last_activity`, `pending_bytes` and `closing_reason`: each read when asked,
+    so none costs anything on the hot path.
     """
 
     __slots__ = (
@@ -168,6 +175,7 @@ class Transport:
         "_handshake_scope",
         "_last_ping",
         "_last_received",
+        "_opened",
         "_pings_outstanding",
         "_policy",
         "_reader_scope",
@@ -178,21 +186,35 @@ class Transport:
         "_write_scope",
         "accepting",
         "adapter",
+        "address",
         "client_id",
         "dropped_total",
         "dropped_unreported",
         "hub",
         "outbox",
         "peer",
+        "start",
         "stream",
     )
 
-    def __init__(self, hub: Hub, stream: trio.abc.Stream, peer: str, client_id: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stream: trio.abc.Stream,
+        peer: str,
+        client_id: int,
+        *,
+        address: tuple[str, int] = ("", 0),
+    ) -> None:
         config = hub.config
         self.hub = hub
         self.stream = stream
         self.peer = peer
         self.client_id = client_id
+        self.address = address
+        self.start = time.time()
+        #: trio's clock at `start` (set by `run`), to turn trio times into wall-clock ones.
+        self._opened = math.inf
         self.adapter: WireAdapter
         self.outbox = Outbox(
             max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
@@ -215,6 +237,29 @@ class Transport:
         self._last_ping = 0.0
         self._pings_outstanding = 0
 
+    @property
+    def last_activity(self) -> float:
+        """When the client last sent a whole frame (seconds since the epoch; `start` if never).
+
+        Whole frames only, as for keepalive: trickled bytes are no sign of life.
+        """
+        return self.start + max(0.0, self._last_received - self._opened)
+
+    @property
+    def pending_bytes(self) -> int:
+        """What waits to be written to it, and the batch being written, at memory cost."""
+        outbox = self.outbox
+        return outbox.bytes + outbox.sending
+
+    @property
+    def closing_reason(self) -> str:
+        """Why the session ended (or is ending): the fatal error's code, or a plain word."""
+        if self._fatal is not None:
+            return self._fatal[0].value
+        if self._shutting_down:
+            return ErrorCode.SHUTTING_DOWN.value
+        return "client_closed" if self._eof else ""
+
     def __repr__(self) -> str:
         name = self.adapter.name
         label = f" {brief(name)}" if name else ""
@@ -224,6 +269,8 @@ class Transport:
 
     async def run(self) -> None:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
+        self._opened = trio.current_time()
+        self.start = time.time()
         with self._session_scope:
             if not await self._handshake():
                 return
