@@ -185,6 +185,12 @@ class RoutingTable(Generic[S]):
         # OrderedDict pops its oldest in O(1), and a hit is the same dict lookup.
         self._cache: OrderedDict[str, Match[S]] = OrderedDict()
         self._seq = itertools.count()
+        #: For monitoring (/subsz): lookups, lookups the cache missed, inserts and removes.
+        #: One add per lookup; the rest are counted off the hot path.
+        self.matches = 0
+        self.misses = 0
+        self.inserts = 0
+        self.removes = 0
         # Shared with every QueueGroup this table hands out; starts at 1 so 0 means "never".
         self._clock = itertools.count(1)
 
@@ -226,6 +232,7 @@ class RoutingTable(Generic[S]):
                 node = child
         (node.tail if tail else node.subs)[entry] = None
         self._entries[sub] = entry
+        self.inserts += 1
         self._invalidate(pattern)
 
     def remove(self, sub: S) -> None:
@@ -256,6 +263,7 @@ class RoutingTable(Generic[S]):
                 parent.star = None
             else:
                 del parent.children[token]
+        self.removes += 1
         self._invalidate(entry.pattern)
 
     def discard(self, sub: S) -> None:
@@ -273,12 +281,27 @@ class RoutingTable(Generic[S]):
         Raises:
             SubjectError: If the subject is invalid.
         """
+        self.matches += 1
         try:
             return self._cache[subject]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a str; validation says so
+            self.misses += 1
             return self._match_uncached(subject)
 
-    def _match_uncached(self, subject: str) -> Match[S]:
+    def peek(self, subject: str) -> Match[S]:
+        """`match`, leaving the cache and the counters as they were (for monitoring's questions).
+
+        Raises:
+            SubjectError: If the subject is invalid.
+        """
+        cached = self._cache.get(subject) if type(subject) is str else None
+        return cached if cached is not None else self._match_uncached(subject, store=False)
+
+    def cached(self) -> list[Match[S]]:
+        """The matches the cache holds now (for fan-out statistics)."""
+        return list(self._cache.values())
+
+    def _match_uncached(self, subject: str, *, store: bool = True) -> Match[S]:
         validate_subject(
             subject, max_length=self._max_length, max_tokens=self._max_tokens, allow_reserved=True
         )
@@ -301,7 +324,7 @@ class RoutingTable(Generic[S]):
                 stack.append((node.star, depth + 1))
         result = self._build(found) if found else _NO_MATCH
         cache = self._cache
-        if self._cache_size:
+        if self._cache_size and store:
             if len(cache) >= self._cache_size:
                 cache.popitem(last=False)
             cache[subject] = result

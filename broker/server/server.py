@@ -15,7 +15,8 @@ import resource
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import final
 
 import trio
@@ -25,6 +26,8 @@ from ..config import Config
 from ..errors import ErrorCode
 from ..hub import Hub
 from ..stats import Statistics
+from .http import serve_http
+from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
 from .transport import Transport, peer_address, refuse
 
@@ -83,7 +86,15 @@ class Server:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config if config is not None else Config()
         self.server_id = secrets.token_hex(8)
+        #: When it was made, in seconds since the epoch (monitoring's ``start``).
+        self.start = time.time()
         self.hub = Hub(self.config, server_id=self.server_id)
+        #: Checks /healthz runs besides shutdown: each returns why the server is unhealthy, or
+        #: None (a cluster link adds one for its state).
+        self.health_checks: list[Callable[[], str | None]] = []
+        self.monitor = Monitor(self)
+        #: Where the monitoring endpoint listens, once it does; None when it is off.
+        self.monitor_address: tuple[str, int] | None = None
         #: The live connections, for shutdown (and for `broker.testing.faults`).
         self.transports: set[Transport] = set()
         self._next_client_id = 1
@@ -104,6 +115,13 @@ class Server:
         if not self.addresses:
             raise RuntimeError("the server is not listening yet")
         return self.addresses[0][1]
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The monitoring endpoint's URL, e.g. `http://127.0.0.1:8222`; None when it is off."""
+        if self.monitor_address is None:
+            return None
+        return "http://" + format_address(*self.monitor_address)
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
@@ -130,26 +148,53 @@ class Server:
         """
         listeners = await self._open_listeners()
         try:
-            async with trio.open_nursery() as handlers:
-                async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, handlers)
-                    log.info(
-                        "broker %s listening on %s",
-                        self.server_id,
-                        ", ".join(format_address(*address) for address in self.addresses),
-                    )
-                    task_status.started(self)
-                    await self._shutdown.wait()
-                    acceptors.cancel_scope.cancel()
-                await self._close_listeners(listeners)
-                self._begin_shutdown(handlers)
+            monitoring = await self._open_monitoring()
+            async with trio.open_nursery() as services:
+                # Monitoring lives as long as the clients do, so /healthz says 503 while they
+                # drain; it stops once they are gone.
+                if monitoring:
+                    await services.start(serve_http, self, monitoring)
+                    log.info("monitoring on %s", self.monitor_url)
+                await self._serve_clients(listeners, task_status)
+                services.cancel_scope.cancel()
         finally:
             await self._close_listeners(listeners)
             # As fields, so JSON logs get them as an object ("stats") and text as key=value.
             stats = self.statistics().as_dict()
             log.info("broker %s stopped", self.server_id, extra={"stats": stats})
             self._stopped.set()
+
+    async def _open_monitoring(self) -> list[trio.SocketListener]:
+        """The monitoring endpoint's listeners, if it is enabled (`serve_http` closes them)."""
+        settings = self.config.monitoring
+        if not settings.enabled:
+            return []
+        try:
+            opened = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        except OSError as error:
+            raise ListenError(settings.host, settings.port, error) from error
+        sockname = opened[0].socket.getsockname()
+        self.monitor_address = (sockname[0], sockname[1])
+        return opened
+
+    async def _serve_clients(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+    ) -> None:
+        """Accept and serve clients until shutdown, then let them drain."""
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(self._accept_loop, listener, handlers)
+                log.info(
+                    "broker %s listening on %s",
+                    self.server_id,
+                    ", ".join(format_address(*address) for address in self.addresses),
+                )
+                task_status.started(self)
+                await self._shutdown.wait()
+                acceptors.cancel_scope.cancel()
+            await self._close_listeners(listeners)
+            self._begin_shutdown(handlers)
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
         listeners: list[trio.SocketListener] = []

@@ -22,7 +22,7 @@ import trio
 
 from .._text import brief
 from ..errors import ErrorCode
-from ..hub import Hub, Subscription
+from ..hub import Hub, Subscriber, Subscription
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
 
@@ -46,10 +46,11 @@ DEFERRED: Final = "deferred"
 _INTERNAL_ERROR: Final = "internal error: the server failed handling this connection; it is closed"
 
 
-class WireAdapter(Protocol):
-    """What a transport needs of its wire: decoding into hub calls, and a few encodings."""
+class WireAdapter(Subscriber, Protocol):
+    """What a transport needs of its wire: decoding into hub calls, and a few encodings.
 
-    name: str
+    It is also its client's `Subscriber`, whose identity and counters monitoring shows.
+    """
 
     def greeting(self) -> bytes | None:
         """Bytes to send as soon as the connection opens (NATS's INFO), or None."""
