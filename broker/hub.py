@@ -31,10 +31,12 @@ from .routing import RoutingTable
 from .stats import Counters, Statistics
 from .subjects import SubjectError, validate_subject
 
-__all__ = ["Hub", "Refused", "Subscriber", "Subscription"]
+__all__ = ["SYS_REQUEST_PREFIX", "Hub", "Refused", "Subscriber", "Subscription", "SystemOrigin"]
 
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
+#: The only ``$`` subjects a client may publish to: requests the server answers.
+SYS_REQUEST_PREFIX: Final = "$SYS.REQ.SERVER."
 
 
 class Subscriber(Protocol):
@@ -77,6 +79,25 @@ class Subscriber(Protocol):
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Queue the retained messages a new subscription matches; False if none was queued."""
+        ...
+
+
+class SystemOrigin(Subscriber, Protocol):
+    """The server's own voice on ``$SYS``: a subscriber with no connection, told of events a
+    publish's delivery loop finds (a slow consumer), which it publishes later, not from inside
+    that loop.
+    """
+
+    def client_connected(self, client: Any) -> None:
+        """`client` (a transport, of any wire) completed its handshake."""
+        ...
+
+    def client_disconnected(self, client: Any) -> None:
+        """`client`, once connected, has closed; its counters are final."""
+        ...
+
+    def slow_consumer(self, client: Any) -> None:
+        """`client` was found to read too slowly."""
         ...
 
 
@@ -140,6 +161,8 @@ class Hub:
         info: What a client is told in the handshake (WELCOME's map on the native wire).
         closing: Set once shutdown begins, so a connection accepted but not yet registered is
             refused instead of served until the grace period runs out.
+        system: The server's own origin on ``$SYS`` (`broker.server.sysevents`), or None. It
+            alone may publish to ``$`` subjects; clients only to `SYS_REQUEST_PREFIX` ones.
     """
 
     __slots__ = (
@@ -152,6 +175,7 @@ class Hub:
         "counters",
         "info",
         "retained",
+        "system",
         "table",
     )
 
@@ -166,6 +190,7 @@ class Hub:
         )
         self.counters = Counters()
         self.closing = False
+        self.system: SystemOrigin | None = None
         self._max_payload = config.max_payload
         self._max_subscriptions = config.max_subscriptions
         self._max_subject_length = config.max_subject_length
@@ -218,8 +243,8 @@ class Hub:
                 f"payload of {size} bytes exceeds max_payload ({self._max_payload} bytes)",
             )
         try:
-            if subject[:1] == "$":
-                raise SubjectError(f"subjects starting with '$' are reserved: {brief(subject)}")
+            if subject[:1] == "$" and origin is not self.system:
+                _check_reserved(subject)
             match = self.table.match(subject)
             if reply_to is not None:
                 validate_subject(
@@ -394,10 +419,21 @@ class Hub:
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters, with the table's and the store's gauges."""
+        system = self.system
         return self.counters.snapshot(
-            subscriptions=len(self.table),
+            # Clients' subscriptions: the server's own $SYS ones are not what anyone asks about.
+            subscriptions=len(self.table) - (len(system.subscriptions) if system else 0),
             retained_subjects=self.retained.subjects,
             retained_bytes=self.retained.bytes,
+        )
+
+
+def _check_reserved(subject: str) -> None:
+    """Refuse a client's publish to a ``$`` subject, unless it is a ``$SYS`` request."""
+    if not subject.startswith(SYS_REQUEST_PREFIX):
+        raise SubjectError(
+            f"subjects starting with '$' are reserved: {brief(subject)}; clients may publish"
+            f" there only requests to {SYS_REQUEST_PREFIX}..., such as $SYS.REQ.SERVER.PING.VARZ"
         )
 
 

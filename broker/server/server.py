@@ -29,6 +29,7 @@ from ..stats import Statistics
 from .http import serve_http
 from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
+from .sysevents import SystemEvents
 from .transport import Transport, peer_address, refuse
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
@@ -93,6 +94,8 @@ class Server:
         #: None (a cluster link adds one for its state).
         self.health_checks: list[Callable[[], str | None]] = []
         self.monitor = Monitor(self)
+        #: The server's own origin on $SYS: events about clients, answers to $SYS.REQ.
+        self.system = SystemEvents(self)
         #: Where the monitoring endpoint listens, once it does; None when it is off.
         self.monitor_address: tuple[str, int] | None = None
         #: The live connections, for shutdown (and for `broker.testing.faults`).
@@ -152,6 +155,7 @@ class Server:
             async with trio.open_nursery() as services:
                 # Monitoring lives as long as the clients do, so /healthz says 503 while they
                 # drain; it stops once they are gone.
+                await services.start(self.system.run)
                 if monitoring:
                     await services.start(serve_http, self, monitoring)
                     log.info("monitoring on %s", self.monitor_url)

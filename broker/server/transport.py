@@ -254,12 +254,14 @@ class Transport:
 
     @property
     def closing_reason(self) -> str:
-        """Why the session ended (or is ending): the fatal error's code, or a plain word."""
+        """Why the session ended: the fatal error's code, ``shutting_down``, ``client_closed``
+        (the client closed it), or ``connection_broken`` (the network or peer failed).
+        """
         if self._fatal is not None:
             return self._fatal[0].value
         if self._shutting_down:
             return ErrorCode.SHUTTING_DOWN.value
-        return "client_closed" if self._eof else ""
+        return "client_closed" if self._eof else "connection_broken"
 
     def __repr__(self) -> str:
         name = self.adapter.name
@@ -272,16 +274,23 @@ class Transport:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
         self._opened = trio.current_time()
         self.start = time.time()
+        system = self.hub.system
         with self._session_scope:
             if not await self._handshake():
                 return
             log.debug("%r connected", self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                await self._write_loop()
-                self._reader_scope.cancel()
-            if self._fatal is not None or self._shutting_down:
-                await _close_gracefully(self.stream)
+            if system is not None:
+                system.client_connected(self)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._write_loop()
+                    self._reader_scope.cancel()
+                if self._fatal is not None or self._shutting_down:
+                    await _close_gracefully(self.stream)
+            finally:
+                if system is not None:
+                    system.client_disconnected(self)
 
     def begin_shutdown(self) -> None:
         """Tell the client the server is stopping; flush what is queued, then close."""
@@ -474,6 +483,8 @@ class Transport:
             return
         self._slow = True
         self.hub.counters.slow_consumers += 1
+        if self.hub.system is not None:
+            self.hub.system.slow_consumer(self)
         log.warning(
             "%r is a slow consumer (policy %s, limits %d messages / %d bytes)",
             self,
