@@ -41,7 +41,7 @@ from .config import (
 )
 from .errors import BrokerError, ConnectionClosed, NoResponders, SubscriptionClosed
 from .logs import configure_logging
-from .subjects import SubjectError, validate_pattern, validate_subject
+from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_pattern, validate_subject
 
 __all__ = [
     "DEFAULT_URL",
@@ -263,7 +263,8 @@ def _check(value: str, what: str, *, pattern: bool = False) -> None:
         if pattern:
             validate_pattern(value)
         else:
-            validate_subject(value)
+            # $SYS.REQ.SERVER requests are the one reserved subject a client may publish to.
+            validate_subject(value, allow_reserved=value.startswith(SYS_REQUEST_PREFIX))
     except SubjectError as exc:
         _fail(EXIT_USAGE, f"invalid {what}: {exc}")
 

@@ -29,14 +29,12 @@ from .protocol.native import PROTOCOL_VERSION
 from .retained import RetainedStore
 from .routing import RoutingTable
 from .stats import Counters, Statistics
-from .subjects import SubjectError, validate_subject
+from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_subject
 
-__all__ = ["SYS_REQUEST_PREFIX", "Hub", "Refused", "Subscriber", "Subscription", "SystemOrigin"]
+__all__ = ["Hub", "Refused", "Subscriber", "Subscription", "SystemOrigin"]
 
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
-#: The only ``$`` subjects a client may publish to: requests the server answers.
-SYS_REQUEST_PREFIX: Final = "$SYS.REQ.SERVER."
 
 
 class Subscriber(Protocol):

@@ -32,6 +32,7 @@ _SHOW_MAX = 80
 __all__ = [
     "MAX_SUBJECT_LENGTH",
     "MAX_SUBJECT_TOKENS",
+    "SYS_REQUEST_PREFIX",
     "SubjectError",
     "is_literal",
     "matches",
@@ -39,6 +40,10 @@ __all__ = [
     "validate_queue",
     "validate_subject",
 ]
+
+#: The only reserved (``$``) subjects a client may publish to: requests the server answers
+#: (``$SYS.REQ.SERVER.PING.VARZ`` and the like, docs/monitoring.md).
+SYS_REQUEST_PREFIX: Final = "$SYS.REQ.SERVER."
 
 MAX_SUBJECT_LENGTH: Final = 256
 """Default limit on a subject or pattern, in UTF-8 bytes."""

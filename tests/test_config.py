@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from broker.config import (
-    MonitoringConfig,
     DEFAULT_FRAME_HEADROOM,
     DEFAULT_MAX_PAYLOAD,
     MIN_FRAME_HEADROOM,
     Config,
     ConfigError,
+    MonitoringConfig,
     _check_nested,
     _got,
     _Range,
