@@ -202,7 +202,7 @@ async def test_unknown_paths_and_methods(start_server: StartServer) -> None:
         assert "try" in (await get_json(server, "/nope", status=404))["error"]
         status, _, _ = await http(server, "/varz", method="POST", extra=b"content-length: 0\r\n")
         assert status == 405
-        status, headers, body = await http(server, "/varz", method="HEAD")
+        status, _, body = await http(server, "/varz", method="HEAD")
         assert status == 200 and body == b""
 
 
