@@ -191,10 +191,10 @@ def top_frame(now: Sample, before: Sample | None = None, *, sort: str) -> Render
         header_style="bold",
         expand=False,
     )
+    table.add_column("cid", justify="right")
+    table.add_column("name", max_width=24, overflow="ellipsis", no_wrap=True)
+    table.add_column("ip:port", min_width=15, no_wrap=True)
     for name, justify in (
-        ("cid", "right"),
-        ("name", "left"),
-        ("ip:port", "left"),
         ("lang/version", "left"),
         ("subs", "right"),
         ("pending", "right"),

@@ -26,7 +26,6 @@ from ..config import Config
 from ..errors import ErrorCode
 from ..hub import Hub
 from ..stats import Statistics
-from .http import serve_http
 from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
 from .sysevents import SystemEvents
@@ -157,6 +156,9 @@ class Server:
                 # drain; it stops once they are gone.
                 await services.start(self.system.run)
                 if monitoring:
+                    # Imported only when on: hypercorn and prometheus-client take 0.1 s to load.
+                    from .http import serve_http
+
                     await services.start(serve_http, self, monitoring)
                     log.info("monitoring on %s", self.monitor_url)
                 await self._serve_clients(listeners, task_status)

@@ -176,6 +176,7 @@ class Transport:
         "_handshake_scope",
         "_last_ping",
         "_last_received",
+        "_last_sent",
         "_opened",
         "_pings_outstanding",
         "_policy",
@@ -235,16 +236,20 @@ class Transport:
         self._stalled: trio.Event | None = None
         self._write_scope: trio.CancelScope | None = None
         self._last_received = 0.0
+        self._last_sent = 0.0
         self._last_ping = 0.0
         self._pings_outstanding = 0
 
     @property
     def last_activity(self) -> float:
-        """When the client last sent a whole frame (seconds since the epoch; `start` if never).
+        """When the client last sent a whole frame or was last written to (seconds since the
+        epoch; `start` if neither happened yet).
 
-        Whole frames only, as for keepalive: trickled bytes are no sign of life.
+        Whole frames only, as for keepalive: trickled bytes are no sign of life. A write is
+        counted per batch, when it begins: a subscriber that only receives is not idle.
         """
-        return self.start + max(0.0, self._last_received - self._opened)
+        latest = max(self._last_received, self._last_sent)
+        return self.start + max(0.0, latest - self._opened)
 
     @property
     def pending_bytes(self) -> int:
@@ -586,7 +591,9 @@ class Transport:
             if self.dropped_unreported:
                 self._report_drops()
             data = outbox.take_batch()
-            scope.deadline = trio.current_time() + write_timeout
+            now = trio.current_time()
+            self._last_sent = now  # for monitoring; the clock is read here anyway
+            scope.deadline = now + write_timeout
             self._write_scope = scope
             try:
                 await send_all(data)
