@@ -274,8 +274,9 @@ class RoutingTable(Generic[S]):
     def match(self, subject: str) -> Match[S]:
         """Return everyone ``subject`` is routed to.
 
-        Reserved ``$`` subjects are matched like any other: refusing client publishes to them is
-        the caller's rule, since the broker publishes there itself. The subject is validated
+        Reserved ``$`` subjects are matched like any other but for one rule (`subjects`): a
+        wildcard first token does not match them. Refusing client publishes to them is the
+        caller's rule, since the broker publishes there itself. The subject is validated
         only when it is not cached, because only valid subjects ever enter the cache.
 
         Raises:
@@ -310,7 +311,13 @@ class RoutingTable(Generic[S]):
         found: list[_Entry[S]] = []
         # A subject reaches each node at most once (a node's depth fixes the token it consumes),
         # so no subscriber is found twice.
-        stack = [(self._root, 0)]
+        root = self._root
+        if subject[:1] == "$":
+            # A wildcard first token ("*", ">") never matches a reserved subject.
+            child = root.children.get(tokens[0])
+            stack = [(child, 1)] if child is not None else []
+        else:
+            stack = [(root, 0)]
         while stack:
             node, depth = stack.pop()
             if depth == last:
