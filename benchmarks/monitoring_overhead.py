@@ -96,7 +96,10 @@ def main() -> None:
                 rate, cpu = run(mode, name, args.scale, args.base_python)
                 rates[mode, name].append(rate)
                 cpus[mode, name].append(cpu)
-                print(f"round {round_ + 1} {name:10} {mode:4} {rate:>10,.0f}/s {cpu:6.2f} us", flush=True)
+                print(
+                    f"round {round_ + 1} {name:10} {mode:4} {rate:>10,.0f}/s {cpu:6.2f} us",
+                    flush=True,
+                )
     print()
     print("| scenario | mode | median deliveries/s | range | median CPU us/delivery | vs off |")
     print("|---|---|---|---|---|---|")

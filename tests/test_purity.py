@@ -24,6 +24,8 @@ PURE_MODULES = (
     "broker.routing",
     "broker.stats",
     "broker._text",
+    "broker.peerlog",
+    "broker._memory",
     "broker.subjects",
 )
 
