@@ -15,6 +15,7 @@ from broker.config import Config, MonitoringConfig
 from broker.monitoring import CONNZ_MAX_LIMIT, duration
 from broker.protocol import Hello, Pub, Sub
 from broker.server import Server
+from broker.server.http import _BoundedStream
 from broker.server.server import ListenError
 
 MONITORING = MonitoringConfig(enabled=True, port=0)
@@ -236,7 +237,8 @@ async def test_connections_past_the_limit_get_503_and_the_rest_carry_on(
     start_server: StartServer,
 ) -> None:
     with trio.fail_after(10):
-        settings = MonitoringConfig(enabled=True, port=0, max_connections=2)
+        # hypercorn frees a closed connection's slot within request_timeout: keep it short.
+        settings = MonitoringConfig(enabled=True, port=0, max_connections=2, request_timeout=0.5)
         server = await start(start_server, monitoring=settings)
         assert server.monitor_address is not None
         held = [await trio.open_tcp_stream(*server.monitor_address) for _ in range(2)]
@@ -316,3 +318,16 @@ async def test_hello_lang_and_version_show_in_connz(start_server: StartServer) -
             await client.flush()
             (conn,) = (await get_json(server, "/connz"))["connections"]
             assert (conn["lang"], conn["version"]) == ("go", "1.2.3")
+
+
+async def test_a_write_to_a_client_that_stopped_reading_is_cut() -> None:
+    with trio.fail_after(10):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with listener:
+            port = listener.socket.getsockname()[1]
+            async with await trio.open_tcp_stream("127.0.0.1", port):  # and never reads
+                served = await listener.accept()
+                bounded = _BoundedStream(served, timeout=0.2)
+                with pytest.raises(trio.BrokenResourceError):
+                    for _ in range(1000):  # far more than the socket buffers hold
+                        await bounded.send_all(b"x" * 1_000_000)
