@@ -11,6 +11,7 @@ from broker import __version__
 from broker.client import connect
 from broker.protocol import Hello, Pub, Sub
 from broker.server import Server
+from broker.server.native import FANOUT_STEP
 from broker.server.transport import Transport
 
 
@@ -73,3 +74,17 @@ async def test_hello_identity_is_optional_and_bounded(start_server: StartServer)
             await odd.flush()
             t = by_name(server, "odd")
             assert (t.adapter.lang, t.adapter.version) == ("x" * 64, "1.2")
+
+
+async def test_a_publish_split_into_steps_counts_every_delivery(start_server: StartServer) -> None:
+    with trio.fail_after(10):
+        server = await start_server()
+        count = FANOUT_STEP + 100
+        async with wire_client(server.port, name="many") as many:
+            await many.send(*[Sub(sid, "wide") for sid in range(count)])
+            await many.flush()
+            await many.send(Pub("wide", b"ab"))
+            await many.flush()
+            (t,) = server.transports
+            assert (t.adapter.out_msgs, t.adapter.out_bytes) == (count, 2 * count)
+            assert server.statistics().messages_out == count
