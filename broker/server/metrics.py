@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, final
 
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..hub import Hub
@@ -22,7 +22,8 @@ from ..monitoring import Connection
 
 __all__ = ["CONTENT_TYPE", "COUNTERS", "GAUGES", "BrokerCollector", "render"]
 
-CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+#: The classic text format's media type (prometheus-client names it only in recent versions).
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Counter name (without ``_total``) -> (`broker.stats.Statistics` field, help).
 COUNTERS: Final = {
