@@ -173,6 +173,36 @@ def check_config(
             typer.echo(f"{section}.{key} = {json.dumps(value)}")
 
 
+@app.command()
+def passwd(
+    cost: Annotated[
+        int,
+        typer.Option(
+            "--cost",
+            min=4,
+            max=31,
+            help="bcrypt cost (log2 rounds): each +1 doubles the time of every check.",
+        ),
+    ] = 12,
+) -> None:
+    """Print a bcrypt hash of a password, for password (or token) in [auth].
+
+    Reads the password from a prompt (asked twice), or from standard input when it is not a
+    terminal (the first line): `echo -n "$PW" | broker passwd`. Never take it as an argument,
+    where every user of the machine can read it.
+    """
+    from .auth import hash_password
+
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        typer.echo(hash_password(password, rounds=cost))
+    except ValueError as error:
+        _fail(EXIT_USAGE, str(error))
+
+
 # ---- client commands (pub, sub, request, reply) go below ------------------------------------
 #
 # They use the thread-backed client (`broker.sync`): a command is a short script, and a script
@@ -210,9 +240,92 @@ Url = Annotated[
         "-u",
         envvar="BROKER_URL",
         metavar="URL",
-        help="Broker address, tcp://host:port.",
+        help="Broker address: tcp://host:port, tls://host:port, tcp://user:password@host:port.",
     ),
 ]
+_SECURITY = "Security"
+User = Annotated[
+    str | None,
+    typer.Option("--user", metavar="NAME", help="User name.", rich_help_panel=_SECURITY),
+]
+Password = Annotated[
+    str | None,
+    typer.Option(
+        "--password",
+        envvar="BROKER_PASSWORD",
+        metavar="PASSWORD",
+        help="The user's password (better from $BROKER_PASSWORD: a command line is visible"
+        " to every user of the machine).",
+        rich_help_panel=_SECURITY,
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="BROKER_TOKEN",
+        metavar="TOKEN",
+        help="Shared token (or $BROKER_TOKEN).",
+        rich_help_panel=_SECURITY,
+    ),
+]
+TlsCa = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca",
+        metavar="PEM",
+        help="CA that signed the broker's certificate; implies TLS.",
+        rich_help_panel=_SECURITY,
+    ),
+]
+TlsCert = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert",
+        metavar="PEM",
+        help="This client's certificate (and key, unless --tls-key); implies TLS.",
+        rich_help_panel=_SECURITY,
+    ),
+]
+TlsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-key", metavar="PEM", help="The certificate's key.", rich_help_panel=_SECURITY
+    ),
+]
+InboxPrefix = Annotated[
+    str | None,
+    typer.Option(
+        "--inbox-prefix",
+        metavar="SUBJECT",
+        help="Prefix of request inboxes (_INBOX.<user> for a user confined to its own).",
+        rich_help_panel=_SECURITY,
+    ),
+]
+
+
+def _security(
+    user: str | None,
+    password: str | None,
+    token: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    inbox_prefix: str | None = None,
+) -> dict[str, Any]:
+    """The connect options the security flags give (only those set)."""
+    given = {
+        "user": user,
+        "password": password,
+        "token": token,
+        "tls_ca_file": tls_ca,
+        "tls_cert_file": tls_cert,
+        "tls_key_file": tls_key,
+        "inbox_prefix": inbox_prefix,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
 Headers = Annotated[
     list[str] | None,
     typer.Option(
@@ -295,11 +408,11 @@ def _client_errors() -> Iterator[None]:
         _fail(EXIT_UNREACHABLE, str(exc))
 
 
-def _connect(url: str, *, stay: bool) -> sync.SyncClient:
+def _connect(url: str, *, stay: bool, security: dict[str, Any]) -> sync.SyncClient:
     """Connect for one command. `stay`: a long-running command reconnects and says so on stderr;
     a one-shot command fails at once, since its caller is better placed to retry."""
     if not stay:
-        return sync.connect(url, name="broker-cli", reconnect=False)
+        return sync.connect(url, name="broker-cli", reconnect=False, **security)
 
     def lost(error: ConnectionClosed) -> None:
         typer.echo(f"warning: {error}; reconnecting", err=True)
@@ -311,7 +424,12 @@ def _connect(url: str, *, stay: bool) -> sync.SyncClient:
         typer.echo(f"warning: {error}", err=True)
 
     return sync.connect(
-        url, name="broker-cli", on_disconnected=lost, on_reconnected=back, on_error=report
+        url,
+        name="broker-cli",
+        on_disconnected=lost,
+        on_reconnected=back,
+        on_error=report,
+        **security,
     )
 
 
@@ -362,13 +480,20 @@ def pub(
         ),
     ] = False,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Publish DATA to SUBJECT, then flush, so the broker has routed it before exit."""
     parsed = _parse_headers(headers)
     _check(subject, "subject")
     if reply is not None:
         _check(reply, "reply subject")
-    with _client_errors(), _connect(url, stay=False) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key)
+    with _client_errors(), _connect(url, stay=False, security=security) as client:
         for n in range(1, count + 1):
             payload = data.replace("{n}", str(n)).encode()
             client.publish(subject, payload, reply_to=reply, headers=parsed, retain=retain)
@@ -403,6 +528,12 @@ def sub(
         ),
     ] = False,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Print each message on PATTERN as it arrives, one line each: SUBJECT PAYLOAD, or JSON.
 
@@ -411,7 +542,8 @@ def sub(
     _check_timeout(timeout, "--timeout")
     _check(pattern, "pattern", pattern=True)
     deadline = None if timeout is None else time.monotonic() + timeout
-    with _client_errors(), _connect(url, stay=True) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key)
+    with _client_errors(), _connect(url, stay=True, security=security) as client:
         subscription = client.subscribe(pattern, queue=queue)
         if count is not None:
             # The broker stops after `count`, so no message is routed here only to be lost.
@@ -444,12 +576,20 @@ def request(
         bool, typer.Option("--verbose", "-v", help="Also print the reply's headers, on stderr.")
     ] = False,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    inbox_prefix: InboxPrefix = None,
 ) -> None:
     """Send DATA to SUBJECT as a request and print the reply's payload."""
     parsed = _parse_headers(headers)
     _check_timeout(timeout, "--timeout")
     _check(subject, "subject")
-    with _client_errors(), _connect(url, stay=False) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key, inbox_prefix)
+    with _client_errors(), _connect(url, stay=False, security=security) as client:
         try:
             reply_message = client.request(subject, data.encode(), timeout=timeout, headers=parsed)
         except NoResponders:
@@ -479,6 +619,12 @@ def reply(
         int | None, typer.Option("--count", "-n", min=1, help="Exit after this many answers.")
     ] = None,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Answer every request on SUBJECT with DATA, printing each request as `sub` does.
 
@@ -488,7 +634,8 @@ def reply(
     _check(subject, "subject pattern", pattern=True)
     answer = data.encode()
     answered = 0
-    with _client_errors(), _connect(url, stay=True) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key)
+    with _client_errors(), _connect(url, stay=True, security=security) as client:
         with client.subscribe(subject, queue=queue) as requests:
             for message in requests:
                 typer.echo(_show(message, as_json=False))

@@ -423,14 +423,14 @@ async def test_server_context_refuses_missing_files(tmp_path: Path) -> None:
     from broker.config import ConfigError, TlsConfig
     from broker.server.tls import server_context
 
-    with pytest.raises(ConfigError, match="tls.cert_file .*cannot load the certificate"):
+    with pytest.raises(ConfigError, match=r"tls\.cert_file .*cannot load the certificate"):
         server_context(TlsConfig(cert_file=str(tmp_path / "x"), key_file=str(tmp_path / "y")))
 
 
 def test_client_tls_options_are_checked() -> None:
     with pytest.raises(ValueError, match="tls_key_file needs tls_cert_file"):
         broker.connect("tls://127.0.0.1:1", tls_key_file="k.pem")
-    with pytest.raises(ValueError, match="either an ssl.SSLContext"):
+    with pytest.raises(ValueError, match=r"either an ssl\.SSLContext"):
         broker.connect("127.0.0.1:1", tls=ssl.create_default_context(), tls_ca_file="ca.pem")
     with pytest.raises(ValueError, match="inbox_prefix must be a subject"):
         broker.connect("127.0.0.1:1", inbox_prefix="_INBOX.>")
