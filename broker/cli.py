@@ -730,6 +730,14 @@ def bench(
             "--repeat", min=1, help="Rounds of each scenario but idle-10k; the best is reported."
         ),
     ] = 1,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Compare each scenario on a plain broker and on one with [auth] and [tls] "
+            "(alternating rounds) and print the ratio; scenarios that run over TLS only.",
+        ),
+    ] = False,
     write_docs_path: Annotated[
         Path | None,
         typer.Option(
@@ -743,6 +751,9 @@ def bench(
 
     Exits 1 if any run lost messages or could not start its clients.
     """
+    if secure:
+        _bench_secure(scenario, messages, payload, scale, timeout, repeat)
+        return
     from .bench import run_and_report
 
     results = run_and_report(
@@ -759,4 +770,38 @@ def bench(
         docs=write_docs_path,
     )
     if not all(result.complete for result in results):
+        raise typer.Exit(1)
+
+
+def _bench_secure(
+    names: list[str] | None,
+    messages: int | None,
+    payload: int | None,
+    scale: float,
+    timeout: float | None,
+    repeat: int,
+) -> None:
+    """``broker bench --secure``: plain against auth + TLS, one Markdown table."""
+    from .bench.scenarios import SCENARIOS, scaled
+    from .bench.secure import SECURE_SCENARIOS, report_secure, run_secure
+
+    known = {s.name: s for s in SCENARIOS if s.name in SECURE_SCENARIOS}
+    chosen = names or ["one-to-one", "fan-out-10"]
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown[0]!r} does not run with --secure; choose from {', '.join(known)}",
+            param_hint="--scenario",
+        )
+    scenarios = [
+        scaled(known[name], messages=messages, payload=payload, scale=scale) for name in chosen
+    ]
+    pairs = run_secure(scenarios, repeat=repeat, timeout=timeout)
+    for row in report_secure(pairs):
+        typer.echo(row)
+    for plain, secured in pairs:
+        for result, kind in ((plain, "plain"), (secured, "auth+tls")):
+            for note in ((result.failure,) if result.failure else ()) + result.notes:
+                typer.echo(f"note: {result.scenario} [{kind}]: {note}", err=True)
+    if not all(p.complete and s.complete for p, s in pairs):
         raise typer.Exit(1)

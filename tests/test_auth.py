@@ -146,3 +146,24 @@ def test_certificate_names() -> None:
     subject = ((("countryName", "US"),), (("commonName", "device-1"),))
     sans = (("DNS", "device-1.example"), ("IP Address", "127.0.0.1"), ("DNS", "device-1"))
     assert certificate_names(subject, sans) == ("device-1", "device-1.example")
+
+
+def test_the_shipped_config_documents_a_valid_auth_and_tls_example() -> None:
+    """config/broker.toml's commented [auth] and [tls] example parses once uncommented."""
+    import tomllib
+    from pathlib import Path
+
+    from broker.config import config_from_mapping
+
+    text = (Path(__file__).resolve().parent.parent / "config" / "broker.toml").read_text()
+    block = text[text.index("# [auth]") :]
+    lines = [line[2:] if line.startswith("# ") else "" for line in block.splitlines()]
+    example = "\n".join(lines).replace("$2b$12$...", hash_password("x", rounds=4))
+    config = config_from_mapping(tomllib.loads(example))
+    assert config.auth is not None and [u.user for u in config.auth.users] == [
+        "orders",
+        "svc",
+        "auditor",
+        "device-17",
+    ]
+    assert config.tls is not None and config.tls.ca_file == "ca.pem"
