@@ -10,7 +10,6 @@ from broker.auth import (
     Authenticator,
     AuthFailure,
     Credentials,
-    FailureLog,
     Identity,
     certificate_names,
     hash_password,
@@ -133,13 +132,6 @@ def test_hash_password() -> None:
 def test_config_refuses_a_broken_hash() -> None:
     with pytest.raises(ConfigError, match="looks like a bcrypt hash"):
         UserConfig(user="a", password="$2b$12$short")
-
-
-def test_failure_log_is_rate_limited() -> None:
-    log = FailureLog(burst=2, window=10.0)
-    assert [log.allow(0.0), log.allow(1.0), log.allow(2.0), log.allow(3.0)] == [0, 0, None, None]
-    assert log.allow(10.0) == 2  # the next window says how many were left out
-    assert log.allow(10.5) == 0
 
 
 def test_certificate_names() -> None:

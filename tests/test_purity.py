@@ -23,6 +23,7 @@ PURE_MODULES = (
     "broker.routing",
     "broker.stats",
     "broker._text",
+    "broker.peerlog",
     "broker.subjects",
     "broker.permissions",
     "broker.auth",

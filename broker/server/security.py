@@ -5,15 +5,14 @@ bcrypt takes about a quarter of a second per check by design, so a check runs in
 thread, at most `AUTH_THREADS` at once for the whole process: a flood of logins waits for a
 thread under each connection's own handshake deadline, and neither the accept loop nor any
 other client waits for it. Every failure is counted and handed to `Hub.auth_failed` (the one
-place to watch them), and logged with the peer's address at most `FailureLog.burst` times per
-window.
+place to watch them), and logged with the peer's address through the server's per-host rate
+limit (`broker.peerlog`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING, Final, cast
 
 import trio
@@ -40,7 +39,6 @@ AUTH_FAILED_MESSAGE: Final = "authentication failed"
 AUTH_THREADS: Final = 2
 
 _limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("auth_limiter")
-_failures = FailureLog()
 
 
 def _auth_limiter() -> trio.CapacityLimiter:
@@ -71,17 +69,14 @@ async def authenticate(
         result = auth.check(credentials)
     if isinstance(result, AuthFailure):
         transport.hub.auth_failed(transport.peer, result.reason)
-        note_failure(transport.peer, result.reason)
+        transport.peer_log.log(
+            logging.WARNING,
+            transport.peer,
+            "authentication failed from %s: %s",
+            transport.peer,
+            result.reason,
+        )
     return result
-
-
-def note_failure(peer: str, reason: str) -> None:
-    """Log one auth failure, rate-limited."""
-    left_out = _failures.allow(time.monotonic())
-    if left_out is None:
-        return
-    more = f" ({left_out} more failures not logged)" if left_out else ""
-    log.warning("authentication failed from %s: %s%s", peer, reason, more)
 
 
 def apply_auth(hub: Hub, transports: Iterable[Transport]) -> tuple[int, int]:
