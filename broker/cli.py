@@ -734,8 +734,9 @@ def bench(
         bool,
         typer.Option(
             "--secure",
-            help="Compare each scenario on a plain broker and on one with [auth] and [tls] "
-            "(alternating rounds) and print the ratio; scenarios that run over TLS only.",
+            help="Compare each scenario on a plain broker, one with [auth] and one with [auth] "
+            "and [tls] (rotating rounds) and print the ratios; default scenarios one-to-one "
+            "and fan-out-10.",
         ),
     ] = False,
     write_docs_path: Annotated[
@@ -783,7 +784,7 @@ def _bench_secure(
 ) -> None:
     """``broker bench --secure``: plain against auth + TLS, one Markdown table."""
     from .bench.scenarios import SCENARIOS, scaled
-    from .bench.secure import SECURE_SCENARIOS, report_secure, run_secure
+    from .bench.secure import SECURE_SCENARIOS, VARIANTS, report_secure, run_secure
 
     known = {s.name: s for s in SCENARIOS if s.name in SECURE_SCENARIOS}
     chosen = names or ["one-to-one", "fan-out-10"]
@@ -796,12 +797,12 @@ def _bench_secure(
     scenarios = [
         scaled(known[name], messages=messages, payload=payload, scale=scale) for name in chosen
     ]
-    pairs = run_secure(scenarios, repeat=repeat, timeout=timeout)
-    for row in report_secure(pairs):
+    table = run_secure(scenarios, repeat=repeat, timeout=timeout)
+    for row in report_secure(table):
         typer.echo(row)
-    for plain, secured in pairs:
-        for result, kind in ((plain, "plain"), (secured, "auth+tls")):
+    for results in table:
+        for result, (kind, _, _) in zip(results, VARIANTS, strict=True):
             for note in ((result.failure,) if result.failure else ()) + result.notes:
                 typer.echo(f"note: {result.scenario} [{kind}]: {note}", err=True)
-    if not all(p.complete and s.complete for p, s in pairs):
+    if not all(result.complete for results in table for result in results):
         raise typer.Exit(1)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
-from ..auth import Authenticator, AuthFailure, Credentials, FailureLog, Identity
+from ..auth import Authenticator, AuthFailure, Credentials, Identity
 from ..errors import ErrorCode
 from ..permissions import ClientPermissions
 from .tls import peer_certificate_names
