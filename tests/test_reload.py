@@ -241,3 +241,26 @@ async def test_sighup_reloads_auth_in_a_broker_serve_process(tmp_path: Path) -> 
             process.kill()
             with trio.move_on_after(5):
                 await process.wait()
+
+
+async def test_a_reload_during_a_handshake_holds_it_to_the_new_rules(
+    nursery: trio.Nursery,
+) -> None:
+    from wire import connect as raw_connect
+
+    from broker.protocol import Sub
+
+    server: Server = await nursery.start(Server(Config(port=0, auth=BEFORE)).serve)
+    with trio.fail_after(10):
+        carol, bob = await raw_connect(server.port), await raw_connect(server.port)
+        server.reload(Config(port=0, auth=AFTER))  # neither has said HELLO yet: both stay
+        await carol.send(Hello({"version": 1, "user": "carol", "password": "carol-pw"}))
+        [refused] = await carol.closed()
+        assert isinstance(refused, Err) and refused.code == "auth_failed"
+        await bob.send(Hello({"version": 1, "user": "bob", "password": "bob-pw"}))
+        await bob.expect(Welcome)
+        await bob.send(Sub(1, "billing.>"))  # allowed before the reload, not after
+        [denied] = await bob.drain()
+        assert isinstance(denied, Err) and denied.code == "permission_denied"
+        await carol.aclose()
+        await bob.aclose()

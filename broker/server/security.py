@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..hub import Hub, Subscriber
     from .transport import Transport
 
-__all__ = ["AUTH_FAILED_MESSAGE", "AUTH_THREADS", "apply_auth", "authenticate"]
+__all__ = ["AUTH_FAILED_MESSAGE", "AUTH_THREADS", "apply_auth", "authenticate", "recheck"]
 
 log = logging.getLogger("broker.server.security")
 
@@ -79,6 +79,22 @@ async def authenticate(
     return result
 
 
+def recheck(
+    auth: Authenticator | None, checked: Identity | AuthFailure | None
+) -> Identity | AuthFailure | None:
+    """A handshake's outcome under `auth`, which a reload put in place while it ran.
+
+    A client that authenticated under the old rules keeps its identity only if the new ones
+    still hold it (with their permissions); one that connected while auth was off must
+    authenticate now, and cannot: it is refused.
+    """
+    if auth is None:
+        return None
+    if isinstance(checked, Identity):
+        return auth.still_valid(checked) or AuthFailure("no longer valid after a reload")
+    return checked or AuthFailure("authentication was turned on by a reload during the handshake")
+
+
 def apply_auth(hub: Hub, transports: Iterable[Transport]) -> tuple[int, int]:
     """Hold every open connection to `hub.auth` (just replaced by a reload).
 
@@ -92,8 +108,8 @@ def apply_auth(hub: Hub, transports: Iterable[Transport]) -> tuple[int, int]:
     auth = hub.auth
     closed = removed = 0
     for transport in list(transports):
-        if not transport.accepting:
-            continue
+        if not transport.accepting or not transport.admitted:
+            continue  # one still in its handshake is held to the new rules there
         adapter = cast("Subscriber", transport.adapter)
         identity = transport.identity
         if auth is None:

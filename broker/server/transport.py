@@ -27,7 +27,7 @@ from ..peerlog import PeerLog
 from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
-from .security import AUTH_FAILED_MESSAGE, authenticate
+from .security import AUTH_FAILED_MESSAGE, authenticate, recheck
 from .tls import tls_handshake
 
 __all__ = [
@@ -191,6 +191,7 @@ class Transport:
         "_write_scope",
         "accepting",
         "adapter",
+        "admitted",
         "client_id",
         "dropped_total",
         "dropped_unreported",
@@ -230,6 +231,8 @@ class Transport:
         self.accepting = True
         #: Who the client proved to be, when authentication is on.
         self.identity: Identity | None = None
+        #: The handshake (authentication included) passed: a reload now applies to it.
+        self.admitted = False
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -339,6 +342,8 @@ class Transport:
                 f"no HELLO within handshake_timeout ({config.handshake_timeout} s)",
             )
             return False
+        if self.hub.auth is not auth:
+            checked = recheck(self.hub.auth, checked)
         if isinstance(checked, AuthFailure):
             await self._refuse(ErrorCode.AUTH_FAILED, AUTH_FAILED_MESSAGE)
             return False
@@ -347,6 +352,7 @@ class Transport:
             self.identity = checked
             permissions = ClientPermissions(checked.permissions)
         adapter.admit(permissions)
+        self.admitted = True
         now = trio.current_time()
         self._last_received = now
         self._last_ping = now
