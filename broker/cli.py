@@ -167,6 +167,7 @@ def check_config(
     layout = config_to_mapping(config)
     # The file may leave max_frame unset; show the limit that is actually in force.
     layout["limits"].setdefault("max_frame", config.frame_limit)
+    _redact(layout)
     for section, table in layout.items():
         for key, value in table.items():
             # JSON spells these scalars and string arrays the way TOML does.
@@ -201,6 +202,18 @@ def passwd(
         typer.echo(hash_password(password, rounds=cost))
     except ValueError as error:
         _fail(EXIT_USAGE, str(error))
+
+
+def _redact(layout: dict[str, Any]) -> None:
+    """Hide [auth] secrets from check-config's output, which may end up in a log or a ticket."""
+    auth = layout.get("auth")
+    if not auth:
+        return
+    if "token" in auth:
+        auth["token"] = "<redacted>"
+    for user in auth.get("users", []):
+        if "password" in user:
+            user["password"] = "<redacted>"
 
 
 # ---- client commands (pub, sub, request, reply) go below ------------------------------------

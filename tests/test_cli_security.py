@@ -99,3 +99,14 @@ def test_client_commands_with_user_password_and_tls(tmp_path: Path) -> None:
         assert "authentication failed" in wrong.stderr
         untrusted = run("pub", "orders.x", "y", "--url", with_url)
         assert untrusted.returncode == EXIT_UNREACHABLE
+
+
+def test_check_config_does_not_print_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        '[auth]\ntoken = "tok-secret"\n[[auth.users]]\nuser = "a"\npassword = "pw-secret"\n'
+    )
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "secret" not in result.output
+    assert 'auth.token = "<redacted>"' in result.output
