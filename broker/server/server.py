@@ -23,6 +23,7 @@ from typing import final
 
 import trio
 
+from .._memory import RELEASE_INTERVAL, release_free_memory
 from .._rlimit import raise_fd_limit
 from ..auth import Authenticator
 from ..config import Config, ConfigError, load_config
@@ -107,6 +108,8 @@ class Server:
             clock=trio.current_time,
         )
         self._next_client_id = 1
+        #: A client left since memory was last handed back (see `_release_memory`).
+        self._departed = False
         self.addresses: list[tuple[str, int]] = []
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -205,6 +208,7 @@ class Server:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
+                    acceptors.start_soon(self._release_memory)
                     log.info(
                         "broker %s listening on %s",
                         self.server_id,
@@ -247,6 +251,15 @@ class Server:
     async def _close_listeners(listeners: list[trio.SocketListener]) -> None:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+    async def _release_memory(self) -> None:
+        """Every `RELEASE_INTERVAL` after clients left, hand what they freed back to the system,
+        so the broker's RSS falls back once attackers (or a burst of big clients) are gone."""
+        while True:
+            await trio.sleep(RELEASE_INTERVAL)
+            if self._departed:
+                self._departed = False
+                release_free_memory()
 
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         await trio.serve_listeners(self._handle, [listener], handler_nursery=handlers)
@@ -303,6 +316,7 @@ class Server:
                     while hub.remove_all(adapter, limit=_TEARDOWN_BATCH):
                         await trio.lowlevel.checkpoint()
                 counters.connections -= 1
+                self._departed = True
                 log.debug("%r closed", transport)
         except Exception:
             # A bug in one connection must never reach the listener or the other clients.

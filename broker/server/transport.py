@@ -200,6 +200,7 @@ class Transport:
         "outbox",
         "peer",
         "peer_log",
+        "rest",
         "stream",
     )
 
@@ -233,6 +234,9 @@ class Transport:
         self.identity: Identity | None = None
         #: The handshake (authentication included) passed: a reload now applies to it.
         self.admitted = False
+        #: Seconds the reader waits before its next turn, set by an adapter whose turn took
+        #: far longer than its budget (see `NativeAdapter._dispatch`).
+        self.rest = 0.0
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -420,6 +424,13 @@ class Transport:
                         # has run.
                         await checkpoint()
                         await checkpoint()
+                        rest = self.rest
+                        if rest:
+                            # Its last turn overran (one publish that matched tens of
+                            # thousands of subscriptions cannot be split): it waits as long
+                            # as it took, so every other client gets at least as much time.
+                            self.rest = 0.0
+                            await trio.sleep(rest)
                         continue
                     if adapter.closed:
                         break
