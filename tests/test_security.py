@@ -372,6 +372,26 @@ async def test_tls_round_trip_and_plaintext_client_gets_a_clean_close(
             assert stats.refused_connections >= 1 and stats.connections == 0
 
 
+async def test_a_burst_over_tls_arrives_whole_and_in_order(
+    certificates: TestCertificates,
+) -> None:
+    # Many TLS records per read: the reader takes every whole record one read brought.
+    with trio.fail_after(20):
+        async with tls_server(certificates, tls=certificates.tls_config()) as server:
+            options = certificates.client_options()
+            async with (
+                broker.connect(server.url, **options) as publisher,
+                broker.connect(server.url, **options) as subscriber,
+            ):
+                sub = subscriber.subscribe("burst")
+                await subscriber.flush()
+                for index in range(2000):
+                    await publisher.publish("burst", index.to_bytes(4, "big") * 256)
+                await publisher.flush()
+                for index in range(2000):
+                    assert (await sub.next()).payload == index.to_bytes(4, "big") * 256
+
+
 async def test_verify_requires_a_certificate_from_the_ca(
     certificates: TestCertificates, tmp_path: Path
 ) -> None:

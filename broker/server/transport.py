@@ -28,7 +28,7 @@ from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
 from .security import AUTH_FAILED_MESSAGE, authenticate, recheck
-from .tls import tls_handshake
+from .tls import batched_receive, tls_handshake
 
 __all__ = [
     "LINGER_SECONDS",
@@ -384,7 +384,7 @@ class Transport:
         otherwise hold a connection slot, and up to a frame of buffer, forever.
         """
         adapter = self.adapter
-        receive = self.stream.receive_some
+        receive = batched_receive(self.stream) or self.stream.receive_some
         checkpoint = trio.lowlevel.checkpoint
         frame_timeout = self.hub.config.frame_timeout
         #: When the bytes now buffered began to arrive (None: nothing is buffered).
