@@ -792,10 +792,10 @@ _BCRYPT_HASH: Final = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 
 def _check_secret(key: str, value: object) -> None:
     """A password or token: non-empty text; if it starts as a bcrypt hash, a whole one."""
-    if not _require_str(key, value):
+    text = _require_str(key, value)
+    if not text:
         raise ConfigError("must not be empty", key=key)
-    assert isinstance(value, str)
-    if value.startswith("$2") and not _BCRYPT_HASH.fullmatch(value):
+    if text.startswith("$2") and not _BCRYPT_HASH.fullmatch(text):
         raise ConfigError(
             "looks like a bcrypt hash but is not a whole one ($2b$, two digits of cost, $, 53"
             " characters); make one with `broker passwd`",
