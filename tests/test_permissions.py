@@ -271,3 +271,32 @@ def test_apply_permissions_removes_what_is_no_longer_allowed() -> None:
     assert list(client.subscriptions) == [1] and client.subscriptions[1].filtered
     assert hub.apply_permissions(client, None) == []
     assert hub._guarded == 0 and not client.subscriptions[1].filtered
+
+
+def test_a_split_fanout_filters_and_notes_as_a_whole_one_does() -> None:
+    hub = Hub(Config(), server_id="t")
+    readers = [
+        Recorder(
+            confined(
+                publish=Rules(deny=[">"]),
+                subscribe=Rules(deny=["a.secret"]),
+                responses=ResponsesConfig(),
+            )
+        )
+        for _ in range(4)
+    ]
+    for reader in readers:
+        hub.subscribe(reader, 1, "a.*")
+    origin = Recorder()
+    hub.publish(origin, ("a.secret", b"x", "_INBOX.r.1", None, False), step=1)
+    while hub.resume(origin, 1):
+        pass
+    hub.publish(origin, ("a.open", b"x", "_INBOX.r.2", None, False), step=1)
+    while hub.resume(origin, 1):
+        pass
+    assert [reader.got for reader in readers] == [[(1, "a.open")]] * 4
+    assert all(reader.permissions is not None for reader in readers)
+    for reader in readers:
+        assert reader.permissions is not None
+        assert reader.permissions.may_publish("_INBOX.r.2")
+        assert not reader.permissions.may_publish("_INBOX.r.1")
