@@ -102,8 +102,9 @@ def test_shipped_file_spells_out_every_key() -> None:
     assert tomllib.loads(line.removeprefix("# "))["max_frame"] == Config().frame_limit
 
 
-#: Config fields that are sections of their own, each its own TOML table.
-SECTIONS = {"monitoring"}
+#: Config fields that are sections of their own, each its own TOML table ([auth] and [tls]
+#: are tested in test_security_config.py).
+SECTIONS = {"auth", "tls", "monitoring"}
 
 
 def test_every_field_has_exactly_one_toml_key() -> None:
@@ -391,7 +392,7 @@ def test_unknown_section() -> None:
         config_from_mapping({"limit": {"max_payload": 1}}, source=SOURCE)
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
-        " known: server, limits, slow_consumer, retained, timeouts, logging, monitoring"
+        " known: server, limits, slow_consumer, retained, timeouts, logging, auth, tls, monitoring"
     )
 
 

@@ -27,6 +27,8 @@ PURE_MODULES = (
     "broker.peerlog",
     "broker._memory",
     "broker.subjects",
+    "broker.permissions",
+    "broker.auth",
 )
 
 _IO = ("trio", "anyio", "asyncio", "socket")
