@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONTROL_LINE",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
@@ -62,6 +63,8 @@ __all__ = [
     "DEFAULT_MAX_SUBJECT_LENGTH",
     "DEFAULT_MAX_SUBJECT_TOKENS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_NATS_HOST",
+    "DEFAULT_NATS_PORT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -71,6 +74,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
+    "MAX_MAX_CONTROL_LINE",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
     "MAX_MAX_RETAINED_BYTES",
@@ -81,12 +85,14 @@ __all__ = [
     "MAX_SHUTDOWN_GRACE",
     "MAX_WRITE_TIMEOUT",
     "MIN_FRAME_HEADROOM",
+    "MIN_MAX_CONTROL_LINE",
     "MIN_MAX_PENDING_BYTES",
     "MIN_MAX_SUBJECT_LENGTH",
     "SLOW_CONSUMER_POLICIES",
     "Config",
     "ConfigError",
     "LogFormat",
+    "NatsConfig",
     "SlowConsumerPolicy",
     "config_from_mapping",
     "config_to_mapping",
@@ -149,6 +155,14 @@ DEFAULT_PING_INTERVAL: Final = 120.0
 DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 MAX_SHUTDOWN_GRACE: Final = 300.0
+
+# [nats]
+DEFAULT_NATS_HOST: Final = "127.0.0.1"
+DEFAULT_NATS_PORT: Final = 4222
+#: nats-server's default: the longest control line (CRLF excluded) a NATS client may send.
+DEFAULT_MAX_CONTROL_LINE: Final = 4096
+MIN_MAX_CONTROL_LINE: Final = 256
+MAX_MAX_CONTROL_LINE: Final = 64 * KiB
 
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
@@ -677,6 +691,35 @@ def _root_to_mapping(root: object, flat: _FlatLayout) -> dict[str, dict[str, Any
 
 
 @final
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfig:
+    """``[nats]``: a second listener speaking the NATS client protocol on the same hub.
+
+    Off unless asked for; its clients share every limit, timeout and counter of `Config`
+    with the native listener. See docs/nats.md.
+    """
+
+    enabled: bool = False
+    """Whether to open the NATS listener."""
+    host: str = DEFAULT_NATS_HOST
+    """The address it listens on (an IP literal or host name)."""
+    port: int = DEFAULT_NATS_PORT
+    """Its TCP port (4222 is NATS's); 0 picks a free one."""
+    max_control_line: int = DEFAULT_MAX_CONTROL_LINE
+    """Longest control line (PUB, SUB, CONNECT...) a client may send, CRLF excluded."""
+
+    def __post_init__(self) -> None:
+        _require_bool("enabled", self.enabled)
+        _check_host("host", self.host)
+        _require_int_in("port", self.port, _Range(0, MAX_PORT))
+        _require_int_in(
+            "max_control_line",
+            self.max_control_line,
+            _Range(MIN_MAX_CONTROL_LINE, MAX_MAX_CONTROL_LINE),
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the broker can be told at start-up, with defaults that are safe on loopback.
@@ -742,6 +785,9 @@ class Config:
     """One of `LOG_LEVELS`, any case; stored in lower case."""
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     """``"text"`` for people, ``"json"`` (one object per line) for log collectors."""
+
+    nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
+    """``[nats]``: the NATS-protocol listener (`NatsConfig`)."""
 
     def __post_init__(self) -> None:
         _check_nested(self)

@@ -9,6 +9,7 @@ is already queued for up to `shutdown_grace`, then cancel whatever is left.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import resource
@@ -16,7 +17,7 @@ import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator
-from typing import final
+from typing import Any, final
 
 import trio
 
@@ -26,6 +27,7 @@ from ..errors import ErrorCode
 from ..hub import Hub
 from ..stats import Statistics
 from .native import NativeAdapter, refusal_frame
+from .nats import NatsAdapter, nats_info, nats_refusal
 from .transport import Transport, peer_address, refuse
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
@@ -88,6 +90,9 @@ class Server:
         self.transports: set[Transport] = set()
         self._next_client_id = 1
         self.addresses: list[tuple[str, int]] = []
+        #: Where the NATS listener ([nats]) listens; empty when it is off.
+        self.nats_addresses: list[tuple[str, int]] = []
+        self._nats_info: dict[str, Any] = {}
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
 
@@ -97,6 +102,17 @@ class Server:
         if not self.addresses:
             raise RuntimeError("the server is not listening yet")
         return "tcp://" + format_address(*self.addresses[0])
+
+    @property
+    def nats_url(self) -> str:
+        """The NATS listener's URL, e.g. `nats://127.0.0.1:4222` (the ``[nats]`` section).
+
+        Raises:
+            RuntimeError: The server is not listening yet, or ``[nats]`` is not enabled.
+        """
+        if not self.nats_addresses:
+            raise RuntimeError("the NATS listener is not open ([nats] enabled = false?)")
+        return "nats://" + format_address(*self.nats_addresses[0])
 
     @property
     def port(self) -> int:
@@ -130,15 +146,24 @@ class Server:
         """
         listeners = await self._open_listeners()
         try:
+            nats_listeners = await self._open_nats_listener()
+        except BaseException:
+            await self._close_listeners(listeners)
+            raise
+        listeners += nats_listeners
+        try:
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, handlers)
+                        is_nats = listener in nats_listeners
+                        acceptors.start_soon(self._accept_loop, listener, handlers, is_nats)
                     log.info(
                         "broker %s listening on %s",
                         self.server_id,
                         ", ".join(format_address(*address) for address in self.addresses),
                     )
+                    if self.nats_addresses:
+                        log.info("NATS clients: %s", self.nats_url)
                     task_status.started(self)
                     await self._shutdown.wait()
                     acceptors.cancel_scope.cancel()
@@ -172,13 +197,32 @@ class Server:
         ]
         return listeners
 
+    async def _open_nats_listener(self) -> list[trio.SocketListener]:
+        section = self.config.nats
+        if not section.enabled:
+            return []
+        try:
+            opened = await trio.open_tcp_listeners(section.port, host=section.host)
+        except OSError as error:
+            raise ListenError(section.host, section.port, error) from error
+        self.nats_addresses = [
+            (listener.socket.getsockname()[0], listener.socket.getsockname()[1])
+            for listener in opened
+        ]
+        host, port = self.nats_addresses[0]
+        self._nats_info = nats_info(self.hub, host=host, port=port)
+        return opened
+
     @staticmethod
     async def _close_listeners(listeners: list[trio.SocketListener]) -> None:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        await trio.serve_listeners(self._handle, [listener], handler_nursery=handlers)
+    async def _accept_loop(
+        self, listener: trio.SocketListener, handlers: trio.Nursery, nats: bool
+    ) -> None:
+        handle = functools.partial(self._handle, nats=nats)
+        await trio.serve_listeners(handle, [listener], handler_nursery=handlers)
 
     def _begin_shutdown(self, handlers: trio.Nursery) -> None:
         grace = self.config.shutdown_grace
@@ -189,7 +233,7 @@ class Server:
         for transport in transports:
             transport.begin_shutdown()
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, *, nats: bool = False) -> None:
         hub = self.hub
         counters = hub.counters
         limit = self.config.max_connections
@@ -203,14 +247,27 @@ class Server:
                 counters.refused_connections += 1
                 log.warning("refused %s: max_connections (%d) reached", peer, limit)
                 message = f"the server holds max_connections ({limit}) already"
-                frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
+                if nats:
+                    frame = nats_refusal(self._nats_info, ErrorCode.MAX_CONNECTIONS, message)
+                else:
+                    frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
                 await refuse(stream, frame, self.config.write_timeout)
                 return
             counters.connections += 1
             counters.total_connections += 1
             transport = Transport(hub, stream, peer, self._next_client_id)
             self._next_client_id += 1
-            adapter = transport.adapter = NativeAdapter(hub, transport)
+            adapter: NativeAdapter | NatsAdapter
+            if nats:
+                adapter = NatsAdapter(
+                    hub,
+                    transport,
+                    self._nats_info,
+                    max_control_line=self.config.nats.max_control_line,
+                )
+            else:
+                adapter = NativeAdapter(hub, transport)
+            transport.adapter = adapter
             self.transports.add(transport)
             try:
                 await transport.run()
