@@ -18,6 +18,7 @@ from broker.config import (
     MIN_FRAME_HEADROOM,
     Config,
     ConfigError,
+    NatsConfig,
     _check_nested,
     _got,
     _Range,
@@ -63,6 +64,7 @@ TOML_KEY = {
     "shutdown_grace": "timeouts.shutdown_grace",
     "log_level": "logging.level",
     "log_format": "logging.format",
+    "nats": "nats",
 }
 
 
@@ -83,13 +85,18 @@ def refused(field: str, value: Any) -> tuple[str, str]:
 # ---- the shipped file and the layout ---------------------------------------------------------
 
 
+#: The shipped file is the defaults with one change: it turns the NATS listener on.
+SHIPPED_CONFIG = Config(nats=NatsConfig(enabled=True))
+
+
 def test_shipped_file_is_the_defaults() -> None:
-    assert load_config(SHIPPED) == Config()
+    assert load_config(SHIPPED) == SHIPPED_CONFIG
+    assert dataclasses.replace(SHIPPED_CONFIG, nats=NatsConfig()) == Config()
 
 
 def test_shipped_file_spells_out_every_key() -> None:
     with SHIPPED.open("rb") as file:
-        assert tomllib.load(file) == config_to_mapping(Config())
+        assert tomllib.load(file) == config_to_mapping(SHIPPED_CONFIG)
     # TOML has no null, so max_frame is shown commented out, with its effective default.
     (line,) = [ln for ln in SHIPPED.read_text().splitlines() if ln.startswith("# max_frame =")]
     assert tomllib.loads(line.removeprefix("# "))["max_frame"] == Config().frame_limit
@@ -98,9 +105,10 @@ def test_shipped_file_spells_out_every_key() -> None:
 def test_every_field_has_exactly_one_toml_key() -> None:
     assert sorted(TOML_KEY) == sorted(f.name for f in dataclasses.fields(Config))
     layout = config_to_mapping(Config(max_frame=2 * MiB))
-    assert sorted(f"{s}.{k}" for s, table in layout.items() for k in table) == sorted(
-        TOML_KEY.values()
-    )
+    # A section of its own ([nats]) is one field: its keys are its dataclass's fields.
+    own = {key for field, key in TOML_KEY.items() if key == field}
+    flat = [f"{s}.{k}" for s, table in layout.items() if s not in own for k in table]
+    assert sorted(flat + sorted(own & set(layout))) == sorted(TOML_KEY.values())
 
 
 def test_mapping_round_trip() -> None:
@@ -370,7 +378,7 @@ def test_unknown_section() -> None:
         config_from_mapping({"limit": {"max_payload": 1}}, source=SOURCE)
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
-        " known: server, limits, slow_consumer, retained, timeouts, logging"
+        " known: server, limits, slow_consumer, retained, timeouts, logging, nats"
     )
 
 

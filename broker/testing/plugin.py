@@ -22,6 +22,9 @@ For every kind of test (sync, asyncio, Trio):
   ``.resume_client(name)``, ``.restart()``, ``.stop_server()`` / ``.start_server()``), and
   ``.wait_for_client(name, subscriptions=n)`` to know a service is (back) up.
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
+- ``broker_nats_url``: its NATS listener's URL, ``nats://127.0.0.1:<port>``, for NATS clients
+  such as nats.py (``await nats.connect(broker_nats_url, name="svc")``); the fault injection
+  above finds them by the ``name`` they gave.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
 - ``asyncio_service``: a function, ``asyncio_service(serve, *args)``, that runs the coroutine
@@ -91,6 +94,7 @@ __all__ = [
     "asyncio_service",
     "broker_client_sync",
     "broker_config",
+    "broker_nats_url",
     "broker_thread",
     "broker_url",
     "pytest_configure",
@@ -138,6 +142,12 @@ def broker_thread(broker_config: Config) -> Iterator[BrokerThread]:
 def broker_url(broker_thread: BrokerThread) -> str:
     """The URL of ``broker_thread``'s broker."""
     return broker_thread.url
+
+
+@pytest.fixture
+def broker_nats_url(broker_thread: BrokerThread) -> str:
+    """The NATS URL of ``broker_thread``'s broker, ``nats://127.0.0.1:<port>``, for nats.py."""
+    return broker_thread.nats_url
 
 
 @pytest.fixture

@@ -1,0 +1,341 @@
+"""The NATS listener, driven by nats.py (a real NATS client) and by raw sockets over loopback.
+
+Each test runs an in-process broker in a thread (the ``broker_thread`` fixture, whose config
+opens the NATS listener on a free port) and its clients on an asyncio loop of its own, bounded
+in time. Raw sockets check what nats.py hides: INFO's fields, the exact ``-ERR`` words and
+whether they close, +OK, header blocks byte for byte, lame duck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import pytest
+from nats.errors import NoRespondersError
+
+from broker.client import Client
+from broker.testing import BrokerThread
+
+LIMIT = 10.0
+
+
+def run(body: Callable[[], Awaitable[Any]]) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(body(), LIMIT)
+
+    return asyncio.run(bounded())
+
+
+class Raw:
+    """A NATS client made of a socket: send lines, read what the server sends."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("nats://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=LIMIT)
+        self.buffer = b""
+        line = self.line()
+        assert line.startswith(b"INFO ")
+        self.info: dict[str, Any] = json.loads(line[5:])
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buffer)
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def read(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buffer)
+            self.buffer += data
+        out, self.buffer = self.buffer[:size], self.buffer[size:]
+        return out
+
+    def closed(self) -> bool:
+        """True once the server closed the connection (what is left to read is dropped)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw(broker_thread: BrokerThread) -> Any:
+    opened: list[Raw] = []
+
+    def connect(connect: bytes = b'CONNECT {"verbose":false}\r\n') -> Raw:
+        client = Raw(broker_thread.nats_url)
+        opened.append(client)
+        if connect:
+            client.send(connect)
+        return client
+
+    yield connect
+    for client in opened:
+        client.close()
+
+
+def test_info_carries_what_clients_read(raw: Any, broker_thread: BrokerThread) -> None:
+    info = raw(b"").info
+    for key in ("server_id", "server_name", "version", "go", "host", "port", "headers"):
+        assert key in info
+    assert info["max_payload"] == broker_thread.config.max_payload
+    assert info["proto"] == 1 and info["headers"] is True
+    assert info["client_ip"] == "127.0.0.1" and info["client_id"] >= 1
+    assert info["auth_required"] is False and info["tls_required"] is False
+    assert broker_thread.nats_url.endswith(f":{info['port']}")
+
+
+def test_pub_sub_wildcards_and_queue_groups(broker_nats_url: str) -> None:
+    async def body() -> None:
+        nc = await nats.connect(broker_nats_url, name="one")
+        other = await nats.connect(broker_nats_url, name="two")
+        star = await nc.subscribe("orders.*")
+        tail = await nc.subscribe("orders.>")
+        shared: list[tuple[str, bytes]] = []
+        all_in = asyncio.Event()
+
+        def worker(name: str) -> Callable[[Any], Awaitable[None]]:
+            async def take(msg: Any) -> None:
+                shared.append((name, msg.data))
+                if len(shared) == 10:
+                    all_in.set()
+
+            return take
+
+        await nc.subscribe("orders.eu.new", queue="w", cb=worker("one"))
+        await other.subscribe("orders.eu.new", queue="w", cb=worker("two"))
+        await nc.flush()
+        await other.flush()
+        for n in range(10):
+            await other.publish("orders.eu.new", b"%d" % n)
+        await other.publish("orders.us", b"x")
+        await other.flush()
+        assert (await star.next_msg(timeout=LIMIT)).data == b"x"
+        got = [(await tail.next_msg(timeout=LIMIT)).data for _ in range(11)]
+        assert got == [b"%d" % n for n in range(10)] + [b"x"]
+        await all_in.wait()
+        # Each message went to one member of the group, none twice.
+        assert sorted(data for _, data in shared) == sorted(b"%d" % n for n in range(10))
+        await nc.close()
+        await other.close()
+
+    run(body)
+
+
+def test_request_reply_and_no_responders(broker_nats_url: str) -> None:
+    async def body() -> None:
+        nc = await nats.connect(broker_nats_url)
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(b"re: " + msg.data)
+
+        await nc.subscribe("svc.echo", cb=answer, queue="q")
+        reply = await nc.request("svc.echo", b"hi", timeout=2)
+        assert reply.data == b"re: hi"
+        with pytest.raises(NoRespondersError):
+            # Answered at once by the 503 HMSG: far within the timeout.
+            await nc.request("svc.nobody", b"hi", timeout=5)
+        await nc.close()
+
+    run(body)
+
+
+def test_no_responders_only_for_clients_that_asked(raw: Any) -> None:
+    asked = raw(b'CONNECT {"headers":true,"no_responders":true}\r\nSUB _INBOX.a 1\r\n')
+    asked.send(b"PUB svc.none _INBOX.a 0\r\n\r\nPING\r\n")
+    assert asked.line() == b"HMSG _INBOX.a 1 16 16"
+    assert asked.read(18) == b"NATS/1.0 503\r\n\r\n\r\n"
+    assert asked.line() == b"PONG"
+    plain = raw(b'CONNECT {"headers":true}\r\nSUB _INBOX.b 1\r\n')
+    plain.send(b"PUB svc.none _INBOX.b 0\r\n\r\nPING\r\n")
+    assert plain.line() == b"PONG"
+    refused = raw(b'CONNECT {"no_responders":true}\r\n')
+    assert refused.line() == b"-ERR 'no responders requires headers support'"
+    assert refused.closed()
+
+
+def test_headers_round_trip_byte_for_byte(raw: Any) -> None:
+    sub = raw(b'CONNECT {"headers":true}\r\nSUB h 9\r\nPING\r\n')
+    assert sub.line() == b"PONG"
+    block = b"NATS/1.0 408 Request Timeout\r\nA: 1\r\nA: 2\r\nstatus: mine\r\n\r\n"
+    pub = raw(b'CONNECT {"headers":true}\r\n')
+    size = len(block)
+    pub.send(b"HPUB h r %d %d\r\n%bhi\r\n" % (size, size + 2, block))
+    assert sub.line() == b"HMSG h 9 r %d %d" % (size, size + 2)
+    assert sub.read(size + 4) == block + b"hi\r\n"
+
+
+def test_errors_use_nats_server_words_and_close_where_it_does(
+    raw: Any, broker_thread: BrokerThread
+) -> None:
+    client = raw()
+    client.send(b"SUB a..b 1\r\nPUB a.* 0\r\n\r\nPING\r\n")
+    # Not fatal: the connection answers the PING that follows.
+    assert client.line() == b"-ERR 'Invalid Subject'"
+    assert client.line() == b"-ERR 'Invalid Publish Subject'"
+    assert client.line() == b"PONG"
+    client.send(b"FOO bar\r\n")
+    assert client.line() == b"-ERR 'Unknown Protocol Operation'"
+    assert client.closed()
+    long = raw()
+    long.send(b"SUB " + b"a" * 5000 + b" 1\r\n")
+    assert long.line() == b"-ERR 'maximum control line exceeded'"
+    assert long.closed()
+    assert broker_thread.statistics().protocol_errors >= 4
+
+
+@pytest.mark.broker_config(max_payload=16)
+def test_max_payload_at_the_edge_and_one_past(raw: Any) -> None:
+    client = raw(b'CONNECT {"verbose":true}\r\n')
+    assert client.info["max_payload"] == 16
+    assert client.line() == b"+OK"
+    client.send(b"PUB a 16\r\n" + b"x" * 16 + b"\r\n")
+    assert client.line() == b"+OK"
+    client.send(b"PUB a 17\r\n")
+    assert client.line() == b"-ERR 'Maximum Payload Violation'"
+    assert client.closed()
+
+
+def test_verbose_echo_and_unsub_max(raw: Any) -> None:
+    client = raw(b'CONNECT {"verbose":true,"echo":false}\r\n')
+    assert client.line() == b"+OK"
+    client.send(b"SUB a 1\r\nPUB a 1\r\nx\r\nPING\r\n")
+    assert [client.line() for _ in range(3)] == [b"+OK", b"+OK", b"PONG"]  # no echo
+    other = raw()
+    client.send(b"UNSUB 1 2\r\nPING\r\n")
+    assert [client.line() for _ in range(2)] == [b"+OK", b"PONG"]
+    other.send(b"PUB a 1\r\n1\r\nPUB a 1\r\n2\r\nPUB a 1\r\n3\r\nPING\r\n")
+    assert other.line() == b"PONG"
+    client.send(b"PING\r\n")
+    assert [client.line() for _ in range(5)] == [b"MSG a 1 1", b"1", b"MSG a 1 1", b"2", b"PONG"]
+
+
+def test_crossing_native_and_nats_both_ways(broker_thread: BrokerThread) -> None:
+    async def body() -> None:
+        nc = await nats.connect(broker_thread.nats_url)
+        async with broker_thread.connect(name="native") as native:
+            assert isinstance(native, Client)
+            async with native.subscribe("to.native") as from_nats:
+                await native.flush()
+                from_native = await nc.subscribe("to.nats")
+                await nc.flush()
+                await nc.publish("to.native", b"n1", reply="back.nats", headers={"K": "v"})
+                message = await from_nats.__anext__()
+            assert (message.payload, message.reply_to) == (b"n1", "back.nats")
+            assert message.headers == {"K": "v"}
+            await native.publish("to.nats", b"p2", reply_to="back.native", headers={"A": "b"})
+            got = await from_native.next_msg(timeout=LIMIT)
+            assert (got.data, got.reply, got.headers) == (b"p2", "back.native", {"A": "b"})
+
+            # Requests both ways.
+            async def answer(msg: Any) -> None:
+                await msg.respond(b"nats says " + msg.data)
+
+            await nc.subscribe("svc.nats", cb=answer)
+            await nc.flush()
+            reply = await native.request("svc.nats", b"hi", timeout=LIMIT)
+            assert reply.payload == b"nats says hi"
+        await nc.close()
+
+    run(body)
+
+
+def test_drain_delivers_what_was_published(broker_nats_url: str) -> None:
+    async def body() -> None:
+        nc = await nats.connect(broker_nats_url)
+        pub = await nats.connect(broker_nats_url)
+        got: list[bytes] = []
+
+        async def keep(msg: Any) -> None:
+            got.append(msg.data)
+
+        await nc.subscribe("d", cb=keep)
+        await nc.flush()
+        for n in range(100):
+            await pub.publish("d", b"%d" % n)
+        await pub.flush()
+        await nc.drain()
+        assert len(got) == 100
+        await pub.close()
+
+    run(body)
+
+
+def test_reconnect_after_restart_with_lame_duck_first(broker_thread: BrokerThread) -> None:
+    async def body() -> None:
+        lame = asyncio.Event()
+        reconnected = asyncio.Event()
+
+        async def on_lame_duck() -> None:
+            lame.set()
+
+        async def on_reconnect() -> None:
+            reconnected.set()
+
+        nc = await nats.connect(
+            broker_thread.nats_url,
+            name="svc",
+            reconnect_time_wait=0.05,
+            lame_duck_mode_cb=on_lame_duck,
+            reconnected_cb=on_reconnect,
+        )
+        sub = await nc.subscribe("after")
+        await nc.flush()
+        await asyncio.to_thread(broker_thread.restart)
+        await lame.wait()
+        await reconnected.wait()
+        await nc.flush()
+        await asyncio.to_thread(broker_thread.wait_for_client, "svc", subscriptions=1)
+        async with broker_thread.connect() as native:
+            await native.publish("after", b"still here")
+        assert (await sub.next_msg(timeout=LIMIT)).data == b"still here"
+        await nc.close()
+
+    run(body)
+
+
+@pytest.mark.broker_config(max_pending_bytes=4096)
+def test_slow_consumer_is_closed_and_others_are_unharmed(broker_thread: BrokerThread) -> None:
+    async def body() -> None:
+        disconnected = asyncio.Event()
+
+        async def on_disconnect() -> None:
+            disconnected.set()
+
+        slow = await nats.connect(
+            broker_thread.nats_url, name="slow", disconnected_cb=on_disconnect
+        )
+        await slow.subscribe("flood")
+        await slow.flush()
+        fine = await nats.connect(broker_thread.nats_url, name="fine")
+        sub = await fine.subscribe("flood")
+        await fine.flush()
+        await asyncio.to_thread(broker_thread.stall_client, "slow")
+        for _ in range(40):
+            await fine.publish("flood", b"x" * 100)
+            await fine.flush()  # one at a time, so the reader keeps up and only "slow" lags
+        await disconnected.wait()
+        assert [(await sub.next_msg(timeout=LIMIT)).data for _ in range(40)] == [b"x" * 100] * 40
+        assert broker_thread.statistics().slow_consumers == 1
+        await slow.close()
+        await fine.close()
+
+    run(body)
