@@ -25,6 +25,8 @@ PURE_MODULES = (
     "broker.stats",
     "broker._text",
     "broker.subjects",
+    "broker.permissions",
+    "broker.auth",
 )
 
 _IO = ("trio", "anyio", "asyncio", "socket")

@@ -17,6 +17,7 @@ from typing import Any, Final, cast, final
 from ..errors import ErrorCode
 from ..hub import Hub, Refused, Subscription
 from ..message import Message, Retained
+from ..permissions import ClientPermissions
 from ..protocol.native import (
     NEED_DATA,
     Connection,
@@ -92,7 +93,7 @@ class NativeAdapter:
         #: older clients get replays as plain MSGs.
         self.retained_flag = False
         self.subscriptions: dict[Any, Subscription] = {}
-        self.permissions: object | None = None
+        self.permissions: ClientPermissions | None = None
         #: Events of one read left for later: a SUB that would replay (and what followed it)
         #: waiting for the writer to take the replay queued by an earlier SUB.
         self._deferred: list[Event] | None = None
