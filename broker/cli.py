@@ -154,7 +154,7 @@ def serve(
     # server's import.
     from .server import run
 
-    raise typer.Exit(run(config))
+    raise typer.Exit(run(config, config_path=config_path))
 
 
 @app.command("check-config")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final, cast, final
 
+from ..auth import Credentials
 from ..errors import ErrorCode
 from ..hub import Hub, Refused, Subscription
 from ..message import Message, Retained
@@ -72,6 +73,7 @@ class NativeAdapter:
     __slots__ = (
         "_deferred",
         "conn",
+        "credentials",
         "echo",
         "hub",
         "name",
@@ -94,6 +96,8 @@ class NativeAdapter:
         self.retained_flag = False
         self.subscriptions: dict[Any, Subscription] = {}
         self.permissions: ClientPermissions | None = None
+        #: What HELLO presented (token, user, password); read by the transport's auth step.
+        self.credentials = Credentials()
         #: Events of one read left for later: a SUB that would replay (and what followed it)
         #: waiting for the writer to take the replay queued by an earlier SUB.
         self._deferred: list[Event] | None = None
@@ -119,9 +123,16 @@ class NativeAdapter:
         self.name = options.get("name") or ""
         self.echo = options.get("echo", True)
         self.retained_flag = options.get("retained", False)
+        self.credentials = Credentials(
+            token=options.get("token"), user=options.get("user"), password=options.get("password")
+        )
+        return True
+
+    def admit(self, permissions: ClientPermissions | None) -> None:
+        """The handshake passed (authentication too, when on): take `permissions`, WELCOME."""
+        self.permissions = permissions
         info = dict(self.hub.info, client_id=self.transport.client_id)
         self.outbox.push_control(self.conn.send(Welcome(info)))
-        return True
 
     @property
     def closed(self) -> bool:

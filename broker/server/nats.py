@@ -17,14 +17,18 @@ what was queued for it is flushed, within the shutdown grace.
 
 from __future__ import annotations
 
+import json
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any, Final, cast, final
 
 from .._version import __version__
+from ..auth import Credentials
 from ..errors import ErrorCode
 from ..hub import Hub, Refused, Subscription
 from ..message import NO_RESPONDERS_HEADERS, Message, Retained
+from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.nats import (
     CLOSED,
@@ -65,6 +69,7 @@ _TEXT_BY_CODE: Final[dict[ErrorCode, str]] = {
     ErrorCode.HANDSHAKE_TIMEOUT: "Authentication Timeout",
     ErrorCode.STALE_CONNECTION: "Stale Connection",
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: "maximum subscriptions exceeded",
+    ErrorCode.AUTH_FAILED: "Authorization Violation",
 }
 _AUTHORIZATION_VIOLATION: Final = "Authorization Violation"
 _NO_RESPONDERS_NEEDS_HEADERS: Final = "no responders requires headers support"
@@ -133,6 +138,7 @@ class NatsAdapter:
         "_deferred",
         "_info",
         "conn",
+        "credentials",
         "echo",
         "headers",
         "hub",
@@ -143,6 +149,7 @@ class NatsAdapter:
         "pedantic",
         "permissions",
         "subscriptions",
+        "tls_after_greeting",
         "transport",
         "verbose",
         "version",
@@ -155,6 +162,7 @@ class NatsAdapter:
         info: dict[str, Any],
         *,
         max_control_line: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.hub = hub
         self.transport = transport
@@ -172,7 +180,11 @@ class NatsAdapter:
         self.headers = False
         self.no_responders = False
         self.subscriptions: dict[Any, Subscription] = {}
-        self.permissions: object | None = None
+        self.permissions: ClientPermissions | None = None
+        #: CONNECT's ``auth_token``, ``user`` and ``pass``; read by the transport's auth step.
+        self.credentials = Credentials()
+        #: With ``[tls]``: the transport upgrades to TLS right after INFO, as nats-server does.
+        self.tls_after_greeting = tls
         self._deferred: list[Event] | None = None
 
     def __repr__(self) -> str:
@@ -183,7 +195,13 @@ class NatsAdapter:
     def greeting(self) -> bytes | None:
         transport = self.transport
         client_ip = transport.peer.rpartition(":")[0].strip("[]")
-        info = dict(self._info, client_id=transport.client_id, client_ip=client_ip)
+        info = dict(
+            self._info,
+            client_id=transport.client_id,
+            client_ip=client_ip,
+            auth_required=self.hub.auth is not None,
+            tls_required=self.tls_after_greeting is not None,
+        )
         return encode_info(info)
 
     def receive_data(self, data: bytes | bytearray) -> None:
@@ -200,9 +218,17 @@ class NatsAdapter:
             return False
         if type(event) is Connect:
             self._apply_connect(event.options)
+        elif self.hub.auth is not None:
+            raise RemoteProtocolError(ErrorCode.AUTH_FAILED, _AUTHORIZATION_VIOLATION)
         else:
             self._deferred = [event]
         return True
+
+    def admit(self, permissions: ClientPermissions | None) -> None:
+        """The handshake (and authentication, when on) passed: +OK to a verbose client."""
+        self.permissions = permissions
+        if self.verbose:
+            self.outbox.push_control(OK)
 
     def _apply_connect(self, options: dict[str, Any]) -> None:
         """Take CONNECT's options; ones of the wrong type are refused as nats-server's JSON
@@ -216,6 +242,11 @@ class NatsAdapter:
             self.name = _text(options, "name")
             self.lang = _text(options, "lang")
             self.version = _text(options, "version")
+            self.credentials = Credentials(
+                token=_optional_text(options, "auth_token"),
+                user=_optional_text(options, "user"),
+                password=_optional_text(options, "pass"),
+            )
             protocol = options.get("protocol", 0)
             if type(protocol) is not int:
                 raise TypeError(f"protocol must be an integer, got {type(protocol).__name__}")
@@ -225,8 +256,6 @@ class NatsAdapter:
             raise RemoteProtocolError(ErrorCode.BAD_HANDSHAKE, _BAD_PROTOCOL)
         if self.no_responders and not self.headers:
             raise RemoteProtocolError(ErrorCode.BAD_HANDSHAKE, _NO_RESPONDERS_NEEDS_HEADERS)
-        if self.verbose:
-            self.transport.push_control(OK)
 
     @property
     def closed(self) -> bool:
@@ -307,9 +336,12 @@ class NatsAdapter:
                     transport.pong_received()
                     continue
                 elif kind is Connect:
+                    # A second CONNECT changes options; who the client is was settled by the
+                    # first (nats-server does not re-authenticate either).
+                    credentials = self.credentials
                     self._apply_connect(cast(Connect, event).options)
+                    self.credentials = credentials
                     verbose = self.verbose
-                    continue
                 if verbose:
                     transport.push_control(OK)
             except Refused as refused:
@@ -326,6 +358,8 @@ class NatsAdapter:
         message = refused.message
         if code is ErrorCode.BAD_SUBJECT:
             message = _INVALID_PUBLISH_SUBJECT if kind is Pub else _INVALID_SUBJECT
+        elif code is ErrorCode.PERMISSION_DENIED:
+            message = _permissions_violation(kind, refused.details or {}, message)
         self.transport.error(code, message, refused.details)
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
@@ -388,6 +422,24 @@ def _replay_frames(
                 parts = kept.nats = msg_parts(subject, payload, None, message_headers)
             before, after, tail = parts
         yield before + sid + after, tail
+
+
+def _permissions_violation(kind: type[Any], details: dict[str, Any], fallback: str) -> str:
+    """nats-server's words for a refused publish or subscription (not fatal, as there)."""
+    subject = details.get("subject")
+    if type(subject) is not str:
+        return fallback
+    quoted = json.dumps(subject, ensure_ascii=False)  # as Go's %q, for what subjects hold
+    if kind is Pub:
+        return f"Permissions Violation for Publish to {quoted}"
+    return f"Permissions Violation for Subscription to {quoted}"
+
+
+def _optional_text(options: dict[str, Any], key: str) -> str | None:
+    value = options.get(key)
+    if value is not None and type(value) is not str:
+        raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _flag(options: dict[str, Any], key: str, default: bool) -> bool:

@@ -8,26 +8,32 @@ is already queued for up to `shutdown_grace`, then cancel whatever is left.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
 import math
+import os
 import resource
 import secrets
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any, final
 
 import trio
 
 from .._rlimit import raise_fd_limit
-from ..config import Config
+from ..auth import Authenticator
+from ..config import Config, ConfigError, load_config
 from ..errors import ErrorCode
 from ..hub import Hub
 from ..stats import Statistics
 from .native import NativeAdapter, refusal_frame
 from .nats import NatsAdapter, nats_info, nats_refusal
+from .security import apply_auth
+from .tls import server_context
 from .transport import Transport, peer_address, refuse
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
@@ -85,7 +91,13 @@ class Server:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config if config is not None else Config()
         self.server_id = secrets.token_hex(8)
+        #: The native listener's TLS context (``[tls]``), or None for plain TCP; a reload
+        #: replaces it for the connections that follow.
+        self.tls_context: ssl.SSLContext | None = None
+        if self.config.tls is not None:
+            self.tls_context = server_context(self.config.tls)
         self.hub = Hub(self.config, server_id=self.server_id)
+        _warn_plain_text(self.hub.auth)
         #: The live connections, for shutdown (and for `broker.testing.faults`).
         self.transports: set[Transport] = set()
         self._next_client_id = 1
@@ -98,10 +110,13 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The URL of the first listening address, e.g. `tcp://127.0.0.1:5878`."""
+        """The URL of the first listening address, e.g. `tcp://127.0.0.1:5878`
+        (``tls://`` when ``[tls]`` is set).
+        """
         if not self.addresses:
             raise RuntimeError("the server is not listening yet")
-        return "tcp://" + format_address(*self.addresses[0])
+        scheme = "tcp" if self.tls_context is None else "tls"
+        return f"{scheme}://" + format_address(*self.addresses[0])
 
     @property
     def nats_url(self) -> str:
@@ -124,6 +139,54 @@ class Server:
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
         return self.hub.statistics()
+
+    def reload(self, config: Config) -> None:
+        """Apply `config`'s ``[auth]`` and ``[tls]`` to this running server (SIGHUP).
+
+        Nobody is dropped for the reload itself: new connections get the new rules and
+        certificate; open ones get their new permissions, lose the subscriptions those refuse
+        (``permission_denied``), and are closed with ``auth_failed`` only if their user, token
+        or password is gone. Other settings take effect at the next restart (a warning says
+        so). Nothing changes if the new certificate cannot be loaded.
+
+        Raises:
+            ConfigError: ``[tls]`` was added or removed (that needs a restart), or its files
+                cannot be loaded; nothing was changed.
+        """
+        old = self.config
+        if (config.tls is None) != (old.tls is None):
+            raise ConfigError(
+                "cannot be added or removed by a reload: restart the broker", key="[tls]"
+            )
+        tls_context = server_context(config.tls) if config.tls is not None else None
+        auth = Authenticator(config.auth) if config.auth is not None else None
+        unchanged = dataclasses.replace(config, auth=old.auth, tls=old.tls)
+        if unchanged != old:
+            log.warning("reload: only [auth] and [tls] are reloaded; other changes need a restart")
+        self.config = dataclasses.replace(old, auth=config.auth, tls=config.tls)
+        self.hub.config = self.config
+        self.tls_context = tls_context
+        self.hub.auth = auth
+        _warn_plain_text(auth)
+        closed, removed = apply_auth(self.hub, self.transports)
+        log.info(
+            "reloaded [auth] and [tls]: %d clients closed, %d subscriptions removed",
+            closed,
+            removed,
+        )
+
+    def reload_file(self, path: str | os.PathLike[str]) -> bool:
+        """`reload` from a config file; an invalid one changes nothing and is logged.
+
+        Returns:
+            Whether the reload was applied.
+        """
+        try:
+            self.reload(load_config(path))
+        except ConfigError as error:
+            log.error("reload refused, nothing changed: %s", error)
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Ask `serve` to stop gracefully; returns at once (await `wait_stopped` to follow)."""
@@ -234,6 +297,10 @@ class Server:
             transport.begin_shutdown()
 
     async def _handle(self, stream: trio.abc.Stream, *, nats: bool = False) -> None:
+        tls_context = self.tls_context
+        if tls_context is not None and not nats:
+            # The handshake itself runs in the transport, under the handshake deadline.
+            stream = trio.SSLStream(stream, tls_context, server_side=True)
         hub = self.hub
         counters = hub.counters
         limit = self.config.max_connections
@@ -264,6 +331,7 @@ class Server:
                     transport,
                     self._nats_info,
                     max_control_line=self.config.nats.max_control_line,
+                    tls=tls_context,
                 )
             else:
                 adapter = NativeAdapter(hub, transport)
@@ -339,14 +407,26 @@ def _listen_hint(error: ListenError) -> str:
     return "check --host and --port (or [server] in the config file)"
 
 
-def run(config: Config | None = None) -> int:
+def _warn_plain_text(auth: Authenticator | None) -> None:
+    if auth is not None:
+        for where in auth.plain_text_secrets():
+            log.warning("%s is in plain text: store a bcrypt hash (`broker passwd`)", where)
+
+
+def run(config: Config | None = None, *, config_path: str | os.PathLike[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; returns the exit code.
 
     The first signal starts a graceful shutdown (0 when it completes); a second one exits at
-    once (1). A listener that cannot be opened is one logged line, what failed and what to do,
-    and returns 1: no traceback, since nothing in it would help whoever ran the command.
+    once (1). SIGHUP reloads ``[auth]`` and ``[tls]`` from `config_path` (`Server.reload`;
+    without a path it is logged and ignored). A listener that cannot be opened is one logged
+    line, what failed and what to do, and returns 1: no traceback, since nothing in it would
+    help whoever ran the command.
     """
-    server = Server(config)
+    try:
+        server = Server(config)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
     _raise_fd_limit(server.config.max_connections)
     forced = False
     failed: ListenError | None = None
@@ -355,6 +435,13 @@ def run(config: Config | None = None) -> int:
         nonlocal forced
         async for signum in receiver:
             name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                if config_path is None:
+                    log.warning("received SIGHUP: no config file to reload (--config)")
+                else:
+                    log.info("received SIGHUP: reloading [auth] and [tls] from %s", config_path)
+                    server.reload_file(config_path)
+                continue
             if not server._shutdown.is_set():
                 log.info("received %s: shutting down (send it again to exit at once)", name)
                 server.shutdown()
@@ -365,7 +452,8 @@ def run(config: Config | None = None) -> int:
 
     async def main() -> None:
         nonlocal failed
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*signals) as receiver:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_signals, receiver, nursery.cancel_scope)
                 # Caught here, inside the nursery: past it, trio wraps the error in an

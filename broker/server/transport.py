@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from typing import Any, Final, Protocol, final
 
 import trio
 
 from .._text import brief
+from ..auth import AuthFailure, Credentials, Identity
 from ..errors import ErrorCode
 from ..hub import Hub, Subscription
+from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
+from .security import AUTH_FAILED_MESSAGE, authenticate
+from .tls import tls_handshake
 
 __all__ = [
     "LINGER_SECONDS",
@@ -49,6 +54,8 @@ class WireAdapter(Protocol):
     """What a transport needs of its wire: decoding into hub calls, and a few encodings."""
 
     name: str
+    credentials: Credentials
+    """What the peer's opening presented; filled by `handshake`."""
 
     def greeting(self) -> bytes | None:
         """Bytes to send as soon as the connection opens (NATS's INFO), or None."""
@@ -63,6 +70,12 @@ class WireAdapter(Protocol):
 
         Raises:
             RemoteProtocolError: The opening broke the wire's contract.
+        """
+        ...
+
+    def admit(self, permissions: ClientPermissions | None) -> None:
+        """The handshake (and authentication, when on) passed: take `permissions` (None when
+        auth is off) and queue what the wire sends on success (native: WELCOME).
         """
         ...
 
@@ -182,6 +195,7 @@ class Transport:
         "dropped_total",
         "dropped_unreported",
         "hub",
+        "identity",
         "outbox",
         "peer",
         "stream",
@@ -198,6 +212,8 @@ class Transport:
             max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
         )
         self.accepting = True
+        #: Who the client proved to be, when authentication is on.
+        self.identity: Identity | None = None
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -272,17 +288,29 @@ class Transport:
         if self.hub.closing:
             self._handshake_scope.cancel()
         done = False
+        checked: Identity | AuthFailure | None = None
+        auth = self.hub.auth
         try:
             with trio.move_on_after(config.handshake_timeout), self._handshake_scope:
+                if isinstance(self.stream, trio.SSLStream) and not await tls_handshake(self):
+                    return False
                 greeting = adapter.greeting()
                 if greeting is not None:
                     await self.stream.send_all(greeting)
+                # NATS upgrades to TLS after its plaintext INFO (which says tls_required).
+                upgrade: ssl.SSLContext | None = getattr(adapter, "tls_after_greeting", None)
+                if upgrade is not None:
+                    self.stream = trio.SSLStream(self.stream, upgrade, server_side=True)
+                    if not await tls_handshake(self):
+                        return False
                 while not done:
                     data = await self.stream.receive_some(READ_SIZE)
                     adapter.receive_data(data)
                     done = adapter.handshake()
                     if not data and not done:
                         return False
+                if auth is not None:
+                    checked = await authenticate(self, auth, adapter.credentials)
         except RemoteProtocolError as error:
             await self._refuse(error.code, error.message)
             return False
@@ -291,12 +319,20 @@ class Transport:
         if self._shutting_down or self.hub.closing:
             await self._refuse(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
             return False
-        if not done:
+        if not done or (auth is not None and checked is None):
             await self._refuse(
                 ErrorCode.HANDSHAKE_TIMEOUT,
                 f"no HELLO within handshake_timeout ({config.handshake_timeout} s)",
             )
             return False
+        if isinstance(checked, AuthFailure):
+            await self._refuse(ErrorCode.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+            return False
+        permissions = None
+        if checked is not None:
+            self.identity = checked
+            permissions = ClientPermissions(checked.permissions)
+        adapter.admit(permissions)
         now = trio.current_time()
         self._last_received = now
         self._last_ping = now
@@ -307,7 +343,8 @@ class Transport:
         counters = self.hub.counters
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
-        log.info("%r refused: %s: %s", self, code.value, message)
+        if code is not ErrorCode.AUTH_FAILED:  # logged, rate-limited, by the auth step
+            log.info("%r refused: %s: %s", self, code.value, message)
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
 
