@@ -888,7 +888,6 @@ class TlsConfig:
 
 
 @final
-@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NatsConfig:
     """``[nats]``: a second listener speaking the NATS client protocol on the same hub.

@@ -24,6 +24,15 @@ from broker.testing import BrokerThread
 LIMIT = 10.0
 
 
+async def subscribed(broker: BrokerThread, name: str, count: int) -> None:
+    """Wait until the broker holds `count` subscriptions of client `name`.
+
+    nats.py's ``flush`` is no barrier for what was queued before it (its PING is sent ahead of
+    pending SUBs and PUBs), so another client's publish must wait for the broker to say.
+    """
+    await asyncio.to_thread(broker.wait_for_client, name, subscriptions=count)
+
+
 def run(body: Callable[[], Awaitable[Any]]) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(body(), LIMIT)
@@ -103,7 +112,9 @@ def test_info_carries_what_clients_read(raw: Any, broker_thread: BrokerThread) -
     assert broker_thread.nats_url.endswith(f":{info['port']}")
 
 
-def test_pub_sub_wildcards_and_queue_groups(broker_nats_url: str) -> None:
+def test_pub_sub_wildcards_and_queue_groups(broker_thread: BrokerThread) -> None:
+    broker_nats_url = broker_thread.nats_url
+
     async def body() -> None:
         nc = await nats.connect(broker_nats_url, name="one")
         other = await nats.connect(broker_nats_url, name="two")
@@ -122,8 +133,8 @@ def test_pub_sub_wildcards_and_queue_groups(broker_nats_url: str) -> None:
 
         await nc.subscribe("orders.eu.new", queue="w", cb=worker("one"))
         await other.subscribe("orders.eu.new", queue="w", cb=worker("two"))
-        await nc.flush()
-        await other.flush()
+        await subscribed(broker_thread, "one", 3)
+        await subscribed(broker_thread, "two", 1)
         for n in range(10):
             await other.publish("orders.eu.new", b"%d" % n)
         await other.publish("orders.us", b"x")
@@ -230,13 +241,13 @@ def test_verbose_echo_and_unsub_max(raw: Any) -> None:
 
 def test_crossing_native_and_nats_both_ways(broker_thread: BrokerThread) -> None:
     async def body() -> None:
-        nc = await nats.connect(broker_thread.nats_url)
+        nc = await nats.connect(broker_thread.nats_url, name="nats")
         async with broker_thread.connect(name="native") as native:
             assert isinstance(native, Client)
             async with native.subscribe("to.native") as from_nats:
                 await native.flush()
                 from_native = await nc.subscribe("to.nats")
-                await nc.flush()
+                await subscribed(broker_thread, "nats", 1)
                 await nc.publish("to.native", b"n1", reply="back.nats", headers={"K": "v"})
                 message = await from_nats.__anext__()
             assert (message.payload, message.reply_to) == (b"n1", "back.nats")
@@ -250,7 +261,7 @@ def test_crossing_native_and_nats_both_ways(broker_thread: BrokerThread) -> None
                 await msg.respond(b"nats says " + msg.data)
 
             await nc.subscribe("svc.nats", cb=answer)
-            await nc.flush()
+            await subscribed(broker_thread, "nats", 2)
             reply = await native.request("svc.nats", b"hi", timeout=LIMIT)
             assert reply.payload == b"nats says hi"
         await nc.close()
@@ -263,17 +274,24 @@ def test_drain_delivers_what_was_published(broker_nats_url: str) -> None:
         nc = await nats.connect(broker_nats_url)
         pub = await nats.connect(broker_nats_url)
         got: list[bytes] = []
+        release = asyncio.Event()
 
         async def keep(msg: Any) -> None:
+            await release.wait()  # messages pile up in the client until drain
             got.append(msg.data)
 
         await nc.subscribe("d", cb=keep)
+        probe = await nc.subscribe("d")
         await nc.flush()
         for n in range(100):
             await pub.publish("d", b"%d" % n)
-        await pub.flush()
-        await nc.drain()
-        assert len(got) == 100
+        # nats.py's flush is no barrier (its PING may overtake queued PUBs): wait for them all.
+        for _ in range(100):
+            await probe.next_msg(timeout=LIMIT)
+        draining = asyncio.create_task(nc.drain())
+        release.set()
+        await draining
+        assert got == [b"%d" % n for n in range(100)]
         await pub.close()
 
     run(body)
@@ -324,7 +342,7 @@ def test_slow_consumer_is_closed_and_others_are_unharmed(broker_thread: BrokerTh
             broker_thread.nats_url, name="slow", disconnected_cb=on_disconnect
         )
         await slow.subscribe("flood")
-        await slow.flush()
+        await subscribed(broker_thread, "slow", 1)
         fine = await nats.connect(broker_thread.nats_url, name="fine")
         sub = await fine.subscribe("flood")
         await fine.flush()
@@ -339,3 +357,90 @@ def test_slow_consumer_is_closed_and_others_are_unharmed(broker_thread: BrokerTh
         await fine.close()
 
     run(body)
+
+
+# -- authentication, permissions, TLS ----------------------------------------------------------
+
+AUTH = {
+    "auth": {
+        "token": "s3cret",
+        "users": [
+            {
+                "user": "orders",
+                "password": "orders-pw",
+                "permissions": {"publish": ["orders.>", "_INBOX.>"], "subscribe": ["orders.>"]},
+            }
+        ],
+    }
+}
+
+
+@pytest.mark.broker_config(toml=AUTH)
+def test_token_and_user_password_auth(broker_thread: BrokerThread, raw: Any) -> None:
+    url = broker_thread.nats_url
+    assert raw(b"").info["auth_required"] is True
+
+    async def body() -> None:
+        token = await nats.connect(url, token="s3cret", allow_reconnect=False)
+        user = await nats.connect(
+            url, name="user", user="orders", password="orders-pw", allow_reconnect=False
+        )
+        sub = await user.subscribe("orders.new")
+        await subscribed(broker_thread, "user", 1)
+        await token.publish("orders.new", b"1")
+        assert (await sub.next_msg(timeout=LIMIT)).data == b"1"
+        await token.close()
+        await user.close()
+
+    run(body)
+    # Refusals: the exact words, and the close, on the wire. (Not through nats.py: it leaks the
+    # socket of a refused connect, and its ResourceWarning would fail a later test.)
+    bad = raw(b'CONNECT {"user":"orders","pass":"wrong"}\r\n')
+    assert bad.line() == b"-ERR 'Authorization Violation'"
+    assert bad.closed()
+    for wrong in (b'{"auth_token":"nope"}', b"{}"):
+        refused = raw(b"CONNECT " + wrong + b"\r\n")
+        assert refused.line() == b"-ERR 'Authorization Violation'"
+        assert refused.closed()
+    skipped = raw(b"PING\r\n")  # with auth on, CONNECT must come first
+    assert skipped.line() == b"-ERR 'Authorization Violation'"
+    assert skipped.closed()
+
+
+@pytest.mark.broker_config(toml=AUTH)
+def test_permission_violations_are_reported_and_not_fatal(raw: Any) -> None:
+    client = raw(b'CONNECT {"user":"orders","pass":"orders-pw"}\r\n')
+    client.send(b"PUB billing.x 1\r\nx\r\nSUB billing.> 1\r\nSUB orders.> 2\r\nPING\r\n")
+    assert client.line() == b"-ERR 'Permissions Violation for Publish to \"billing.x\"'"
+    assert client.line() == b"-ERR 'Permissions Violation for Subscription to \"billing.>\"'"
+    assert client.line() == b"PONG"
+    client.send(b"PUB orders.a 1\r\ny\r\n")
+    assert client.line() == b"MSG orders.a 2 1"
+
+
+def test_tls_after_info(tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    tls = {"tls": {"cert_file": str(cert_file), "key_file": str(key_file)}}
+    with BrokerThread(toml=tls) as broker:
+        plain = Raw(broker.nats_url)  # INFO comes in plain text and says TLS is next
+        assert plain.info["tls_required"] is True
+        plain.close()
+
+        async def body() -> None:
+            nc = await nats.connect(broker.nats_url, tls=client_context, allow_reconnect=False)
+            sub = await nc.subscribe("secure")
+            await nc.publish("secure", b"over tls")
+            assert (await sub.next_msg(timeout=LIMIT)).data == b"over tls"
+            await nc.close()
+
+        run(body)
