@@ -57,6 +57,8 @@ __all__ = ["NatsAdapter", "nats_error_text", "nats_info", "nats_refusal"]
 #: The client protocol version we speak (1: INFO updates, headers, no responders).
 PROTO: Final = 1
 _WORK_PER_LOOK: Final = 64
+#: Characters of CONNECT's ``lang`` and ``version`` kept for monitoring (as the native wire's).
+IDENTITY_LENGTH: Final = 64
 
 #: nats-server's words for each fatal or fixed error, which clients match on.
 _TEXT_BY_CODE: Final[dict[ErrorCode, str]] = {
@@ -142,9 +144,13 @@ class NatsAdapter:
         "echo",
         "headers",
         "hub",
+        "in_bytes",
+        "in_msgs",
         "lang",
         "name",
         "no_responders",
+        "out_bytes",
+        "out_msgs",
         "outbox",
         "pedantic",
         "permissions",
@@ -174,6 +180,11 @@ class NatsAdapter:
         self.name = ""
         self.lang = ""
         self.version = ""
+        #: Counted by the hub, for monitoring (/connz), as for every wire's adapter.
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
         self.echo = True
         self.verbose = False
         self.pedantic = False
@@ -240,8 +251,9 @@ class NatsAdapter:
             self.headers = _flag(options, "headers", False)
             self.no_responders = _flag(options, "no_responders", False)
             self.name = _text(options, "name")
-            self.lang = _text(options, "lang")
-            self.version = _text(options, "version")
+            # Shown in monitoring (/connz) only: bounded, never checked against anything.
+            self.lang = _text(options, "lang")[:IDENTITY_LENGTH]
+            self.version = _text(options, "version")[:IDENTITY_LENGTH]
             self.credentials = Credentials(
                 token=_optional_text(options, "auth_token"),
                 user=_optional_text(options, "user"),
