@@ -17,6 +17,7 @@ Pure: no trio, anyio or socket (a test imports it alone).
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
@@ -35,10 +36,13 @@ from .subjects import SubjectError, validate_pattern, validate_subject
 if TYPE_CHECKING:
     from .auth import Authenticator
 
-__all__ = ["Hub", "Refused", "Subscriber", "Subscription"]
+__all__ = ["REPLAY_ENTRY_COST", "Hub", "Refused", "ReplayMemory", "Subscriber", "Subscription"]
 
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
+#: What one message of a replay under way holds beyond the store's own copy: its
+#: ``(subject, Retained)`` tuple and the list slot that refers to it.
+REPLAY_ENTRY_COST: Final = sys.getsizeof((None, None)) + 8
 
 
 class Subscriber(Protocol):
@@ -166,6 +170,7 @@ class Hub:
         "config",
         "counters",
         "info",
+        "replay_memory",
         "retained",
         "table",
     )
@@ -180,6 +185,7 @@ class Hub:
             max_subjects=config.max_retained_subjects, max_bytes=config.max_retained_bytes
         )
         self.counters = Counters()
+        self.replay_memory = ReplayMemory(config.max_replay_bytes)
         self.closing = False
         #: Live subscriptions with a `Subscription.guard`; while 0, delivery checks nothing.
         self._guarded = 0
@@ -552,3 +558,50 @@ def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:
         return sub.owner is origin
 
     return owned
+
+
+@final
+class ReplayMemory:
+    """The server-wide bound on what replays under way hold (`Config.max_replay_bytes`).
+
+    Each replay is streamed from the store (a list of references, then a chunk at a time), so
+    one costs a client little; but every client may have one under way, and clients that stop
+    reading hold theirs until ``write_timeout`` cuts them. This is the sum over all of them.
+    A wire's adapter starts a replay only while `has_room`, and `charge` s it; whoever sends it
+    `release` s it when it ends or its client is cut. Memory held therefore stays within
+    `limit` plus the one replay admitted last. A caller that found no room waits with
+    `when_room`.
+
+    Pure accounting: no trio, so the hub owns it and every wire shares it.
+    """
+
+    __slots__ = ("_waiters", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[Callable[[], object]] = []
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a new replay may start now."""
+        return self.used < self.limit
+
+    def charge(self, size: int) -> None:
+        """Count a replay that starts, at `size` bytes."""
+        self.used += size
+
+    def release(self, size: int) -> None:
+        """A replay of `size` bytes ended, or its client was cut: wake whoever waits for room."""
+        self.used -= size
+        if self._waiters and self.used < self.limit:
+            waiters, self._waiters = self._waiters, []
+            for wake in waiters:
+                wake()
+
+    def when_room(self, wake: Callable[[], object]) -> None:
+        """Call `wake` (once) as soon as `has_room` is true again."""
+        if self.has_room:
+            wake()
+        else:
+            self._waiters.append(wake)

@@ -444,3 +444,23 @@ def test_tls_after_info(tmp_path: Any) -> None:
             await nc.close()
 
         run(body)
+
+
+def test_retained_messages_replay_to_nats_subscribers(
+    broker_thread: BrokerThread, raw: Any
+) -> None:
+    with broker_thread.connect_sync(name="native") as native:
+        native.publish("cfg.colour", b"blue", retain=True, headers={"v": "1"})
+        native.flush()
+    plain = raw(b'CONNECT {"headers":false}\r\nSUB cfg.* 1\r\nSUB cfg.* 2\r\nPING\r\n')
+    # NATS has no retained flag: a replay is a plain MSG (headers dropped for this client).
+    assert [plain.line() for _ in range(5)] == [
+        b"MSG cfg.colour 1 4",
+        b"blue",
+        b"MSG cfg.colour 2 4",
+        b"blue",
+        b"PONG",
+    ]
+    headed = raw(b'CONNECT {"headers":true}\r\nSUB cfg.colour 7\r\n')
+    assert headed.line() == b"HMSG cfg.colour 7 18 22"
+    assert headed.read(24) == b"NATS/1.0\r\nv: 1\r\n\r\nblue\r\n"

@@ -24,6 +24,7 @@ PURE_MODULES = (
     "broker.routing",
     "broker.stats",
     "broker._text",
+    "broker.peerlog",
     "broker.subjects",
     "broker.permissions",
     "broker.auth",

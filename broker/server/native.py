@@ -37,6 +37,7 @@ from ..protocol.native import (
     msg_head_sid,
     msg_prefix,
 )
+from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
 __all__ = ["NativeAdapter", "refusal_frame"]
@@ -200,9 +201,10 @@ class NativeAdapter:
                     work += publish(self, event)  # type: ignore[arg-type]
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
-                    if self.outbox.replaying and hub.would_replay(pattern, queue):
-                        # One replay at a time beyond the bounds: this SUB, and everything
-                        # after it, waits until the writer has taken the one already queued.
+                    if not self.outbox.replay_room and hub.would_replay(pattern, queue):
+                        # One replay at a time beyond the bounds, and only while the replays
+                        # under way server-wide leave room: this SUB, and everything after it,
+                        # waits (see `Outbox.wait_replay_room`).
                         self._deferred = events[at:]
                         return DEFERRED
                     hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
@@ -261,7 +263,8 @@ class NativeAdapter:
             return False
         flagged = self.retained_flag
         prefix = msg_prefix(sub.sid, retained=flagged)
-        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged))
+        cost = replay_cost(len(entries), sum(kept.size for _, kept in entries))
+        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged), cost)
         return True
 
 

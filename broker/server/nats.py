@@ -50,6 +50,7 @@ from ..protocol.nats import (
     msg_parts,
 )
 from .native import TURN_SECONDS
+from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
 __all__ = ["NatsAdapter", "nats_error_text", "nats_info", "nats_refusal"]
@@ -332,7 +333,7 @@ class NatsAdapter:
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if sid not in self.subscriptions:
-                        if self.outbox.replaying and hub.would_replay(pattern, queue):
+                        if not self.outbox.replay_room and hub.would_replay(pattern, queue):
                             self._deferred = events[at:]
                             return DEFERRED
                         hub.subscribe(self, sid, pattern, queue, prefix=sid.encode())
@@ -416,7 +417,8 @@ class NatsAdapter:
         """
         if not self.transport.accepting:
             return False
-        self.outbox.offer_replay(_replay_frames(sub.prefix, entries, self.headers))
+        cost = replay_cost(len(entries), sum(kept.size for _, kept in entries))
+        self.outbox.offer_replay(_replay_frames(sub.prefix, entries, self.headers), cost)
         return True
 
 

@@ -29,12 +29,14 @@ from ..auth import Authenticator
 from ..config import Config, ConfigError, load_config
 from ..errors import ErrorCode
 from ..hub import Hub
+from ..peerlog import PeerLog
 from ..stats import Statistics
 from .native import NativeAdapter, refusal_frame
 from .nats import NatsAdapter, nats_info, nats_refusal
 from .security import apply_auth
 from .tls import server_context
 from .transport import Transport, peer_address, refuse
+from .transport import log as transport_log
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
 
@@ -100,6 +102,12 @@ class Server:
         _warn_plain_text(self.hub.auth)
         #: The live connections, for shutdown (and for `broker.testing.faults`).
         self.transports: set[Transport] = set()
+        #: Lines about clients, rate-limited per host across every connection.
+        self.peer_log = PeerLog(
+            transport_log,
+            lines_per_minute=self.config.log_peer_lines_per_minute,
+            clock=trio.current_time,
+        )
         self._next_client_id = 1
         self.addresses: list[tuple[str, int]] = []
         #: Where the NATS listener ([nats]) listens; empty when it is off.
@@ -312,7 +320,14 @@ class Server:
         try:
             if counters.connections >= limit:
                 counters.refused_connections += 1
-                log.warning("refused %s: max_connections (%d) reached", peer, limit)
+                self.peer_log.log(
+                    logging.WARNING,
+                    peer,
+                    "refused %s: max_connections (%d) reached",
+                    peer,
+                    limit,
+                    logger=log,
+                )
                 message = f"the server holds max_connections ({limit}) already"
                 if nats:
                     frame = nats_refusal(self._nats_info, ErrorCode.MAX_CONNECTIONS, message)
@@ -322,7 +337,7 @@ class Server:
                 return
             counters.connections += 1
             counters.total_connections += 1
-            transport = Transport(hub, stream, peer, self._next_client_id)
+            transport = Transport(hub, stream, peer, self._next_client_id, peer_log=self.peer_log)
             self._next_client_id += 1
             adapter: NativeAdapter | NatsAdapter
             if nats:
@@ -349,7 +364,14 @@ class Server:
                 log.debug("%r closed", transport)
         except Exception:
             # A bug in one connection must never reach the listener or the other clients.
-            log.exception("internal error serving %s; closing that connection", peer)
+            self.peer_log.log(
+                logging.ERROR,
+                peer,
+                "internal error serving %s; closing that connection",
+                peer,
+                exc_info=True,
+                logger=log,
+            )
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -24,6 +24,7 @@ from .._text import brief
 from ..auth import AuthFailure, Credentials, Identity
 from ..errors import ErrorCode
 from ..hub import Hub, Subscription
+from ..peerlog import PeerLog
 from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
@@ -81,7 +82,7 @@ class WireAdapter(Protocol):
 
     def process(self) -> str | bool:
         """Act on every complete frame received; True if there was any, `DEFERRED` if the
-        rest must wait for `Outbox.wait_replay_taken`.
+        rest must wait for `Outbox.wait_replay_room`.
 
         Raises:
             RemoteProtocolError: The peer broke the wire's contract.
@@ -198,18 +199,34 @@ class Transport:
         "identity",
         "outbox",
         "peer",
+        "peer_log",
         "stream",
     )
 
-    def __init__(self, hub: Hub, stream: trio.abc.Stream, peer: str, client_id: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stream: trio.abc.Stream,
+        peer: str,
+        client_id: int,
+        *,
+        peer_log: PeerLog | None = None,
+    ) -> None:
         config = hub.config
         self.hub = hub
+        #: Where lines about this client go: rate-limited per host, shared by the server's
+        #: connections (see `broker.peerlog`).
+        self.peer_log = peer_log or PeerLog(
+            log, lines_per_minute=config.log_peer_lines_per_minute, clock=trio.current_time
+        )
         self.stream = stream
         self.peer = peer
         self.client_id = client_id
         self.adapter: WireAdapter
         self.outbox = Outbox(
-            max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
+            max_messages=config.max_pending_messages,
+            max_bytes=config.max_pending_bytes,
+            replay_memory=hub.replay_memory,
         )
         self.accepting = True
         #: Who the client proved to be, when authentication is on.
@@ -240,16 +257,20 @@ class Transport:
 
     async def run(self) -> None:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
-        with self._session_scope:
-            if not await self._handshake():
-                return
-            log.debug("%r connected", self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                await self._write_loop()
-                self._reader_scope.cancel()
-            if self._fatal is not None or self._shutting_down:
-                await _close_gracefully(self.stream)
+        try:
+            with self._session_scope:
+                if not await self._handshake():
+                    return
+                log.debug("%r connected", self)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._write_loop()
+                    self._reader_scope.cancel()
+                if self._fatal is not None or self._shutting_down:
+                    await _close_gracefully(self.stream)
+        finally:
+            # Whatever is left (a replay under way, above all) frees its server-wide charge.
+            self.outbox.clear()
 
     def begin_shutdown(self) -> None:
         """Tell the client the server is stopping; flush what is queued, then close."""
@@ -344,7 +365,9 @@ class Transport:
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
         if code is not ErrorCode.AUTH_FAILED:  # logged, rate-limited, by the auth step
-            log.info("%r refused: %s: %s", self, code.value, message)
+            self.peer_log.log(
+                logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message
+            )
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
 
@@ -369,14 +392,20 @@ class Transport:
                     try:
                         found = adapter.process()
                         while found == DEFERRED and self._fatal is None:
-                            await self.outbox.wait_replay_taken()
+                            await self.outbox.wait_replay_room()
                             found = adapter.process()
                     except RemoteProtocolError as error:
                         self.fail(error.code, error.message)
                         return
                     except Exception:
                         # A bug, not the client's fault: say so, once, and close only this one.
-                        log.exception("%r: internal error handling its frames", self)
+                        self.peer_log.log(
+                            logging.ERROR,
+                            self.peer,
+                            "%r: internal error handling its frames",
+                            self,
+                            exc_info=True,
+                        )
                         self.fail(ErrorCode.INTERNAL_ERROR, _INTERNAL_ERROR)
                         return
                     if self._fatal is not None:
@@ -463,7 +492,9 @@ class Transport:
             return
         self._slow = True
         self.hub.counters.slow_consumers += 1
-        log.warning(
+        self.peer_log.log(
+            logging.WARNING,
+            self.peer,
             "%r is a slow consumer (policy %s, limits %d messages / %d bytes)",
             self,
             self._policy,
@@ -499,7 +530,9 @@ class Transport:
         self.accepting = False
         self.hub.counters.protocol_errors += code.violation
         if code is not ErrorCode.SLOW_CONSUMER:
-            log.info("%r closed: %s: %s", self, code.value, message)
+            self.peer_log.log(
+                logging.INFO, self.peer, "%r closed: %s: %s", self, code.value, message
+            )
         self.outbox.clear()
         self.outbox.push_control(self.adapter.error_frame(code, message))
         self._reader_scope.cancel()
@@ -527,7 +560,13 @@ class Transport:
             self.accepting = False
             if self._fatal is None:
                 self._mark_slow()
-                log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
+                self.peer_log.log(
+                    logging.INFO,
+                    self.peer,
+                    "%r closed: write_timeout (%s s) expired",
+                    self,
+                    write_timeout,
+                )
                 self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
             return
 
