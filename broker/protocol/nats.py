@@ -243,12 +243,41 @@ class Connection:
                         f"a control line longer than max_control_line ({max_line} bytes)",
                     )
                 break
+            start = end + 2
+            if buffer.startswith(b"PUB ", position):
+                # The hot path: a plain PUB in upper case, as every client sends it.
+                fields = buffer[position + 4 : end].split()
+                count = len(fields)
+                size_field = fields[-1] if count else b""
+                if (count == 2 or count == 3) and size_field.isdigit() and len(size_field) < 10:
+                    size = int(size_field)
+                    if size > self.max_payload:
+                        self._fail(
+                            ErrorCode.PAYLOAD_TOO_LARGE,
+                            f"payload of {size} bytes exceeds max_payload "
+                            f"({self.max_payload} bytes)",
+                        )
+                    stop = start + size
+                    if stop + 2 > available:
+                        break  # the payload is still arriving
+                    if buffer[stop] != 13 or buffer[stop + 1] != 10:
+                        self._fail(ErrorCode.BAD_FRAME, "a payload must end with CRLF")
+                    try:
+                        subject = fields[0].decode()
+                        reply_to = fields[1].decode() if count == 3 else None
+                    except UnicodeDecodeError as error:
+                        self._fail(ErrorCode.BAD_FRAME, f"PUB: {error}")
+                    append(
+                        _new_tuple(Pub, (subject, bytes(view[start:stop]), reply_to, None, False))
+                    )
+                    position = stop + 2
+                    limit -= 1
+                    continue
             line = bytes(view[position:end])
             fields = line.split()
             if not fields:
                 self._fail(ErrorCode.UNKNOWN_OP, "an empty control line")
             op = fields[0].upper()
-            start = end + 2
             if op == b"PUB" or op == b"HPUB":
                 headed = op == b"HPUB"
                 try:
@@ -407,13 +436,13 @@ def msg_parts(
     `` [reply] size\\r\\n``, then the payload and CRLF. Every subscriber of a publish shares the
     three parts, so they are made once per publish; the payload is copied once, into `tail`.
     """
-    reply = "" if reply_to is None else " " + reply_to
     if headers is None:
-        return (
-            b"MSG " + subject.encode() + b" ",
-            f"{reply} {len(payload)}\r\n".encode(),
-            payload + _CRLF,
-        )
+        if reply_to is None:
+            after = b" %d\r\n" % len(payload)
+        else:
+            after = b" " + reply_to.encode() + b" %d\r\n" % len(payload)
+        return b"MSG " + subject.encode() + b" ", after, payload + _CRLF
+    reply = "" if reply_to is None else " " + reply_to
     block = encode_headers(headers)
     size = len(block)
     return (
