@@ -246,9 +246,9 @@ class Connection:
             start = end + 2
             if buffer.startswith(b"PUB ", position):
                 # The hot path: a plain PUB in upper case, as every client sends it.
-                fields = buffer[position + 4 : end].split()
-                count = len(fields)
-                size_field = fields[-1] if count else b""
+                pub_fields = buffer[position + 4 : end].split()
+                count = len(pub_fields)
+                size_field = pub_fields[-1] if count else bytearray()
                 if (count == 2 or count == 3) and size_field.isdigit() and len(size_field) < 10:
                     size = int(size_field)
                     if size > self.max_payload:
@@ -263,8 +263,8 @@ class Connection:
                     if buffer[stop] != 13 or buffer[stop + 1] != 10:
                         self._fail(ErrorCode.BAD_FRAME, "a payload must end with CRLF")
                     try:
-                        subject = fields[0].decode()
-                        reply_to = fields[1].decode() if count == 3 else None
+                        subject = pub_fields[0].decode()
+                        reply_to = pub_fields[1].decode() if count == 3 else None
                     except UnicodeDecodeError as error:
                         self._fail(ErrorCode.BAD_FRAME, f"PUB: {error}")
                     append(
