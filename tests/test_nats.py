@@ -477,3 +477,30 @@ def test_retained_messages_replay_to_nats_subscribers(
     headed = raw(b'CONNECT {"headers":true}\r\nSUB cfg.colour 7\r\n')
     assert headed.line() == b"HMSG cfg.colour 7 18 22"
     assert headed.read(24) == b"NATS/1.0\r\nv: 1\r\n\r\nblue\r\n"
+
+
+@pytest.mark.broker_config(ping_interval=0.3, max_pings_outstanding=2)
+def test_stale_connection_as_nats_server(raw: Any) -> None:
+    silent = raw()
+    # A client that never answers: two PINGs, then the words nats.py reconnects on.
+    assert [silent.line() for _ in range(3)] == [b"PING", b"PING", b"-ERR 'Stale Connection'"]
+    assert silent.closed()
+
+
+@pytest.mark.broker_config(handshake_timeout=0.2)
+def test_handshake_timeout(raw: Any) -> None:
+    quiet = raw(b"")
+    assert quiet.line() == b"-ERR 'Authentication Timeout'"
+    assert quiet.closed()
+
+
+@pytest.mark.broker_config(max_connections=2)
+def test_max_connections(raw: Any) -> None:
+    first, second = raw(), raw()
+    first.send(b"PING\r\n")
+    assert first.line() == b"PONG"
+    third = raw(b"")  # INFO first, then the refusal, as nats-server
+    assert third.line() == b"-ERR 'maximum connections exceeded'"
+    assert third.closed()
+    second.send(b"PING\r\n")
+    assert second.line() == b"PONG"

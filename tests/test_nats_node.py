@@ -41,42 +41,45 @@ def test_node_nats_client_beside_a_native_client(broker_thread: BrokerThread) ->
     node = _node()
 
     async def body() -> None:
-        async with broker_thread.connect(name="py") as py:
-            async with py.subscribe("py.svc") as svc, py.subscribe("py.in") as inbox:
-                await py.flush()
-                proc = await asyncio.create_subprocess_exec(
-                    node,
-                    str(NODE_DIR / "crossing.js"),
-                    broker_thread.nats_url,
-                    cwd=NODE_DIR,
-                    stdout=asyncio.subprocess.PIPE,
-                )
-                try:
-                    assert proc.stdout is not None
+        async with (
+            broker_thread.connect(name="py") as py,
+            py.subscribe("py.svc") as svc,
+            py.subscribe("py.in") as inbox,
+        ):
+            await py.flush()
+            proc = await asyncio.create_subprocess_exec(
+                node,
+                str(NODE_DIR / "crossing.js"),
+                broker_thread.nats_url,
+                cwd=NODE_DIR,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            try:
+                assert proc.stdout is not None
 
-                    async def line() -> Any:
-                        return json.loads(await proc.stdout.readline())  # type: ignore[union-attr]
+                async def line() -> Any:
+                    return json.loads(await proc.stdout.readline())  # type: ignore[union-attr]
 
-                    assert await line() == {"ready": True}
-                    await asyncio.to_thread(broker_thread.wait_for_client, "node", subscriptions=2)
-                    # Python asks, Node answers.
-                    reply = await py.request("node.echo", b"hi", timeout=LIMIT)
-                    assert reply.payload == b"node says hi"
-                    # Python publishes to Node: payload, reply subject and headers cross.
-                    await py.publish("node.in", b"to node", reply_to="r.x", headers={"K": "v"})
-                    assert await line() == {"got": "to node", "reply": "r.x", "header": "v"}
-                    # Node asks, Python answers; then Node publishes with a header.
-                    request = await svc.next(timeout=LIMIT)
-                    assert request.payload == b"from node"
-                    await request.respond(b"python says hi")
-                    assert await line() == {"answer": "python says hi"}
-                    message = await inbox.next(timeout=LIMIT)
-                    assert message.payload == b"hello python"
-                    assert message.headers == {"From": "node"}
-                    assert await proc.wait() == 0
-                finally:
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
+                assert await line() == {"ready": True}
+                await asyncio.to_thread(broker_thread.wait_for_client, "node", subscriptions=2)
+                # Python asks, Node answers.
+                reply = await py.request("node.echo", b"hi", timeout=LIMIT)
+                assert reply.payload == b"node says hi"
+                # Python publishes to Node: payload, reply subject and headers cross.
+                await py.publish("node.in", b"to node", reply_to="r.x", headers={"K": "v"})
+                assert await line() == {"got": "to node", "reply": "r.x", "header": "v"}
+                # Node asks, Python answers; then Node publishes with a header.
+                request = await svc.next(timeout=LIMIT)
+                assert request.payload == b"from node"
+                await request.respond(b"python says hi")
+                assert await line() == {"answer": "python says hi"}
+                message = await inbox.next(timeout=LIMIT)
+                assert message.payload == b"hello python"
+                assert message.headers == {"From": "node"}
+                assert await proc.wait() == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
 
     asyncio.run(asyncio.wait_for(body(), LIMIT))
