@@ -259,7 +259,7 @@ def measure_clients(repeat: int, scale: float) -> list[Figure]:
                 rounds.setdefault(("request p50", name), []).append(Figure("", name, p50, "us"))
                 rounds.setdefault(("request p99", name), []).append(Figure("", name, p99, "us"))
                 print(f"round {round_ + 1} {name}: done", file=sys.stderr, flush=True)
-        for (scenario, name), runs_ in rounds.items():
+        for (scenario, _name), runs_ in rounds.items():
             if scenario.startswith("request"):
                 ordered = sorted(runs_, key=lambda f: f.value)
                 chosen = ordered[(len(ordered) - 1) // 2]  # the median round

@@ -29,7 +29,6 @@ __all__ = [
     "AuthFailure",
     "Authenticator",
     "Credentials",
-    "FailureLog",
     "Identity",
     "certificate_names",
     "hash_password",
@@ -239,36 +238,6 @@ class Authenticator:
             self.permissions_of(entry.user),
             entry.password if identity.method == "password" else None,
         )
-
-
-@final
-class FailureLog:
-    """Rate limit for auth-failure log lines: at most `burst` per `window` seconds.
-
-    A flood of bad logins must not flood the log (nor slow the server writing it); the lines
-    left out are counted and the next line that is written says how many.
-    """
-
-    __slots__ = ("_count", "_start", "_suppressed", "burst", "window")
-
-    def __init__(self, *, burst: int = 10, window: float = 10.0) -> None:
-        self.burst = burst
-        self.window = window
-        self._start = float("-inf")
-        self._count = 0
-        self._suppressed = 0
-
-    def allow(self, now: float) -> int | None:
-        """None to stay silent; else how many lines were left out before this one."""
-        if now - self._start >= self.window:
-            self._start = now
-            self._count = 0
-        if self._count >= self.burst:
-            self._suppressed += 1
-            return None
-        self._count += 1
-        suppressed, self._suppressed = self._suppressed, 0
-        return suppressed
 
 
 def certificate_names(

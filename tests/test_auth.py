@@ -10,7 +10,6 @@ from broker.auth import (
     Authenticator,
     AuthFailure,
     Credentials,
-    FailureLog,
     Identity,
     certificate_names,
     hash_password,
@@ -135,14 +134,28 @@ def test_config_refuses_a_broken_hash() -> None:
         UserConfig(user="a", password="$2b$12$short")
 
 
-def test_failure_log_is_rate_limited() -> None:
-    log = FailureLog(burst=2, window=10.0)
-    assert [log.allow(0.0), log.allow(1.0), log.allow(2.0), log.allow(3.0)] == [0, 0, None, None]
-    assert log.allow(10.0) == 2  # the next window says how many were left out
-    assert log.allow(10.5) == 0
-
-
 def test_certificate_names() -> None:
     subject = ((("countryName", "US"),), (("commonName", "device-1"),))
     sans = (("DNS", "device-1.example"), ("IP Address", "127.0.0.1"), ("DNS", "device-1"))
     assert certificate_names(subject, sans) == ("device-1", "device-1.example")
+
+
+def test_the_shipped_config_documents_a_valid_auth_and_tls_example() -> None:
+    """config/broker.toml's commented [auth] and [tls] example parses once uncommented."""
+    import tomllib
+    from pathlib import Path
+
+    from broker.config import config_from_mapping
+
+    text = (Path(__file__).resolve().parent.parent / "config" / "broker.toml").read_text()
+    block = text[text.index("# [auth]") :]
+    lines = [line[2:] if line.startswith("# ") else "" for line in block.splitlines()]
+    example = "\n".join(lines).replace("$2b$12$...", hash_password("x", rounds=4))
+    config = config_from_mapping(tomllib.loads(example))
+    assert config.auth is not None and [u.user for u in config.auth.users] == [
+        "orders",
+        "svc",
+        "auditor",
+        "device-17",
+    ]
+    assert config.tls is not None and config.tls.ca_file == "ca.pem"

@@ -182,6 +182,28 @@ def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None
     assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
 
 
+def test_a_reader_whose_one_publish_overran_its_turn_rests_as_long() -> None:
+    # One publish to 65,536 subscriptions is one step of tens of milliseconds (it cannot be
+    # split); the reader that made it then rests about as long before its next turn.
+    from broker.server import Server
+    from broker.server.native import OVERRUN_REST
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
+    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", 1)
+    adapter = transport.adapter = NativeAdapter(hub, transport)
+    adapter.receive_data(encode_frame(Hello({})))
+    assert adapter.handshake()
+    adapter.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(65_536)))
+    while adapter.process():
+        pass
+    transport.rest = 0.0
+    adapter.receive_data(encode_frame(Pub("fan.out", b"x")) + encode_frame(Pub("fan.out", b"y")))
+    assert adapter.process()
+    assert transport.rest > OVERRUN_REST
+    assert adapter._deferred is not None  # the second publish waits for the next turn
+
+
 @pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])
 async def test_pongs_count_at_their_memory_cost_against_max_pending_bytes(
     start_server: StartServer, extra: int

@@ -25,6 +25,7 @@ PURE_MODULES = (
     "broker.stats",
     "broker._text",
     "broker.peerlog",
+    "broker._memory",
     "broker.subjects",
     "broker.permissions",
     "broker.auth",

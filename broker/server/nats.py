@@ -49,7 +49,7 @@ from ..protocol.nats import (
     msg_head_sid,
     msg_parts,
 )
-from .native import TURN_SECONDS
+from .native import OVERRUN_REST, TURN_SECONDS
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
@@ -321,8 +321,10 @@ class NatsAdapter:
         work = 0
         for at, event in enumerate(events):
             if work >= _WORK_PER_LOOK:
-                if clock() > deadline:
+                now = clock()
+                if now > deadline:
                     self._deferred = events[at:]
+                    self._overran(now - deadline)
                     return True
                 work = 0
             work += 1
@@ -363,7 +365,15 @@ class NatsAdapter:
                 transport.fail(error.code, error.message)
             if not transport.accepting:
                 break
+        if work >= _WORK_PER_LOOK:
+            self._overran(clock() - deadline)
         return True
+
+    def _overran(self, by: float) -> None:
+        """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests (as
+        the native adapter's, for the same reason)."""
+        if by > OVERRUN_REST:
+            self.transport.rest = by + TURN_SECONDS
 
     def _refused(self, kind: type[Any], refused: Refused) -> None:
         """Report a hub refusal in nats-server's words; fatal only where nats-server closes."""

@@ -5,20 +5,19 @@ bcrypt takes about a quarter of a second per check by design, so a check runs in
 thread, at most `AUTH_THREADS` at once for the whole process: a flood of logins waits for a
 thread under each connection's own handshake deadline, and neither the accept loop nor any
 other client waits for it. Every failure is counted and handed to `Hub.auth_failed` (the one
-place to watch them), and logged with the peer's address at most `FailureLog.burst` times per
-window.
+place to watch them), and logged with the peer's address through the server's per-host rate
+limit (`broker.peerlog`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING, Final, cast
 
 import trio
 
-from ..auth import Authenticator, AuthFailure, Credentials, FailureLog, Identity
+from ..auth import Authenticator, AuthFailure, Credentials, Identity
 from ..errors import ErrorCode
 from ..permissions import ClientPermissions
 from .tls import peer_certificate_names
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from ..hub import Hub, Subscriber
     from .transport import Transport
 
-__all__ = ["AUTH_FAILED_MESSAGE", "AUTH_THREADS", "apply_auth", "authenticate"]
+__all__ = ["AUTH_FAILED_MESSAGE", "AUTH_THREADS", "apply_auth", "authenticate", "recheck"]
 
 log = logging.getLogger("broker.server.security")
 
@@ -40,7 +39,6 @@ AUTH_FAILED_MESSAGE: Final = "authentication failed"
 AUTH_THREADS: Final = 2
 
 _limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("auth_limiter")
-_failures = FailureLog()
 
 
 def _auth_limiter() -> trio.CapacityLimiter:
@@ -71,17 +69,30 @@ async def authenticate(
         result = auth.check(credentials)
     if isinstance(result, AuthFailure):
         transport.hub.auth_failed(transport.peer, result.reason)
-        note_failure(transport.peer, result.reason)
+        transport.peer_log.log(
+            logging.WARNING,
+            transport.peer,
+            "authentication failed from %s: %s",
+            transport.peer,
+            result.reason,
+        )
     return result
 
 
-def note_failure(peer: str, reason: str) -> None:
-    """Log one auth failure, rate-limited."""
-    left_out = _failures.allow(time.monotonic())
-    if left_out is None:
-        return
-    more = f" ({left_out} more failures not logged)" if left_out else ""
-    log.warning("authentication failed from %s: %s%s", peer, reason, more)
+def recheck(
+    auth: Authenticator | None, checked: Identity | AuthFailure | None
+) -> Identity | AuthFailure | None:
+    """A handshake's outcome under `auth`, which a reload put in place while it ran.
+
+    A client that authenticated under the old rules keeps its identity only if the new ones
+    still hold it (with their permissions); one that connected while auth was off must
+    authenticate now, and cannot: it is refused.
+    """
+    if auth is None:
+        return None
+    if isinstance(checked, Identity):
+        return auth.still_valid(checked) or AuthFailure("no longer valid after a reload")
+    return checked or AuthFailure("authentication was turned on by a reload during the handshake")
 
 
 def apply_auth(hub: Hub, transports: Iterable[Transport]) -> tuple[int, int]:
@@ -97,8 +108,8 @@ def apply_auth(hub: Hub, transports: Iterable[Transport]) -> tuple[int, int]:
     auth = hub.auth
     closed = removed = 0
     for transport in list(transports):
-        if not transport.accepting:
-            continue
+        if not transport.accepting or not transport.admitted:
+            continue  # one still in its handshake is held to the new rules there
         adapter = cast("Subscriber", transport.adapter)
         identity = transport.identity
         if auth is None:

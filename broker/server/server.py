@@ -24,6 +24,7 @@ from typing import Any, final
 
 import trio
 
+from .._memory import RELEASE_INTERVAL, release_free_memory
 from .._rlimit import raise_fd_limit
 from ..auth import Authenticator
 from ..config import Config, ConfigError, load_config
@@ -109,6 +110,8 @@ class Server:
             clock=trio.current_time,
         )
         self._next_client_id = 1
+        #: A client left since memory was last handed back (see `_release_memory`).
+        self._departed = False
         self.addresses: list[tuple[str, int]] = []
         #: Where the NATS listener ([nats]) listens; empty when it is off.
         self.nats_addresses: list[tuple[str, int]] = []
@@ -228,6 +231,7 @@ class Server:
                     for listener in listeners:
                         is_nats = listener in nats_listeners
                         acceptors.start_soon(self._accept_loop, listener, handlers, is_nats)
+                    acceptors.start_soon(self._release_memory)
                     log.info(
                         "broker %s listening on %s",
                         self.server_id,
@@ -288,6 +292,15 @@ class Server:
     async def _close_listeners(listeners: list[trio.SocketListener]) -> None:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+    async def _release_memory(self) -> None:
+        """Every `RELEASE_INTERVAL` after clients left, hand what they freed back to the system,
+        so the broker's RSS falls back once attackers (or a burst of big clients) are gone."""
+        while True:
+            await trio.sleep(RELEASE_INTERVAL)
+            if self._departed:
+                self._departed = False
+                release_free_memory()
 
     async def _accept_loop(
         self, listener: trio.SocketListener, handlers: trio.Nursery, nats: bool
@@ -361,6 +374,7 @@ class Server:
                     while hub.remove_all(adapter, limit=_TEARDOWN_BATCH):
                         await trio.lowlevel.checkpoint()
                 counters.connections -= 1
+                self._departed = True
                 log.debug("%r closed", transport)
         except Exception:
             # A bug in one connection must never reach the listener or the other clients.

@@ -28,7 +28,7 @@ from ..peerlog import PeerLog
 from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
-from .security import AUTH_FAILED_MESSAGE, authenticate
+from .security import AUTH_FAILED_MESSAGE, authenticate, recheck
 from .tls import tls_handshake
 
 __all__ = [
@@ -192,6 +192,7 @@ class Transport:
         "_write_scope",
         "accepting",
         "adapter",
+        "admitted",
         "client_id",
         "dropped_total",
         "dropped_unreported",
@@ -200,6 +201,7 @@ class Transport:
         "outbox",
         "peer",
         "peer_log",
+        "rest",
         "stream",
     )
 
@@ -231,6 +233,11 @@ class Transport:
         self.accepting = True
         #: Who the client proved to be, when authentication is on.
         self.identity: Identity | None = None
+        #: The handshake (authentication included) passed: a reload now applies to it.
+        self.admitted = False
+        #: Seconds the reader waits before its next turn, set by an adapter whose turn took
+        #: far longer than its budget (see `NativeAdapter._dispatch`).
+        self.rest = 0.0
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -346,6 +353,8 @@ class Transport:
                 f"no HELLO within handshake_timeout ({config.handshake_timeout} s)",
             )
             return False
+        if self.hub.auth is not auth:
+            checked = recheck(self.hub.auth, checked)
         if isinstance(checked, AuthFailure):
             await self._refuse(ErrorCode.AUTH_FAILED, AUTH_FAILED_MESSAGE)
             return False
@@ -354,6 +363,7 @@ class Transport:
             self.identity = checked
             permissions = ClientPermissions(checked.permissions)
         adapter.admit(permissions)
+        self.admitted = True
         now = trio.current_time()
         self._last_received = now
         self._last_ping = now
@@ -364,7 +374,7 @@ class Transport:
         counters = self.hub.counters
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
-        if code is not ErrorCode.AUTH_FAILED:  # logged, rate-limited, by the auth step
+        if code is not ErrorCode.AUTH_FAILED:  # logged with its reason by the auth step
             self.peer_log.log(
                 logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message
             )
@@ -421,6 +431,13 @@ class Transport:
                         # has run.
                         await checkpoint()
                         await checkpoint()
+                        rest = self.rest
+                        if rest:
+                            # Its last turn overran (one publish that matched tens of
+                            # thousands of subscriptions cannot be split): it waits as long
+                            # as it took, so every other client gets at least as much time.
+                            self.rest = 0.0
+                            await trio.sleep(rest)
                         continue
                     if adapter.closed:
                         break

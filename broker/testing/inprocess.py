@@ -185,11 +185,18 @@ class RunningBroker:
     Every method runs in the broker's own Trio loop: call them from Trio code in that loop.
     """
 
-    __slots__ = ("_captures", "_nursery", "_server", "_watched")
+    __slots__ = ("_captures", "_nursery", "_server", "_watched", "client_options")
 
-    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        server: Server,
+        nursery: trio.Nursery,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self._server = server
         self._nursery = nursery
+        #: Options every client it makes gets (`connect`, captures): credentials, TLS files.
+        self.client_options: dict[str, Any] = dict(client_options or {})
         self._captures: set[_Reconnects] = set()
         #: Set by `stop_server`: each capture's reconnection count then, for `start_server`.
         self._watched: list[tuple[_Reconnects, int]] | None = None
@@ -377,8 +384,9 @@ class RunningBroker:
         return deadline(timeout, default, lambda: f"the broker on {self.url} did not {what}")
 
     def connect(self, **options: Any) -> AbstractAsyncContextManager[Client]:
-        """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` as defaults."""
-        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+        """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` and
+        `client_options` as defaults."""
+        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **self.client_options, **options})
 
     @asynccontextmanager
     async def capture(self, pattern: str) -> AsyncIterator[Capture]:
@@ -407,7 +415,10 @@ class RunningBroker:
 
 @asynccontextmanager
 async def running_broker(
-    config: Config | None = None, **overrides: Any
+    config: Config | None = None,
+    *,
+    client_options: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningBroker]:
     """Serve a broker in a nursery of the calling Trio task while the block runs.
 
@@ -423,6 +434,9 @@ async def running_broker(
 
     Args:
         config: A base config; see `config_for_tests`.
+        client_options: Connect options for every client the handle makes (`connect`,
+            captures): a user and password for a broker with ``[auth]``, TLS files for one
+            with ``[tls]`` (see `broker.testing.security`).
         overrides: `broker.Config` fields.
 
     Raises:
@@ -434,7 +448,7 @@ async def running_broker(
     try:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(Server(config).serve)
-            handle = RunningBroker(server, nursery)
+            handle = RunningBroker(server, nursery, client_options)
             try:
                 yield handle
             finally:
@@ -474,8 +488,16 @@ class BrokerThread:
         TypeError, ConfigError: A bad override (at once, before any thread starts).
     """
 
-    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
         self._config = config_for_tests(config, **overrides)
+        #: Options every client it makes gets (as `running_broker`'s `client_options`).
+        self.client_options: dict[str, Any] = dict(client_options or {})
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         #: Set when `start` gave up waiting: a broker that comes up later shuts itself down.
@@ -717,13 +739,13 @@ class BrokerThread:
 
         The client runs in the caller's event loop (asyncio or Trio), not the broker's.
         """
-        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **self.client_options, **options})
 
     def connect_sync(self, **options: Any) -> SyncClient:
         """``broker.sync.connect(self.url, **options)`` with `TEST_CLIENT_OPTIONS` as defaults."""
         from .. import sync
 
-        return sync.connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+        return sync.connect(self.url, **{**TEST_CLIENT_OPTIONS, **self.client_options, **options})
 
     def capture(self, pattern: str) -> SyncCapture:
         """Capture every message published on `pattern` from now on; see `SyncCapture`.
@@ -753,7 +775,7 @@ class BrokerThread:
 
     async def _main(self) -> None:
         self._stop_event = stop_event = trio.Event()
-        async with running_broker(self._config) as broker:
+        async with running_broker(self._config, client_options=self.client_options) as broker:
             self._broker = broker
             self._url = broker.url
             self._port = broker.port
