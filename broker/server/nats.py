@@ -297,6 +297,9 @@ class NatsAdapter:
             return encode_info(dict(self._info, ldm=True))
         if code is ErrorCode.SLOW_CONSUMER:
             return b""  # nats-server closes a slow consumer without a word
+        if code is ErrorCode.PERMISSION_DENIED and details:
+            # From a refused PUB or SUB, or from a reload of [auth] removing a subscription.
+            message = _permissions_violation(details, message)
         return encode_err(nats_error_text(code, message))
 
     def ping_frame(self) -> bytes:
@@ -381,8 +384,7 @@ class NatsAdapter:
         message = refused.message
         if code is ErrorCode.BAD_SUBJECT:
             message = _INVALID_PUBLISH_SUBJECT if kind is Pub else _INVALID_SUBJECT
-        elif code is ErrorCode.PERMISSION_DENIED:
-            message = _permissions_violation(kind, refused.details or {}, message)
+
         self.transport.error(code, message, refused.details)
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
@@ -448,13 +450,14 @@ def _replay_frames(
         yield before + sid + after, tail
 
 
-def _permissions_violation(kind: type[Any], details: dict[str, Any], fallback: str) -> str:
+def _permissions_violation(details: dict[str, Any], fallback: str) -> str:
     """nats-server's words for a refused publish or subscription (not fatal, as there)."""
     subject = details.get("subject")
-    if type(subject) is not str:
+    operation = details.get("op")
+    if type(subject) is not str or operation not in ("publish", "subscribe"):
         return fallback
     quoted = json.dumps(subject, ensure_ascii=False)  # as Go's %q, for what subjects hold
-    if kind is Pub:
+    if operation == "publish":
         return f"Permissions Violation for Publish to {quoted}"
     return f"Permissions Violation for Subscription to {quoted}"
 
