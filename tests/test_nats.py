@@ -504,3 +504,22 @@ def test_max_connections(raw: Any) -> None:
     assert third.closed()
     second.send(b"PING\r\n")
     assert second.line() == b"PONG"
+
+
+def test_a_publish_to_more_subscriptions_than_one_step(raw: Any) -> None:
+    from broker.server.native import FANOUT_STEP
+
+    count = FANOUT_STEP + 100
+    sub = raw()
+    sub.send(b"".join(b"SUB wide %d\r\n" % n for n in range(count)) + b"PING\r\n")
+    assert sub.line() == b"PONG"
+    pub = raw(b'CONNECT {"verbose":true}\r\n')
+    assert pub.line() == b"+OK"
+    pub.send(b"PUB wide 1\r\nx\r\nPING\r\n")
+    assert [pub.line() for _ in range(2)] == [b"+OK", b"PONG"]  # after every step
+    sids = set()
+    for _ in range(count):
+        head = sub.line().split()
+        assert sub.line() == b"x"
+        sids.add(head[2])
+    assert len(sids) == count

@@ -49,7 +49,7 @@ from ..protocol.nats import (
     msg_head_sid,
     msg_parts,
 )
-from .native import OVERRUN_REST, TURN_SECONDS
+from .native import FANOUT_STEP, OVERRUN_REST, TURN_SECONDS
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
@@ -279,6 +279,9 @@ class NatsAdapter:
         return self.conn.buffered
 
     def process(self) -> str | bool:
+        fanouts = self.hub.fanouts
+        if fanouts and self in fanouts and not self._continue_fanout():
+            return True
         deferred = self._deferred
         if deferred is not None:
             self._deferred = None
@@ -317,6 +320,7 @@ class NatsAdapter:
         """Turn events into hub calls, at most `TURN_SECONDS` of them per turn (as native)."""
         hub = self.hub
         publish = hub.publish
+        fanouts = hub.fanouts
         transport = self.transport
         verbose = self.verbose
         clock = time.perf_counter
@@ -334,7 +338,14 @@ class NatsAdapter:
             kind = type(event)
             try:
                 if kind is Pub:
-                    work += publish(self, event)  # type: ignore[arg-type]
+                    work += publish(self, event, FANOUT_STEP)  # type: ignore[arg-type]
+                    if fanouts and self in fanouts:
+                        # Too many subscribers for one step (as native): the rest of them,
+                        # then this client's later operations, in the next turns.
+                        if verbose:
+                            transport.push_control(OK)
+                        self._deferred = events[at + 1 :]
+                        return True
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if sid not in self.subscriptions:
@@ -370,6 +381,18 @@ class NatsAdapter:
                 break
         if work >= _WORK_PER_LOOK:
             self._overran(clock() - deadline)
+        return True
+
+    def _continue_fanout(self) -> bool:
+        """Deliver more of this client's split publish, for one turn; True once it is done."""
+        resume = self.hub.resume
+        fanouts = self.hub.fanouts
+        clock = time.perf_counter
+        deadline = clock() + TURN_SECONDS
+        while self in fanouts:
+            resume(self, FANOUT_STEP)
+            if clock() > deadline:
+                return self not in fanouts
         return True
 
     def _overran(self, by: float) -> None:
