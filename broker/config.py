@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_LOG_PEER_LINES_PER_MINUTE",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONTROL_LINE",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
@@ -70,6 +71,8 @@ __all__ = [
     "DEFAULT_MONITOR_MAX_CONNECTIONS",
     "DEFAULT_MONITOR_PORT",
     "DEFAULT_MONITOR_REQUEST_TIMEOUT",
+    "DEFAULT_NATS_HOST",
+    "DEFAULT_NATS_PORT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -80,6 +83,7 @@ __all__ = [
     "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
     "MAX_LOG_PEER_LINES_PER_MINUTE",
+    "MAX_MAX_CONTROL_LINE",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
     "MAX_MAX_REPLAY_BYTES",
@@ -93,6 +97,7 @@ __all__ = [
     "MAX_SHUTDOWN_GRACE",
     "MAX_WRITE_TIMEOUT",
     "MIN_FRAME_HEADROOM",
+    "MIN_MAX_CONTROL_LINE",
     "MIN_MAX_PENDING_BYTES",
     "MIN_MAX_REPLAY_BYTES",
     "MIN_MAX_SUBJECT_LENGTH",
@@ -102,6 +107,7 @@ __all__ = [
     "ConfigError",
     "LogFormat",
     "MonitoringConfig",
+    "NatsConfig",
     "PermissionsConfig",
     "ResponsesConfig",
     "RulesConfig",
@@ -183,6 +189,13 @@ MAX_MONITOR_MAX_CONNECTIONS: Final = 1024
 #: Seconds one monitoring request (reading it, answering it) may take.
 DEFAULT_MONITOR_REQUEST_TIMEOUT: Final = 5.0
 MAX_MONITOR_REQUEST_TIMEOUT: Final = 60.0
+# [nats]
+DEFAULT_NATS_HOST: Final = "127.0.0.1"
+DEFAULT_NATS_PORT: Final = 4222
+#: nats-server's default: the longest control line (CRLF excluded) a NATS client may send.
+DEFAULT_MAX_CONTROL_LINE: Final = 4096
+MIN_MAX_CONTROL_LINE: Final = 256
+MAX_MAX_CONTROL_LINE: Final = 64 * KiB
 
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
@@ -707,9 +720,10 @@ def _outside_sections(
     keys.update((section, list(_fields(cls))) for section, cls in sections.items())
     holders = [f"[{section}]" for section, names in keys.items() if name in names]
     if holders:
+        where = holders[0] if len(holders) == 1 else f"{', '.join(holders[:-1])} or {holders[-1]}"
         return (
             "must be inside a section, not at the top of the file:"
-            f" put {_written(name, value)} under {' or '.join(holders)}"
+            f" put {_written(name, value)} under {where}"
         )
     pairs = [(section, key) for section, names in keys.items() for key in names]
     close = difflib.get_close_matches(name, [key for _, key in pairs], n=1)
@@ -940,6 +954,34 @@ class TlsConfig:
 
 @final
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfig:
+    """``[nats]``: a second listener speaking the NATS client protocol on the same hub.
+
+    Off unless asked for; its clients share every limit, timeout and counter of `Config`
+    with the native listener. See docs/nats.md.
+    """
+
+    enabled: bool = False
+    """Whether to open the NATS listener."""
+    host: str = DEFAULT_NATS_HOST
+    """The address it listens on (an IP literal or host name)."""
+    port: int = DEFAULT_NATS_PORT
+    """Its TCP port (4222 is NATS's); 0 picks a free one."""
+    max_control_line: int = DEFAULT_MAX_CONTROL_LINE
+    """Longest control line (PUB, SUB, CONNECT...) a client may send, CRLF excluded."""
+
+    def __post_init__(self) -> None:
+        _require_bool("enabled", self.enabled)
+        _check_host("host", self.host)
+        _require_int_in("port", self.port, _Range(0, MAX_PORT))
+        _require_int_in(
+            "max_control_line",
+            self.max_control_line,
+            _Range(MIN_MAX_CONTROL_LINE, MAX_MAX_CONTROL_LINE),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the broker can be told at start-up, with defaults that are safe on loopback.
 
@@ -1018,6 +1060,8 @@ class Config:
     """``[tls]``: the native listener's certificate; None serves plain TCP."""
     monitoring: MonitoringConfig = MonitoringConfig()
     """The HTTP monitoring endpoint, ``[monitoring]``; off unless enabled."""
+    nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
+    """``[nats]``: the NATS-protocol listener (`NatsConfig`)."""
 
     def __post_init__(self) -> None:
         _check_nested(self)

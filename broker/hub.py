@@ -799,18 +799,24 @@ class Fanout:
         end = min(start + step, len(self.subs))
         size = len(message[1])
         delivered = 0
+        guarded = self.hub._guarded
+        subject = message[0]
+        reply_to = message[2]
         for sub in self.subs[start:end]:
             target = sub.owner
             if target is origin and not echo:
                 continue
             if target.subscriptions.get(sub.sid) is not sub:
                 continue  # removed since the publish began
-            guard = sub.guard
-            if guard is not None:
-                if sub.filtered and not guard.may_receive(message[0]):
-                    continue
-                if message[2] is not None:
-                    guard.note_request(message[2])
+            if guarded:
+                # As `Hub._deliver_guarded`: a filtered subscription skips denied subjects,
+                # and a responder notes the request's reply subject.
+                guard = sub.guard
+                if guard is not None:
+                    if sub.filtered and not guard.may_receive(subject):
+                        continue
+                    if reply_to is not None:
+                        guard.note_request(reply_to)
             self.reached = True
             if target.deliver(sub, message):
                 delivered += 1

@@ -20,6 +20,7 @@ PURE_MODULES = (
     "broker.hub",
     "broker.protocol",
     "broker.protocol.native",
+    "broker.protocol.nats",
     "broker.retained",
     "broker.routing",
     "broker.stats",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import final
+from typing import Any, final
 
 import trio
 
@@ -34,6 +35,7 @@ from ..peerlog import PeerLog
 from ..stats import Statistics
 from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
+from .nats import NatsAdapter, nats_info, nats_refusal
 from .security import apply_auth
 from .sysevents import SystemEvents
 from .tls import server_context
@@ -124,6 +126,9 @@ class Server:
         #: A client left since memory was last handed back (see `_release_memory`).
         self._departed = False
         self.addresses: list[tuple[str, int]] = []
+        #: Where the NATS listener ([nats]) listens; empty when it is off.
+        self.nats_addresses: list[tuple[str, int]] = []
+        self._nats_info: dict[str, Any] = {}
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
 
@@ -136,6 +141,17 @@ class Server:
             raise RuntimeError("the server is not listening yet")
         scheme = "tcp" if self.tls_context is None else "tls"
         return f"{scheme}://" + format_address(*self.addresses[0])
+
+    @property
+    def nats_url(self) -> str:
+        """The NATS listener's URL, e.g. `nats://127.0.0.1:4222` (the ``[nats]`` section).
+
+        Raises:
+            RuntimeError: The server is not listening yet, or ``[nats]`` is not enabled.
+        """
+        if not self.nats_addresses:
+            raise RuntimeError("the NATS listener is not open ([nats] enabled = false?)")
+        return "nats://" + format_address(*self.nats_addresses[0])
 
     @property
     def port(self) -> int:
@@ -224,6 +240,12 @@ class Server:
         """
         listeners = await self._open_listeners()
         try:
+            nats_listeners = await self._open_nats_listener()
+        except BaseException:
+            await self._close_listeners(listeners)
+            raise
+        listeners += nats_listeners
+        try:
             monitoring = await self._open_monitoring()
             async with trio.open_nursery() as services:
                 # Monitoring lives as long as the clients do, so /healthz says 503 while they
@@ -235,7 +257,7 @@ class Server:
 
                     await services.start(serve_http, self, monitoring)
                     log.info("monitoring on %s", self.monitor_url)
-                await self._serve_clients(listeners, task_status)
+                await self._serve_clients(listeners, nats_listeners, task_status)
                 services.cancel_scope.cancel()
         finally:
             await self._close_listeners(listeners)
@@ -258,19 +280,25 @@ class Server:
         return opened
 
     async def _serve_clients(
-        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+        self,
+        listeners: list[trio.SocketListener],
+        nats_listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Server],
     ) -> None:
         """Accept and serve clients until shutdown, then let them drain."""
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
-                    acceptors.start_soon(self._accept_loop, listener, handlers)
+                    is_nats = listener in nats_listeners
+                    acceptors.start_soon(self._accept_loop, listener, handlers, is_nats)
                 acceptors.start_soon(self._release_memory)
                 log.info(
                     "broker %s listening on %s",
                     self.server_id,
                     ", ".join(format_address(*address) for address in self.addresses),
                 )
+                if self.nats_addresses:
+                    log.info("NATS clients: %s", self.nats_url)
                 task_status.started(self)
                 await self._shutdown.wait()
                 acceptors.cancel_scope.cancel()
@@ -298,6 +326,22 @@ class Server:
         ]
         return listeners
 
+    async def _open_nats_listener(self) -> list[trio.SocketListener]:
+        section = self.config.nats
+        if not section.enabled:
+            return []
+        try:
+            opened = await trio.open_tcp_listeners(section.port, host=section.host)
+        except OSError as error:
+            raise ListenError(section.host, section.port, error) from error
+        self.nats_addresses = [
+            (listener.socket.getsockname()[0], listener.socket.getsockname()[1])
+            for listener in opened
+        ]
+        host, port = self.nats_addresses[0]
+        self._nats_info = nats_info(self.hub, host=host, port=port)
+        return opened
+
     @staticmethod
     async def _close_listeners(listeners: list[trio.SocketListener]) -> None:
         for listener in listeners:
@@ -312,8 +356,11 @@ class Server:
                 self._departed = False
                 release_free_memory()
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        await trio.serve_listeners(self._handle, [listener], handler_nursery=handlers)
+    async def _accept_loop(
+        self, listener: trio.SocketListener, handlers: trio.Nursery, nats: bool
+    ) -> None:
+        handle = functools.partial(self._handle, nats=nats)
+        await trio.serve_listeners(handle, [listener], handler_nursery=handlers)
 
     def _begin_shutdown(self, handlers: trio.Nursery) -> None:
         grace = self.config.shutdown_grace
@@ -324,9 +371,9 @@ class Server:
         for transport in transports:
             transport.begin_shutdown()
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, *, nats: bool = False) -> None:
         tls_context = self.tls_context
-        if tls_context is not None:
+        if tls_context is not None and not nats:
             # The handshake itself runs in the transport, under the handshake deadline.
             stream = trio.SSLStream(stream, tls_context, server_side=True)
         hub = self.hub
@@ -350,7 +397,10 @@ class Server:
                     logger=log,
                 )
                 message = f"the server holds max_connections ({limit}) already"
-                frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
+                if nats:
+                    frame = nats_refusal(self._nats_info, ErrorCode.MAX_CONNECTIONS, message)
+                else:
+                    frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
                 await refuse(stream, frame, self.config.write_timeout)
                 return
             counters.connections += 1
@@ -359,7 +409,18 @@ class Server:
                 hub, stream, peer, self._next_client_id, address=address, peer_log=self.peer_log
             )
             self._next_client_id += 1
-            adapter = transport.adapter = NativeAdapter(hub, transport)
+            adapter: NativeAdapter | NatsAdapter
+            if nats:
+                adapter = NatsAdapter(
+                    hub,
+                    transport,
+                    self._nats_info,
+                    max_control_line=self.config.nats.max_control_line,
+                    tls=tls_context,
+                )
+            else:
+                adapter = NativeAdapter(hub, transport)
+            transport.adapter = adapter
             self.transports.add(transport)
             try:
                 await transport.run()

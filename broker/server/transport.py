@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
 from typing import Any, Final, Protocol, final
 
@@ -381,6 +382,12 @@ class Transport:
                 greeting = adapter.greeting()
                 if greeting is not None:
                     await self.stream.send_all(greeting)
+                # NATS upgrades to TLS after its plaintext INFO (which says tls_required).
+                upgrade: ssl.SSLContext | None = getattr(adapter, "tls_after_greeting", None)
+                if upgrade is not None:
+                    self.stream = trio.SSLStream(self.stream, upgrade, server_side=True)
+                    if not await tls_handshake(self):
+                        return False
                 while not done:
                     data = await self.stream.receive_some(READ_SIZE)
                     adapter.receive_data(data)

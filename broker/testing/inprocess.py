@@ -41,7 +41,7 @@ from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
 from ..client.deadlines import deadline
-from ..config import Config, MonitoringConfig, config_from_mapping, config_to_mapping
+from ..config import Config, MonitoringConfig, NatsConfig, config_from_mapping, config_to_mapping
 from ..server import Server
 from ..stats import Statistics
 from . import faults
@@ -101,8 +101,9 @@ def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
 
     Args:
         config: A base config; None means the defaults with ``hosts=("127.0.0.1",)`` and
-            ``port=0`` (a free port, so tests never collide), and monitoring on, on a free
-            loopback port (``monitor_url``).
+            ``port=0`` (a free port, so tests never collide), monitoring on a free loopback
+            port (``monitor_url``), and the NATS listener on 127.0.0.1 and a free port too
+            (``nats_url``), so nats.py clients can be tested.
         overrides: `broker.Config` fields, dotted file keys, and ``toml``.
 
     Raises:
@@ -136,7 +137,12 @@ def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
             'config file is given dotted, e.g. **{"slow_consumer.policy": "drop_oldest"}'
         )
     if config is None:
-        config = Config(hosts=("127.0.0.1",), port=0, monitoring=_TEST_MONITORING)
+        config = Config(
+            hosts=("127.0.0.1",),
+            port=0,
+            monitoring=_TEST_MONITORING,
+            nats=NatsConfig(enabled=True, host="127.0.0.1", port=0),
+        )
     if layout:
         merged = config_to_mapping(config)
         _merge(merged, layout)
@@ -231,6 +237,15 @@ class RunningBroker:
         """``http://127.0.0.1:<port>``, its monitoring endpoint (/varz, /connz, /metrics...),
         or None if the config turned it off; the same across restarts."""
         return self._server.monitor_url
+
+    @property
+    def nats_url(self) -> str:
+        """``nats://127.0.0.1:<port>``, for NATS clients (nats.py); the same across restarts.
+
+        Raises:
+            RuntimeError: Its config turned the NATS listener off.
+        """
+        return self._server.nats_url
 
     def statistics(self) -> Statistics:
         """A snapshot of the current server's counters (reset by `restart`)."""
@@ -373,6 +388,9 @@ class RunningBroker:
             if old.monitor_address is not None:
                 monitoring = dataclasses.replace(config.monitoring, port=old.monitor_address[1])
                 config = dataclasses.replace(config, monitoring=monitoring)
+            if old.nats_addresses:
+                nats = dataclasses.replace(config.nats, port=old.nats_addresses[0][1])
+                config = dataclasses.replace(config, nats=nats)
             self._server = await self._nursery.start(Server(config).serve)
             self._watched = None
             for reconnects, count in watched:
@@ -509,6 +527,7 @@ class BrokerThread:
         self._helpers: trio.Nursery | None = None
         self._stop_event: trio.Event | None = None
         self._url = ""
+        self._nats_url = ""
         self._port = 0
         self._monitor_url: str | None = None
 
@@ -623,6 +642,18 @@ class BrokerThread:
         across restarts."""
         self._require_started()
         return self._monitor_url
+
+    @property
+    def nats_url(self) -> str:
+        """``nats://127.0.0.1:<port>``, for NATS clients (nats.py); the same across restarts.
+
+        Raises:
+            RuntimeError: Not started, or its config turned the NATS listener off.
+        """
+        self._require_started()
+        if not self._nats_url:
+            raise RuntimeError("the NATS listener is off in this broker's config ([nats])")
+        return self._nats_url
 
     def statistics(self) -> Statistics:
         """A snapshot of the current server's counters (reset by `restart`)."""
@@ -774,6 +805,7 @@ class BrokerThread:
             self._url = broker.url
             self._port = broker.port
             self._monitor_url = broker.monitor_url
+            self._nats_url = broker.server.nats_url if broker.server.nats_addresses else ""
             async with trio.open_nursery() as helpers:
                 self._helpers = helpers
                 self._portal = Portal(helpers, f"the broker thread on {self._url} is not running")

@@ -24,6 +24,9 @@ For every kind of test (sync, asyncio, Trio):
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
 - ``broker_monitor_url``: its monitoring endpoint, ``http://127.0.0.1:<port>`` (on by default
   in test brokers), to assert on ``/varz``, ``/connz?cid=...`` or ``/metrics``.
+- ``broker_nats_url``: its NATS listener's URL, ``nats://127.0.0.1:<port>``, for NATS clients
+  such as nats.py (``await nats.connect(broker_nats_url, name="svc")``); the fault injection
+  above finds them by the ``name`` they gave.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
 - ``asyncio_service``: a function, ``asyncio_service(serve, *args)``, that runs the coroutine
@@ -110,6 +113,7 @@ __all__ = [
     "broker_client_sync",
     "broker_config",
     "broker_monitor_url",
+    "broker_nats_url",
     "broker_thread",
     "broker_url",
     "pytest_configure",
@@ -214,6 +218,12 @@ def broker_monitor_url(broker_thread: BrokerThread) -> str:
             '@pytest.mark.broker_config(**{"monitoring.enabled": True})'
         )
     return url
+
+
+@pytest.fixture
+def broker_nats_url(broker_thread: BrokerThread) -> str:
+    """The NATS URL of ``broker_thread``'s broker, ``nats://127.0.0.1:<port>``, for nats.py."""
+    return broker_thread.nats_url
 
 
 @pytest.fixture
