@@ -139,8 +139,10 @@ class Hub:
         "config",
         "counters",
         "info",
+        "on_retain",
         "retained",
         "table",
+        "watch",
     )
 
     def __init__(self, config: Config, *, server_id: str) -> None:
@@ -154,6 +156,12 @@ class Hub:
         )
         self.counters = Counters()
         self.closing = False
+        #: Told of every subscription added (+1) or removed (-1) through the verbs; the cluster
+        #: link uses it to announce this node's interest. None (alone): no cost.
+        self.watch: Callable[[Subscription, int], None] | None = None
+        #: Told of every retained message stored or deleted by a publish (not by
+        #: `store_retained`), so the cluster link can share it. None (alone): no cost.
+        self.on_retain: Callable[[Message], None] | None = None
         self._max_payload = config.max_payload
         self._max_subscriptions = config.max_subscriptions
         self._max_subject_length = config.max_subject_length
@@ -254,11 +262,84 @@ class Hub:
         subject = message[0]
         if not message[1]:
             store.delete(subject)
-            return
+        else:
+            kept = Retained(message)
+            problem = store.put(subject, kept, kept.size)
+            if problem is not None:
+                raise Refused(ErrorCode.RETAINED_LIMIT, problem, {"subject": subject})
+        if self.on_retain is not None:
+            self.on_retain(message)
+
+    def store_retained(self, message: Message) -> str | None:
+        """Store (or, with an empty payload, delete) a retained message routed elsewhere.
+
+        For a copy of the cluster's retained store: nothing is delivered and `on_retain` is
+        not told. Returns the store's refusal, or None.
+        """
+        subject = message[0]
+        if not message[1]:
+            self.retained.delete(subject)
+            return None
         kept = Retained(message)
-        problem = store.put(subject, kept, kept.size)
-        if problem is not None:
-            raise Refused(ErrorCode.RETAINED_LIMIT, problem, {"subject": subject})
+        return self.retained.put(subject, kept, kept.size)
+
+    # -- deliveries routed by another node ----------------------------------------------------
+
+    def deliver_plain(self, origin: Subscriber, message: Message) -> int:
+        """Deliver a message another node published to every plain subscription here.
+
+        Queue groups are left out (the publishing node chose their members), and so are the
+        subscriptions `origin` holds, whatever its echo flag: they stand for other nodes.
+        """
+        delivered = 0
+        for sub in self.table.match(message[0]).plain:
+            target = sub.owner
+            if target is not origin:
+                delivered += target.deliver(sub, message)
+        self._count_out(delivered, len(message[1]))
+        return delivered
+
+    def deliver_group(self, origin: Subscriber, message: Message, queue: str) -> int:
+        """Deliver a message to one member here of queue group `queue`, chosen by another node.
+
+        Members `origin` holds (other nodes') are passed over; 0 if none is left here.
+        """
+        for group in self.table.match(message[0]).groups:
+            if group.name == queue:
+                chosen = group.choose(_owned_by(origin))
+                if chosen is None:
+                    return 0
+                delivered = chosen.owner.deliver(chosen, message)
+                self._count_out(delivered, len(message[1]))
+                return delivered
+        return 0
+
+    def _count_out(self, delivered: int, size: int) -> None:
+        if delivered:
+            counters = self.counters
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * size
+
+    def attach(self, owner: Subscriber, sid: Any, pattern: str, queue: str | None) -> Subscription:
+        """Add a subscription that stands for interest elsewhere (another node's).
+
+        No limit, no replay and no `watch`: the pattern was checked where it was made.
+
+        Raises:
+            SubjectError: The pattern or queue name is not valid here (a node with other
+                subject limits); the caller skips that interest.
+        """
+        sub = Subscription(owner, sid, pattern, queue, b"")
+        self.table.insert(sub, pattern, queue)
+        owner.subscriptions[sid] = sub
+        return sub
+
+    def detach(self, sub: Subscription) -> None:
+        """Remove a subscription made by `attach` (no `watch`)."""
+        held = sub.owner.subscriptions
+        if held.get(sub.sid) is sub:
+            del held[sub.sid]
+            self.table.discard(sub)
 
     def _no_responders(self, origin: Subscriber, reply_to: str) -> None:
         """Answer a request nobody can serve, on the requester's own reply subscriptions."""
@@ -310,6 +391,8 @@ class Hub:
         except SubjectError as error:
             raise Refused(ErrorCode.BAD_SUBJECT, str(error), details) from None
         held[sid] = sub
+        if self.watch is not None:
+            self.watch(sub, 1)
         if queue is None and self.retained.subjects:
             entries = self.retained.matching(pattern)
             if entries and owner.replay(sub, entries):
@@ -340,6 +423,8 @@ class Hub:
         if held.get(sub.sid) is sub:
             del held[sub.sid]
             self.table.discard(sub)
+            if self.watch is not None:
+                self.watch(sub, -1)
 
     def remove_all(self, owner: Subscriber, *, limit: int | None = None) -> bool:
         """Remove the subscriptions of `owner` (it is leaving); True while some remain.
@@ -353,8 +438,11 @@ class Hub:
         table = self.table
         held = owner.subscriptions
         if limit is None or len(held) <= limit:
+            watch = self.watch
             for sub in held.values():
                 table.discard(sub)
+                if watch is not None:
+                    watch(sub, -1)
             held.clear()
             return False
         members = [sub for sub in held.values() if sub.queue is not None]

@@ -16,7 +16,7 @@ import secrets
 import signal
 import socket
 from collections.abc import AsyncIterator
-from typing import final
+from typing import TYPE_CHECKING, final
 
 import trio
 
@@ -27,6 +27,9 @@ from ..hub import Hub
 from ..stats import Statistics
 from .native import NativeAdapter, refusal_frame
 from .transport import Transport, peer_address, refuse
+
+if TYPE_CHECKING:
+    from ..cluster.link import ClusterLink
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
 
@@ -90,6 +93,15 @@ class Server:
         self.addresses: list[tuple[str, int]] = []
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
+        #: The link to the other nodes when the config has ``[cluster]``, else None (and
+        #: coredis is never imported).
+        self.cluster: ClusterLink | None = None
+        if self.config.cluster is not None:
+            from ..cluster.link import ClusterLink
+
+            self.cluster = ClusterLink(
+                self.hub, self.config.cluster, self.config.cluster.name or self.server_id
+            )
 
     @property
     def url(self) -> str:
@@ -131,6 +143,10 @@ class Server:
         listeners = await self._open_listeners()
         try:
             async with trio.open_nursery() as handlers:
+                if self.cluster is not None:
+                    # Before accepting: a client's first subscription replays the cluster's
+                    # retained messages, and its first request sees the cluster's interest.
+                    await handlers.start(self.cluster.run)
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
@@ -188,6 +204,8 @@ class Server:
         handlers.cancel_scope.deadline = trio.current_time() + grace if grace else -math.inf
         for transport in transports:
             transport.begin_shutdown()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         hub = self.hub
