@@ -15,11 +15,12 @@ Nodes get a short heartbeat (`TEST_HEARTBEAT`) so that fault tests run in about 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final, final
 
 import trio
@@ -201,25 +202,29 @@ class RunningCluster:
 
 
 def cluster_config(
-    redis_url: str, *, config: Config | None = None, name: str = "", **overrides: Any
+    redis_url: str,
+    *,
+    config: Config | None = None,
+    name: str = "",
+    cluster: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> Config:
-    """A test node's config: `config_for_tests` with ``[cluster]`` at `redis_url`."""
+    """A test node's config: `config_for_tests` with ``[cluster]`` at `redis_url`.
+
+    Args:
+        cluster: `ClusterConfig` fields (``{"inbound_buffer": 4}``); the test timings and
+            `redis_url` by default, and the base config's ``[cluster]`` if it has one.
+    """
     base = config_for_tests(config, **overrides)
-    section = base.cluster or ClusterConfig(
-        redis_url=redis_url,
-        heartbeat_interval=TEST_HEARTBEAT,
-        node_timeout=TEST_NODE_TIMEOUT,
-    )
-    section = ClusterConfig(
-        redis_url=redis_url,
-        name=name,
-        prefix=section.prefix,
-        heartbeat_interval=section.heartbeat_interval,
-        node_timeout=section.node_timeout,
-        inbound_buffer=section.inbound_buffer,
-        outbound_buffer=section.outbound_buffer,
-    )
-    return config_for_tests(base, cluster=section)
+    fields: dict[str, Any] = {
+        "heartbeat_interval": TEST_HEARTBEAT,
+        "node_timeout": TEST_NODE_TIMEOUT,
+    }
+    if base.cluster is not None:
+        fields = {f.name: getattr(base.cluster, f.name) for f in dataclasses.fields(ClusterConfig)}
+    fields.update(cluster or {})
+    fields.update(redis_url=redis_url, name=name)
+    return config_for_tests(base, cluster=ClusterConfig(**fields))
 
 
 @contextlib.asynccontextmanager
@@ -229,6 +234,7 @@ async def running_cluster(
     redis_url: str | None = None,
     names: Sequence[str] | None = None,
     config: Config | None = None,
+    cluster: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunningCluster]:
     """Run `nodes` brokers joined through Redis in the calling Trio task while the block runs.
@@ -247,6 +253,7 @@ async def running_cluster(
         redis_url: A Redis to use; None starts one (`running_redis`) for the block.
         names: The nodes' names (default ``node0``, ``node1``, ...).
         config: A base config for every node; its ``[cluster]`` (if any) gives the timings.
+        cluster: `ClusterConfig` fields for every node (``{"node_timeout": 2.0}``).
         overrides: `broker.Config` fields or dotted file keys, for every node.
     """
     names = list(names) if names is not None else [f"node{i}" for i in range(nodes)]
@@ -257,10 +264,14 @@ async def running_cluster(
             redis_url = redis.url
         running = [
             await stack.enter_async_context(
-                running_broker(cluster_config(redis_url, config=config, name=name, **overrides))
+                running_broker(
+                    cluster_config(
+                        redis_url, config=config, name=name, cluster=cluster, **overrides
+                    )
+                )
             )
             for name in names[:nodes]
         ]
-        cluster = RunningCluster(redis, redis_url, running)
-        await cluster.settle()
-        yield cluster
+        joined = RunningCluster(redis, redis_url, running)
+        await joined.settle()
+        yield joined
