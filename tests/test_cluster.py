@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
 
 import pytest
 import trio
 
 import broker
-from broker.testing.cluster import redis_server_path, running_cluster, running_redis
+from broker.testing import running_broker
+from broker.testing.cluster import (
+    cluster_config,
+    redis_server_path,
+    running_cluster,
+    running_redis,
+)
+
+
+# Each connection attempt of coredis 6.9 that fails (Redis away) or is cancelled (a node killed)
+# leaves the anyio memory streams its Connection made in __init__ unclosed: connection/_base.py
+# closes them only once connected. The garbage collector's ResourceWarning about them is
+# coredis's, not a leak of ours; each test collects them itself, under this narrow filter, so
+# they never surface in a later test.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <function MemoryObject(Send|Receive)Stream.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 
 
 @pytest.fixture(autouse=True)
-def _redis_server() -> None:
+def _redis_server() -> Iterator[None]:
     if redis_server_path() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is missing: .ci/run installs Debian's redis-server")
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    yield
+    gc.collect()
 
 
 def taken(sub: broker.Subscription) -> list[broker.Message]:
@@ -174,3 +195,117 @@ async def test_a_node_without_interest_receives_nothing_from_redis() -> None:
                 )
                 assert list(numsub.values()) == [1, 1, 1]
                 assert await redis.pubsub_numpat() == 0
+
+
+async def test_a_killed_node_is_forgotten_within_node_timeout_and_the_others_carry_on() -> None:
+    async with running_cluster(2) as cluster:
+        config = cluster_config(cluster.redis_url, name="doomed")
+        timeout = config.cluster.node_timeout + 2 * config.cluster.heartbeat_interval  # type: ignore[union-attr]
+        async with trio.open_nursery() as nursery:
+            # A node cancelled from outside says no goodbye: as good as killed for the others.
+            killed = trio.CancelScope()
+
+            async def doomed(task_status: trio.TaskStatus[None]) -> None:
+                with killed:
+                    async with running_broker(config) as node:
+                        async with node.connect() as client, client.subscribe("work.>"):
+                            await client.flush()
+                            task_status.started()
+                            await trio.sleep_forever()
+
+            await nursery.start(doomed)
+            with trio.fail_after(5):
+                while "doomed" not in cluster.link(0).remote.nodes or not cluster.link(0).subscriptions:
+                    await trio.sleep(0.01)
+            killed.cancel()
+            start = trio.current_time()
+        async with cluster[0].connect() as a, cluster[1].connect() as b, b.subscribe("x") as sub:
+            await b.flush()
+            with trio.fail_after(5):
+                while not [s for s in cluster.link(0).subscriptions if s[1] == "x"]:
+                    await trio.sleep(0.01)
+            with trio.fail_after(timeout + 1):
+                while "doomed" in cluster.link(0).remote.nodes:
+                    await a.publish("x", b"still here")
+                    await sub.next(timeout=2)
+                    await trio.sleep(0.02)
+            assert trio.current_time() - start <= timeout + 0.5
+            assert not [s for s in cluster.link(0).subscriptions if s[0] == "doomed"]
+            with pytest.raises(broker.NoResponders):
+                await a.request("work.item", b"", timeout=5)
+
+
+async def test_redis_away_degrades_then_resumes_by_itself() -> None:
+    async with running_cluster(2) as cluster:
+        redis = cluster.redis
+        assert redis is not None
+        async with (
+            cluster[0].connect() as a,
+            cluster[0].connect() as local,
+            cluster[1].connect() as b,
+            local.subscribe("news.*") as local_sub,
+            b.subscribe("news.*") as remote_sub,
+        ):
+            await local.flush()
+            await b.flush()
+            await cluster.settle()
+            await redis.stop()
+            with trio.fail_after(5):
+                while any(link.state != "degraded" for link in cluster.links()):
+                    await trio.sleep(0.01)
+            assert "degraded" in cluster.link(0).status().as_dict()["state"]
+            # Local clients are still served; what was meant for node1 is lost and counted.
+            lost = cluster.link(0).counters["lost"]
+            await a.publish("news.local", b"during")
+            assert (await local_sub.next(timeout=2)).payload == b"during"
+            assert cluster.link(0).counters["lost"] == lost + 1
+            # Redis returns (empty: its data died with it); the nodes rejoin on their own.
+            await redis.start()
+            with trio.fail_after(10):
+                await cluster.settle()
+            await a.publish("news.remote", b"after")
+            while True:
+                msg = await remote_sub.next(timeout=5)
+                if msg.payload == b"after":
+                    break
+            assert cluster.link(0).counters["reconnects"] >= 1
+
+
+async def test_a_flooded_node_drops_and_counts_past_its_inbound_bound_and_harms_no_one() -> None:
+    async with running_cluster(3, cluster={"inbound_buffer": 2}) as cluster:
+        async with (
+            cluster[0].connect() as pub,
+            cluster[2].connect() as c2,
+            c2.subscribe("ok") as ok,
+        ):
+            await c2.flush()
+            await cluster.settle()
+            import coredis
+
+            from broker.cluster.wire import entry, pack_batch
+
+            frame = pack_batch("flood", [entry(None, ("flood", b"x" * 100, None, None, False))])
+            link = cluster.link(1)
+            async with coredis.Redis.from_url(cluster.redis_url) as redis:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for _ in range(500):
+                        pipe.publish(link.keys.inbox(link.node), frame)
+            await pub.publish("ok", b"fine")
+            assert (await ok.next(timeout=5)).payload == b"fine"
+            with trio.fail_after(5):
+                while link.counters["received"] + link.counters["dropped_inbound"] < 500:
+                    assert link._inbound_send.statistics().current_buffer_used <= 2
+                    await trio.sleep(0)
+            assert link.state == "up"
+            # A burst within one step, as coredis's reader hands over what one read parsed:
+            # one goes straight to the waiting router, two fit the buffer, the other seven are
+            # dropped and counted, and nothing waits.
+            while link._inbound_send.statistics().current_buffer_used:
+                await trio.sleep(0)
+            before = dict(link.counters)
+            for _ in range(10):
+                link._on_batch({"type": "message", "channel": b"", "data": frame})
+            assert link.counters["dropped_inbound"] - before["dropped_inbound"] == 7
+            with trio.fail_after(5):
+                while link.counters["received"] - before["received"] < 3:
+                    await trio.sleep(0.01)

@@ -547,7 +547,7 @@ class ClusterLink:
 
 
 def _reason(error: BaseException) -> str:
-    """The innermost error of a (possibly grouped) failure, as one line."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+    """The first leaf of a (possibly grouped) failure, as one line."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
