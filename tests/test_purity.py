@@ -24,6 +24,9 @@ PURE_MODULES = (
     "broker.stats",
     "broker._text",
     "broker.subjects",
+    "broker.cluster",
+    "broker.cluster.interest",
+    "broker.cluster.wire",
 )
 
 _IO = ("trio", "anyio", "asyncio", "socket")
