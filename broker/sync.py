@@ -60,7 +60,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
@@ -86,7 +86,7 @@ from .client import (
 )
 from .client.client import open_client
 from .client.limits import Payload, ServerLimits, check_headers
-from .client.options import ConnectOptions, check_options, document_options, resolve_url
+from .client.options import ConnectOptions, check_options, document_options, resolve_urls
 from .errors import (
     BrokerError,
     ConnectionClosed,
@@ -1055,7 +1055,9 @@ def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Await
 
 
 @document_options
-def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncClient:
+def connect(
+    url: str | Sequence[str] | None = None, **options: Unpack[ConnectOptions]
+) -> SyncClient:
     """Connect to a broker from sync code; returns once connected (or raises).
 
     Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
@@ -1064,7 +1066,8 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
 
     Args:
         url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
-            ``$BROKER_URL`` as the command line does, else ``tcp://127.0.0.1:5878``.
+            ``$BROKER_URL`` as the command line does, else ``tcp://127.0.0.1:5878``. Several
+            nodes of a cluster as a list or with commas, as `broker.connect` takes them.
         **options: Any of `broker.client.options.ConnectOptions` (listed below).
 
     Raises:
@@ -1074,7 +1077,7 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
             ``max_connections``) is in its ``code``.
     """
     # Checked here, in the caller's thread; connecting happens in the client's.
-    host, port = resolve_url(url)
+    (host, port), *also = resolve_urls(url)
     checked = check_options(options, "connect")
     report_error = _in_worker_thread(checked.on_error)
     client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)
@@ -1088,6 +1091,7 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
             on_shutting_down=_in_worker_thread(checked.on_shutting_down),
             on_error=report_error,
         ),
+        also=also,
     )
     client._start()
     return client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -17,7 +18,6 @@ from broker.testing.cluster import (
     running_cluster,
     running_redis,
 )
-
 
 # Each connection attempt of coredis 6.9 that fails (Redis away) or is cancelled (a node killed)
 # leaves the anyio memory streams its Connection made in __init__ unclosed: connection/_base.py
@@ -49,94 +49,96 @@ def taken(sub: broker.Subscription) -> list[broker.Message]:
 
 
 async def test_publish_reaches_every_node_once_in_order() -> None:
-    async with running_cluster(3) as cluster:
-        async with (
-            cluster[0].connect(name="pub") as pub,
-            cluster[1].connect() as c1,
-            cluster[2].connect() as c2,
-        ):
-            async with (
-                c1.subscribe("orders.*") as s1,
-                c1.subscribe("orders.>") as s1b,
-                c2.subscribe("orders.new") as s2,
-            ):
-                await c1.flush()
-                await c2.flush()
-                await cluster.settle()
-                for i in range(200):
-                    await pub.publish("orders.new", b"%d" % i)
-                with trio.fail_after(5):
-                    for sub in (s1, s1b, s2):
-                        got = [int((await sub.next()).payload) for _ in range(200)]
-                        assert got == list(range(200))
-                await pub.flush()
-                await c1.flush()
-                await c2.flush()
-                # Exactly once: nothing more arrives.
-                for sub in (s1, s1b, s2):
-                    with pytest.raises(TimeoutError):
-                        await sub.next(timeout=0.2)
+    async with (
+        running_cluster(3) as cluster,
+        cluster[0].connect(name="pub") as pub,
+        cluster[1].connect() as c1,
+        cluster[2].connect() as c2,
+        c1.subscribe("orders.*") as s1,
+        c1.subscribe("orders.>") as s1b,
+        c2.subscribe("orders.new") as s2,
+    ):
+        await c1.flush()
+        await c2.flush()
+        await cluster.settle()
+        for i in range(200):
+            await pub.publish("orders.new", b"%d" % i)
+        with trio.fail_after(5):
+            for sub in (s1, s1b, s2):
+                got = [int((await sub.next()).payload) for _ in range(200)]
+                assert got == list(range(200))
+        await pub.flush()
+        await c1.flush()
+        await c2.flush()
+        # Exactly once: nothing more arrives.
+        for sub in (s1, s1b, s2):
+            with pytest.raises(TimeoutError):
+                await sub.next(timeout=0.2)
 
 
 async def test_queue_group_members_on_several_nodes_get_each_message_once_evenly() -> None:
-    async with running_cluster(3) as cluster:
-        async with (
-            cluster[0].connect() as pub,
-            cluster[0].connect() as w0,
-            cluster[1].connect() as w1,
-            cluster[2].connect() as w2,
-        ):
-            subs = [w.subscribe("jobs.*", queue="workers") for w in (w0, w1, w2)]
-            try:
-                for w in (w0, w1, w2):
-                    await w.flush()
-                await cluster.settle()
-                for i in range(300):
-                    await pub.publish("jobs.run", b"%d" % i)
-                got: list[list[int]] = [[], [], []]
-                with trio.fail_after(5):
-                    while sum(map(len, got)) < 300:
-                        for index, sub in enumerate(subs):
-                            got[index].extend(int(m.payload) for m in taken(sub))
-                        await trio.sleep(0.01)
-                for w in (w0, w1, w2):
-                    await w.flush()
-                await trio.sleep(0.1)
-                assert sorted(sum(got, [])) == list(range(300))  # each exactly once
-                assert [len(g) for g in got] == [100, 100, 100]  # round-robin, cluster-wide
-                for g in got:
-                    assert g == sorted(g)  # each member in publish order
-            finally:
-                for sub in subs:
-                    sub.unsubscribe()
+    async with (
+        running_cluster(3) as cluster,
+        cluster[0].connect() as pub,
+        cluster[0].connect() as w0,
+        cluster[1].connect() as w1,
+        cluster[2].connect() as w2,
+    ):
+        subs = [w.subscribe("jobs.*", queue="workers") for w in (w0, w1, w2)]
+        try:
+            for w in (w0, w1, w2):
+                await w.flush()
+            await cluster.settle()
+            for i in range(300):
+                await pub.publish("jobs.run", b"%d" % i)
+            got: list[list[int]] = [[], [], []]
+            with trio.fail_after(5):
+                while sum(map(len, got)) < 300:
+                    for index, sub in enumerate(subs):
+                        got[index].extend(int(m.payload) for m in taken(sub))
+                    await trio.sleep(0.01)
+            for w in (w0, w1, w2):
+                await w.flush()
+            await trio.sleep(0.1)
+            assert sorted(itertools.chain(*got)) == list(range(300))  # each exactly once
+            assert [len(g) for g in got] == [100, 100, 100]  # round-robin, cluster-wide
+            for g in got:
+                assert g == sorted(g)  # each member in publish order
+        finally:
+            for sub in subs:
+                sub.unsubscribe()
 
 
 async def test_request_reply_across_nodes_and_instant_no_responders() -> None:
-    async with running_cluster(3) as cluster:
-        async with cluster[0].connect() as requester, cluster[2].connect() as responder:
-            async with responder.subscribe("time.now") as service:
-                await responder.flush()
-                await cluster.settle()
-
-                async def serve() -> None:
-                    async for msg in service:
-                        await msg.respond(b"noon:" + msg.payload)
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(serve)
-                    with trio.fail_after(5):
-                        for i in range(20):
-                            reply = await requester.request("time.now", b"%d" % i, timeout=5)
-                            assert reply.payload == b"noon:%d" % i
-                    nursery.cancel_scope.cancel()
-            # No node has a matching subscription any more: "no responders" at once.
+    async with (
+        running_cluster(3) as cluster,
+        cluster[0].connect() as requester,
+        cluster[2].connect() as responder,
+    ):
+        # The responder's subscription ends before the no-responders half.
+        async with responder.subscribe("time.now") as service:
             await responder.flush()
             await cluster.settle()
-            with trio.fail_after(1):
-                with pytest.raises(broker.NoResponders):
-                    await requester.request("time.now", b"", timeout=5)
-                with pytest.raises(broker.NoResponders):
-                    await requester.request("nobody.anywhere", b"", timeout=5)
+
+            async def serve() -> None:
+                async for msg in service:
+                    await msg.respond(b"noon:" + msg.payload)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                with trio.fail_after(5):
+                    for i in range(20):
+                        reply = await requester.request("time.now", b"%d" % i, timeout=5)
+                        assert reply.payload == b"noon:%d" % i
+                nursery.cancel_scope.cancel()
+        # No node has a matching subscription any more: "no responders" at once.
+        await responder.flush()
+        await cluster.settle()
+        with trio.fail_after(1):
+            with pytest.raises(broker.NoResponders):
+                await requester.request("time.now", b"", timeout=5)
+            with pytest.raises(broker.NoResponders):
+                await requester.request("nobody.anywhere", b"", timeout=5)
 
 
 async def test_retained_messages_live_in_redis_and_survive_every_node_restarting() -> None:
@@ -159,42 +161,45 @@ async def test_retained_messages_live_in_redis_and_survive_every_node_restarting
                             True,
                         )
         # Every node stopped; a new cluster on the same Redis replays what it kept.
-        async with running_cluster(2, redis_url=redis.url, names=["x", "y"]) as cluster:
-            async with cluster[1].connect() as late, late.subscribe("config.*") as sub:
-                msg = await sub.next(timeout=5)
-                assert (msg.subject, msg.payload, msg.retained) == ("config.color", b"blue", True)
-                with pytest.raises(TimeoutError):
-                    await sub.next(timeout=0.2)
+        async with (
+            running_cluster(2, redis_url=redis.url, names=["x", "y"]) as cluster,
+            cluster[1].connect() as late,
+            late.subscribe("config.*") as sub,
+        ):
+            msg = await sub.next(timeout=5)
+            assert (msg.subject, msg.payload, msg.retained) == ("config.color", b"blue", True)
+            with pytest.raises(TimeoutError):
+                await sub.next(timeout=0.2)
 
 
 async def test_a_node_without_interest_receives_nothing_from_redis() -> None:
-    async with running_cluster(3) as cluster:
-        async with (
-            cluster[0].connect() as pub,
-            cluster[1].connect() as c1,
-            c1.subscribe("metrics.>") as sub,
-        ):
-            await c1.flush()
-            await cluster.settle()
-            for i in range(100):
-                await pub.publish("metrics.cpu", b"%d" % i)
-                await pub.publish("logs.debug", b"%d" % i)  # nobody anywhere
-            await pub.flush()
-            for _ in range(100):
-                await sub.next(timeout=5)
-            a, b, c = (cluster.link(i).counters for i in range(3))
-            assert a["sent"] == 100  # only metrics.cpu, only to node1
-            assert b["received"] == 100
-            assert c["received"] == 0 and c["dropped_inbound"] == 0
-            # Each node listens on its own inbox channel only (plus the two broadcast ones).
-            import coredis
+    async with (
+        running_cluster(3) as cluster,
+        cluster[0].connect() as pub,
+        cluster[1].connect() as c1,
+        c1.subscribe("metrics.>") as sub,
+    ):
+        await c1.flush()
+        await cluster.settle()
+        for i in range(100):
+            await pub.publish("metrics.cpu", b"%d" % i)
+            await pub.publish("logs.debug", b"%d" % i)  # nobody anywhere
+        await pub.flush()
+        for _ in range(100):
+            await sub.next(timeout=5)
+        a, b, c = (cluster.link(i).counters for i in range(3))
+        assert a["sent"] == 100  # only metrics.cpu, only to node1
+        assert b["received"] == 100
+        assert c["received"] == 0 and c["dropped_inbound"] == 0
+        # Each node listens on its own inbox channel only (plus the two broadcast ones).
+        import coredis
 
-            async with coredis.Redis.from_url(cluster.redis_url) as redis:
-                numsub = await redis.pubsub_numsub(
-                    *(link.keys.inbox(link.node) for link in cluster.links())
-                )
-                assert list(numsub.values()) == [1, 1, 1]
-                assert await redis.pubsub_numpat() == 0
+        async with coredis.Redis.from_url(cluster.redis_url) as redis:
+            numsub = await redis.pubsub_numsub(
+                *(link.keys.inbox(link.node) for link in cluster.links())
+            )
+            assert list(numsub.values()) == [1, 1, 1]
+            assert await redis.pubsub_numpat() == 0
 
 
 async def test_a_killed_node_is_forgotten_within_node_timeout_and_the_others_carry_on() -> None:
@@ -207,15 +212,21 @@ async def test_a_killed_node_is_forgotten_within_node_timeout_and_the_others_car
 
             async def doomed(task_status: trio.TaskStatus[None]) -> None:
                 with killed:
-                    async with running_broker(config) as node:
-                        async with node.connect() as client, client.subscribe("work.>"):
-                            await client.flush()
-                            task_status.started()
-                            await trio.sleep_forever()
+                    async with (
+                        running_broker(config) as node,
+                        node.connect() as client,
+                        client.subscribe("work.>"),
+                    ):
+                        await client.flush()
+                        task_status.started()
+                        await trio.sleep_forever()
 
             await nursery.start(doomed)
             with trio.fail_after(5):
-                while "doomed" not in cluster.link(0).remote.nodes or not cluster.link(0).subscriptions:
+                while (
+                    "doomed" not in cluster.link(0).remote.nodes
+                    or not cluster.link(0).subscriptions
+                ):
                     await trio.sleep(0.01)
             killed.cancel()
             start = trio.current_time()
@@ -272,40 +283,42 @@ async def test_redis_away_degrades_then_resumes_by_itself() -> None:
 
 
 async def test_a_flooded_node_drops_and_counts_past_its_inbound_bound_and_harms_no_one() -> None:
-    async with running_cluster(3, cluster={"inbound_buffer": 2}) as cluster:
+    async with (
+        running_cluster(3, cluster={"inbound_buffer": 2}) as cluster,
+        cluster[0].connect() as pub,
+        cluster[2].connect() as c2,
+        c2.subscribe("ok") as ok,
+    ):
+        await c2.flush()
+        await cluster.settle()
+        import coredis
+
+        from broker.cluster.wire import entry, pack_batch
+
+        frame = pack_batch("flood", [entry(None, ("flood", b"x" * 100, None, None, False))])
+        link = cluster.link(1)
         async with (
-            cluster[0].connect() as pub,
-            cluster[2].connect() as c2,
-            c2.subscribe("ok") as ok,
+            coredis.Redis.from_url(cluster.redis_url) as redis,
+            redis.pipeline(transaction=False) as pipe,
         ):
-            await c2.flush()
-            await cluster.settle()
-            import coredis
-
-            from broker.cluster.wire import entry, pack_batch
-
-            frame = pack_batch("flood", [entry(None, ("flood", b"x" * 100, None, None, False))])
-            link = cluster.link(1)
-            async with coredis.Redis.from_url(cluster.redis_url) as redis:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for _ in range(500):
-                        pipe.publish(link.keys.inbox(link.node), frame)
-            await pub.publish("ok", b"fine")
-            assert (await ok.next(timeout=5)).payload == b"fine"
-            with trio.fail_after(5):
-                while link.counters["received"] + link.counters["dropped_inbound"] < 500:
-                    assert link._inbound_send.statistics().current_buffer_used <= 2
-                    await trio.sleep(0)
-            assert link.state == "up"
-            # A burst within one step, as coredis's reader hands over what one read parsed:
-            # one goes straight to the waiting router, two fit the buffer, the other seven are
-            # dropped and counted, and nothing waits.
-            while link._inbound_send.statistics().current_buffer_used:
+            for _ in range(500):
+                pipe.publish(link.keys.inbox(link.node), frame)
+        await pub.publish("ok", b"fine")
+        assert (await ok.next(timeout=5)).payload == b"fine"
+        with trio.fail_after(5):
+            while link.counters["received"] + link.counters["dropped_inbound"] < 500:
+                assert link._inbound_send.statistics().current_buffer_used <= 2
                 await trio.sleep(0)
-            before = dict(link.counters)
-            for _ in range(10):
-                link._on_batch({"type": "message", "channel": b"", "data": frame})
-            assert link.counters["dropped_inbound"] - before["dropped_inbound"] == 7
-            with trio.fail_after(5):
-                while link.counters["received"] - before["received"] < 3:
-                    await trio.sleep(0.01)
+        assert link.state == "up"
+        # A burst within one step, as coredis's reader hands over what one read parsed:
+        # one goes straight to the waiting router, two fit the buffer, the other seven are
+        # dropped and counted, and nothing waits.
+        while link._inbound_send.statistics().current_buffer_used:
+            await trio.sleep(0)
+        before = dict(link.counters)
+        for _ in range(10):
+            link._on_batch({"type": "message", "channel": b"", "data": frame})
+        assert link.counters["dropped_inbound"] - before["dropped_inbound"] == 7
+        with trio.fail_after(5):
+            while link.counters["received"] - before["received"] < 3:
+                await trio.sleep(0.01)

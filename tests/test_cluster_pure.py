@@ -111,11 +111,11 @@ def test_cluster_section_is_read_and_checked() -> None:
     config = config_from_mapping(tomllib.loads(text))
     assert config.cluster == ClusterConfig(redis_url="redis://127.0.0.1:6379/0", name="n1")
     assert config_from_mapping({}).cluster is None
-    with pytest.raises(ConfigError, match="cluster.redis_url must be a redis://"):
+    with pytest.raises(ConfigError, match=r"cluster\.redis_url must be a redis://"):
         config_from_mapping({"cluster": {"redis_url": "http://x"}})
-    with pytest.raises(ConfigError, match="cluster.name must be 1 to 64"):
+    with pytest.raises(ConfigError, match=r"cluster\.name must be 1 to 64"):
         config_from_mapping({"cluster": {"redis_url": "redis://x", "name": "a b"}})
-    with pytest.raises(ConfigError, match="cluster.prefix must be 1 to 64"):
+    with pytest.raises(ConfigError, match=r"cluster\.prefix must be 1 to 64"):
         config_from_mapping({"cluster": {"redis_url": "redis://x", "prefix": ""}})
     with pytest.raises(ConfigError, match="at least twice heartbeat_interval"):
         ClusterConfig(redis_url="redis://x", heartbeat_interval=1, node_timeout=1.9)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypedDict, TypeVar, final
 from urllib.parse import urlsplit
@@ -41,6 +41,7 @@ __all__ = [
     "document_options",
     "parse_url",
     "resolve_url",
+    "resolve_urls",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -265,6 +266,37 @@ def resolve_url(url: str | None) -> tuple[str, int]:
         return parse_url(from_env)
     except ValueError as error:
         raise ValueError(f"${URL_ENV}: {error}") from None
+
+
+def resolve_urls(url: str | Sequence[str] | None) -> list[tuple[str, int]]:
+    """Every broker address to try, in order: of `url`, else ``$BROKER_URL``, else the default.
+
+    Several nodes of one cluster are a list (``["tcp://a:5878", "tcp://b:5878"]``) or one
+    string with commas (``"tcp://a:5878,tcp://b:5878"``, as ``--url`` and ``$BROKER_URL``
+    take them). A client connects to the first that answers and, when that connection breaks,
+    fails over to the next.
+
+    Raises:
+        ValueError: As `parse_url`, for any of them; or no address at all.
+        TypeError: `url` is neither a str nor a sequence of str.
+    """
+    if url is None:
+        from_env = os.environ.get(URL_ENV)
+        if not from_env:
+            return [parse_url(DEFAULT_URL)]
+        try:
+            return resolve_urls(from_env)
+        except ValueError as error:
+            raise ValueError(f"${URL_ENV}: {error}") from None
+    if isinstance(url, str):
+        items = [part.strip() for part in url.split(",")] if "," in url else [url]
+    elif isinstance(url, Sequence):
+        items = list(url)
+    else:
+        raise TypeError(f"url must be a str or a list of str, got {type(url).__name__}")
+    if not items:
+        raise ValueError("url must name at least one broker, got an empty list")
+    return [parse_url(item) for item in items]
 
 
 def parse_url(url: str) -> tuple[str, int]:

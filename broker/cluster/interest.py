@@ -94,9 +94,7 @@ class LocalInterest:
         """Everything, under the next version, for a full registration; clears what is pending."""
         self.pending = {}
         self.version += 1
-        return self.version, {
-            key: announced(count, key[1]) for key, count in self.counts.items()
-        }
+        return self.version, {key: announced(count, key[1]) for key, count in self.counts.items()}
 
 
 @final
@@ -170,7 +168,9 @@ class RemoteInterest:
             node
             for node, version in live.items()
             if node != me
-            and (node not in self.versions or (version is not None and version > self.versions[node]))
+            and (
+                node not in self.versions or (version is not None and version > self.versions[node])
+            )
         ]
         return gone, stale
 

@@ -123,9 +123,11 @@ def parse_field(data: object) -> Key:
 
 
 def _count(value: object) -> int:
+    if not isinstance(value, int | bytes | str):
+        raise BadFrame(f"not a count: {value!r}")
     try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+        number = int(value)
+    except ValueError:
         raise BadFrame(f"not a count: {value!r}") from None
     _check(number >= 0, "a count must not be negative")
     return number
