@@ -83,8 +83,10 @@ class Server:
             server.shutdown()
     """
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, reuse_port: bool = False) -> None:
         self.config = config if config is not None else Config()
+        #: Listen with SO_REUSEPORT, so several processes share the port (``serve --workers``).
+        self.reuse_port = reuse_port
         self.server_id = secrets.token_hex(8)
         self.hub = Hub(self.config, server_id=self.server_id)
         #: The live connections, for shutdown (and for `broker.testing.faults`).
@@ -173,7 +175,12 @@ class Server:
         try:
             for host in self.config.hosts:
                 try:
-                    opened = await trio.open_tcp_listeners(port, host=host)
+                    if self.reuse_port:
+                        from .workers import open_reuse_port_listeners
+
+                        opened = await open_reuse_port_listeners(port, host)
+                    else:
+                        opened = await trio.open_tcp_listeners(port, host=host)
                 except OSError as error:
                     raise ListenError(host, port, error) from error
                 listeners.extend(opened)
@@ -300,14 +307,14 @@ def _listen_hint(error: ListenError) -> str:
     return "check --host and --port (or [server] in the config file)"
 
 
-def run(config: Config | None = None) -> int:
+def run(config: Config | None = None, *, reuse_port: bool = False) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; returns the exit code.
 
     The first signal starts a graceful shutdown (0 when it completes); a second one exits at
     once (1). A listener that cannot be opened is one logged line, what failed and what to do,
     and returns 1: no traceback, since nothing in it would help whoever ran the command.
     """
-    server = Server(config)
+    server = Server(config, reuse_port=reuse_port)
     _raise_fd_limit(server.config.max_connections)
     forced = False
     failed: ListenError | None = None
