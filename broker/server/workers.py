@@ -19,9 +19,9 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
-import os
 import multiprocessing
 import multiprocessing.process
+import os
 import signal
 import socket
 import time
