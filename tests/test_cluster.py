@@ -13,6 +13,7 @@ import trio
 import broker
 from broker.testing import running_broker
 from broker.testing.cluster import (
+    RunningCluster,
     cluster_config,
     redis_server_path,
     running_cluster,
@@ -322,3 +323,14 @@ async def test_a_flooded_node_drops_and_counts_past_its_inbound_bound_and_harms_
         with trio.fail_after(5):
             while link.counters["received"] - before["received"] < 3:
                 await trio.sleep(0.01)
+
+
+async def test_the_trio_cluster_fixture_gives_three_joined_nodes(
+    trio_cluster: RunningCluster,
+) -> None:
+    async with trio_cluster[0].connect() as a, trio_cluster[2].connect() as c:
+        sub = c.subscribe("hello")
+        await c.flush()
+        await trio_cluster.settle()
+        await a.publish("hello", b"world")
+        assert (await sub.next(timeout=5)).payload == b"world"
