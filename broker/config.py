@@ -52,11 +52,13 @@ __all__ = [
     "DEFAULT_HOSTS",
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
+    "DEFAULT_LOG_PEER_LINES_PER_MINUTE",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
+    "DEFAULT_MAX_REPLAY_BYTES",
     "DEFAULT_MAX_RETAINED_BYTES",
     "DEFAULT_MAX_RETAINED_SUBJECTS",
     "DEFAULT_MAX_SUBJECT_LENGTH",
@@ -71,8 +73,10 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
+    "MAX_LOG_PEER_LINES_PER_MINUTE",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
+    "MAX_MAX_REPLAY_BYTES",
     "MAX_MAX_RETAINED_BYTES",
     "MAX_MAX_RETAINED_SUBJECTS",
     "MAX_MAX_SUBJECT_LENGTH",
@@ -82,6 +86,7 @@ __all__ = [
     "MAX_WRITE_TIMEOUT",
     "MIN_FRAME_HEADROOM",
     "MIN_MAX_PENDING_BYTES",
+    "MIN_MAX_REPLAY_BYTES",
     "MIN_MAX_SUBJECT_LENGTH",
     "SLOW_CONSUMER_POLICIES",
     "ClusterConfig",
@@ -135,6 +140,10 @@ DEFAULT_MAX_RETAINED_SUBJECTS: Final = 10_000
 MAX_MAX_RETAINED_SUBJECTS: Final = 10_000_000
 DEFAULT_MAX_RETAINED_BYTES: Final = 64 * MiB
 MAX_MAX_RETAINED_BYTES: Final = 16 * GiB
+#: Memory every replay under way may hold at once, server-wide (see `Config.max_replay_bytes`).
+DEFAULT_MAX_REPLAY_BYTES: Final = 64 * MiB
+MIN_MAX_REPLAY_BYTES: Final = 64 * KiB
+MAX_MAX_REPLAY_BYTES: Final = 16 * GiB
 
 # [slow_consumer]
 DEFAULT_SLOW_CONSUMER_POLICY: Final[SlowConsumerPolicy] = "disconnect"
@@ -163,6 +172,8 @@ _CLUSTER_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_LOG_FORMAT: Final[LogFormat] = "text"
+DEFAULT_LOG_PEER_LINES_PER_MINUTE: Final = 60
+MAX_LOG_PEER_LINES_PER_MINUTE: Final = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -232,7 +243,9 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
     "max_pending_bytes": _Range(MIN_MAX_PENDING_BYTES, MAX_MAX_PENDING_BYTES),
     "max_retained_subjects": _Range(0, MAX_MAX_RETAINED_SUBJECTS),
     "max_retained_bytes": _Range(0, MAX_MAX_RETAINED_BYTES),
+    "max_replay_bytes": _Range(MIN_MAX_REPLAY_BYTES, MAX_MAX_REPLAY_BYTES),
     "max_pings_outstanding": _Range(1),
+    "log_peer_lines_per_minute": _Range(1, MAX_LOG_PEER_LINES_PER_MINUTE),
 }
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
     "handshake_timeout": _Range(0, MAX_HANDSHAKE_TIMEOUT, low_exclusive=True),
@@ -785,6 +798,10 @@ class Config:
     """Subjects holding a retained message at once; 0 turns retained messages off."""
     max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
     """Memory the retained store may hold: messages as encoded, plus the store's structure."""
+    max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES
+    """Memory all replays under way may hold at once, server-wide: each replay's references to
+    the store and the chunk being written. A replay past it waits for room; the SUB that asked
+    for it, and that client's later frames, wait with it."""
 
     slow_consumer_policy: SlowConsumerPolicy = DEFAULT_SLOW_CONSUMER_POLICY
     """What to do when a client's outbox is full: disconnect it, or drop its oldest or newest."""
@@ -806,6 +823,9 @@ class Config:
     """One of `LOG_LEVELS`, any case; stored in lower case."""
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     """``"text"`` for people, ``"json"`` (one object per line) for log collectors."""
+    log_peer_lines_per_minute: int = DEFAULT_LOG_PEER_LINES_PER_MINUTE
+    """Lines one client host may cause in the log per minute (in bursts up to as many); the next
+    line after a pause says how many were suppressed."""
 
     cluster: ClusterConfig | None = None
     """``[cluster]``: the Redis that joins this node to others; None runs it alone."""
@@ -865,7 +885,11 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
         )
     },
     "slow_consumer": {"policy": "slow_consumer_policy"},
-    "retained": {"max_subjects": "max_retained_subjects", "max_bytes": "max_retained_bytes"},
+    "retained": {
+        "max_subjects": "max_retained_subjects",
+        "max_bytes": "max_retained_bytes",
+        "max_replay_bytes": "max_replay_bytes",
+    },
     "timeouts": {
         name: name
         for name in (
@@ -877,7 +901,11 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
             "shutdown_grace",
         )
     },
-    "logging": {"level": "log_level", "format": "log_format"},
+    "logging": {
+        "level": "log_level",
+        "format": "log_format",
+        "peer_lines_per_minute": "log_peer_lines_per_minute",
+    },
 }
 
 

@@ -17,6 +17,7 @@ Pure: no trio, anyio or socket (a test imports it alone).
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
 from typing import Any, Final, Protocol, final
 
@@ -31,10 +32,13 @@ from .routing import RoutingTable
 from .stats import Counters, Statistics
 from .subjects import SubjectError, validate_subject
 
-__all__ = ["Hub", "Refused", "Subscriber", "Subscription"]
+__all__ = ["REPLAY_ENTRY_COST", "Hub", "Refused", "ReplayMemory", "Subscriber", "Subscription"]
 
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
+#: What one message of a replay under way holds beyond the store's own copy: its
+#: ``(subject, Retained)`` tuple and the list slot that refers to it.
+REPLAY_ENTRY_COST: Final = sys.getsizeof((None, None)) + 8
 
 
 class Subscriber(Protocol):
@@ -135,11 +139,13 @@ class Hub:
         "_max_subject_length",
         "_max_subject_tokens",
         "_max_subscriptions",
+        "_shedding",
         "closing",
         "config",
         "counters",
         "info",
         "on_retain",
+        "replay_memory",
         "retained",
         "table",
         "watch",
@@ -155,6 +161,9 @@ class Hub:
             max_subjects=config.max_retained_subjects, max_bytes=config.max_retained_bytes
         )
         self.counters = Counters()
+        self.replay_memory = ReplayMemory(config.max_replay_bytes)
+        #: Owners being torn down in batches whose queue memberships are already gone.
+        self._shedding: set[Subscriber] = set()
         self.closing = False
         #: Told of every subscription added (+1) or removed (-1) through the verbs; the cluster
         #: link uses it to announce this node's interest. None (alone): no cost.
@@ -445,12 +454,19 @@ class Hub:
                     watch(sub, -1)
             held.clear()
             return False
-        members = [sub for sub in held.values() if sub.queue is not None]
-        for sub in members:
-            self.remove(sub)
+        shedding = self._shedding
+        if owner not in shedding:
+            # Once, not per call: a scan per batch made shedding 65,536 subscriptions cost
+            # 128 scans of what was left, about a second of CPU in all.
+            shedding.add(owner)
+            for sub in [sub for sub in held.values() if sub.queue is not None]:
+                self.remove(sub)
         for sub in list(itertools.islice(held.values(), limit)):
             self.remove(sub)
-        return bool(held)
+        if held:
+            return True
+        shedding.discard(owner)
+        return False
 
     # -- statistics ---------------------------------------------------------------------------
 
@@ -468,3 +484,50 @@ def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:
         return sub.owner is origin
 
     return owned
+
+
+@final
+class ReplayMemory:
+    """The server-wide bound on what replays under way hold (`Config.max_replay_bytes`).
+
+    Each replay is streamed from the store (a list of references, then a chunk at a time), so
+    one costs a client little; but every client may have one under way, and clients that stop
+    reading hold theirs until ``write_timeout`` cuts them. This is the sum over all of them.
+    A wire's adapter starts a replay only while `has_room`, and `charge` s it; whoever sends it
+    `release` s it when it ends or its client is cut. Memory held therefore stays within
+    `limit` plus the one replay admitted last. A caller that found no room waits with
+    `when_room`.
+
+    Pure accounting: no trio, so the hub owns it and every wire shares it.
+    """
+
+    __slots__ = ("_waiters", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[Callable[[], object]] = []
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a new replay may start now."""
+        return self.used < self.limit
+
+    def charge(self, size: int) -> None:
+        """Count a replay that starts, at `size` bytes."""
+        self.used += size
+
+    def release(self, size: int) -> None:
+        """A replay of `size` bytes ended, or its client was cut: wake whoever waits for room."""
+        self.used -= size
+        if self._waiters and self.used < self.limit:
+            waiters, self._waiters = self._waiters, []
+            for wake in waiters:
+                wake()
+
+    def when_room(self, wake: Callable[[], object]) -> None:
+        """Call `wake` (once) as soon as `has_room` is true again."""
+        if self.has_room:
+            wake()
+        else:
+            self._waiters.append(wake)

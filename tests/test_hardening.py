@@ -182,6 +182,28 @@ def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None
     assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
 
 
+def test_a_reader_whose_one_publish_overran_its_turn_rests_as_long() -> None:
+    # One publish to 65,536 subscriptions is one step of tens of milliseconds (it cannot be
+    # split); the reader that made it then rests about as long before its next turn.
+    from broker.server import Server
+    from broker.server.native import OVERRUN_REST
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
+    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", 1)
+    adapter = transport.adapter = NativeAdapter(hub, transport)
+    adapter.receive_data(encode_frame(Hello({})))
+    assert adapter.handshake()
+    adapter.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(65_536)))
+    while adapter.process():
+        pass
+    transport.rest = 0.0
+    adapter.receive_data(encode_frame(Pub("fan.out", b"x")) + encode_frame(Pub("fan.out", b"y")))
+    assert adapter.process()
+    assert transport.rest > OVERRUN_REST
+    assert adapter._deferred is not None  # the second publish waits for the next turn
+
+
 @pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])
 async def test_pongs_count_at_their_memory_cost_against_max_pending_bytes(
     start_server: StartServer, extra: int
@@ -297,3 +319,76 @@ async def test_an_http_request_to_the_broker_port_is_told_where_to_go(
             assert "not HTTP" in err.message and "monitoring port" in err.message
     assert not any("1195725856" in record.getMessage() for record in caplog.records)
     assert any("not HTTP" in record.getMessage() for record in caplog.records)
+
+
+async def test_replays_under_way_are_bounded_server_wide_and_a_waiting_sub_goes_on_later(
+    start_server: StartServer,
+) -> None:
+    # 40 retained messages of 100 KB. One client that never reads starts a replay of '>' and
+    # fills max_replay_bytes; a second client's SUB of '>' waits (its later PING with it) until
+    # write_timeout cuts the first, then gets its whole replay, in order, and its PONG.
+    with trio.fail_after(20):
+        server = await start_server(write_timeout=1.0, max_replay_bytes=64 * 1024)
+        memory = server.hub.replay_memory
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.send(*(Pub(f"r.{i:02}", b"r" * 100_000, None, None, True) for i in range(40)))
+            await pub.flush()
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port, name="sleeper", rcvbuf=4096) as sleeper,
+            wire_client(server.port, name="patient") as patient,
+        ):
+            await sleeper.send(Sub(1, ">"))
+            await wait_until(lambda: memory.used >= memory.limit)
+            charged = memory.used
+            await patient.send(Sub(1, ">"), Ping())
+            (waiting,) = faults.connections(server, "patient")
+            # The bystanders' live traffic goes on while the patient's replay waits for room.
+            await pair.check()
+            assert waiting.outbox.streaming is None and memory.used == charged
+            await wait_until(lambda: server.statistics().slow_consumers == 1)
+            subjects = [(await patient.expect(Msg)).subject for _ in range(40)]
+            assert subjects == [f"r.{i:02}" for i in range(40)]
+            await patient.expect(Pong)
+            await pair.check()
+        await wait_until(lambda: not server.transports)
+        assert memory.used == 0
+
+
+@pytest.mark.parametrize("how", ["eof", "cut"])
+async def test_a_replay_ended_by_a_leaving_client_frees_its_charge(
+    start_server: StartServer, how: str
+) -> None:
+    with trio.fail_after(20):
+        server = await start_server(write_timeout=1.0)
+        memory = server.hub.replay_memory
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.send(*(Pub(f"r.{i}", b"r" * 100_000, None, None, True) for i in range(40)))
+            await pub.flush()
+        async with wire_client(server.port, name="leaver", rcvbuf=4096) as leaver:
+            await leaver.send(Sub(1, ">"), Sub(2, ">"))
+            (transport,) = faults.connections(server, "leaver")
+            await wait_until(lambda: transport.outbox.replaying == 1)
+            assert memory.used > 0
+            if how == "cut":
+                faults.drop_client(server, "leaver")
+        await wait_until(lambda: not server.transports)
+        assert memory.used == 0
+
+
+async def test_lines_about_one_host_are_rate_limited_and_every_refusal_still_counts(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    with trio.fail_after(10):
+        server = await start_server(log_peer_lines_per_minute=3)
+        async with bystanders(server.port) as pair:
+            for _ in range(10):
+                async with wire_client(server.port, hello=False) as bad:
+                    await bad.send_raw(_frame(msgpack.packb(["HELLO", {"version": "x" * 100}])))
+                    (err,) = await bad.closed()
+                    assert type(err) is Err and err.code == "bad_handshake"
+            await pair.check()
+        assert server.statistics().refused_connections == 10
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 3

@@ -180,3 +180,30 @@ def test_a_leaving_owner_sheds_its_subscriptions_in_batches_queue_members_first(
     assert hub.remove_all(owner, limit=4)
     assert not hub.remove_all(owner, limit=4)
     assert owner.subscriptions == {} and len(hub.table) == 0
+
+
+class _CountingHeld(dict[Any, Subscription]):
+    """An owner's subscription map that counts the entries any scan of it reads."""
+
+    read = 0
+
+    def values(self) -> Any:
+        for value in super().values():
+            _CountingHeld.read += 1
+            yield value
+
+
+def test_shedding_in_batches_reads_each_subscription_about_twice_not_once_per_batch() -> None:
+    hub = make_hub(max_subscriptions=20_000)
+    owner = Recorder()
+    owner.subscriptions = held = _CountingHeld()
+    for sid in range(20_000):
+        hub.subscribe(owner, sid, f"plain.{sid}")
+    _CountingHeld.read = 0
+    calls = 1
+    while hub.remove_all(owner, limit=100):
+        calls += 1
+    assert calls == 200 and not held and len(hub.table) == 0
+    # The queue-member scan happens once: 20,000 + 200 batches of 100. Per batch, it was
+    # 2,010,000 reads in all.
+    assert _CountingHeld.read <= 2 * 20_000

@@ -23,6 +23,8 @@ PURE_MODULES = (
     "broker.routing",
     "broker.stats",
     "broker._text",
+    "broker.peerlog",
+    "broker._memory",
     "broker.subjects",
     "broker.cluster",
     "broker.cluster.interest",

@@ -35,6 +35,7 @@ from ..protocol.native import (
     msg_head_sid,
     msg_prefix,
 )
+from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
 __all__ = ["NativeAdapter", "refusal_frame"]
@@ -50,6 +51,8 @@ TURN_SECONDS: Final = 0.002
 #: that matched as many subscriptions: one publish can match tens of thousands and take a
 #: hundred milliseconds, and the next one must then wait for the next turn.
 _WORK_PER_LOOK: Final = 64
+#: A turn this far past `TURN_SECONDS` makes its reader rest as long before its next turn.
+OVERRUN_REST: Final = 0.010
 
 #: The last message encoded for delivery, and its MSG tail (the fields after the sid). Every
 #: delivery of one publish happens in one synchronous step, so this one-entry memo, keyed on the
@@ -177,8 +180,10 @@ class NativeAdapter:
         work = 0
         for at, event in enumerate(events):
             if work >= _WORK_PER_LOOK:
-                if clock() > deadline:
+                now = clock()
+                if now > deadline:
                     self._deferred = events[at:]
+                    self._overran(now - deadline)
                     return True
                 work = 0
             work += 1
@@ -188,9 +193,10 @@ class NativeAdapter:
                     work += publish(self, event)  # type: ignore[arg-type]
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
-                    if self.outbox.replaying and hub.would_replay(pattern, queue):
-                        # One replay at a time beyond the bounds: this SUB, and everything
-                        # after it, waits until the writer has taken the one already queued.
+                    if not self.outbox.replay_room and hub.would_replay(pattern, queue):
+                        # One replay at a time beyond the bounds, and only while the replays
+                        # under way server-wide leave room: this SUB, and everything after it,
+                        # waits (see `Outbox.wait_replay_room`).
                         self._deferred = events[at:]
                         return DEFERRED
                     hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
@@ -208,7 +214,20 @@ class NativeAdapter:
                 transport.error(refused.code, refused.message, refused.details)
             if not transport.accepting:
                 break
+        if work >= _WORK_PER_LOOK:
+            self._overran(clock() - deadline)
         return True
+
+    def _overran(self, by: float) -> None:
+        """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests.
+
+        One publish that matches tens of thousands of subscriptions is one step that cannot be
+        split; back to back, such publishes would hold every other client off for as long as
+        their client keeps sending them. Resting as long as the step took gives the others at
+        least half the time, so what they wait is about one such step.
+        """
+        if by > OVERRUN_REST:
+            self.transport.rest = by + TURN_SECONDS
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
 
@@ -249,7 +268,8 @@ class NativeAdapter:
             return False
         flagged = self.retained_flag
         prefix = msg_prefix(sub.sid, retained=flagged)
-        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged))
+        cost = replay_cost(len(entries), sum(kept.size for _, kept in entries))
+        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged), cost)
         return True
 
 

@@ -20,13 +20,16 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
+from .._memory import RELEASE_INTERVAL, release_free_memory
 from .._rlimit import raise_fd_limit
 from ..config import Config
 from ..errors import ErrorCode
 from ..hub import Hub
+from ..peerlog import PeerLog
 from ..stats import Statistics
 from .native import NativeAdapter, refusal_frame
 from .transport import Transport, peer_address, refuse
+from .transport import log as transport_log
 
 if TYPE_CHECKING:
     from ..cluster.link import ClusterLink
@@ -91,7 +94,15 @@ class Server:
         self.hub = Hub(self.config, server_id=self.server_id)
         #: The live connections, for shutdown (and for `broker.testing.faults`).
         self.transports: set[Transport] = set()
+        #: Lines about clients, rate-limited per host across every connection.
+        self.peer_log = PeerLog(
+            transport_log,
+            lines_per_minute=self.config.log_peer_lines_per_minute,
+            clock=trio.current_time,
+        )
         self._next_client_id = 1
+        #: A client left since memory was last handed back (see `_release_memory`).
+        self._departed = False
         self.addresses: list[tuple[str, int]] = []
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -152,6 +163,7 @@ class Server:
                 async with trio.open_nursery() as acceptors:
                     for listener in listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers)
+                    acceptors.start_soon(self._release_memory)
                     log.info(
                         "broker %s listening on %s",
                         self.server_id,
@@ -200,6 +212,15 @@ class Server:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
 
+    async def _release_memory(self) -> None:
+        """Every `RELEASE_INTERVAL` after clients left, hand what they freed back to the system,
+        so the broker's RSS falls back once attackers (or a burst of big clients) are gone."""
+        while True:
+            await trio.sleep(RELEASE_INTERVAL)
+            if self._departed:
+                self._departed = False
+                release_free_memory()
+
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         await trio.serve_listeners(self._handle, [listener], handler_nursery=handlers)
 
@@ -226,14 +247,21 @@ class Server:
         try:
             if counters.connections >= limit:
                 counters.refused_connections += 1
-                log.warning("refused %s: max_connections (%d) reached", peer, limit)
+                self.peer_log.log(
+                    logging.WARNING,
+                    peer,
+                    "refused %s: max_connections (%d) reached",
+                    peer,
+                    limit,
+                    logger=log,
+                )
                 message = f"the server holds max_connections ({limit}) already"
                 frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
                 await refuse(stream, frame, self.config.write_timeout)
                 return
             counters.connections += 1
             counters.total_connections += 1
-            transport = Transport(hub, stream, peer, self._next_client_id)
+            transport = Transport(hub, stream, peer, self._next_client_id, peer_log=self.peer_log)
             self._next_client_id += 1
             adapter = transport.adapter = NativeAdapter(hub, transport)
             self.transports.add(transport)
@@ -246,10 +274,18 @@ class Server:
                     while hub.remove_all(adapter, limit=_TEARDOWN_BATCH):
                         await trio.lowlevel.checkpoint()
                 counters.connections -= 1
+                self._departed = True
                 log.debug("%r closed", transport)
         except Exception:
             # A bug in one connection must never reach the listener or the other clients.
-            log.exception("internal error serving %s; closing that connection", peer)
+            self.peer_log.log(
+                logging.ERROR,
+                peer,
+                "internal error serving %s; closing that connection",
+                peer,
+                exc_info=True,
+                logger=log,
+            )
         finally:
             await trio.aclose_forcefully(stream)
 

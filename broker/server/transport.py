@@ -22,6 +22,7 @@ import trio
 from .._text import brief
 from ..errors import ErrorCode
 from ..hub import Hub, Subscription
+from ..peerlog import PeerLog
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
 
@@ -68,7 +69,7 @@ class WireAdapter(Protocol):
 
     def process(self) -> str | bool:
         """Act on every complete frame received; True if there was any, `DEFERRED` if the
-        rest must wait for `Outbox.wait_replay_taken`.
+        rest must wait for `Outbox.wait_replay_room`.
 
         Raises:
             RemoteProtocolError: The peer broke the wire's contract.
@@ -184,20 +185,40 @@ class Transport:
         "hub",
         "outbox",
         "peer",
+        "peer_log",
+        "rest",
         "stream",
     )
 
-    def __init__(self, hub: Hub, stream: trio.abc.Stream, peer: str, client_id: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stream: trio.abc.Stream,
+        peer: str,
+        client_id: int,
+        *,
+        peer_log: PeerLog | None = None,
+    ) -> None:
         config = hub.config
         self.hub = hub
+        #: Where lines about this client go: rate-limited per host, shared by the server's
+        #: connections (see `broker.peerlog`).
+        self.peer_log = peer_log or PeerLog(
+            log, lines_per_minute=config.log_peer_lines_per_minute, clock=trio.current_time
+        )
         self.stream = stream
         self.peer = peer
         self.client_id = client_id
         self.adapter: WireAdapter
         self.outbox = Outbox(
-            max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
+            max_messages=config.max_pending_messages,
+            max_bytes=config.max_pending_bytes,
+            replay_memory=hub.replay_memory,
         )
         self.accepting = True
+        #: Seconds the reader waits before its next turn, set by an adapter whose turn took
+        #: far longer than its budget (see `NativeAdapter._dispatch`).
+        self.rest = 0.0
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -224,16 +245,20 @@ class Transport:
 
     async def run(self) -> None:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
-        with self._session_scope:
-            if not await self._handshake():
-                return
-            log.debug("%r connected", self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                await self._write_loop()
-                self._reader_scope.cancel()
-            if self._fatal is not None or self._shutting_down:
-                await _close_gracefully(self.stream)
+        try:
+            with self._session_scope:
+                if not await self._handshake():
+                    return
+                log.debug("%r connected", self)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._write_loop()
+                    self._reader_scope.cancel()
+                if self._fatal is not None or self._shutting_down:
+                    await _close_gracefully(self.stream)
+        finally:
+            # Whatever is left (a replay under way, above all) frees its server-wide charge.
+            self.outbox.clear()
 
     def begin_shutdown(self) -> None:
         """Tell the client the server is stopping; flush what is queued, then close."""
@@ -307,7 +332,7 @@ class Transport:
         counters = self.hub.counters
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
-        log.info("%r refused: %s: %s", self, code.value, message)
+        self.peer_log.log(logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message)
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
 
@@ -332,14 +357,20 @@ class Transport:
                     try:
                         found = adapter.process()
                         while found == DEFERRED and self._fatal is None:
-                            await self.outbox.wait_replay_taken()
+                            await self.outbox.wait_replay_room()
                             found = adapter.process()
                     except RemoteProtocolError as error:
                         self.fail(error.code, error.message)
                         return
                     except Exception:
                         # A bug, not the client's fault: say so, once, and close only this one.
-                        log.exception("%r: internal error handling its frames", self)
+                        self.peer_log.log(
+                            logging.ERROR,
+                            self.peer,
+                            "%r: internal error handling its frames",
+                            self,
+                            exc_info=True,
+                        )
                         self.fail(ErrorCode.INTERNAL_ERROR, _INTERNAL_ERROR)
                         return
                     if self._fatal is not None:
@@ -355,6 +386,13 @@ class Transport:
                         # has run.
                         await checkpoint()
                         await checkpoint()
+                        rest = self.rest
+                        if rest:
+                            # Its last turn overran (one publish that matched tens of
+                            # thousands of subscriptions cannot be split): it waits as long
+                            # as it took, so every other client gets at least as much time.
+                            self.rest = 0.0
+                            await trio.sleep(rest)
                         continue
                     if adapter.closed:
                         break
@@ -426,7 +464,9 @@ class Transport:
             return
         self._slow = True
         self.hub.counters.slow_consumers += 1
-        log.warning(
+        self.peer_log.log(
+            logging.WARNING,
+            self.peer,
             "%r is a slow consumer (policy %s, limits %d messages / %d bytes)",
             self,
             self._policy,
@@ -462,7 +502,9 @@ class Transport:
         self.accepting = False
         self.hub.counters.protocol_errors += code.violation
         if code is not ErrorCode.SLOW_CONSUMER:
-            log.info("%r closed: %s: %s", self, code.value, message)
+            self.peer_log.log(
+                logging.INFO, self.peer, "%r closed: %s: %s", self, code.value, message
+            )
         self.outbox.clear()
         self.outbox.push_control(self.adapter.error_frame(code, message))
         self._reader_scope.cancel()
@@ -490,7 +532,13 @@ class Transport:
             self.accepting = False
             if self._fatal is None:
                 self._mark_slow()
-                log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
+                self.peer_log.log(
+                    logging.INFO,
+                    self.peer,
+                    "%r closed: write_timeout (%s s) expired",
+                    self,
+                    write_timeout,
+                )
                 self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
             return
 
