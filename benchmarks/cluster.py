@@ -139,7 +139,9 @@ def flow(
             Worker(
                 context,
                 subscriber_main,
-                SubscriberSpec(node.target, f"sub-{i}", (subject,), None, messages, False, deadline),
+                SubscriberSpec(
+                    node.target, f"sub-{i}", (subject,), None, messages, False, deadline
+                ),
                 f"sub-{i}",
             )
             for i, node in enumerate(sub_nodes)
@@ -239,8 +241,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     row(flow("1->10 one node alone", a, [a] * 10, [a], None, n, args.payload), 1)
                     row(flow("1->100 one node alone", a, [a] * 100, [a], None, fan, 16), 1)
                     median, p99 = latency(a, a, args.requests)
-                    rows.append(f"| request/reply one node alone | median {median:.0f} us,"
-                                f" p99 {p99:.0f} us | | | |")
+                    rows.append(
+                        f"| request/reply one node alone | median {median:.0f} us,"
+                        f" p99 {p99:.0f} us | | | |"
+                    )
                     print(rows[-1], file=sys.stderr, flush=True)
                 continue
             with redis_server() as redis, nodes(4, redis, f"b{attempt}") as four:
@@ -249,16 +253,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                 row(flow("1->10 cross-node", a, [b] * 10, four[:2], redis, n, args.payload), 2)
                 for spread in (1, 2, 4):
                     subs = [four[i % spread] for i in range(100)]
-                    result = flow(
-                        f"1->100 over {spread} node(s)", a, subs, four, redis, fan, 16
-                    )
+                    result = flow(f"1->100 over {spread} node(s)", a, subs, four, redis, fan, 16)
                     row(result, 4)
                 median, p99 = latency(a, b, args.requests)
-                rows.append(f"| request/reply cross-node | median {median:.0f} us,"
-                            f" p99 {p99:.0f} us | | | |")
+                rows.append(
+                    f"| request/reply cross-node | median {median:.0f} us, p99 {p99:.0f} us | | | |"
+                )
                 print(rows[-1], file=sys.stderr, flush=True)
-    print("| scenario | msgs/s delivered | delivered | node CPU us/msg (node0, node1, ...) |"
-          " Redis CPU us/msg |")
+    print(
+        "| scenario | msgs/s delivered | delivered | node CPU us/msg (node0, node1, ...) |"
+        " Redis CPU us/msg |"
+    )
     print("|---|---|---|---|---|")
     for line in rows:
         print(line)

@@ -334,3 +334,19 @@ async def test_the_trio_cluster_fixture_gives_three_joined_nodes(
         await trio_cluster.settle()
         await a.publish("hello", b"world")
         assert (await sub.next(timeout=5)).payload == b"world"
+
+
+async def test_a_node_starts_alone_when_redis_is_away_and_joins_when_it_comes() -> None:
+    async with running_redis() as redis:
+        await redis.stop()
+        config = cluster_config(redis.url, name="early")
+        async with running_broker(config) as node:
+            link = node.server.cluster
+            assert link is not None and link.state == "degraded"
+            async with node.connect() as client, client.subscribe("local") as sub:
+                await client.publish("local", b"served")  # alone, but serving
+                assert (await sub.next(timeout=5)).payload == b"served"
+                await redis.start()
+                with trio.fail_after(10):
+                    await link.up_event.wait()
+                assert link.status().as_dict()["state"] == "up"

@@ -342,11 +342,21 @@ class ClusterLink:
 
     async def _flush(self, redis: coredis.Redis[bytes]) -> None:
         """Send what is pending in one pipeline: interest, retained, then messages per node."""
+        items = list(self._outbox)
+        self._outbox.clear()
+        try:
+            await self._send(redis, items)
+        except BaseException:
+            # Redis went away mid-flush: what this flush carried for other nodes is lost.
+            self.counters["lost"] += sum(1 for item in items if item[0] is not None)
+            raise
+
+    async def _send(
+        self, redis: coredis.Redis[bytes], items: list[tuple[str | None, str | None, Message]]
+    ) -> None:
         keys = self.keys
         me = self.node
         interest_key = keys.interest(me)
-        items = list(self._outbox)
-        self._outbox.clear()
         messages = 0
         async with redis.pipeline(transaction=False) as pipe:
             if self._full:
@@ -395,9 +405,8 @@ class ClusterLink:
                 if start < len(entries):
                     pipe.publish(channel, pack_batch(me, entries[start:]))
                     publishes += 1
-            # Counted before sending: if the pipeline fails, _degrade counts nothing twice.
-            self.counters["sent"] += messages
-            self.counters["publishes"] += publishes
+        self.counters["sent"] += messages
+        self.counters["publishes"] += publishes
 
     # -- heartbeats and resyncs ------------------------------------------------------------------
 
