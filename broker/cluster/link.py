@@ -238,8 +238,9 @@ class ClusterLink:
                 try:
                     await self._session()
                 except Exception as error:  # whatever ended the session, Redis's or ours
+                    if self.state == "up":  # a new outage: a fresh clock and backoff
+                        down_since, delay = None, 0.1
                     down_since = self._degrade(error, down_since)
-                    delay = 0.1 if self.counters["reconnects"] <= 1 else delay
                 self._attempted.set()
                 if self._stop.is_set():
                     break
