@@ -32,7 +32,15 @@ from .routing import RoutingTable
 from .stats import Counters, Statistics
 from .subjects import SubjectError, validate_subject
 
-__all__ = ["REPLAY_ENTRY_COST", "Hub", "Refused", "ReplayMemory", "Subscriber", "Subscription"]
+__all__ = [
+    "REPLAY_ENTRY_COST",
+    "Fanout",
+    "Hub",
+    "Refused",
+    "ReplayMemory",
+    "Subscriber",
+    "Subscription",
+]
 
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
@@ -143,6 +151,7 @@ class Hub:
         "closing",
         "config",
         "counters",
+        "fanouts",
         "info",
         "on_retain",
         "replay_memory",
@@ -161,6 +170,8 @@ class Hub:
             max_subjects=config.max_retained_subjects, max_bytes=config.max_retained_bytes
         )
         self.counters = Counters()
+        #: Split publishes still under way, by origin (see `publish`'s `step`).
+        self.fanouts: dict[Subscriber, Fanout] = {}
         self.replay_memory = ReplayMemory(config.max_replay_bytes)
         #: Owners being torn down in batches whose queue memberships are already gone.
         self._shedding: set[Subscriber] = set()
@@ -194,7 +205,7 @@ class Hub:
 
     # -- publish ------------------------------------------------------------------------------
 
-    def publish(self, origin: Subscriber, message: Message) -> int:
+    def publish(self, origin: Subscriber, message: Message, step: int = 0) -> int:
         """Route one message to every matching subscription, each queue group's one member.
 
         `message` is ``(subject, payload, reply_to, headers, retain)`` (`Message`): the native
@@ -206,6 +217,12 @@ class Hub:
         failure, not of a message that half happened. A request (`reply_to` set) that reaches
         nobody is answered at once with an empty 503 message on the origin's own subscriptions
         to `reply_to`, so its requester need not wait for a timeout.
+
+        With `step`, at most that many plain subscriptions are delivered to now (queue groups
+        all are); the rest wait in `fanouts` under `origin`, for the caller to continue with
+        `resume` in later turns before it routes anything else of that origin's. A publish
+        matching 65,536 subscriptions is otherwise one step of tens of milliseconds during which
+        no other client is served. Without it (0), everything is delivered now.
 
         Returns:
             How many subscriptions it was delivered to: the work it cost, for a caller that
@@ -244,7 +261,14 @@ class Hub:
         delivered = 0
         reached = False
         echo = origin.echo
-        for sub in match.plain:
+        plain = match.plain
+        if step and len(plain) > step:
+            later = Fanout(self, origin, message, plain, step)
+            self.fanouts[origin] = later
+            plain = plain[:step]
+        else:
+            later = None
+        for sub in plain:
             target = sub.owner
             if target is origin and not echo:
                 continue
@@ -261,9 +285,24 @@ class Hub:
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
-        elif reply_to is not None and not reached:
+        if later is not None:
+            later.reached = reached  # no-responders waits for the last step
+        elif reply_to is not None and not reached and not delivered:
             self._no_responders(origin, reply_to)
         return delivered
+
+    def resume(self, origin: Subscriber, step: int) -> int:
+        """Deliver up to `step` more of `origin`'s split publish (see `publish`); the work done.
+
+        Once every subscription has been delivered to, the publish leaves `fanouts`.
+        """
+        fanout = self.fanouts.get(origin)
+        if fanout is None:
+            return 0
+        done = fanout.run(step)
+        if fanout.finished:
+            del self.fanouts[origin]
+        return done
 
     def _retain(self, message: Message) -> None:
         """Make `message` its subject's retained message (an empty payload deletes it)."""
@@ -444,6 +483,12 @@ class Hub:
         in its group while its connection is gone would be chosen for messages it can no
         longer take, and the group would lose them.
         """
+        if owner in self.fanouts:
+            # A publish it made is still reaching its subscribers: it was accepted, so it is
+            # delivered to the end, in steps as large as the teardown's, before the owner goes.
+            self.resume(owner, limit or 2**62)
+            if owner in self.fanouts:
+                return True
         table = self.table
         held = owner.subscriptions
         if limit is None or len(held) <= limit:
@@ -531,3 +576,61 @@ class ReplayMemory:
             wake()
         else:
             self._waiters.append(wake)
+
+
+@final
+class Fanout:
+    """The rest of a publish split into steps (`Hub.publish` with ``step``): the plain
+    subscriptions it has yet to reach, in order.
+
+    Between two steps other clients run, so a subscription may be removed meanwhile: each one is
+    checked to be still its owner's before it is delivered to. One made meanwhile is not in the
+    list and gets nothing (had the message been retained, its replay has it), so no subscription
+    gets the message twice, or after it unsubscribed.
+    """
+
+    __slots__ = ("at", "finished", "hub", "message", "origin", "reached", "subs")
+
+    def __init__(
+        self,
+        hub: Hub,
+        origin: Subscriber,
+        message: Message,
+        subs: tuple[Subscription, ...],
+        at: int,
+    ) -> None:
+        self.hub = hub
+        self.origin = origin
+        self.message = message
+        self.subs = subs
+        self.at = at
+        self.reached = False
+        self.finished = False
+
+    def run(self, step: int) -> int:
+        """Deliver to the next `step` subscriptions; the number looked at."""
+        origin = self.origin
+        message = self.message
+        echo = origin.echo
+        start = self.at
+        end = min(start + step, len(self.subs))
+        delivered = 0
+        for sub in self.subs[start:end]:
+            target = sub.owner
+            if target is origin and not echo:
+                continue
+            if target.subscriptions.get(sub.sid) is not sub:
+                continue  # removed since the publish began
+            self.reached = True
+            delivered += target.deliver(sub, message)
+        self.at = end
+        counters = self.hub.counters
+        if delivered:
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * len(message[1])
+        if end == len(self.subs):
+            self.finished = True
+            reply_to = message[2]
+            if reply_to is not None and not self.reached:
+                self.hub._no_responders(origin, reply_to)
+        return end - start

@@ -22,7 +22,7 @@ from wire import StartServer, bystanders, raw_frame, wait_until, wire_client
 
 from broker.hub import Subscription
 from broker.message import Message, Retained
-from broker.protocol import Err, Hello, Msg, Ping, Pong, Pub, Sub, encode_frame
+from broker.protocol import Err, Hello, Msg, Ping, Pong, Pub, Sub, encode_frame, msg_head_sid
 from broker.server.native import NativeAdapter
 from broker.server.outbox import CONTROL_OVERHEAD
 from broker.server.transport import Transport
@@ -182,26 +182,79 @@ def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None
     assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
 
 
-def test_a_reader_whose_one_publish_overran_its_turn_rests_as_long() -> None:
-    # One publish to 65,536 subscriptions is one step of tens of milliseconds (it cannot be
-    # split); the reader that made it then rests about as long before its next turn.
+def _connected(hub: Any, client_id: int, *, echo: bool = True) -> NativeAdapter:
+    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", client_id)
+    adapter = transport.adapter = NativeAdapter(hub, transport)
+    adapter.receive_data(encode_frame(Hello({"echo": echo})))
+    assert adapter.handshake()
+    transport.outbox.take_batch()
+    return adapter
+
+
+def test_a_publish_to_65536_subscriptions_goes_out_in_steps_and_its_clients_frames_wait() -> None:
     from broker.server import Server
-    from broker.server.native import OVERRUN_REST
+    from broker.server.native import FANOUT_STEP
     from broker.testing.inprocess import config_for_tests
 
     hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
-    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", 1)
-    adapter = transport.adapter = NativeAdapter(hub, transport)
-    adapter.receive_data(encode_frame(Hello({})))
-    assert adapter.handshake()
-    adapter.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(65_536)))
-    while adapter.process():
+    publisher, subscriber = _connected(hub, 1), _connected(hub, 2)
+    subscriber.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(65_536)))
+    while subscriber.process():
         pass
-    transport.rest = 0.0
-    adapter.receive_data(encode_frame(Pub("fan.out", b"x")) + encode_frame(Pub("fan.out", b"y")))
-    assert adapter.process()
-    assert transport.rest > OVERRUN_REST
-    assert adapter._deferred is not None  # the second publish waits for the next turn
+    subscriber.transport.outbox.take_batch()
+    publisher.receive_data(
+        encode_frame(Pub("fan.out", b"first")) + encode_frame(Pub("fan.out", b"second"))
+    )
+    assert publisher.process()
+    # One step delivered FANOUT_STEP; the rest, and the second PUB, wait for later turns.
+    assert len(subscriber.outbox._frames) == 2 * FANOUT_STEP
+    assert publisher in hub.fanouts and publisher._deferred is not None
+    # A subscription removed between two steps gets nothing more.
+    hub.unsubscribe(subscriber.subscriptions[65_535])
+    turns = 1
+    while publisher.process():
+        turns += 1
+    assert turns > 2 and not hub.fanouts
+    heads = list(subscriber.outbox._frames)[0::2]
+    tails = list(subscriber.outbox._frames)[1::2]
+    sids = [msg_head_sid(head) for head in heads]
+    payloads = [msgpack.unpackb(b"\x94" + tail)[1] for tail in tails]
+    assert sids == list(range(65_535)) * 2  # each once, in subscription order, per publish
+    assert payloads == [b"first"] * 65_535 + [b"second"] * 65_535
+    assert hub.statistics().messages_out == 2 * 65_535
+
+
+def test_a_client_that_leaves_in_the_middle_of_a_split_publish_still_delivers_all_of_it() -> None:
+    from broker.server import Server
+    from broker.server.native import FANOUT_STEP
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
+    publisher, subscriber = _connected(hub, 1), _connected(hub, 2)
+    subscriber.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(5000)))
+    while subscriber.process():
+        pass
+    subscriber.transport.outbox.take_batch()
+    publisher.receive_data(encode_frame(Pub("fan.out", b"accepted")))
+    assert publisher.process()
+    assert publisher in hub.fanouts
+    # The publisher's connection closes: its teardown finishes the publish first.
+    while hub.remove_all(publisher, limit=FANOUT_STEP):
+        pass
+    assert not hub.fanouts
+    assert len(subscriber.outbox._frames) == 2 * 5000
+
+
+def test_a_reader_whose_turn_overran_its_budget_rests_as_long() -> None:
+    from broker.server import Server
+    from broker.server.native import OVERRUN_REST, TURN_SECONDS
+    from broker.testing.inprocess import config_for_tests
+
+    adapter = _connected(Server(config_for_tests()).hub, 1)
+    adapter._overran(OVERRUN_REST / 2)
+    assert adapter.transport.rest == 0.0  # a little over: the clock's noise, not a client
+    adapter._overran(0.050)
+    assert adapter.transport.rest == 0.050 + TURN_SECONDS
 
 
 @pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])

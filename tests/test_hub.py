@@ -207,3 +207,29 @@ def test_shedding_in_batches_reads_each_subscription_about_twice_not_once_per_ba
     # The queue-member scan happens once: 20,000 + 200 batches of 100. Per batch, it was
     # 2,010,000 reads in all.
     assert _CountingHeld.read <= 2 * 20_000
+
+
+def test_a_split_request_that_reaches_nobody_gets_no_responders_after_its_last_step() -> None:
+    hub = make_hub()
+    requester = Recorder(echo=False)  # its own 3,000 subscriptions do not count as responders
+    for sid in range(3000):
+        hub.subscribe(requester, sid, "req.>")
+    hub.subscribe(requester, "inbox", "inbox.1")
+    assert hub.publish(requester, ("req.x", b"?", "inbox.1", None, False), 1024) == 0
+    assert requester in hub.fanouts and requester.got == []
+    steps = 1
+    while requester in hub.fanouts:
+        hub.resume(requester, 1024)
+        steps += 1
+    assert steps == 3
+    assert requester.got == [("inbox", "inbox.1", b"")]  # the 503, once, at the end
+    assert hub.statistics().no_responders == 1
+
+
+def test_without_a_step_a_publish_is_delivered_whole() -> None:
+    hub = make_hub()
+    owner = Recorder()
+    for sid in range(3000):
+        hub.subscribe(owner, sid, "fan.>")
+    assert hub.publish(owner, ("fan.x", b"!", None, None, False)) == 3000
+    assert not hub.fanouts

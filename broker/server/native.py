@@ -51,6 +51,9 @@ TURN_SECONDS: Final = 0.002
 #: that matched as many subscriptions: one publish can match tens of thousands and take a
 #: hundred milliseconds, and the next one must then wait for the next turn.
 _WORK_PER_LOOK: Final = 64
+#: Most subscriptions one step of a publish delivers to (about a millisecond); a publish that
+#: matches more goes on in later turns (see `Hub.publish`), and its client's later frames wait.
+FANOUT_STEP: Final = 1024
 #: A turn this far past `TURN_SECONDS` makes its reader rest as long before its next turn.
 OVERRUN_REST: Final = 0.010
 
@@ -134,6 +137,9 @@ class NativeAdapter:
         return self.conn.buffered
 
     def process(self) -> str | bool:
+        fanouts = self.hub.fanouts
+        if fanouts and self in fanouts and not self._continue_fanout():
+            return True
         deferred = self._deferred
         if deferred is not None:
             self._deferred = None
@@ -174,6 +180,7 @@ class NativeAdapter:
         """
         hub = self.hub
         publish = hub.publish
+        fanouts = hub.fanouts
         transport = self.transport
         clock = time.perf_counter
         deadline = clock() + TURN_SECONDS
@@ -190,7 +197,12 @@ class NativeAdapter:
             kind = type(event)
             try:
                 if kind is Pub:
-                    work += publish(self, event)  # type: ignore[arg-type]
+                    work += publish(self, event, FANOUT_STEP)  # type: ignore[arg-type]
+                    if fanouts and self in fanouts:
+                        # Too many subscribers for one step: the rest of them, then this
+                        # client's later frames, in the next turns.
+                        self._deferred = events[at + 1 :]
+                        return True
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if not self.outbox.replay_room and hub.would_replay(pattern, queue):
@@ -216,6 +228,18 @@ class NativeAdapter:
                 break
         if work >= _WORK_PER_LOOK:
             self._overran(clock() - deadline)
+        return True
+
+    def _continue_fanout(self) -> bool:
+        """Deliver more of this client's split publish, for one turn; True once it is done."""
+        resume = self.hub.resume
+        fanouts = self.hub.fanouts
+        clock = time.perf_counter
+        deadline = clock() + TURN_SECONDS
+        while self in fanouts:
+            resume(self, FANOUT_STEP)
+            if clock() > deadline:
+                return self not in fanouts
         return True
 
     def _overran(self, by: float) -> None:
