@@ -145,6 +145,8 @@ class ClusterLink:
         self._wake = trio.Event()
         self._memo: Message | None = None
         self._memo_nodes: set[str] = set()
+        #: Memos of split publishes under way (see `_switch`), by the message's id.
+        self._split: dict[int, tuple[Message, set[str]]] = {}
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[bytes](
             config.inbound_buffer
         )
@@ -166,14 +168,36 @@ class ClusterLink:
         sub.delivered += 1
         node, _pattern, queue, _index = sub.sid
         if queue is None:
-            if self._memo is message:
-                if node in self._memo_nodes:
-                    return 0
-                self._memo_nodes.add(node)
-            else:
-                self._memo = message
-                self._memo_nodes = {node}
+            if self._memo is not message:
+                self._switch(message)
+            if node in self._memo_nodes:
+                return 0
+            self._memo_nodes.add(node)
         return self._queue(node, queue, message)
+
+    def _switch(self, message: Message) -> None:
+        """Make `message` the memo's: which nodes it was queued for, so each gets it once.
+
+        Every delivery of a publish happens in one step, except a publish the hub splits into
+        steps (`Hub.fanouts`), between which other publishes run: the memo of such a publish is
+        put aside while it is under way, and taken back when its next step comes.
+        """
+        fanouts = self.hub.fanouts
+        if not fanouts and not self._split:
+            self._memo, self._memo_nodes = message, set()
+            return
+        live = {id(fanout.message): fanout.message for fanout in fanouts.values()}
+        old = self._memo
+        if old is not None and live.get(id(old)) is old:
+            self._split[id(old)] = (old, self._memo_nodes)
+        self._split = {
+            key: kept for key, kept in self._split.items() if live.get(key) is kept[0]
+        }
+        kept = self._split.pop(id(message), None)
+        if kept is not None and kept[0] is message:
+            self._memo, self._memo_nodes = message, kept[1]
+        else:
+            self._memo, self._memo_nodes = message, set()
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Never: each node replays the retained messages from its own copy."""
