@@ -355,43 +355,43 @@ async def test_a_node_starts_alone_when_redis_is_away_and_joins_when_it_comes() 
 async def test_a_publish_split_into_steps_still_reaches_each_node_once() -> None:
     from broker.server.native import FANOUT_STEP
 
-    async with running_cluster(2) as cluster:
-        async with (
-            cluster[0].connect() as local,
-            cluster[0].connect() as big,
-            cluster[0].connect() as other,
-            cluster[1].connect() as remote,
-        ):
-            early = remote.subscribe("big.*")  # a stand-in before the local ones on node0
-            noise = remote.subscribe("other.*")
-            await remote.flush()
-            await cluster.settle()
-            for _ in range(FANOUT_STEP + 50):
-                local.subscribe("big.*")
-            await local.flush()
-            late = remote.subscribe("big.>")  # and one after: the publish's second step
-            await remote.flush()
-            await cluster.settle()
+    async with (
+        running_cluster(2) as cluster,
+        cluster[0].connect() as local,
+        cluster[0].connect() as big,
+        cluster[0].connect() as other,
+        cluster[1].connect() as remote,
+    ):
+        early = remote.subscribe("big.*")  # a stand-in before the local ones on node0
+        noise = remote.subscribe("other.*")
+        await remote.flush()
+        await cluster.settle()
+        for _ in range(FANOUT_STEP + 50):
+            local.subscribe("big.*")
+        await local.flush()
+        late = remote.subscribe("big.>")  # and one after: the publish's second step
+        await remote.flush()
+        await cluster.settle()
 
-            async def noisy() -> None:
-                for i in range(300):
-                    await other.publish("other.y", b"%d" % i)
-                    if i % 10 == 0:
-                        await trio.sleep(0)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(noisy)
-                for i in range(20):
-                    await big.publish("big.x", b"%d" % i)
+        async def noisy() -> None:
+            for i in range(300):
+                await other.publish("other.y", b"%d" % i)
+                if i % 10 == 0:
                     await trio.sleep(0)
-            await big.flush()
-            await other.flush()
-            with trio.fail_after(10):
-                for sub in (early, late):
-                    got = [int((await sub.next()).payload) for _ in range(20)]
-                    assert got == list(range(20))
-                assert [int((await noise.next()).payload) for _ in range(300)] == list(range(300))
-            await remote.flush()
-            for sub in (early, late, noise):
-                with pytest.raises(TimeoutError):
-                    await sub.next(timeout=0.3)  # nothing twice
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(noisy)
+            for i in range(20):
+                await big.publish("big.x", b"%d" % i)
+                await trio.sleep(0)
+        await big.flush()
+        await other.flush()
+        with trio.fail_after(10):
+            for sub in (early, late):
+                got = [int((await sub.next()).payload) for _ in range(20)]
+                assert got == list(range(20))
+            assert [int((await noise.next()).payload) for _ in range(300)] == list(range(300))
+        await remote.flush()
+        for sub in (early, late, noise):
+            with pytest.raises(TimeoutError):
+                await sub.next(timeout=0.3)  # nothing twice

@@ -190,9 +190,7 @@ class ClusterLink:
         old = self._memo
         if old is not None and live.get(id(old)) is old:
             self._split[id(old)] = (old, self._memo_nodes)
-        self._split = {
-            key: kept for key, kept in self._split.items() if live.get(key) is kept[0]
-        }
+        self._split = {key: kept for key, kept in self._split.items() if live.get(key) is kept[0]}
         kept = self._split.pop(id(message), None)
         if kept is not None and kept[0] is message:
             self._memo, self._memo_nodes = message, kept[1]
