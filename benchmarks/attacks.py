@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from broker._memory import RELEASE_INTERVAL
 from broker.bench.servers import RssSampler, process_rss, start_broker
 from broker.protocol import (
     CLOSED,
@@ -496,6 +497,7 @@ def run_attack(name: str, attack: Callable[[int, Outcome], Awaitable[None]]) -> 
             with RssSampler(server.pid) as rss:
                 trio.run(attack, port, outcome)
                 time.sleep(1.0)
+            time.sleep(RELEASE_INTERVAL)  # the broker hands freed memory back meanwhile
             after = process_rss(server.pid) or 0
         finally:
             out, _ = watcher.communicate(b"", timeout=30)

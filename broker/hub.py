@@ -28,11 +28,12 @@ from .errors import ErrorCode
 from .message import NO_RESPONDERS_HEADERS, Message, Retained
 from .protocol.native import PROTOCOL_VERSION
 from .retained import RetainedStore
-from .routing import RoutingTable
+from .routing import PENDING, QueueGroup, RoutingTable, Walk
 from .stats import Counters, Statistics
 from .subjects import SubjectError, validate_subject
 
 __all__ = [
+    "NODES_PER_DELIVERY",
     "REPLAY_ENTRY_COST",
     "Fanout",
     "Hub",
@@ -42,6 +43,8 @@ __all__ = [
     "Subscription",
 ]
 
+#: Trie nodes a split publish's walk visits in the time of one delivery (about as costly each).
+NODES_PER_DELIVERY: Final = 2
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
 #: What one message of a replay under way holds beyond the store's own copy: its
@@ -242,7 +245,12 @@ class Hub:
         try:
             if subject[:1] == "$":
                 raise SubjectError(f"subjects starting with '$' are reserved: {brief(subject)}")
-            match = self.table.match(subject)
+            table = self.table
+            match = (
+                table.match_within(subject, step * NODES_PER_DELIVERY)
+                if step
+                else table.match(subject)
+            )
             if reply_to is not None:
                 validate_subject(
                     reply_to,
@@ -263,7 +271,7 @@ class Hub:
         echo = origin.echo
         plain = match.plain
         if step and len(plain) > step:
-            later = Fanout(self, origin, message, plain, step)
+            later = Fanout(self, origin, message, subs=plain, at=step)
             self.fanouts[origin] = later
             plain = plain[:step]
         else:
@@ -285,9 +293,16 @@ class Hub:
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
-        if later is not None:
+            if later is not None:
+                later.reached = reached
+        elif match is PENDING:
+            # Too many patterns to match in one step: the walk goes on in later steps.
+            walk = self.table.walk
+            assert walk is not None
+            self.fanouts[origin] = Fanout(self, origin, message, walk=walk)
+        elif later is not None:
             later.reached = reached  # no-responders waits for the last step
-        elif reply_to is not None and not reached and not delivered:
+        elif reply_to is not None and not reached:
             self._no_responders(origin, reply_to)
         return delivered
 
@@ -580,35 +595,49 @@ class ReplayMemory:
 
 @final
 class Fanout:
-    """The rest of a publish split into steps (`Hub.publish` with ``step``): the plain
-    subscriptions it has yet to reach, in order.
+    """The rest of a publish split into steps (`Hub.publish` with ``step``): the trie walk that
+    finds its subscribers, if it is not done, then the plain subscriptions it has yet to reach,
+    in order.
 
     Between two steps other clients run, so a subscription may be removed meanwhile: each one is
-    checked to be still its owner's before it is delivered to. One made meanwhile is not in the
-    list and gets nothing (had the message been retained, its replay has it), so no subscription
-    gets the message twice, or after it unsubscribed.
+    checked to be still its owner's before it is delivered to. One made meanwhile is not found
+    (see `Walk`) and gets nothing (had the message been retained, its replay has it), so no
+    subscription gets the message twice, or after it unsubscribed.
     """
 
-    __slots__ = ("at", "finished", "hub", "message", "origin", "reached", "subs")
+    __slots__ = ("at", "finished", "hub", "message", "origin", "reached", "subs", "walk")
 
     def __init__(
         self,
         hub: Hub,
         origin: Subscriber,
         message: Message,
-        subs: tuple[Subscription, ...],
-        at: int,
+        *,
+        walk: Walk[Subscription] | None = None,
+        subs: tuple[Subscription, ...] = (),
+        at: int = 0,
     ) -> None:
         self.hub = hub
         self.origin = origin
         self.message = message
+        self.walk = walk
         self.subs = subs
         self.at = at
         self.reached = False
         self.finished = False
 
     def run(self, step: int) -> int:
-        """Deliver to the next `step` subscriptions; the number looked at."""
+        """Take the next step: `step` subscriptions' worth of the walk, or of deliveries; the
+        work done, in deliveries."""
+        if self.walk is not None:
+            match = self.walk.step(step * NODES_PER_DELIVERY)
+            if match is None:
+                return step
+            self.walk = None
+            self.subs = match.plain
+            done = self._choose(match.groups)
+        else:
+            done = 0
         origin = self.origin
         message = self.message
         echo = origin.echo
@@ -624,13 +653,34 @@ class Fanout:
             self.reached = True
             delivered += target.deliver(sub, message)
         self.at = end
-        counters = self.hub.counters
-        if delivered:
-            counters.messages_out += delivered
-            counters.bytes_out += delivered * len(message[1])
+        self._count(delivered)
         if end == len(self.subs):
             self.finished = True
             reply_to = message[2]
             if reply_to is not None and not self.reached:
                 self.hub._no_responders(origin, reply_to)
-        return end - start
+        return done + end - start
+
+    def _choose(self, groups: tuple[QueueGroup[Subscription], ...]) -> int:
+        """Deliver to one live member of each queue group the walk found."""
+        origin = self.origin
+        echo = origin.echo
+
+        def skip(sub: Subscription) -> bool:
+            owner = sub.owner
+            return (owner is origin and not echo) or owner.subscriptions.get(sub.sid) is not sub
+
+        delivered = 0
+        for group in groups:
+            chosen = group.choose(skip)
+            if chosen is not None:
+                self.reached = True
+                delivered += chosen.owner.deliver(chosen, self.message)
+        self._count(delivered)
+        return len(groups)
+
+    def _count(self, delivered: int) -> None:
+        if delivered:
+            counters = self.hub.counters
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * len(self.message[1])

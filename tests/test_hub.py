@@ -233,3 +233,24 @@ def test_without_a_step_a_publish_is_delivered_whole() -> None:
         hub.subscribe(owner, sid, "fan.>")
     assert hub.publish(owner, ("fan.x", b"!", None, None, False)) == 3000
     assert not hub.fanouts
+
+
+def test_a_walk_too_long_for_one_step_goes_on_in_steps_and_sees_no_one_twice_or_too_new() -> None:
+    hub = make_hub()
+    owner = Recorder()
+    patterns = [".".join("a" if b == "0" else "*" for b in f"{n:012b}") for n in range(4096)]
+    for sid, pattern in enumerate(patterns):
+        hub.subscribe(owner, sid, pattern)
+    subject = ".".join(["a"] * 12)  # reaches all 4,096 through 8,191 trie nodes
+    assert hub.publish(owner, (subject, b"1", None, None, False), 1024) == 0
+    assert owner in hub.fanouts and owner.got == []  # nothing yet: the walk goes on
+    hub.unsubscribe(owner.subscriptions[0])  # removed during the walk: gets nothing
+    hub.subscribe(owner, "late", subject)  # made during the walk: gets nothing of this one
+    while owner in hub.fanouts:
+        hub.resume(owner, 1024)
+    assert [sid for sid, _, _ in owner.got] == list(range(1, 4096))
+    # The table changed during that walk, so its result was not cached: the next publish
+    # reaches the late subscription too.
+    owner.got.clear()
+    hub.publish(owner, (subject, b"2", None, None, False))
+    assert len(owner.got) == 4096 and owner.got[-1][0] == "late"
