@@ -20,15 +20,8 @@ from broker.testing.cluster import (
     running_redis,
 )
 
-# Each connection attempt of coredis 6.9 that fails (Redis away) or is cancelled (a node killed)
-# leaves the anyio memory streams its Connection made in __init__ unclosed: connection/_base.py
-# closes them only once connected. The garbage collector's ResourceWarning about them is
-# coredis's, not a leak of ours; each test collects them itself, under this narrow filter, so
-# they never surface in a later test.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <function MemoryObject(Send|Receive)Stream.__del__"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
+# coredis 6.9's unclosed anyio streams (see filterwarnings in pyproject.toml) are collected
+# at the end of each test, so they are reported, if ever, here.
 
 
 @pytest.fixture(autouse=True)
