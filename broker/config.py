@@ -64,6 +64,10 @@ __all__ = [
     "DEFAULT_MAX_SUBJECT_LENGTH",
     "DEFAULT_MAX_SUBJECT_TOKENS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_MONITOR_HOST",
+    "DEFAULT_MONITOR_MAX_CONNECTIONS",
+    "DEFAULT_MONITOR_PORT",
+    "DEFAULT_MONITOR_REQUEST_TIMEOUT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -81,6 +85,8 @@ __all__ = [
     "MAX_MAX_RETAINED_SUBJECTS",
     "MAX_MAX_SUBJECT_LENGTH",
     "MAX_MAX_SUBJECT_TOKENS",
+    "MAX_MONITOR_MAX_CONNECTIONS",
+    "MAX_MONITOR_REQUEST_TIMEOUT",
     "MAX_PORT",
     "MAX_SHUTDOWN_GRACE",
     "MAX_WRITE_TIMEOUT",
@@ -93,6 +99,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LogFormat",
+    "MonitoringConfig",
     "SlowConsumerPolicy",
     "config_from_mapping",
     "config_to_mapping",
@@ -159,6 +166,16 @@ DEFAULT_PING_INTERVAL: Final = 120.0
 DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 MAX_SHUTDOWN_GRACE: Final = 300.0
+
+# [monitoring]
+DEFAULT_MONITOR_HOST: Final = "127.0.0.1"
+DEFAULT_MONITOR_PORT: Final = 8222
+#: HTTP connections the monitoring endpoint holds at once; more are answered 503 and closed.
+DEFAULT_MONITOR_MAX_CONNECTIONS: Final = 16
+MAX_MONITOR_MAX_CONNECTIONS: Final = 1024
+#: Seconds one monitoring request (reading it, answering it) may take.
+DEFAULT_MONITOR_REQUEST_TIMEOUT: Final = 5.0
+MAX_MONITOR_REQUEST_TIMEOUT: Final = 60.0
 
 # [cluster]
 DEFAULT_CLUSTER_PREFIX: Final = "broker"
@@ -347,6 +364,41 @@ def _check_hosts(value: object) -> tuple[str, ...]:
             f"must not name a host twice, got {repeated!r} more than once", key="hosts"
         )
     return tuple(value)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringConfig:
+    """``[monitoring]``: the HTTP endpoint (/varz, /connz, /subsz, /healthz, /metrics).
+
+    Off by default: it tells whoever reaches it every client's address and name, so it is
+    opened only on purpose, and on loopback unless told otherwise.
+    """
+
+    enabled: bool = False
+    """Serve the endpoint (``broker serve --monitor-port`` turns it on too)."""
+    host: str = DEFAULT_MONITOR_HOST
+    """Address it listens on; an IP literal or host name."""
+    port: int = DEFAULT_MONITOR_PORT
+    """TCP port; 0 picks a free one."""
+    max_connections: int = DEFAULT_MONITOR_MAX_CONNECTIONS
+    """HTTP connections held at once; more are answered 503 and closed."""
+    request_timeout: float = DEFAULT_MONITOR_REQUEST_TIMEOUT
+    """Seconds a request may take to arrive and be answered, and an idle connection stays."""
+
+    def __post_init__(self) -> None:
+        _require_bool("enabled", self.enabled)
+        _check_host("host", self.host)
+        _require_int_in("port", self.port, _Range(0, MAX_PORT))
+        _require_int_in(
+            "max_connections", self.max_connections, _Range(1, MAX_MONITOR_MAX_CONNECTIONS)
+        )
+        seconds = _require_seconds_in(
+            "request_timeout",
+            self.request_timeout,
+            _Range(0, MAX_MONITOR_REQUEST_TIMEOUT, low_exclusive=True),
+        )
+        object.__setattr__(self, "request_timeout", seconds)
 
 
 # ---- sections: frozen dataclasses read from TOML tables and written back ----------------------
@@ -827,6 +879,8 @@ class Config:
     """Lines one client host may cause in the log per minute (in bursts up to as many); the next
     line after a pause says how many were suppressed."""
 
+    monitoring: MonitoringConfig = MonitoringConfig()
+    """The HTTP monitoring endpoint, ``[monitoring]``; off unless enabled."""
     cluster: ClusterConfig | None = None
     """``[cluster]``: the Redis that joins this node to others; None runs it alone."""
 

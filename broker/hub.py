@@ -30,7 +30,7 @@ from .protocol.native import PROTOCOL_VERSION
 from .retained import RetainedStore
 from .routing import PENDING, QueueGroup, RoutingTable, Walk
 from .stats import Counters, Statistics
-from .subjects import SubjectError, validate_subject
+from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_subject
 
 __all__ = [
     "NODES_PER_DELIVERY",
@@ -41,6 +41,7 @@ __all__ = [
     "ReplayMemory",
     "Subscriber",
     "Subscription",
+    "SystemOrigin",
 ]
 
 #: Trie nodes a split publish's walk visits in the time of one delivery (about as costly each).
@@ -57,6 +58,12 @@ class Subscriber(Protocol):
 
     Attributes:
         name: For logs and monitoring ("" if none was given).
+        lang: The client library's language, as it said in its handshake ("" if it did not).
+        version: The client library's version, as it said in its handshake ("" if not).
+        in_msgs: Messages it published that the hub routed (refused ones are not counted).
+        in_bytes: Payload bytes of those messages.
+        out_msgs: Messages queued for it (its `deliver` returned 1), replays included.
+        out_bytes: Payload bytes of those messages.
         echo: Whether it receives its own publishes.
         subscriptions: Its live subscriptions by sid. The hub keeps this map (it adds and
             removes); the owner reads it to find a sid.
@@ -65,6 +72,12 @@ class Subscriber(Protocol):
     """
 
     name: str
+    lang: str
+    version: str
+    in_msgs: int
+    in_bytes: int
+    out_msgs: int
+    out_bytes: int
     echo: bool
     subscriptions: dict[Any, Subscription]
     permissions: object | None
@@ -80,6 +93,25 @@ class Subscriber(Protocol):
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Queue the retained messages a new subscription matches; False if none was queued."""
+        ...
+
+
+class SystemOrigin(Subscriber, Protocol):
+    """The server's own voice on ``$SYS``: a subscriber with no connection, told of events a
+    publish's delivery loop finds (a slow consumer), which it publishes later, not from inside
+    that loop.
+    """
+
+    def client_connected(self, client: Any) -> None:
+        """`client` (a transport, of any wire) completed its handshake."""
+        ...
+
+    def client_disconnected(self, client: Any) -> None:
+        """`client`, once connected, has closed; its counters are final."""
+        ...
+
+    def slow_consumer(self, client: Any) -> None:
+        """`client` was found to read too slowly."""
         ...
 
 
@@ -143,6 +175,8 @@ class Hub:
         info: What a client is told in the handshake (WELCOME's map on the native wire).
         closing: Set once shutdown begins, so a connection accepted but not yet registered is
             refused instead of served until the grace period runs out.
+        system: The server's own origin on ``$SYS`` (`broker.server.sysevents`), or None. It
+            alone may publish to ``$`` subjects; clients only to `SYS_REQUEST_PREFIX` ones.
     """
 
     __slots__ = (
@@ -159,6 +193,7 @@ class Hub:
         "on_retain",
         "replay_memory",
         "retained",
+        "system",
         "table",
         "watch",
     )
@@ -185,6 +220,7 @@ class Hub:
         #: Told of every retained message stored or deleted by a publish (not by
         #: `store_retained`), so the cluster link can share it. None (alone): no cost.
         self.on_retain: Callable[[Message], None] | None = None
+        self.system: SystemOrigin | None = None
         self._max_payload = config.max_payload
         self._max_subscriptions = config.max_subscriptions
         self._max_subject_length = config.max_subject_length
@@ -243,8 +279,8 @@ class Hub:
                 f"payload of {size} bytes exceeds max_payload ({self._max_payload} bytes)",
             )
         try:
-            if subject[:1] == "$":
-                raise SubjectError(f"subjects starting with '$' are reserved: {brief(subject)}")
+            if subject[:1] == "$" and origin is not self.system:
+                _check_reserved(subject)
             table = self.table
             match = (
                 table.match_within(subject, step * NODES_PER_DELIVERY)
@@ -266,6 +302,8 @@ class Hub:
         counters = self.counters
         counters.messages_in += 1
         counters.bytes_in += size
+        origin.in_msgs += 1
+        origin.in_bytes += size
         delivered = 0
         reached = False
         echo = origin.echo
@@ -276,12 +314,17 @@ class Hub:
             plain = plain[:step]
         else:
             later = None
+        # Each subscriber's own out_* are counted here, once for every wire: an add per
+        # delivery, and nothing for a message its outbox refused.
         for sub in plain:
             target = sub.owner
             if target is origin and not echo:
                 continue
             reached = True
-            delivered += target.deliver(sub, message)
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
         if match.groups:
             skip = None if echo else _owned_by(origin)
             for group in match.groups:
@@ -289,7 +332,11 @@ class Hub:
                 if chosen is None:
                     continue
                 reached = True
-                delivered += chosen.owner.deliver(chosen, message)
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
@@ -355,11 +402,14 @@ class Hub:
         subscriptions `origin` holds, whatever its echo flag: they stand for other nodes.
         """
         delivered = 0
+        size = len(message[1])
         for sub in self.table.match(message[0]).plain:
             target = sub.owner
-            if target is not origin:
-                delivered += target.deliver(sub, message)
-        self._count_out(delivered, len(message[1]))
+            if target is not origin and target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
+        self._count_out(delivered, size)
         return delivered
 
     def deliver_group(self, origin: Subscriber, message: Message, queue: str) -> int:
@@ -372,9 +422,14 @@ class Hub:
                 chosen = group.choose(_owned_by(origin))
                 if chosen is None:
                     return 0
-                delivered = chosen.owner.deliver(chosen, message)
-                self._count_out(delivered, len(message[1]))
-                return delivered
+                target = chosen.owner
+                if not target.deliver(chosen, message):
+                    return 0
+                size = len(message[1])
+                target.out_msgs += 1
+                target.out_bytes += size
+                self._count_out(1, size)
+                return 1
         return 0
 
     def _count_out(self, delivered: int, size: int) -> None:
@@ -461,8 +516,11 @@ class Hub:
             if entries and owner.replay(sub, entries):
                 # A replay comes straight after its subscribe: no max_msgs can cut it short.
                 counters = self.counters
+                size = sum(len(kept.payload) for _, kept in entries)
                 counters.messages_out += len(entries)
-                counters.bytes_out += sum(len(kept.payload) for _, kept in entries)
+                counters.bytes_out += size
+                owner.out_msgs += len(entries)
+                owner.out_bytes += size
                 sub.delivered += len(entries)
         return sub
 
@@ -532,10 +590,21 @@ class Hub:
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters, with the table's and the store's gauges."""
+        system = self.system
         return self.counters.snapshot(
-            subscriptions=len(self.table),
+            # Clients' subscriptions: the server's own $SYS ones are not what anyone asks about.
+            subscriptions=len(self.table) - (len(system.subscriptions) if system else 0),
             retained_subjects=self.retained.subjects,
             retained_bytes=self.retained.bytes,
+        )
+
+
+def _check_reserved(subject: str) -> None:
+    """Refuse a client's publish to a ``$`` subject, unless it is a ``$SYS`` request."""
+    if not subject.startswith(SYS_REQUEST_PREFIX):
+        raise SubjectError(
+            f"subjects starting with '$' are reserved: {brief(subject)}; clients may publish"
+            f" there only requests to {SYS_REQUEST_PREFIX}..., such as $SYS.REQ.SERVER.PING.VARZ"
         )
 
 
@@ -643,6 +712,7 @@ class Fanout:
         echo = origin.echo
         start = self.at
         end = min(start + step, len(self.subs))
+        size = len(message[1])
         delivered = 0
         for sub in self.subs[start:end]:
             target = sub.owner
@@ -651,7 +721,10 @@ class Fanout:
             if target.subscriptions.get(sub.sid) is not sub:
                 continue  # removed since the publish began
             self.reached = True
-            delivered += target.deliver(sub, message)
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
         self.at = end
         self._count(delivered)
         if end == len(self.subs):
@@ -670,12 +743,18 @@ class Fanout:
             owner = sub.owner
             return (owner is origin and not echo) or owner.subscriptions.get(sub.sid) is not sub
 
+        message = self.message
+        size = len(message[1])
         delivered = 0
         for group in groups:
             chosen = group.choose(skip)
             if chosen is not None:
                 self.reached = True
-                delivered += chosen.owner.deliver(chosen, self.message)
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
         self._count(delivered)
         return len(groups)
 

@@ -191,6 +191,12 @@ class RoutingTable(Generic[S]):
         self._generation = 0
         #: The walk `match_within` left unfinished last, for its caller to take at once.
         self.walk: Walk[S] | None = None
+        #: For monitoring (/subsz): lookups, lookups the cache missed, inserts and removes.
+        #: One add per lookup; the rest are counted off the hot path.
+        self.matches = 0
+        self.misses = 0
+        self.inserts = 0
+        self.removes = 0
         # Shared with every QueueGroup this table hands out; starts at 1 so 0 means "never".
         self._clock = itertools.count(1)
 
@@ -232,6 +238,7 @@ class RoutingTable(Generic[S]):
                 node = child
         (node.tail if tail else node.subs)[entry] = None
         self._entries[sub] = entry
+        self.inserts += 1
         self._invalidate(pattern)
 
     def remove(self, sub: S) -> None:
@@ -262,6 +269,7 @@ class RoutingTable(Generic[S]):
                 parent.star = None
             else:
                 del parent.children[token]
+        self.removes += 1
         self._invalidate(entry.pattern)
 
     def discard(self, sub: S) -> None:
@@ -272,23 +280,39 @@ class RoutingTable(Generic[S]):
     def match(self, subject: str) -> Match[S]:
         """Return everyone ``subject`` is routed to.
 
-        Reserved ``$`` subjects are matched like any other: refusing client publishes to them is
-        the caller's rule, since the broker publishes there itself. The subject is validated
+        Reserved ``$`` subjects are matched like any other but for one rule (`subjects`): a
+        wildcard first token does not match them. Refusing client publishes to them is the
+        caller's rule, since the broker publishes there itself. The subject is validated
         only when it is not cached, because only valid subjects ever enter the cache.
 
         Raises:
             SubjectError: If the subject is invalid.
         """
+        self.matches += 1
         try:
             return self._cache[subject]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a str; validation says so
+            self.misses += 1
             return self._match_uncached(subject)
 
-    def _match_uncached(self, subject: str) -> Match[S]:
+    def peek(self, subject: str) -> Match[S]:
+        """`match`, leaving the cache and the counters as they were (for monitoring's questions).
+
+        Raises:
+            SubjectError: If the subject is invalid.
+        """
+        cached = self._cache.get(subject) if type(subject) is str else None
+        return cached if cached is not None else self._match_uncached(subject, store=False)
+
+    def cached(self) -> list[Match[S]]:
+        """The matches the cache holds now (for fan-out statistics)."""
+        return list(self._cache.values())
+
+    def _match_uncached(self, subject: str, *, store: bool = True) -> Match[S]:
         validate_subject(
             subject, max_length=self._max_length, max_tokens=self._max_tokens, allow_reserved=True
         )
-        result = Walk(self, subject).step(_WHOLE)
+        result = Walk(self, subject, store=store).step(_WHOLE)
         assert result is not None
         return result
 
@@ -303,10 +327,11 @@ class RoutingTable(Generic[S]):
         Raises:
             SubjectError: If the subject is invalid.
         """
+        self.matches += 1
         try:
             return self._cache[subject]
         except (KeyError, TypeError):
-            pass
+            self.misses += 1
         validate_subject(
             subject, max_length=self._max_length, max_tokens=self._max_tokens, allow_reserved=True
         )
@@ -380,18 +405,27 @@ class Walk(Generic[S]):
         "_last",
         "_newest",
         "_stack",
+        "_store",
         "_table",
         "_tokens",
         "subject",
     )
 
-    def __init__(self, table: RoutingTable[S], subject: str) -> None:
+    def __init__(self, table: RoutingTable[S], subject: str, *, store: bool = True) -> None:
         self._table = table
         self.subject = subject
-        self._tokens = subject.split(".")
-        self._last = len(self._tokens)
+        self._tokens = tokens = subject.split(".")
+        self._last = len(tokens)
         self._found: list[_Entry[S]] = []
-        self._stack: list[tuple[_Node[S], int]] = [(table._root, 0)]
+        root = table._root
+        if subject[:1] == "$":
+            # A wildcard first token ("*", ">") never matches a reserved subject.
+            child = root.children.get(tokens[0])
+            self._stack: list[tuple[_Node[S], int]] = [(child, 1)] if child is not None else []
+        else:
+            self._stack = [(root, 0)]
+        #: Whether the result goes into the table's cache (not for monitoring's questions).
+        self._store = store
         self._generation = table._generation
         #: Every entry made from now on has a higher seq.
         self._newest = next(table._seq)
@@ -424,5 +458,6 @@ class Walk(Generic[S]):
             found = [entry for entry in found if entry.seq < newest]
             return table._build(found) if found else _NO_MATCH
         result = table._build(found) if found else _NO_MATCH
-        table._store(self.subject, result)
+        if self._store:
+            table._store(self.subject, result)
         return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import os
 from collections.abc import Iterator
 
@@ -388,3 +389,40 @@ async def test_a_publish_split_into_steps_still_reaches_each_node_once() -> None
         for sub in (early, late, noise):
             with pytest.raises(TimeoutError):
                 await sub.next(timeout=0.3)  # nothing twice
+
+
+async def test_every_node_answers_sys_ping_and_monitoring_shows_the_cluster() -> None:
+    async with running_cluster(3) as cluster, cluster[0].connect() as ops:
+        inbox = "_INBOX.ops.ping"
+        replies = ops.subscribe(inbox)
+        await ops.flush()
+        await cluster.settle()
+        await ops.publish("$SYS.REQ.SERVER.PING", b"", reply_to=inbox)
+        with trio.fail_after(5):
+            ids = {json.loads((await replies.next()).payload)["server_id"] for _ in range(3)}
+        assert ids == {node.server.server_id for node in cluster.nodes}
+        varz = cluster[0].server.monitor.varz()["cluster"]
+        assert (varz["state"], varz["nodes"]) == ("up", ["node1", "node2"])
+        assert cluster[0].server.monitor.healthz() == (200, {"status": "ok"})
+
+
+async def test_a_degraded_node_says_so_on_healthz_and_in_a_sys_event() -> None:
+    async with running_cluster(2) as cluster:
+        assert cluster.redis is not None
+        node = cluster[0].server
+        async with cluster[0].connect() as ops, ops.subscribe("$SYS.SERVER.*.CLUSTER") as events:
+            await ops.flush()
+            await cluster.redis.stop()
+            event = json.loads((await events.next(timeout=5)).payload)
+            assert (event["type"], event["state"], event["node"]) == (
+                "cluster_state",
+                "degraded",
+                "node0",
+            )
+            status, answer = node.monitor.healthz()
+            assert status == 503 and "cluster link degraded" in answer["error"]
+            assert node.monitor.varz()["cluster"]["state"] == "degraded"
+            await cluster.redis.start()
+            event = json.loads((await events.next(timeout=10)).payload)
+            assert event["state"] == "up"
+            assert node.monitor.healthz()[0] == 200

@@ -18,6 +18,7 @@ from broker.config import (
     MIN_FRAME_HEADROOM,
     Config,
     ConfigError,
+    MonitoringConfig,
     _check_nested,
     _got,
     _Range,
@@ -85,30 +86,33 @@ def refused(field: str, value: Any) -> tuple[str, str]:
 # ---- the shipped file and the layout ---------------------------------------------------------
 
 
+#: The shipped file is the defaults, but for monitoring: on, on loopback (docs/monitoring.md).
+SHIPPED_CONFIG = Config(monitoring=MonitoringConfig(enabled=True))
+
+
 def test_shipped_file_is_the_defaults() -> None:
-    assert load_config(SHIPPED) == Config()
+    assert load_config(SHIPPED) == SHIPPED_CONFIG
 
 
 def test_shipped_file_spells_out_every_key() -> None:
     with SHIPPED.open("rb") as file:
-        assert tomllib.load(file) == config_to_mapping(Config())
+        assert tomllib.load(file) == config_to_mapping(SHIPPED_CONFIG)
     # TOML has no null, so max_frame is shown commented out, with its effective default.
     (line,) = [ln for ln in SHIPPED.read_text().splitlines() if ln.startswith("# max_frame =")]
     assert tomllib.loads(line.removeprefix("# "))["max_frame"] == Config().frame_limit
 
 
-#: Config fields that are TOML sections of their own (``[cluster]``), not flat keys.
-SECTION_FIELDS = {"cluster"}
+#: Config fields that are sections of their own, each its own TOML table.
+SECTIONS = {"monitoring", "cluster"}
 
 
 def test_every_field_has_exactly_one_toml_key() -> None:
-    assert sorted(TOML_KEY) == sorted(
-        f.name for f in dataclasses.fields(Config) if f.name not in SECTION_FIELDS
-    )
+    flat = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    assert sorted(TOML_KEY) == sorted(flat)
     layout = config_to_mapping(Config(max_frame=2 * MiB))
-    assert sorted(f"{s}.{k}" for s, table in layout.items() for k in table) == sorted(
-        TOML_KEY.values()
-    )
+    assert sorted(
+        f"{s}.{k}" for s, table in layout.items() if s not in SECTIONS for k in table
+    ) == sorted(TOML_KEY.values())
 
 
 def test_mapping_round_trip() -> None:
@@ -387,7 +391,7 @@ def test_unknown_section() -> None:
         config_from_mapping({"limit": {"max_payload": 1}}, source=SOURCE)
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
-        " known: server, limits, slow_consumer, retained, timeouts, logging, cluster"
+        " known: server, limits, slow_consumer, retained, timeouts, logging, monitoring, cluster"
     )
 
 

@@ -115,6 +115,8 @@ async def test_an_internal_error_sends_internal_error_then_closes_that_client_on
         name = "broken"
         echo = True
         permissions = None
+        lang = version = ""
+        in_msgs = in_bytes = out_msgs = out_bytes = 0
 
         def __init__(self) -> None:
             self.subscriptions: dict[Any, Subscription] = {}

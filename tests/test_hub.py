@@ -21,6 +21,8 @@ class Recorder:
 
     def __init__(self, name: str = "", *, echo: bool = True, accepting: bool = True) -> None:
         self.name = name
+        self.lang = self.version = ""
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
         self.echo = echo
         self.subscriptions: dict[Any, Subscription] = {}
         self.permissions: object | None = None

@@ -15,6 +15,7 @@ PURE_MODULES = (
     "broker",
     "broker.config",
     "broker.message",
+    "broker.monitoring",
     "broker.errors",
     "broker.hub",
     "broker.protocol",

@@ -33,6 +33,7 @@ import random
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any, Final, final
 
 import coredis
@@ -126,6 +127,10 @@ class ClusterLink:
 
     def __init__(self, hub: Hub, config: ClusterConfig, node: str) -> None:
         self.name = f"cluster:{node}"
+        self.lang = ""
+        self.version = ""
+        # What monitoring counts per subscriber: for the link, messages from and to Redis.
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
         self.echo = False
         self.subscriptions: dict[Any, Subscription] = {}
         self.permissions: object | None = None
@@ -157,6 +162,8 @@ class ClusterLink:
         self._attempted = trio.Event()
         #: Set each time the link comes up (tests and the `up` property wait on it).
         self.up_event = trio.Event()
+        #: Told of each change to ``up`` or ``degraded`` with `status` as a dict.
+        self.on_state: Callable[[dict[str, object]], None] | None = None
         self._inbox = self.keys.inbox(node).encode()
         hub.watch = self._watch
         hub.on_retain = self._on_local_retain
@@ -232,6 +239,27 @@ class ClusterLink:
             counters=dict(self.counters),
         )
 
+    def announce(self, subs: Iterable[Subscription]) -> None:
+        """Count in this node's interest subscriptions made outside the hub's verbs (the
+        server's own ``$SYS.REQ`` ones go straight into the table)."""
+        for sub in subs:
+            self.local.change(sub.pattern, sub.queue, 1)
+
+    def health(self) -> str | None:
+        """Why /healthz should say this node is not well (the link is not up), or None."""
+        if self.state == "up":
+            return None
+        reason = f": {self.last_error}" if self.last_error else ""
+        return f"cluster link {self.state}{reason}; serving local clients only"
+
+    def _set_state(self, state: str) -> None:
+        """Change state and tell `on_state` (the server's $SYS events) of real changes."""
+        if state == self.state:
+            return
+        self.state = state
+        if self.on_state is not None and state in ("up", "degraded"):
+            self.on_state(self.status().as_dict())
+
     def stop(self) -> None:
         """Ask `run` to say goodbye to the cluster and return; returns at once."""
         self._stop.set()
@@ -290,8 +318,8 @@ class ClusterLink:
             )
         if self.state == "up":
             self.counters["reconnects"] += 1
-        self.state = "degraded"
         self.last_error = reason
+        self._set_state("degraded")
         self.up_event = trio.Event()
         # What was queued for other nodes will not reach them.
         self.counters["lost"] += sum(1 for item in self._outbox if item[0] is not None)
@@ -325,8 +353,8 @@ class ClusterLink:
                 await self._register(redis)
                 await self._beat(redis, every=True)
                 await self._load_retained(redis)
-                self.state = "up"
                 self.last_error = ""
+                self._set_state("up")
                 self.up_event.set()
                 self._attempted.set()
                 log.info(
@@ -567,6 +595,8 @@ class ClusterLink:
                 self._bad("message batch", error)
                 continue
             for queue, message in entries:
+                self.in_msgs += 1
+                self.in_bytes += len(message[1])
                 if queue is None:
                     hub.deliver_plain(self, message)
                 else:

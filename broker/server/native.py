@@ -38,11 +38,13 @@ from ..protocol.native import (
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
-__all__ = ["NativeAdapter", "refusal_frame"]
+__all__ = ["IDENTITY_LENGTH", "NativeAdapter", "refusal_frame"]
 
 _PING_FRAME: Final = encode_frame(Ping())
 _PONG_FRAME: Final = encode_frame(Pong())
 _pack_length = struct.Struct(">I").pack
+#: Characters of a client's HELLO ``lang`` and ``client_version`` kept for monitoring.
+IDENTITY_LENGTH: Final = 64
 #: Most time one turn of a reader spends turning frames into hub calls before it lets the
 #: other tasks run (see `NativeAdapter._dispatch`).
 TURN_SECONDS: Final = 0.002
@@ -79,12 +81,18 @@ class NativeAdapter:
         "conn",
         "echo",
         "hub",
+        "in_bytes",
+        "in_msgs",
+        "lang",
         "name",
+        "out_bytes",
+        "out_msgs",
         "outbox",
         "permissions",
         "retained_flag",
         "subscriptions",
         "transport",
+        "version",
     )
 
     def __init__(self, hub: Hub, transport: Transport) -> None:
@@ -93,6 +101,12 @@ class NativeAdapter:
         self.outbox = transport.outbox
         self.conn = Connection(Role.SERVER, max_frame=hub.config.frame_limit)
         self.name = ""
+        self.lang = ""
+        self.version = ""
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
         self.echo = True
         #: Whether the client takes MSG's 7th element, the retained flag (HELLO `retained`);
         #: older clients get replays as plain MSGs.
@@ -122,6 +136,9 @@ class NativeAdapter:
             return False  # CLOSED: the peer left before its HELLO
         options = event.options
         self.name = options.get("name") or ""
+        # Shown in monitoring only, so bounded there and never checked against anything.
+        self.lang = (options.get("lang") or "")[:IDENTITY_LENGTH]
+        self.version = (options.get("client_version") or "")[:IDENTITY_LENGTH]
         self.echo = options.get("echo", True)
         self.retained_flag = options.get("retained", False)
         info = dict(self.hub.info, client_id=self.transport.client_id)

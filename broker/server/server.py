@@ -15,7 +15,8 @@ import resource
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -27,7 +28,9 @@ from ..errors import ErrorCode
 from ..hub import Hub
 from ..peerlog import PeerLog
 from ..stats import Statistics
+from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
+from .sysevents import SystemEvents
 from .transport import Transport, peer_address, refuse
 from .transport import log as transport_log
 
@@ -91,7 +94,17 @@ class Server:
         #: Listen with SO_REUSEPORT, so several processes share the port (``serve --workers``).
         self.reuse_port = reuse_port
         self.server_id = secrets.token_hex(8)
+        #: When it was made, in seconds since the epoch (monitoring's ``start``).
+        self.start = time.time()
         self.hub = Hub(self.config, server_id=self.server_id)
+        #: Checks /healthz runs besides shutdown: each returns why the server is unhealthy, or
+        #: None (a cluster link adds one for its state).
+        self.health_checks: list[Callable[[], str | None]] = []
+        self.monitor = Monitor(self)
+        #: The server's own origin on $SYS: events about clients, answers to $SYS.REQ.
+        self.system = SystemEvents(self)
+        #: Where the monitoring endpoint listens, once it does; None when it is off.
+        self.monitor_address: tuple[str, int] | None = None
         #: The live connections, for shutdown (and for `broker.testing.faults`).
         self.transports: set[Transport] = set()
         #: Lines about clients, rate-limited per host across every connection.
@@ -112,9 +125,13 @@ class Server:
         if self.config.cluster is not None:
             from ..cluster.link import ClusterLink
 
-            self.cluster = ClusterLink(
+            link = self.cluster = ClusterLink(
                 self.hub, self.config.cluster, self.config.cluster.name or self.server_id
             )
+            self.health_checks.append(link.health)
+            link.on_state = self.system.cluster_state
+            # $SYS.REQ.SERVER.PING and this server's own requests reach it from any node.
+            link.announce(self.system.subscriptions.values())
 
     @property
     def url(self) -> str:
@@ -129,6 +146,13 @@ class Server:
         if not self.addresses:
             raise RuntimeError("the server is not listening yet")
         return self.addresses[0][1]
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The monitoring endpoint's URL, e.g. `http://127.0.0.1:8222`; None when it is off."""
+        if self.monitor_address is None:
+            return None
+        return "http://" + format_address(*self.monitor_address)
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
@@ -155,31 +179,62 @@ class Server:
         """
         listeners = await self._open_listeners()
         try:
-            async with trio.open_nursery() as handlers:
-                if self.cluster is not None:
-                    # Before accepting: a client's first subscription replays the cluster's
-                    # retained messages, and its first request sees the cluster's interest.
-                    await handlers.start(self.cluster.run)
-                async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, handlers)
-                    acceptors.start_soon(self._release_memory)
-                    log.info(
-                        "broker %s listening on %s",
-                        self.server_id,
-                        ", ".join(format_address(*address) for address in self.addresses),
-                    )
-                    task_status.started(self)
-                    await self._shutdown.wait()
-                    acceptors.cancel_scope.cancel()
-                await self._close_listeners(listeners)
-                self._begin_shutdown(handlers)
+            monitoring = await self._open_monitoring()
+            async with trio.open_nursery() as services:
+                # Monitoring lives as long as the clients do, so /healthz says 503 while they
+                # drain; it stops once they are gone.
+                await services.start(self.system.run)
+                if monitoring:
+                    # Imported only when on: hypercorn and prometheus-client take 0.1 s to load.
+                    from .http import serve_http
+
+                    await services.start(serve_http, self, monitoring)
+                    log.info("monitoring on %s", self.monitor_url)
+                await self._serve_clients(listeners, task_status)
+                services.cancel_scope.cancel()
         finally:
             await self._close_listeners(listeners)
             # As fields, so JSON logs get them as an object ("stats") and text as key=value.
             stats = self.statistics().as_dict()
             log.info("broker %s stopped", self.server_id, extra={"stats": stats})
             self._stopped.set()
+
+    async def _open_monitoring(self) -> list[trio.SocketListener]:
+        """The monitoring endpoint's listeners, if it is enabled (`serve_http` closes them)."""
+        settings = self.config.monitoring
+        if not settings.enabled:
+            return []
+        try:
+            opened = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        except OSError as error:
+            raise ListenError(settings.host, settings.port, error) from error
+        sockname = opened[0].socket.getsockname()
+        self.monitor_address = (sockname[0], sockname[1])
+        return opened
+
+    async def _serve_clients(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+    ) -> None:
+        """Accept and serve clients until shutdown, then let them drain."""
+        async with trio.open_nursery() as handlers:
+            if self.cluster is not None:
+                # Before accepting: a client's first subscription replays the cluster's
+                # retained messages, and its first request sees the cluster's interest.
+                await handlers.start(self.cluster.run)
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(self._accept_loop, listener, handlers)
+                acceptors.start_soon(self._release_memory)
+                log.info(
+                    "broker %s listening on %s",
+                    self.server_id,
+                    ", ".join(format_address(*address) for address in self.addresses),
+                )
+                task_status.started(self)
+                await self._shutdown.wait()
+                acceptors.cancel_scope.cancel()
+            await self._close_listeners(listeners)
+            self._begin_shutdown(handlers)
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
         listeners: list[trio.SocketListener] = []
@@ -240,7 +295,8 @@ class Server:
         counters = hub.counters
         limit = self.config.max_connections
         try:
-            peer = format_address(*peer_address(stream))
+            address = peer_address(stream)
+            peer = format_address(*address)
         except OSError:
             await trio.aclose_forcefully(stream)
             return
@@ -261,7 +317,9 @@ class Server:
                 return
             counters.connections += 1
             counters.total_connections += 1
-            transport = Transport(hub, stream, peer, self._next_client_id, peer_log=self.peer_log)
+            transport = Transport(
+                hub, stream, peer, self._next_client_id, address=address, peer_log=self.peer_log
+            )
             self._next_client_id += 1
             adapter = transport.adapter = NativeAdapter(hub, transport)
             self.transports.add(transport)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Final, Protocol, final
 
 import trio
 
 from .._text import brief
 from ..errors import ErrorCode
-from ..hub import Hub, Subscription
+from ..hub import Hub, Subscriber, Subscription
 from ..peerlog import PeerLog
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
@@ -46,10 +47,11 @@ DEFERRED: Final = "deferred"
 _INTERNAL_ERROR: Final = "internal error: the server failed handling this connection; it is closed"
 
 
-class WireAdapter(Protocol):
-    """What a transport needs of its wire: decoding into hub calls, and a few encodings."""
+class WireAdapter(Subscriber, Protocol):
+    """What a transport needs of its wire: decoding into hub calls, and a few encodings.
 
-    name: str
+    It is also its client's `Subscriber`, whose identity and counters monitoring shows.
+    """
 
     def greeting(self) -> bytes | None:
         """Bytes to send as soon as the connection opens (NATS's INFO), or None."""
@@ -160,6 +162,12 @@ class Transport:
         adapter: Its wire; set by the listener right after construction.
         outbox: What waits to be written to it.
         accepting: False once it is closing: deliveries to it are then discarded.
+        address: The client's ``(ip, port)``, for monitoring (``("", 0)`` if unknown).
+        start: When it was accepted, in seconds since the epoch.
+
+    For monitoring, with the adapter's identity and counters (`broker.hub.Subscriber`), it
+    also tells `last_activity`, `pending_bytes` and `closing_reason`: each read when asked,
+    so none costs anything on the hot path.
     """
 
     __slots__ = (
@@ -169,6 +177,8 @@ class Transport:
         "_handshake_scope",
         "_last_ping",
         "_last_received",
+        "_last_sent",
+        "_opened",
         "_pings_outstanding",
         "_policy",
         "_reader_scope",
@@ -179,6 +189,7 @@ class Transport:
         "_write_scope",
         "accepting",
         "adapter",
+        "address",
         "client_id",
         "dropped_total",
         "dropped_unreported",
@@ -187,6 +198,7 @@ class Transport:
         "peer",
         "peer_log",
         "rest",
+        "start",
         "stream",
     )
 
@@ -197,6 +209,7 @@ class Transport:
         peer: str,
         client_id: int,
         *,
+        address: tuple[str, int] = ("", 0),
         peer_log: PeerLog | None = None,
     ) -> None:
         config = hub.config
@@ -209,6 +222,10 @@ class Transport:
         self.stream = stream
         self.peer = peer
         self.client_id = client_id
+        self.address = address
+        self.start = time.time()
+        #: trio's clock at `start` (set by `run`), to turn trio times into wall-clock ones.
+        self._opened = math.inf
         self.adapter: WireAdapter
         self.outbox = Outbox(
             max_messages=config.max_pending_messages,
@@ -233,8 +250,37 @@ class Transport:
         self._stalled: trio.Event | None = None
         self._write_scope: trio.CancelScope | None = None
         self._last_received = 0.0
+        self._last_sent = 0.0
         self._last_ping = 0.0
         self._pings_outstanding = 0
+
+    @property
+    def last_activity(self) -> float:
+        """When the client last sent a whole frame or was last written to (seconds since the
+        epoch; `start` if neither happened yet).
+
+        Whole frames only, as for keepalive: trickled bytes are no sign of life. A write is
+        counted per batch, when it begins: a subscriber that only receives is not idle.
+        """
+        latest = max(self._last_received, self._last_sent)
+        return self.start + max(0.0, latest - self._opened)
+
+    @property
+    def pending_bytes(self) -> int:
+        """What waits to be written to it, and the batch being written, at memory cost."""
+        outbox = self.outbox
+        return outbox.bytes + outbox.sending
+
+    @property
+    def closing_reason(self) -> str:
+        """Why the session ended: the fatal error's code, ``shutting_down``, ``client_closed``
+        (the client closed it), or ``connection_broken`` (the network or peer failed).
+        """
+        if self._fatal is not None:
+            return self._fatal[0].value
+        if self._shutting_down:
+            return ErrorCode.SHUTTING_DOWN.value
+        return "client_closed" if self._eof else "connection_broken"
 
     def __repr__(self) -> str:
         name = self.adapter.name
@@ -245,11 +291,18 @@ class Transport:
 
     async def run(self) -> None:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
+        self._opened = trio.current_time()
+        self.start = time.time()
+        system = self.hub.system
+        connected = False
         try:
             with self._session_scope:
                 if not await self._handshake():
                     return
                 log.debug("%r connected", self)
+                if system is not None:
+                    system.client_connected(self)
+                    connected = True
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read_loop)
                     await self._write_loop()
@@ -257,6 +310,9 @@ class Transport:
                 if self._fatal is not None or self._shutting_down:
                     await _close_gracefully(self.stream)
         finally:
+            if connected:
+                assert system is not None
+                system.client_disconnected(self)
             # Whatever is left (a replay under way, above all) frees its server-wide charge.
             self.outbox.clear()
 
@@ -464,6 +520,8 @@ class Transport:
             return
         self._slow = True
         self.hub.counters.slow_consumers += 1
+        if self.hub.system is not None:
+            self.hub.system.slow_consumer(self)
         self.peer_log.log(
             logging.WARNING,
             self.peer,
@@ -575,7 +633,9 @@ class Transport:
             if self.dropped_unreported:
                 self._report_drops()
             data = outbox.take_batch()
-            scope.deadline = trio.current_time() + write_timeout
+            now = trio.current_time()
+            self._last_sent = now  # for monitoring; the clock is read here anyway
+            scope.deadline = now + write_timeout
             self._write_scope = scope
             try:
                 await send_all(data)
