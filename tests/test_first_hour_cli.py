@@ -182,7 +182,10 @@ async def test_json_logs_give_the_statistics_as_an_object(tmp_path: Path) -> Non
 
 # ---- a key outside its section --------------------------------------------------------------
 
-SECTIONS = "[server], [limits], [slow_consumer], [retained], [timeouts], [logging], [monitoring], [cluster]"
+SECTIONS = (
+    "[server], [limits], [slow_consumer], [retained], [timeouts], [logging], [monitoring],"
+    " [cluster]"
+)
 
 
 def test_check_config_says_which_section_a_top_level_key_belongs_in(tmp_path: Path) -> None:
