@@ -249,14 +249,31 @@ def test_a_client_that_leaves_in_the_middle_of_a_split_publish_still_delivers_al
 
 def test_a_reader_whose_turn_overran_its_budget_rests_as_long() -> None:
     from broker.server import Server
-    from broker.server.native import OVERRUN_REST, TURN_SECONDS
+    from broker.server.native import OVERRUN_REST, REST_WORK, TURN_SECONDS
     from broker.testing.inprocess import config_for_tests
 
     adapter = _connected(Server(config_for_tests()).hub, 1)
-    adapter._overran(OVERRUN_REST / 2)
+    adapter._overran(OVERRUN_REST / 2, REST_WORK)
     assert adapter.transport.rest == 0.0  # a little over: the clock's noise, not a client
-    adapter._overran(0.050)
+    adapter._overran(0.050, 64)
+    assert adapter.transport.rest == 0.0  # cheap frames and a long turn: the system's doing
+    adapter._overran(0.050, REST_WORK)
     assert adapter.transport.rest == 0.050 + TURN_SECONDS
+
+
+def test_one_turn_decodes_a_bounded_number_of_frames() -> None:
+    from broker.server import Server
+    from broker.server.native import DECODE_PER_TURN
+    from broker.testing.inprocess import config_for_tests
+
+    adapter = _connected(Server(config_for_tests()).hub, 1)
+    # One 64 KiB read of PINGs: 7,000 frames, whose decoding alone took 24 ms in one step.
+    adapter.receive_data(encode_frame(Ping()) * 7000)
+    turns = 0
+    while adapter.process():
+        turns += 1
+    assert turns == -(-7000 // DECODE_PER_TURN)
+    assert adapter.transport.outbox.control_bytes > 0  # every PING got its PONG
 
 
 @pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])

@@ -622,13 +622,14 @@ class Connection:
             return found[0]
         return CLOSED if self._eof else NEED_DATA
 
-    def events(self) -> list[Event]:
-        """Every complete event in the buffer, decoded in one pass (the server's batch read).
+    def events(self, limit: int = -1) -> list[Event]:
+        """Every complete event in the buffer (at most `limit` of them, if given), decoded in
+        one pass (the server's batch read).
 
         At a bad frame the events decoded before it are returned, and the error is raised by
         the next call, so a caller acts on everything the peer sent before misbehaving.
         """
-        return self._decode(-1)
+        return self._decode(limit)
 
     def _decode(self, limit: int) -> list[Event]:
         """Decode up to `limit` complete frames (all of them when negative): the one decode loop."""

@@ -191,13 +191,13 @@ class Connection:
             return found[0]
         return CLOSED if self._eof else NEED_DATA
 
-    def events(self) -> list[Event]:
-        """Every complete operation in the buffer, decoded in one pass.
+    def events(self, limit: int = -1) -> list[Event]:
+        """Every complete operation in the buffer (at most `limit`, if given), in one pass.
 
         At a bad operation the events decoded before it are returned and the error is raised
         by the next call, so the caller acts on everything the peer sent before misbehaving.
         """
-        return self._decode(-1)
+        return self._decode(limit)
 
     def _fail(self, code: ErrorCode, message: str) -> NoReturn:
         self._error = RemoteProtocolError(code, message)

@@ -55,9 +55,15 @@ TURN_SECONDS: Final = 0.002
 #: that matched as many subscriptions: one publish can match tens of thousands and take a
 #: hundred milliseconds, and the next one must then wait for the next turn.
 _WORK_PER_LOOK: Final = 64
+#: Most frames decoded in one turn: one 64 KiB read holds up to 7,000 nine-byte PINGs, whose
+#: decoding alone took 24 ms in one step (ten clients flooding PINGs held the others 300 ms).
+DECODE_PER_TURN: Final = 512
 #: Most subscriptions one step of a publish delivers to (about a millisecond); a publish that
 #: matches more goes on in later turns (see `Hub.publish`), and its client's later frames wait.
 FANOUT_STEP: Final = 1024
+#: Work since the last look at the clock that makes an overrun a client's doing, not the
+#: system's: more than a split publish's step (publishes and walks are split at `FANOUT_STEP`).
+REST_WORK: Final = 2 * FANOUT_STEP
 #: A turn this far past `TURN_SECONDS` makes its reader rest as long before its next turn.
 OVERRUN_REST: Final = 0.010
 
@@ -174,7 +180,7 @@ class NativeAdapter:
             self._deferred = None
             events = deferred
         else:
-            events = self.conn.events()
+            events = self.conn.events(DECODE_PER_TURN)
             if not events:
                 return False
         return self._dispatch(events)
@@ -219,7 +225,7 @@ class NativeAdapter:
                 now = clock()
                 if now > deadline:
                     self._deferred = events[at:]
-                    self._overran(now - deadline)
+                    self._overran(now - deadline, work)
                     return True
                 work = 0
             work += 1
@@ -256,7 +262,7 @@ class NativeAdapter:
             if not transport.accepting:
                 break
         if work >= _WORK_PER_LOOK:
-            self._overran(clock() - deadline)
+            self._overran(clock() - deadline, work)
         return True
 
     def _continue_fanout(self) -> bool:
@@ -271,15 +277,17 @@ class NativeAdapter:
                 return self not in fanouts
         return True
 
-    def _overran(self, by: float) -> None:
+    def _overran(self, by: float, work: int) -> None:
         """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests.
 
         One publish that matches tens of thousands of subscriptions is one step that cannot be
         split; back to back, such publishes would hold every other client off for as long as
         their client keeps sending them. Resting as long as the step took gives the others at
-        least half the time, so what they wait is about one such step.
+        least half the time, so what they wait is about one such step. Only when the last step
+        did much work (`REST_WORK`): a turn of cheap frames that overran because the system
+        preempted the process must not make its client wait too.
         """
-        if by > OVERRUN_REST:
+        if by > OVERRUN_REST and work >= REST_WORK:
             self.transport.rest = by + TURN_SECONDS
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------

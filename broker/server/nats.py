@@ -49,7 +49,7 @@ from ..protocol.nats import (
     msg_head_sid,
     msg_parts,
 )
-from .native import FANOUT_STEP, OVERRUN_REST, TURN_SECONDS
+from .native import DECODE_PER_TURN, FANOUT_STEP, OVERRUN_REST, REST_WORK, TURN_SECONDS
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
@@ -287,7 +287,7 @@ class NatsAdapter:
             self._deferred = None
             events = deferred
         else:
-            events = self.conn.events()
+            events = self.conn.events(DECODE_PER_TURN)
             if not events:
                 return False
         return self._dispatch(events)
@@ -331,7 +331,7 @@ class NatsAdapter:
                 now = clock()
                 if now > deadline:
                     self._deferred = events[at:]
-                    self._overran(now - deadline)
+                    self._overran(now - deadline, work)
                     return True
                 work = 0
             work += 1
@@ -380,7 +380,7 @@ class NatsAdapter:
             if not transport.accepting:
                 break
         if work >= _WORK_PER_LOOK:
-            self._overran(clock() - deadline)
+            self._overran(clock() - deadline, work)
         return True
 
     def _continue_fanout(self) -> bool:
@@ -395,10 +395,10 @@ class NatsAdapter:
                 return self not in fanouts
         return True
 
-    def _overran(self, by: float) -> None:
+    def _overran(self, by: float, work: int) -> None:
         """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests (as
         the native adapter's, for the same reason)."""
-        if by > OVERRUN_REST:
+        if by > OVERRUN_REST and work >= REST_WORK:
             self.transport.rest = by + TURN_SECONDS
 
     def _refused(self, kind: type[Any], refused: Refused) -> None:
