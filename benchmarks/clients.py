@@ -70,15 +70,17 @@ async def _broker_worker(role: str, url: str, count: int, warmup: int) -> None:
             emit(event="ready")
             sys.stdin.readline()
             publish = client.publish
+            cpu = time.process_time()
             start = time.monotonic()
             for _ in range(count):
                 await publish(SUBJECT, PAYLOAD)
             await client.flush(timeout=60)
-            emit(event="done", start=start, end=time.monotonic())
+            emit(event="done", start=start, end=time.monotonic(), cpu=time.process_time() - cpu)
         elif role == "sub":
             async with client.subscribe(SUBJECT, max_pending=SUB_MAX_PENDING) as sub:
                 await client.flush()
                 emit(event="ready")
+                cpu = time.process_time()
                 received = 0
                 end = time.monotonic()
                 while received < count:
@@ -89,7 +91,7 @@ async def _broker_worker(role: str, url: str, count: int, warmup: int) -> None:
                     received += 1
                     if received == count:
                         end = time.monotonic()
-                emit(event="done", received=received, end=end)
+                emit(event="done", received=received, end=end, cpu=time.process_time() - cpu)
         elif role == "rep":
             async with client.subscribe(SUBJECT) as sub:
                 await client.flush()
@@ -117,15 +119,17 @@ def _sync_worker(role: str, url: str, count: int, warmup: int) -> None:
             emit(event="ready")
             sys.stdin.readline()
             publish = client.publish
+            cpu = time.process_time()
             start = time.monotonic()
             for _ in range(count):
                 publish(SUBJECT, PAYLOAD)
             client.flush(timeout=60)
-            emit(event="done", start=start, end=time.monotonic())
+            emit(event="done", start=start, end=time.monotonic(), cpu=time.process_time() - cpu)
         elif role == "sub":
             with client.subscribe(SUBJECT, max_pending=SUB_MAX_PENDING) as sub:
                 client.flush()
                 emit(event="ready")
+                cpu = time.process_time()
                 received = 0
                 end = time.monotonic()
                 while received < count:
@@ -136,7 +140,7 @@ def _sync_worker(role: str, url: str, count: int, warmup: int) -> None:
                     received += 1
                     if received == count:
                         end = time.monotonic()
-                emit(event="done", received=received, end=end)
+                emit(event="done", received=received, end=end, cpu=time.process_time() - cpu)
         elif role == "rep":
             with client.subscribe(SUBJECT) as sub:
                 client.flush()
@@ -166,11 +170,12 @@ async def _nats_worker(role: str, url: str, count: int, warmup: int) -> None:
             emit(event="ready")
             await loop.run_in_executor(None, sys.stdin.readline)
             publish = nc.publish
+            cpu = time.process_time()
             start = time.monotonic()
             for _ in range(count):
                 await publish(SUBJECT, PAYLOAD)
             await nc.flush(timeout=60)
-            emit(event="done", start=start, end=time.monotonic())
+            emit(event="done", start=start, end=time.monotonic(), cpu=time.process_time() - cpu)
         elif role == "sub":
             done = asyncio.Event()
             state = {"received": 0, "end": time.monotonic(), "last": time.monotonic()}
@@ -185,12 +190,18 @@ async def _nats_worker(role: str, url: str, count: int, warmup: int) -> None:
             await nc.subscribe(SUBJECT, cb=handler)
             await nc.flush()
             emit(event="ready")
+            cpu = time.process_time()
             while not done.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), IDLE_SECONDS)
                 if state["received"] and time.monotonic() - state["last"] > IDLE_SECONDS:
                     break
-            emit(event="done", received=state["received"], end=state["end"])
+            emit(
+                event="done",
+                received=state["received"],
+                end=state["end"],
+                cpu=time.process_time() - cpu,
+            )
         elif role == "rep":
 
             async def respond(msg: object) -> None:
@@ -288,10 +299,21 @@ class Figure:
     values: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
     missed: list[int] = field(default_factory=list)
+    #: CPU microseconds the publisher spent per message, and the subscribers per delivery.
+    pub_cpu: list[float] = field(default_factory=list)
+    sub_cpu: list[float] = field(default_factory=list)
 
 
-def run_throughput(kind: str, url: str, subscribers: int, count: int) -> tuple[float, int]:
-    """Deliveries (or publishes, with no subscribers) per second, and messages missed."""
+@dataclass(frozen=True)
+class Throughput:
+    rate: float
+    missed: int
+    pub_cpu: float
+    sub_cpu: float | None
+
+
+def run_throughput(kind: str, url: str, subscribers: int, count: int) -> Throughput:
+    """Deliveries (or publishes, with no subscribers) per second, messages missed, CPU used."""
     with procs() as started:
         subs = [Proc(kind, "sub", url, count) for _ in range(subscribers)]
         started.extend(subs)
@@ -303,12 +325,15 @@ def run_throughput(kind: str, url: str, subscribers: int, count: int) -> tuple[f
         pub.go()
         done = pub.expect("done")
         start = float(done["start"])  # type: ignore[arg-type]
+        pub_cpu = float(done["cpu"]) * 1e6 / count  # type: ignore[arg-type]
         if not subs:
-            return count / (float(done["end"]) - start), 0  # type: ignore[arg-type]
+            rate = count / (float(done["end"]) - start)  # type: ignore[arg-type]
+            return Throughput(rate, 0, pub_cpu, None)
         results = [sub.expect("done") for sub in subs]
         received = sum(int(r["received"]) for r in results)  # type: ignore[call-overload]
         end = max(float(r["end"]) for r in results)  # type: ignore[arg-type]
-        return received / (end - start), count * subscribers - received
+        sub_cpu = sum(float(r["cpu"]) for r in results) * 1e6 / max(received, 1)  # type: ignore[arg-type]
+        return Throughput(received / (end - start), count * subscribers - received, pub_cpu, sub_cpu)
 
 
 def run_request(kind: str, url: str, count: int, warmup: int) -> tuple[float, float]:
@@ -350,11 +375,11 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
                     figure = figures.setdefault((scenario, kind), Figure())
                     url = urls[kind]
                     if scenario == "publish":
-                        rate, missed = run_throughput(kind, url, 0, args.count)
+                        result = run_throughput(kind, url, 0, args.count)
                     elif scenario == "1to1":
-                        rate, missed = run_throughput(kind, url, 1, args.count)
+                        result = run_throughput(kind, url, 1, args.count)
                     elif scenario == "1to10":
-                        rate, missed = run_throughput(kind, url, 10, args.count // 10)
+                        result = run_throughput(kind, url, 10, args.count // 10)
                     else:
                         p50, p99 = run_request(kind, url, args.requests, args.requests // 10)
                         figure.values.append(p50)
@@ -362,11 +387,19 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
                         print(f"round {round_number + 1} {scenario} {kind}: p50 {p50:.0f} us, "
                               f"p99 {p99:.0f} us", file=sys.stderr)
                         continue
-                    figure.values.append(rate)
-                    figure.missed.append(missed)
-                    note = f", {missed} missed" if missed else ""
-                    print(f"round {round_number + 1} {scenario} {kind}: {rate / 1000:.0f}k/s{note}",
-                          file=sys.stderr)
+                    figure.values.append(result.rate)
+                    figure.missed.append(result.missed)
+                    figure.pub_cpu.append(result.pub_cpu)
+                    note = f", {result.missed} missed" if result.missed else ""
+                    cpu = f"publisher {result.pub_cpu:.1f} us/msg"
+                    if result.sub_cpu is not None:
+                        figure.sub_cpu.append(result.sub_cpu)
+                        cpu += f", subscribers {result.sub_cpu:.1f} us/delivery"
+                    print(
+                        f"round {round_number + 1} {scenario} {kind}: "
+                        f"{result.rate / 1000:.0f}k/s ({cpu}){note}",
+                        file=sys.stderr,
+                    )
     return figures
 
 
@@ -418,7 +451,34 @@ def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> s
             cells.append(cell)
             notes.append(f"- {TITLES[scenario]}, {LABELS[kind]}: {rounds}")
         lines.append(f"| {TITLES[scenario]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nEvery round:\n\n" + "\n".join(notes)
+    lines += [
+        "",
+        "Client CPU per message, microseconds (the median of the rounds; it depends far less "
+        "than the rates on what else the machine runs): the publisher's per publish, then the "
+        "subscribers' per delivery.",
+        "",
+        "| scenario | " + " | ".join(LABELS[c] for c in clients) + " |",
+        "|---|" + "---|" * len(clients),
+    ]
+    for scenario in args.scenario:
+        if scenario == "request":
+            continue
+        cells = []
+        nats = figures.get((scenario, "nats"))
+        for kind in clients:
+            figure = figures[(scenario, kind)]
+            parts = [statistics.median(figure.pub_cpu)]
+            if figure.sub_cpu:
+                parts.append(statistics.median(figure.sub_cpu))
+            cell = " / ".join(f"{p:.1f}" for p in parts)
+            if nats is not None and kind != "nats":
+                ratios = [statistics.median(figure.pub_cpu) / statistics.median(nats.pub_cpu)]
+                if figure.sub_cpu and nats.sub_cpu:
+                    ratios.append(statistics.median(figure.sub_cpu) / statistics.median(nats.sub_cpu))
+                cell += " (" + " / ".join(f"{r:.2f} x" for r in ratios) + ")"
+            cells.append(cell)
+        lines.append(f"| {TITLES[scenario].split(',')[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nEvery round (rates):\n\n" + "\n".join(notes)
 
 
 def versions() -> str:

@@ -381,6 +381,34 @@ def _parse_msg(items: list[Any]) -> Event | str:
     return Msg(sid, subject, payload, reply_to, headers, retained is True)
 
 
+def _fast_msg(items: list[Any]) -> Msg | None:
+    """A MSG without headers, checked inline; None sends it down `_parse_msg`'s full path.
+
+    The client's hot path: the same checks as `_parse_msg`, without padding a list and
+    building a problem list per frame.
+    """
+    count = len(items)
+    if count < 4 or count > 7:
+        return None
+    sid = items[1]
+    subject = items[2]
+    payload = items[3]
+    reply_to = items[4] if count > 4 else None
+    if count > 5 and items[5] is not None:
+        return None
+    retained = items[6] if count > 6 else False
+    if (
+        type(sid) is int
+        and 0 <= sid < 2**63
+        and type(subject) is str
+        and type(payload) is bytes
+        and (reply_to is None or type(reply_to) is str)
+        and (retained is None or type(retained) is bool)
+    ):
+        return _new_tuple(Msg, (sid, subject, payload, reply_to, None, retained is True))
+    return None
+
+
 def _parse_ping(items: list[Any]) -> Event | str:
     fields = _fields("PING", items, 0, 0)
     return fields if isinstance(fields, str) else _PING
@@ -570,6 +598,42 @@ class Encoder:
         """Encode one event as a frame; `LocalProtocolError` if it breaks the contract."""
         return _encode_checked(event, self.role, self.max_frame)
 
+    def pub(
+        self,
+        subject: str,
+        payload: bytes,
+        reply_to: str | None = None,
+        headers: Headers | None = None,
+        retain: bool = False,
+    ) -> bytes:
+        """Encode a PUB whose fields the caller has already type-checked, as one frame.
+
+        The publish hot path: `send(Pub(...))` builds the event, its item list and re-parses
+        it, which cost more than the packing. The caller guarantees the types `send` would
+        check (the clients do, in `ServerLimits.check_publish` and `check_headers`); the frame
+        limit is still enforced here.
+
+        Raises:
+            LocalProtocolError: A client-only call made by a server encoder (``bad_frame``), or
+                the frame is over ``max_frame`` (``frame_too_large``).
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError(ErrorCode.BAD_FRAME, "a server cannot send Pub")
+        if retain:
+            body = _packb(("PUB", subject, payload, reply_to, headers, True))
+        elif headers is not None:
+            body = _packb(("PUB", subject, payload, reply_to, headers))
+        elif reply_to is not None:
+            body = _packb(("PUB", subject, payload, reply_to))
+        else:
+            body = _packb(("PUB", subject, payload))
+        if len(body) > self.max_frame:
+            raise LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {len(body)} bytes exceeds the limit of {self.max_frame} bytes",
+            )
+        return _pack_header(len(body)) + body
+
 
 # ---------------------------------------------------------------------------------------------
 
@@ -641,8 +705,11 @@ class Connection:
         append = out.append
         max_frame = self.max_frame
         event_from = self._event_from
-        # Publishes are most of a server's traffic: the plain ones skip the general dispatch.
-        fast_pub = self.our_role is Role.SERVER and self._their_opening is None
+        # Publishes are most of a server's traffic, deliveries most of a client's: the plain
+        # ones skip the general dispatch (the checks are the parsers', inlined).
+        handshaken = self._their_opening is None
+        fast_pub = handshaken and self.our_role is Role.SERVER
+        fast_msg = handshaken and self.our_role is Role.CLIENT
         try:
             while limit and available - position >= _HEADER_SIZE:
                 (length,) = _unpack_header(buffer, position)
@@ -671,6 +738,11 @@ class Connection:
                     payload = items[2]
                     if type(subject) is str and type(payload) is bytes:
                         append(_new_tuple(Pub, (subject, payload, None, None, False)))
+                        continue
+                elif fast_msg and type(items) is list and items and items[0] == "MSG":
+                    msg = _fast_msg(items)
+                    if msg is not None:
+                        append(msg)
                         continue
                 append(event_from(items))
         except RemoteProtocolError:
