@@ -35,6 +35,7 @@ __all__ = [
     "Err",
     "ErrorCode",
     "Event",
+    "Forward",
     "Headers",
     "Hello",
     "LocalProtocolError",
@@ -54,6 +55,7 @@ __all__ = [
     "msg_head",
     "msg_head_sid",
     "msg_prefix",
+    "msg_sid_part",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -381,6 +383,63 @@ def _parse_msg(items: list[Any]) -> Event | str:
     return Msg(sid, subject, payload, reply_to, headers, retained is True)
 
 
+def _fast_pub(items: list[Any]) -> Pub | None:
+    """A PUB without headers, checked inline; None sends it down `_parse_pub`'s full path.
+
+    The server's hot path: the same checks as `_parse_pub`, without padding a list and
+    building a problem list per frame.
+    """
+    count = len(items)
+    if count < 3 or count > 6:
+        return None
+    subject = items[1]
+    payload = items[2]
+    reply_to = items[3] if count > 3 else None
+    if count > 4 and items[4] is not None:
+        return None
+    retain = items[5] if count > 5 else False
+    if (
+        type(subject) is str
+        and type(payload) is bytes
+        and (reply_to is None or type(reply_to) is str)
+        and (retain is None or type(retain) is bool)
+    ):
+        return _new_tuple(Pub, (subject, payload, reply_to, None, retain is True))
+    return None
+
+
+#: A PUB's own encoding of the MSG fields after the sid: ``(pub, tail, array)``, the one-entry
+#: memo a server keeps per publish (see `Connection.events_and_tails`).
+Forward: TypeAlias = "tuple[Pub, bytes, int]"
+#: How a PUB frame of N elements (3 to 6) starts when encoded the shortest way.
+_PUB_STARTS: Final = {count: bytes([0x90 + count]) + b"\xa3PUB" for count in range(3, 7)}
+_PUB_START_SIZE: Final = 5
+
+
+def _forward(pub: Pub, data: bytes, start: int, end: int, count: int) -> Forward | None:
+    """The MSG tail inside a plain PUB frame (`data[start:end]`), or None if it is not plain.
+
+    A PUB of N elements carries N - 1 fields; the MSG adds the sid, so its array has N + 1
+    elements, except that a retain flag (always one byte, the frame's last) is not forwarded:
+    a live delivery's 7th MSG element would say "replayed".
+    """
+    if not data.startswith(_PUB_STARTS[count], start):
+        return None  # a longer encoding of the array or op name: re-encode instead
+    tail_start = start + _PUB_START_SIZE
+    if count == 6:
+        return pub, data[tail_start : end - 1], 0x96
+    return pub, data[tail_start:end], 0x91 + count
+
+
+def msg_sid_part(sid: int) -> bytes:
+    """A MSG's op name and sid, which follow its array byte: a subscription's own bytes.
+
+    A server builds each MSG as its length and array byte, this, then a tail it shares with
+    every other subscriber (`encode_msg_tail`, array byte 0x96, or a PUB's `Forward`).
+    """
+    return _MSG_ARRAY_HEAD[1:] + _packb(sid)
+
+
 def _fast_msg(items: list[Any]) -> Msg | None:
     """A MSG without headers, checked inline; None sends it down `_parse_msg`'s full path.
 
@@ -681,7 +740,7 @@ class Connection:
 
     def next_event(self) -> Event | _Sentinel:
         """Decode the next complete frame; `NEED_DATA` if there is none, `CLOSED` after EOF."""
-        found = self._decode(1)
+        found = self._decode(1, None)
         if found:
             return found[0]
         return CLOSED if self._eof else NEED_DATA
@@ -692,10 +751,26 @@ class Connection:
         At a bad frame the events decoded before it are returned, and the error is raised by
         the next call, so a caller acts on everything the peer sent before misbehaving.
         """
-        return self._decode(-1)
+        return self._decode(-1, None)
 
-    def _decode(self, limit: int) -> list[Event]:
-        """Decode up to `limit` complete frames (all of them when negative): the one decode loop."""
+    def events_and_tails(self) -> tuple[list[Event], list[Forward | None]]:
+        """`events()`, with each PUB's own encoding of its fields, for a server to forward.
+
+        The second list runs parallel to the first: for a PUB without headers, encoded the
+        usual (shortest) way, a `Forward` ``(pub, tail, array)``: `tail` is the frame's bytes
+        after the op name, which are the MSG fields after the sid as they must be sent (a
+        retain flag left out), and `array` the MSG's msgpack array byte for that many fields.
+        So a server delivers the PUB without encoding it again (see `msg_sid_part`); for
+        every other event the entry is None.
+        """
+        forwards: list[Forward | None] = []
+        return self._decode(-1, forwards), forwards
+
+    def _decode(self, limit: int, forwards: list[Forward | None] | None) -> list[Event]:
+        """Decode up to `limit` complete frames (all of them when negative): the one decode loop.
+
+        With `forwards`, also fill it as `events_and_tails` says.
+        """
         if self._error is not None:
             raise self._error
         buffer = self._buffer
@@ -703,6 +778,7 @@ class Connection:
         position = 0
         out: list[Event] = []
         append = out.append
+        forward = None if forwards is None else forwards.append
         max_frame = self.max_frame
         event_from = self._event_from
         # Publishes are most of a server's traffic, deliveries most of a client's: the plain
@@ -710,6 +786,15 @@ class Connection:
         handshaken = self._their_opening is None
         fast_pub = handshaken and self.our_role is Role.SERVER
         fast_msg = handshaken and self.our_role is Role.CLIENT
+        # One immutable copy of what was read, so each frame is decoded through a view
+        # (no copy) and a PUB's tail is one slice of it. Made only once a frame is complete,
+        # so a large frame arriving in many reads is not copied at each of them.
+        data = b""
+        if available >= _HEADER_SIZE:
+            (first,) = _unpack_header(buffer, 0)
+            if _HEADER_SIZE + first <= available:
+                data = bytes(buffer)
+        view = memoryview(data)
         try:
             while limit and available - position >= _HEADER_SIZE:
                 (length,) = _unpack_header(buffer, position)
@@ -720,38 +805,44 @@ class Connection:
                         ErrorCode.FRAME_TOO_LARGE,
                         f"frame of {length} bytes exceeds the limit of {max_frame} bytes",
                     )
-                end = position + _HEADER_SIZE + length
+                start = position + _HEADER_SIZE
+                end = start + length
                 if end > available:
                     break
                 if not length:
                     self._fail(ErrorCode.BAD_FRAME, _EMPTY_FRAME)
                 try:
-                    items = _unpackb(
-                        buffer[position + _HEADER_SIZE : end], raw=False, strict_map_key=True
-                    )
+                    items = _unpackb(view[start:end], raw=False, strict_map_key=True)
                 except _MSGPACK_ERRORS as error:
                     self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
                 position = end
                 limit -= 1
-                if fast_pub and type(items) is list and len(items) == 3 and items[0] == "PUB":
-                    subject = items[1]
-                    payload = items[2]
-                    if type(subject) is str and type(payload) is bytes:
-                        append(_new_tuple(Pub, (subject, payload, None, None, False)))
-                        continue
-                elif fast_msg and type(items) is list and items and items[0] == "MSG":
-                    msg = _fast_msg(items)
-                    if msg is not None:
-                        append(msg)
-                        continue
+                if type(items) is list and items:
+                    op = items[0]
+                    if fast_pub and op == "PUB":
+                        pub = _fast_pub(items)
+                        if pub is not None:
+                            append(pub)
+                            if forward is not None:
+                                forward(_forward(pub, data, start, end, len(items)))
+                            continue
+                    elif fast_msg and op == "MSG":
+                        msg = _fast_msg(items)
+                        if msg is not None:
+                            append(msg)
+                            continue
                 append(event_from(items))
+                if forward is not None:
+                    forward(None)
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
+            view.release()
             if position:
                 del buffer[:position]
             if out:
                 return out
             raise
+        view.release()
         if position:
             del buffer[:position]
         if not out and self._eof and buffer:

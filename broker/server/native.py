@@ -22,6 +22,7 @@ from ..protocol.native import (
     Connection,
     Err,
     Event,
+    Forward,
     Hello,
     Ping,
     Pong,
@@ -34,6 +35,7 @@ from ..protocol.native import (
     encode_msg_tail,
     msg_head_sid,
     msg_prefix,
+    msg_sid_part,
 )
 from .transport import DEFERRED, Transport
 
@@ -56,7 +58,13 @@ _WORK_PER_LOOK: Final = 64
 #: message's identity, encodes each publish once however many native subscribers it reaches.
 #: It holds the message, so no other live object can share its identity. One tuple, read and
 #: replaced whole, so brokers serving in other threads of this process never see half of it.
-_last_encoded: tuple[object, bytes] = (None, b"")
+#: The entry is ``(message, tail, array)``, `array` being the MSG's msgpack array byte: a PUB's
+#: own encoding (`Forward`) may carry fewer fields than `encode_msg_tail` writes.
+_last_encoded: tuple[object, bytes, int] = (None, b"", 0)
+#: The array byte of a MSG with all four fields after the sid (`encode_msg_tail`'s).
+_FULL_ARRAY: Final = 0x96
+#: A MSG's frame length and array byte, packed in one call.
+_pack_head = struct.Struct(">IB").pack
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:
@@ -93,9 +101,10 @@ class NativeAdapter:
         self.retained_flag = False
         self.subscriptions: dict[Any, Subscription] = {}
         self.permissions: object | None = None
-        #: Events of one read left for later: a SUB that would replay (and what followed it)
-        #: waiting for the writer to take the replay queued by an earlier SUB.
-        self._deferred: list[Event] | None = None
+        #: Events of one read left for later (and their `Forward`s): a SUB that would replay
+        #: (and what followed it) waiting for the writer to take the replay queued by an
+        #: earlier SUB, or what one turn had no time for.
+        self._deferred: tuple[list[Event], list[Forward | None]] | None = None
 
     def __repr__(self) -> str:
         return repr(self.transport)
@@ -134,12 +143,12 @@ class NativeAdapter:
         deferred = self._deferred
         if deferred is not None:
             self._deferred = None
-            events = deferred
+            events, forwards = deferred
         else:
-            events = self.conn.events()
+            events, forwards = self.conn.events_and_tails()
             if not events:
                 return False
-        return self._dispatch(events)
+        return self._dispatch(events, forwards)
 
     def error_frame(
         self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
@@ -161,14 +170,18 @@ class NativeAdapter:
 
     # -- frames to hub calls ------------------------------------------------------------------
 
-    def _dispatch(self, events: list[Event]) -> str | bool:
+    def _dispatch(self, events: list[Event], forwards: list[Forward | None]) -> str | bool:
         """Turn events into hub calls; `DEFERRED` if the rest waits for a replay to be taken.
 
         One turn does at most `TURN_SECONDS` of work: past that, the rest is kept for the next
         call and the reader lets every other task run first. So a client whose frames are
         expensive (a publish matching thousands of subscriptions, a flood of SUBs) delays the
         others by milliseconds, not by the seconds one 64 KiB read of them could take.
+
+        A PUB that came with its own encoding of the MSG fields (`forwards`) is published with
+        that put in the memo first, so its deliveries send those bytes instead of encoding.
         """
+        global _last_encoded
         hub = self.hub
         publish = hub.publish
         transport = self.transport
@@ -178,22 +191,25 @@ class NativeAdapter:
         for at, event in enumerate(events):
             if work >= _WORK_PER_LOOK:
                 if clock() > deadline:
-                    self._deferred = events[at:]
+                    self._deferred = events[at:], forwards[at:]
                     return True
                 work = 0
             work += 1
             kind = type(event)
             try:
                 if kind is Pub:
+                    forward = forwards[at]
+                    if forward is not None:
+                        _last_encoded = forward
                     work += publish(self, event)  # type: ignore[arg-type]
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if self.outbox.replaying and hub.would_replay(pattern, queue):
                         # One replay at a time beyond the bounds: this SUB, and everything
                         # after it, waits until the writer has taken the one already queued.
-                        self._deferred = events[at:]
+                        self._deferred = events[at:], forwards[at:]
                         return DEFERRED
-                    hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
+                    hub.subscribe(self, sid, pattern, queue, prefix=msg_sid_part(sid))
                 elif kind is Unsub:
                     # An unknown sid is not an error: an auto-unsubscribe may have removed it.
                     sid, max_msgs = cast(Unsub, event)
@@ -224,13 +240,14 @@ class NativeAdapter:
             return 0
         last = _last_encoded
         if last[0] is message:
-            tail = last[1]
+            _, tail, array = last
         else:
             subject, payload, reply_to, headers, _retain = message
             tail = encode_msg_tail(subject, payload, reply_to, headers)
-            _last_encoded = (message, tail)
-        prefix = sub.prefix
-        head = _pack_length(len(prefix) + len(tail)) + prefix  # msg_head, inlined
+            array = _FULL_ARRAY
+            _last_encoded = (message, tail, array)
+        sid_part = sub.prefix  # msg_sid_part(sid)
+        head = _pack_head(1 + len(sid_part) + len(tail), array) + sid_part
         queued = self.outbox.offer(head, tail) or transport.overflow(sub, head, tail)
         if not queued and not transport.accepting:
             return 0
