@@ -333,7 +333,9 @@ def run_throughput(kind: str, url: str, subscribers: int, count: int) -> Through
         received = sum(int(r["received"]) for r in results)  # type: ignore[call-overload]
         end = max(float(r["end"]) for r in results)  # type: ignore[arg-type]
         sub_cpu = sum(float(r["cpu"]) for r in results) * 1e6 / max(received, 1)  # type: ignore[arg-type]
-        return Throughput(received / (end - start), count * subscribers - received, pub_cpu, sub_cpu)
+        return Throughput(
+            received / (end - start), count * subscribers - received, pub_cpu, sub_cpu
+        )
 
 
 def run_request(kind: str, url: str, count: int, warmup: int) -> tuple[float, float]:
@@ -384,8 +386,11 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
                         p50, p99 = run_request(kind, url, args.requests, args.requests // 10)
                         figure.values.append(p50)
                         figure.p99.append(p99)
-                        print(f"round {round_number + 1} {scenario} {kind}: p50 {p50:.0f} us, "
-                              f"p99 {p99:.0f} us", file=sys.stderr)
+                        print(
+                            f"round {round_number + 1} {scenario} {kind}: p50 {p50:.0f} us, "
+                            f"p99 {p99:.0f} us",
+                            file=sys.stderr,
+                        )
                         continue
                     figure.values.append(result.rate)
                     figure.missed.append(result.missed)
@@ -439,7 +444,9 @@ def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> s
                 cell = f"{p50:.0f} / {p99:.0f}"
                 if nats is not None and kind != "nats":
                     cell += f" ({p50 / statistics.median(nats.values):.2f} x)"
-                rounds = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(figure.values, figure.p99))
+                rounds = ", ".join(
+                    f"{a:.0f}/{b:.0f}" for a, b in zip(figure.values, figure.p99, strict=True)
+                )
             else:
                 best = max(figure.values)
                 cell = _k(best)
@@ -474,7 +481,9 @@ def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> s
             if nats is not None and kind != "nats":
                 ratios = [statistics.median(figure.pub_cpu) / statistics.median(nats.pub_cpu)]
                 if figure.sub_cpu and nats.sub_cpu:
-                    ratios.append(statistics.median(figure.sub_cpu) / statistics.median(nats.sub_cpu))
+                    ratios.append(
+                        statistics.median(figure.sub_cpu) / statistics.median(nats.sub_cpu)
+                    )
                 cell += " (" + " / ".join(f"{r:.2f} x" for r in ratios) + ")"
             cells.append(cell)
         lines.append(f"| {TITLES[scenario].split(',')[0]} | " + " | ".join(cells) + " |")

@@ -28,7 +28,7 @@ from pathlib import Path
 from broker.bench.servers import free_port
 
 SCENARIOS = ("one-to-one", "fan-out-10")
-CONFIG = '[limits]\nmax_pending_bytes = 268435456\nmax_pending_messages = 100000000\n'
+CONFIG = "[limits]\nmax_pending_bytes = 268435456\nmax_pending_messages = 100000000\n"
 
 
 def count_instructions(scenario: str, messages: int) -> int:
@@ -63,7 +63,11 @@ def count_instructions(scenario: str, messages: int) -> int:
         bench += ["-s", scenario, "-n", str(messages), "--timeout", "900"]
         for _ in range(600):
             probe = subprocess.run(
-                [sys.executable, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"],
+                [
+                    sys.executable,
+                    "-c",
+                    f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)",
+                ],
                 capture_output=True,
             )
             if probe.returncode == 0:
@@ -91,8 +95,11 @@ def main() -> None:
         small = count_instructions(scenario, args.small)
         large = count_instructions(scenario, args.large)
         per = (large - small) / (args.large - args.small)
-        print(f"{scenario}: {per:,.0f} instructions per publish "
-              f"({args.small:,} and {args.large:,} messages)", flush=True)
+        print(
+            f"{scenario}: {per:,.0f} instructions per publish "
+            f"({args.small:,} and {args.large:,} messages)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

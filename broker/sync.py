@@ -86,13 +86,13 @@ from .client import (
 from .client.client import open_client
 from .client.limits import Payload, ServerLimits, check_headers
 from .client.options import ConnectOptions, check_options, document_options, resolve_url
-from .protocol import Encoder, LocalProtocolError, Role
 from .errors import (
     BrokerError,
     ConnectionClosed,
     SubscriptionClosed,
     _again,
 )
+from .protocol import Encoder, LocalProtocolError, Role
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -181,12 +181,12 @@ class SyncMessage:
         self._client.publish(self.reply_to, payload, headers=headers)
 
 
-_set_subject = SyncMessage.subject.__set__  # type: ignore[attr-defined]
-_set_payload = SyncMessage.payload.__set__  # type: ignore[attr-defined]
-_set_headers = SyncMessage.headers.__set__  # type: ignore[attr-defined]
-_set_reply_to = SyncMessage.reply_to.__set__  # type: ignore[attr-defined]
-_set_client = SyncMessage._client.__set__  # type: ignore[attr-defined]
-_set_retained = SyncMessage.retained.__set__  # type: ignore[attr-defined]
+_set_subject = vars(SyncMessage)["subject"].__set__
+_set_payload = vars(SyncMessage)["payload"].__set__
+_set_headers = vars(SyncMessage)["headers"].__set__
+_set_reply_to = vars(SyncMessage)["reply_to"].__set__
+_set_client = vars(SyncMessage)["_client"].__set__
+_set_retained = vars(SyncMessage)["retained"].__set__
 _new_message = object.__new__
 
 

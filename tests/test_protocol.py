@@ -131,7 +131,8 @@ def test_fanout_encoding_equals_plain_encoding() -> None:
 
 def forwarded_msg(forward: Any, sid: int) -> bytes:
     """The MSG frame a server builds from a PUB's `Forward`, as `NativeAdapter.deliver` does."""
-    _pub, tail, array = forward
+    _pub, data, start, end, array = forward
+    tail = data[start:end]
     sid_part = msg_sid_part(sid)
     return struct.pack(">IB", 1 + len(sid_part) + len(tail), array) + sid_part + tail
 

@@ -100,12 +100,12 @@ class Message:
         await self._client.publish(self.reply_to, payload, headers=headers)
 
 
-_set_subject = Message.subject.__set__  # type: ignore[attr-defined]
-_set_payload = Message.payload.__set__  # type: ignore[attr-defined]
-_set_headers = Message.headers.__set__  # type: ignore[attr-defined]
-_set_reply_to = Message.reply_to.__set__  # type: ignore[attr-defined]
-_set_client = Message._client.__set__  # type: ignore[attr-defined]
-_set_retained = Message.retained.__set__  # type: ignore[attr-defined]
+_set_subject = vars(Message)["subject"].__set__
+_set_payload = vars(Message)["payload"].__set__
+_set_headers = vars(Message)["headers"].__set__
+_set_reply_to = vars(Message)["reply_to"].__set__
+_set_client = vars(Message)["_client"].__set__
+_set_retained = vars(Message)["retained"].__set__
 _new_message = object.__new__
 
 
@@ -388,7 +388,7 @@ class Subscription:
         return not self._messages and not self._holding
 
     def _deliver(self, message: Message) -> None:
-        if not self.active:
+        if self._ended or self._error is not None:  # not self.active, inlined
             return
         self._received += 1
         size = len(message.payload)
@@ -401,7 +401,8 @@ class Subscription:
             messages.append(message)
             self._bytes += size
             self._signal.fire()
-        self._check_max_msgs()
+        if self._max_msgs is not None:
+            self._check_max_msgs()
 
     def _lost_at_server(self, count: int) -> None:
         """The broker dropped `count` messages routed here; they count towards ``max_msgs``."""

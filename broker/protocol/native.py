@@ -408,9 +408,9 @@ def _fast_pub(items: list[Any]) -> Pub | None:
     return None
 
 
-#: A PUB's own encoding of the MSG fields after the sid: ``(pub, tail, array)``, the one-entry
-#: memo a server keeps per publish (see `Connection.events_and_tails`).
-Forward: TypeAlias = "tuple[Pub, bytes, int]"
+#: Where a PUB's own encoding of the MSG fields after the sid lies: ``(pub, data, start, end,
+#: array)``, the tail being ``data[start:end]`` (see `Connection.events_and_tails`).
+Forward: TypeAlias = "tuple[Pub, bytes, int, int, int]"
 #: How a PUB frame of N elements (3 to 6) starts when encoded the shortest way.
 _PUB_STARTS: Final = {count: bytes([0x90 + count]) + b"\xa3PUB" for count in range(3, 7)}
 _PUB_START_SIZE: Final = 5
@@ -425,10 +425,9 @@ def _forward(pub: Pub, data: bytes, start: int, end: int, count: int) -> Forward
     """
     if not data.startswith(_PUB_STARTS[count], start):
         return None  # a longer encoding of the array or op name: re-encode instead
-    tail_start = start + _PUB_START_SIZE
     if count == 6:
-        return pub, data[tail_start : end - 1], 0x96
-    return pub, data[tail_start:end], 0x91 + count
+        return pub, data, start + _PUB_START_SIZE, end - 1, 0x96
+    return pub, data, start + _PUB_START_SIZE, end, 0x91 + count
 
 
 def msg_sid_part(sid: int) -> bytes:
@@ -757,11 +756,12 @@ class Connection:
         """`events()`, with each PUB's own encoding of its fields, for a server to forward.
 
         The second list runs parallel to the first: for a PUB without headers, encoded the
-        usual (shortest) way, a `Forward` ``(pub, tail, array)``: `tail` is the frame's bytes
-        after the op name, which are the MSG fields after the sid as they must be sent (a
-        retain flag left out), and `array` the MSG's msgpack array byte for that many fields.
-        So a server delivers the PUB without encoding it again (see `msg_sid_part`); for
-        every other event the entry is None.
+        usual (shortest) way, a `Forward` ``(pub, data, start, end, array)``: ``data[start:end]``
+        is the frame's bytes after the op name, which are the MSG fields after the sid as they
+        must be sent (a retain flag left out), and `array` the MSG's msgpack array byte for
+        that many fields. So a server delivers the PUB without encoding it again (see
+        `msg_sid_part`), and slices the tail only if some subscriber gets it; for every other
+        event the entry is None.
         """
         forwards: list[Forward | None] = []
         return self._decode(-1, forwards), forwards

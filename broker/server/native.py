@@ -61,6 +61,9 @@ _WORK_PER_LOOK: Final = 64
 #: The entry is ``(message, tail, array)``, `array` being the MSG's msgpack array byte: a PUB's
 #: own encoding (`Forward`) may carry fewer fields than `encode_msg_tail` writes.
 _last_encoded: tuple[object, bytes, int] = (None, b"", 0)
+#: The publish being routed, if its PUB came with its own encoding of the MSG fields (set by
+#: `NativeAdapter._dispatch`): its first delivery takes the tail from there.
+_next_forward: tuple[object, bytes, int, int, int] = (None, b"", 0, 0, 0)
 #: The array byte of a MSG with all four fields after the sid (`encode_msg_tail`'s).
 _FULL_ARRAY: Final = 0x96
 #: A MSG's frame length and array byte, packed in one call.
@@ -181,7 +184,7 @@ class NativeAdapter:
         A PUB that came with its own encoding of the MSG fields (`forwards`) is published with
         that put in the memo first, so its deliveries send those bytes instead of encoding.
         """
-        global _last_encoded
+        global _next_forward
         hub = self.hub
         publish = hub.publish
         transport = self.transport
@@ -200,7 +203,7 @@ class NativeAdapter:
                 if kind is Pub:
                     forward = forwards[at]
                     if forward is not None:
-                        _last_encoded = forward
+                        _next_forward = forward
                     work += publish(self, event)  # type: ignore[arg-type]
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
@@ -242,9 +245,14 @@ class NativeAdapter:
         if last[0] is message:
             _, tail, array = last
         else:
-            subject, payload, reply_to, headers, _retain = message
-            tail = encode_msg_tail(subject, payload, reply_to, headers)
-            array = _FULL_ARRAY
+            forward = _next_forward
+            if forward[0] is message:
+                _, data, start, end, array = forward
+                tail = data[start:end]
+            else:
+                subject, payload, reply_to, headers, _retain = message
+                tail = encode_msg_tail(subject, payload, reply_to, headers)
+                array = _FULL_ARRAY
             _last_encoded = (message, tail, array)
         sid_part = sub.prefix  # msg_sid_part(sid)
         head = _pack_head(1 + len(sid_part) + len(tail), array) + sid_part
