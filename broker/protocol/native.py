@@ -30,6 +30,7 @@ __all__ = [
     "MSG_GROWTH",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "PUB_TAIL_START",
     "Connection",
     "Encoder",
     "Err",
@@ -383,51 +384,32 @@ def _parse_msg(items: list[Any]) -> Event | str:
     return Msg(sid, subject, payload, reply_to, headers, retained is True)
 
 
-def _fast_pub(items: list[Any]) -> Pub | None:
-    """A PUB without headers, checked inline; None sends it down `_parse_pub`'s full path.
-
-    The server's hot path: the same checks as `_parse_pub`, without padding a list and
-    building a problem list per frame.
-    """
-    count = len(items)
-    if count < 3 or count > 6:
-        return None
-    subject = items[1]
-    payload = items[2]
-    reply_to = items[3] if count > 3 else None
-    if count > 4 and items[4] is not None:
-        return None
-    retain = items[5] if count > 5 else False
-    if (
-        type(subject) is str
-        and type(payload) is bytes
-        and (reply_to is None or type(reply_to) is str)
-        and (retain is None or type(retain) is bool)
-    ):
-        return _new_tuple(Pub, (subject, payload, reply_to, None, retain is True))
-    return None
-
-
-#: Where a PUB's own encoding of the MSG fields after the sid lies: ``(pub, data, start, end,
-#: array)``, the tail being ``data[start:end]`` (see `Connection.events_and_tails`).
-Forward: TypeAlias = "tuple[Pub, bytes, int, int, int]"
+#: Where a PUB's own encoding of the MSG fields after the sid lies: ``(pub, body, stop,
+#: array)``, the tail being ``body[5:stop]`` of the PUB's frame body (see
+#: `Connection.events_and_tails`), `array` the MSG's msgpack array byte.
+Forward: TypeAlias = "tuple[Pub, bytes, int, int]"
 #: How a PUB frame of N elements (3 to 6) starts when encoded the shortest way.
 _PUB_STARTS: Final = {count: bytes([0x90 + count]) + b"\xa3PUB" for count in range(3, 7)}
-_PUB_START_SIZE: Final = 5
+_PLAIN_PUB_START: Final = _PUB_STARTS[3]
+#: Where the fields start in such a frame: after the array byte and the op name.
+PUB_TAIL_START: Final = 5
+#: A MSG's array byte for the 2 fields of a plain PUB: op, sid, subject, payload.
+_PLAIN_MSG_ARRAY: Final = 0x94
 
 
-def _forward(pub: Pub, data: bytes, start: int, end: int, count: int) -> Forward | None:
-    """The MSG tail inside a plain PUB frame (`data[start:end]`), or None if it is not plain.
+def _forward(pub: Pub, body: bytes) -> Forward | None:
+    """Where the MSG tail lies in a PUB's frame `body`, or None if it is not encoded plainly.
 
     A PUB of N elements carries N - 1 fields; the MSG adds the sid, so its array has N + 1
     elements, except that a retain flag (always one byte, the frame's last) is not forwarded:
     a live delivery's 7th MSG element would say "replayed".
     """
-    if not data.startswith(_PUB_STARTS[count], start):
+    count = body[0] - 0x90
+    if not 3 <= count <= 6 or not body.startswith(_PUB_STARTS[count]):
         return None  # a longer encoding of the array or op name: re-encode instead
     if count == 6:
-        return pub, data, start + _PUB_START_SIZE, end - 1, 0x96
-    return pub, data, start + _PUB_START_SIZE, end, 0x91 + count
+        return pub, body, len(body) - 1, 0x96
+    return pub, body, len(body), 0x91 + count
 
 
 def msg_sid_part(sid: int) -> bytes:
@@ -755,13 +737,13 @@ class Connection:
     def events_and_tails(self) -> tuple[list[Event], list[Forward | None]]:
         """`events()`, with each PUB's own encoding of its fields, for a server to forward.
 
-        The second list runs parallel to the first: for a PUB without headers, encoded the
-        usual (shortest) way, a `Forward` ``(pub, data, start, end, array)``: ``data[start:end]``
-        is the frame's bytes after the op name, which are the MSG fields after the sid as they
-        must be sent (a retain flag left out), and `array` the MSG's msgpack array byte for
-        that many fields. So a server delivers the PUB without encoding it again (see
-        `msg_sid_part`), and slices the tail only if some subscriber gets it; for every other
-        event the entry is None.
+        The second list runs parallel to the first: for a PUB encoded the usual (shortest) way,
+        a `Forward` ``(pub, body, stop, array)``: ``body[PUB_TAIL_START:stop]`` is the frame's
+        bytes after the op name, which are the MSG fields after the sid as they must be sent
+        (a retain flag left out), and `array` the MSG's msgpack array byte for that many
+        fields. So a server delivers the PUB without encoding it again (see `msg_sid_part`),
+        and slices the tail only if some subscriber gets it; for every other event the entry
+        is None.
         """
         forwards: list[Forward | None] = []
         return self._decode(-1, forwards), forwards
@@ -786,15 +768,14 @@ class Connection:
         handshaken = self._their_opening is None
         fast_pub = handshaken and self.our_role is Role.SERVER
         fast_msg = handshaken and self.our_role is Role.CLIENT
-        # One immutable copy of what was read, so each frame is decoded through a view
-        # (no copy) and a PUB's tail is one slice of it. Made only once a frame is complete,
-        # so a large frame arriving in many reads is not copied at each of them.
+        # One immutable copy of what was read, so that each frame's body is a `bytes` slice
+        # of it, and a PUB's tail a slice of that. Made only once a frame is complete, so a
+        # large frame arriving in many reads is not copied at each of them.
         data = b""
         if available >= _HEADER_SIZE:
             (first,) = _unpack_header(buffer, 0)
             if _HEADER_SIZE + first <= available:
                 data = bytes(buffer)
-        view = memoryview(data)
         try:
             while limit and available - position >= _HEADER_SIZE:
                 (length,) = _unpack_header(buffer, position)
@@ -805,44 +786,44 @@ class Connection:
                         ErrorCode.FRAME_TOO_LARGE,
                         f"frame of {length} bytes exceeds the limit of {max_frame} bytes",
                     )
-                start = position + _HEADER_SIZE
-                end = start + length
+                end = position + _HEADER_SIZE + length
                 if end > available:
                     break
                 if not length:
                     self._fail(ErrorCode.BAD_FRAME, _EMPTY_FRAME)
+                body = data[position + _HEADER_SIZE : end]
                 try:
-                    items = _unpackb(view[start:end], raw=False, strict_map_key=True)
+                    items = _unpackb(body, raw=False, strict_map_key=True)
                 except _MSGPACK_ERRORS as error:
                     self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
                 position = end
                 limit -= 1
-                if type(items) is list and items:
-                    op = items[0]
-                    if fast_pub and op == "PUB":
-                        pub = _fast_pub(items)
-                        if pub is not None:
-                            append(pub)
-                            if forward is not None:
-                                forward(_forward(pub, data, start, end, len(items)))
-                            continue
-                    elif fast_msg and op == "MSG":
-                        msg = _fast_msg(items)
-                        if msg is not None:
-                            append(msg)
-                            continue
-                append(event_from(items))
+                if fast_pub and type(items) is list and len(items) == 3 and items[0] == "PUB":
+                    subject = items[1]
+                    payload = items[2]
+                    if type(subject) is str and type(payload) is bytes:
+                        pub = _new_tuple(Pub, (subject, payload, None, None, False))
+                        append(pub)
+                        if forward is not None:
+                            plain = body.startswith(_PLAIN_PUB_START)
+                            forward((pub, body, length, _PLAIN_MSG_ARRAY) if plain else None)
+                        continue
+                elif fast_msg and type(items) is list and len(items) >= 4 and items[0] == "MSG":
+                    msg = _fast_msg(items)
+                    if msg is not None:
+                        append(msg)
+                        continue
+                event = event_from(items)
+                append(event)
                 if forward is not None:
-                    forward(None)
+                    forward(_forward(event, body) if type(event) is Pub else None)
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
-            view.release()
             if position:
                 del buffer[:position]
             if out:
                 return out
             raise
-        view.release()
         if position:
             del buffer[:position]
         if not out and self._eof and buffer:

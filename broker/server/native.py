@@ -19,6 +19,7 @@ from ..hub import Hub, Refused, Subscription
 from ..message import Message, Retained
 from ..protocol.native import (
     NEED_DATA,
+    PUB_TAIL_START,
     Connection,
     Err,
     Event,
@@ -63,7 +64,7 @@ _WORK_PER_LOOK: Final = 64
 _last_encoded: tuple[object, bytes, int] = (None, b"", 0)
 #: The publish being routed, if its PUB came with its own encoding of the MSG fields (set by
 #: `NativeAdapter._dispatch`): its first delivery takes the tail from there.
-_next_forward: tuple[object, bytes, int, int, int] = (None, b"", 0, 0, 0)
+_next_forward: tuple[object, bytes, int, int] = (None, b"", 0, 0)
 #: The array byte of a MSG with all four fields after the sid (`encode_msg_tail`'s).
 _FULL_ARRAY: Final = 0x96
 #: A MSG's frame length and array byte, packed in one call.
@@ -247,8 +248,8 @@ class NativeAdapter:
         else:
             forward = _next_forward
             if forward[0] is message:
-                _, data, start, end, array = forward
-                tail = data[start:end]
+                _, body, stop, array = forward
+                tail = body[PUB_TAIL_START:stop]
             else:
                 subject, payload, reply_to, headers, _retain = message
                 tail = encode_msg_tail(subject, payload, reply_to, headers)
