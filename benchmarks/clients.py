@@ -47,8 +47,10 @@ SUBJECT = "bench.clients"
 SUB_MAX_PENDING = 524_288
 #: nats-server's default max_pending; the broker gets the same, with no message-count bound.
 SERVER_CONFIG = {"limits": {"max_pending_bytes": 64 * 1024 * 1024, "max_pending_messages": 10**8}}
-#: A subscriber gives up this long after its last message.
+#: A subscriber gives up this long after its last message, or before its first one (the
+#: publisher process may take seconds to start on a busy machine).
 IDLE_SECONDS = 3.0
+FIRST_SECONDS = 60.0
 CLIENTS = ("trio", "asyncio", "sync", "nats")
 SCENARIOS = ("publish", "1to1", "1to10", "request")
 SECTION_START = "<!-- clients:start -->"
@@ -85,7 +87,7 @@ async def _broker_worker(role: str, url: str, count: int, warmup: int) -> None:
                 end = time.monotonic()
                 while received < count:
                     try:
-                        await sub.next(timeout=IDLE_SECONDS)
+                        await sub.next(timeout=IDLE_SECONDS if received else FIRST_SECONDS)
                     except TimeoutError:
                         break
                     received += 1
@@ -134,7 +136,7 @@ def _sync_worker(role: str, url: str, count: int, warmup: int) -> None:
                 end = time.monotonic()
                 while received < count:
                     try:
-                        sub.next(timeout=IDLE_SECONDS)
+                        sub.next(timeout=IDLE_SECONDS if received else FIRST_SECONDS)
                     except TimeoutError:
                         break
                     received += 1
