@@ -34,6 +34,8 @@ class _Owner:
     name = "attacker"
     echo = True
     permissions = None
+    lang = version = ""
+    in_msgs = in_bytes = out_msgs = out_bytes = 0
 
     def __init__(self) -> None:
         self.subscriptions: dict[Any, Subscription] = {}

@@ -41,7 +41,7 @@ from .config import (
 )
 from .errors import BrokerError, ConnectionClosed, NoResponders, SubscriptionClosed
 from .logs import configure_logging
-from .subjects import SubjectError, validate_pattern, validate_subject
+from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_pattern, validate_subject
 
 __all__ = [
     "DEFAULT_URL",
@@ -144,11 +144,26 @@ def serve(
         str | None,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning, error, critical."),
     ] = None,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option(
+            "--monitor-port",
+            "-m",
+            metavar="PORT",
+            help="Serve monitoring (/varz, /connz, /metrics...) on this port; turns it on.",
+        ),
+    ] = None,
 ) -> None:
     """Run the broker until SIGINT or SIGTERM, then drain clients and exit."""
     config = _load(
         config_path, hosts=tuple(hosts) if hosts else None, port=port, log_level=log_level
     )
+    if monitor_port is not None:
+        try:
+            monitoring = dataclasses.replace(config.monitoring, enabled=True, port=monitor_port)
+        except ConfigError as exc:
+            _refuse(exc.relocated(source="command line", key="--monitor-port"))
+        config = dataclasses.replace(config, monitoring=monitoring)
     configure_logging(config.log_level, config.log_format)
     # Imported here so that check-config and the client commands neither need nor pay for the
     # server's import.
@@ -248,7 +263,8 @@ def _check(value: str, what: str, *, pattern: bool = False) -> None:
         if pattern:
             validate_pattern(value)
         else:
-            validate_subject(value)
+            # $SYS.REQ.SERVER requests are the one reserved subject a client may publish to.
+            validate_subject(value, allow_reserved=value.startswith(SYS_REQUEST_PREFIX))
     except SubjectError as exc:
         _fail(EXIT_USAGE, f"invalid {what}: {exc}")
 
@@ -613,3 +629,86 @@ def bench(
     )
     if not all(result.complete for result in results):
         raise typer.Exit(1)
+
+
+# ---- monitoring consoles (stats, top) --------------------------------------------------------
+
+MonitorUrl = Annotated[
+    str,
+    typer.Option(
+        "--monitor-url",
+        "-m",
+        envvar="BROKER_MONITOR_URL",
+        metavar="URL",
+        help="The broker's monitoring endpoint, http://host:port.",
+    ),
+]
+
+
+@app.command()
+def stats(
+    monitor_url: MonitorUrl = "http://127.0.0.1:8222",
+    as_json: Annotated[bool, typer.Option("--json", help="Print /varz as JSON.")] = False,
+) -> None:
+    """Print a running broker's /varz: its identity, limits and counters."""
+    from rich.console import Console
+
+    from .top import MonitorUnreachable, fetch, stats_table
+
+    try:
+        varz = fetch(monitor_url, "/varz")
+    except MonitorUnreachable as error:
+        _fail(EXIT_UNREACHABLE, str(error))
+    if as_json:
+        typer.echo(json.dumps(varz, indent=2))
+    else:
+        Console().print(stats_table(varz))
+
+
+@app.command()
+def top(
+    monitor_url: MonitorUrl = "http://127.0.0.1:8222",
+    sort: Annotated[
+        str,
+        typer.Option(
+            "--sort",
+            "-s",
+            help="Order: cid, in_msgs, out_msgs, in_bytes, out_bytes, pending_bytes, "
+            "subscriptions, idle, uptime, start, last_activity.",
+        ),
+    ] = "out_msgs",
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=4096, help="Connections shown.")
+    ] = 20,
+    interval: Annotated[
+        float, typer.Option("--interval", "-d", min=0.1, help="Seconds between refreshes.")
+    ] = 1.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame (two readings apart) and exit.")
+    ] = False,
+) -> None:
+    """A live view of the busiest connections, with rates and pending bytes (like nats-top)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from .top import MonitorUnreachable, take_sample, top_frame
+
+    console = Console()
+    try:
+        before = take_sample(monitor_url, sort=sort, limit=limit)
+        if once:
+            time.sleep(interval)
+            console.print(
+                top_frame(take_sample(monitor_url, sort=sort, limit=limit), before, sort=sort)
+            )
+            return
+        with Live(top_frame(before, sort=sort), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                now = take_sample(monitor_url, sort=sort, limit=limit)
+                live.update(top_frame(now, before, sort=sort), refresh=True)
+                before = now
+    except MonitorUnreachable as error:
+        _fail(EXIT_UNREACHABLE if "HTTP 400" not in str(error) else EXIT_USAGE, str(error))
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None

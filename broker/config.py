@@ -52,16 +52,22 @@ __all__ = [
     "DEFAULT_HOSTS",
     "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
+    "DEFAULT_LOG_PEER_LINES_PER_MINUTE",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
+    "DEFAULT_MAX_REPLAY_BYTES",
     "DEFAULT_MAX_RETAINED_BYTES",
     "DEFAULT_MAX_RETAINED_SUBJECTS",
     "DEFAULT_MAX_SUBJECT_LENGTH",
     "DEFAULT_MAX_SUBJECT_TOKENS",
     "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_MONITOR_HOST",
+    "DEFAULT_MONITOR_MAX_CONNECTIONS",
+    "DEFAULT_MONITOR_PORT",
+    "DEFAULT_MONITOR_REQUEST_TIMEOUT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -71,22 +77,28 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
+    "MAX_LOG_PEER_LINES_PER_MINUTE",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
+    "MAX_MAX_REPLAY_BYTES",
     "MAX_MAX_RETAINED_BYTES",
     "MAX_MAX_RETAINED_SUBJECTS",
     "MAX_MAX_SUBJECT_LENGTH",
     "MAX_MAX_SUBJECT_TOKENS",
+    "MAX_MONITOR_MAX_CONNECTIONS",
+    "MAX_MONITOR_REQUEST_TIMEOUT",
     "MAX_PORT",
     "MAX_SHUTDOWN_GRACE",
     "MAX_WRITE_TIMEOUT",
     "MIN_FRAME_HEADROOM",
     "MIN_MAX_PENDING_BYTES",
+    "MIN_MAX_REPLAY_BYTES",
     "MIN_MAX_SUBJECT_LENGTH",
     "SLOW_CONSUMER_POLICIES",
     "Config",
     "ConfigError",
     "LogFormat",
+    "MonitoringConfig",
     "SlowConsumerPolicy",
     "config_from_mapping",
     "config_to_mapping",
@@ -134,6 +146,10 @@ DEFAULT_MAX_RETAINED_SUBJECTS: Final = 10_000
 MAX_MAX_RETAINED_SUBJECTS: Final = 10_000_000
 DEFAULT_MAX_RETAINED_BYTES: Final = 64 * MiB
 MAX_MAX_RETAINED_BYTES: Final = 16 * GiB
+#: Memory every replay under way may hold at once, server-wide (see `Config.max_replay_bytes`).
+DEFAULT_MAX_REPLAY_BYTES: Final = 64 * MiB
+MIN_MAX_REPLAY_BYTES: Final = 64 * KiB
+MAX_MAX_REPLAY_BYTES: Final = 16 * GiB
 
 # [slow_consumer]
 DEFAULT_SLOW_CONSUMER_POLICY: Final[SlowConsumerPolicy] = "disconnect"
@@ -150,9 +166,21 @@ DEFAULT_MAX_PINGS_OUTSTANDING: Final = 2
 DEFAULT_SHUTDOWN_GRACE: Final = 5.0
 MAX_SHUTDOWN_GRACE: Final = 300.0
 
+# [monitoring]
+DEFAULT_MONITOR_HOST: Final = "127.0.0.1"
+DEFAULT_MONITOR_PORT: Final = 8222
+#: HTTP connections the monitoring endpoint holds at once; more are answered 503 and closed.
+DEFAULT_MONITOR_MAX_CONNECTIONS: Final = 16
+MAX_MONITOR_MAX_CONNECTIONS: Final = 1024
+#: Seconds one monitoring request (reading it, answering it) may take.
+DEFAULT_MONITOR_REQUEST_TIMEOUT: Final = 5.0
+MAX_MONITOR_REQUEST_TIMEOUT: Final = 60.0
+
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_LOG_FORMAT: Final[LogFormat] = "text"
+DEFAULT_LOG_PEER_LINES_PER_MINUTE: Final = 60
+MAX_LOG_PEER_LINES_PER_MINUTE: Final = 1_000_000
 
 
 class ConfigError(ValueError):
@@ -222,7 +250,9 @@ _INT_RANGES: Final[Mapping[str, _Range]] = {
     "max_pending_bytes": _Range(MIN_MAX_PENDING_BYTES, MAX_MAX_PENDING_BYTES),
     "max_retained_subjects": _Range(0, MAX_MAX_RETAINED_SUBJECTS),
     "max_retained_bytes": _Range(0, MAX_MAX_RETAINED_BYTES),
+    "max_replay_bytes": _Range(MIN_MAX_REPLAY_BYTES, MAX_MAX_REPLAY_BYTES),
     "max_pings_outstanding": _Range(1),
+    "log_peer_lines_per_minute": _Range(1, MAX_LOG_PEER_LINES_PER_MINUTE),
 }
 _FLOAT_RANGES: Final[Mapping[str, _Range]] = {
     "handshake_timeout": _Range(0, MAX_HANDSHAKE_TIMEOUT, low_exclusive=True),
@@ -324,6 +354,41 @@ def _check_hosts(value: object) -> tuple[str, ...]:
             f"must not name a host twice, got {repeated!r} more than once", key="hosts"
         )
     return tuple(value)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitoringConfig:
+    """``[monitoring]``: the HTTP endpoint (/varz, /connz, /subsz, /healthz, /metrics).
+
+    Off by default: it tells whoever reaches it every client's address and name, so it is
+    opened only on purpose, and on loopback unless told otherwise.
+    """
+
+    enabled: bool = False
+    """Serve the endpoint (``broker serve --monitor-port`` turns it on too)."""
+    host: str = DEFAULT_MONITOR_HOST
+    """Address it listens on; an IP literal or host name."""
+    port: int = DEFAULT_MONITOR_PORT
+    """TCP port; 0 picks a free one."""
+    max_connections: int = DEFAULT_MONITOR_MAX_CONNECTIONS
+    """HTTP connections held at once; more are answered 503 and closed."""
+    request_timeout: float = DEFAULT_MONITOR_REQUEST_TIMEOUT
+    """Seconds a request may take to arrive and be answered, and an idle connection stays."""
+
+    def __post_init__(self) -> None:
+        _require_bool("enabled", self.enabled)
+        _check_host("host", self.host)
+        _require_int_in("port", self.port, _Range(0, MAX_PORT))
+        _require_int_in(
+            "max_connections", self.max_connections, _Range(1, MAX_MONITOR_MAX_CONNECTIONS)
+        )
+        seconds = _require_seconds_in(
+            "request_timeout",
+            self.request_timeout,
+            _Range(0, MAX_MONITOR_REQUEST_TIMEOUT, low_exclusive=True),
+        )
+        object.__setattr__(self, "request_timeout", seconds)
 
 
 # ---- sections: frozen dataclasses read from TOML tables and written back ----------------------
@@ -721,6 +786,10 @@ class Config:
     """Subjects holding a retained message at once; 0 turns retained messages off."""
     max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
     """Memory the retained store may hold: messages as encoded, plus the store's structure."""
+    max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES
+    """Memory all replays under way may hold at once, server-wide: each replay's references to
+    the store and the chunk being written. A replay past it waits for room; the SUB that asked
+    for it, and that client's later frames, wait with it."""
 
     slow_consumer_policy: SlowConsumerPolicy = DEFAULT_SLOW_CONSUMER_POLICY
     """What to do when a client's outbox is full: disconnect it, or drop its oldest or newest."""
@@ -742,6 +811,12 @@ class Config:
     """One of `LOG_LEVELS`, any case; stored in lower case."""
     log_format: LogFormat = DEFAULT_LOG_FORMAT
     """``"text"`` for people, ``"json"`` (one object per line) for log collectors."""
+    log_peer_lines_per_minute: int = DEFAULT_LOG_PEER_LINES_PER_MINUTE
+    """Lines one client host may cause in the log per minute (in bursts up to as many); the next
+    line after a pause says how many were suppressed."""
+
+    monitoring: MonitoringConfig = MonitoringConfig()
+    """The HTTP monitoring endpoint, ``[monitoring]``; off unless enabled."""
 
     def __post_init__(self) -> None:
         _check_nested(self)
@@ -798,7 +873,11 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
         )
     },
     "slow_consumer": {"policy": "slow_consumer_policy"},
-    "retained": {"max_subjects": "max_retained_subjects", "max_bytes": "max_retained_bytes"},
+    "retained": {
+        "max_subjects": "max_retained_subjects",
+        "max_bytes": "max_retained_bytes",
+        "max_replay_bytes": "max_replay_bytes",
+    },
     "timeouts": {
         name: name
         for name in (
@@ -810,7 +889,11 @@ _SECTIONS: Final[Mapping[str, Mapping[str, str]]] = {
             "shutdown_grace",
         )
     },
-    "logging": {"level": "log_level", "format": "log_format"},
+    "logging": {
+        "level": "log_level",
+        "format": "log_format",
+        "peer_lines_per_minute": "log_peer_lines_per_minute",
+    },
 }
 
 

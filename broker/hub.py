@@ -17,6 +17,7 @@ Pure: no trio, anyio or socket (a test imports it alone).
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
 from typing import Any, Final, Protocol, final
 
@@ -27,14 +28,29 @@ from .errors import ErrorCode
 from .message import NO_RESPONDERS_HEADERS, Message, Retained
 from .protocol.native import PROTOCOL_VERSION
 from .retained import RetainedStore
-from .routing import RoutingTable
+from .routing import PENDING, QueueGroup, RoutingTable, Walk
 from .stats import Counters, Statistics
-from .subjects import SubjectError, validate_subject
+from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_subject
 
-__all__ = ["Hub", "Refused", "Subscriber", "Subscription"]
+__all__ = [
+    "NODES_PER_DELIVERY",
+    "REPLAY_ENTRY_COST",
+    "Fanout",
+    "Hub",
+    "Refused",
+    "ReplayMemory",
+    "Subscriber",
+    "Subscription",
+    "SystemOrigin",
+]
 
+#: Trie nodes a split publish's walk visits in the time of one delivery (about as costly each).
+NODES_PER_DELIVERY: Final = 2
 #: How much of a client's subject an error's details repeat.
 _SUBJECT_IN_DETAILS: Final = 256
+#: What one message of a replay under way holds beyond the store's own copy: its
+#: ``(subject, Retained)`` tuple and the list slot that refers to it.
+REPLAY_ENTRY_COST: Final = sys.getsizeof((None, None)) + 8
 
 
 class Subscriber(Protocol):
@@ -42,6 +58,12 @@ class Subscriber(Protocol):
 
     Attributes:
         name: For logs and monitoring ("" if none was given).
+        lang: The client library's language, as it said in its handshake ("" if it did not).
+        version: The client library's version, as it said in its handshake ("" if not).
+        in_msgs: Messages it published that the hub routed (refused ones are not counted).
+        in_bytes: Payload bytes of those messages.
+        out_msgs: Messages queued for it (its `deliver` returned 1), replays included.
+        out_bytes: Payload bytes of those messages.
         echo: Whether it receives its own publishes.
         subscriptions: Its live subscriptions by sid. The hub keeps this map (it adds and
             removes); the owner reads it to find a sid.
@@ -50,6 +72,12 @@ class Subscriber(Protocol):
     """
 
     name: str
+    lang: str
+    version: str
+    in_msgs: int
+    in_bytes: int
+    out_msgs: int
+    out_bytes: int
     echo: bool
     subscriptions: dict[Any, Subscription]
     permissions: object | None
@@ -65,6 +93,25 @@ class Subscriber(Protocol):
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Queue the retained messages a new subscription matches; False if none was queued."""
+        ...
+
+
+class SystemOrigin(Subscriber, Protocol):
+    """The server's own voice on ``$SYS``: a subscriber with no connection, told of events a
+    publish's delivery loop finds (a slow consumer), which it publishes later, not from inside
+    that loop.
+    """
+
+    def client_connected(self, client: Any) -> None:
+        """`client` (a transport, of any wire) completed its handshake."""
+        ...
+
+    def client_disconnected(self, client: Any) -> None:
+        """`client`, once connected, has closed; its counters are final."""
+        ...
+
+    def slow_consumer(self, client: Any) -> None:
+        """`client` was found to read too slowly."""
         ...
 
 
@@ -128,6 +175,8 @@ class Hub:
         info: What a client is told in the handshake (WELCOME's map on the native wire).
         closing: Set once shutdown begins, so a connection accepted but not yet registered is
             refused instead of served until the grace period runs out.
+        system: The server's own origin on ``$SYS`` (`broker.server.sysevents`), or None. It
+            alone may publish to ``$`` subjects; clients only to `SYS_REQUEST_PREFIX` ones.
     """
 
     __slots__ = (
@@ -135,11 +184,15 @@ class Hub:
         "_max_subject_length",
         "_max_subject_tokens",
         "_max_subscriptions",
+        "_shedding",
         "closing",
         "config",
         "counters",
+        "fanouts",
         "info",
+        "replay_memory",
         "retained",
+        "system",
         "table",
     )
 
@@ -153,7 +206,13 @@ class Hub:
             max_subjects=config.max_retained_subjects, max_bytes=config.max_retained_bytes
         )
         self.counters = Counters()
+        #: Split publishes still under way, by origin (see `publish`'s `step`).
+        self.fanouts: dict[Subscriber, Fanout] = {}
+        self.replay_memory = ReplayMemory(config.max_replay_bytes)
+        #: Owners being torn down in batches whose queue memberships are already gone.
+        self._shedding: set[Subscriber] = set()
         self.closing = False
+        self.system: SystemOrigin | None = None
         self._max_payload = config.max_payload
         self._max_subscriptions = config.max_subscriptions
         self._max_subject_length = config.max_subject_length
@@ -177,7 +236,7 @@ class Hub:
 
     # -- publish ------------------------------------------------------------------------------
 
-    def publish(self, origin: Subscriber, message: Message) -> int:
+    def publish(self, origin: Subscriber, message: Message, step: int = 0) -> int:
         """Route one message to every matching subscription, each queue group's one member.
 
         `message` is ``(subject, payload, reply_to, headers, retain)`` (`Message`): the native
@@ -189,6 +248,12 @@ class Hub:
         failure, not of a message that half happened. A request (`reply_to` set) that reaches
         nobody is answered at once with an empty 503 message on the origin's own subscriptions
         to `reply_to`, so its requester need not wait for a timeout.
+
+        With `step`, at most that many plain subscriptions are delivered to now (queue groups
+        all are); the rest wait in `fanouts` under `origin`, for the caller to continue with
+        `resume` in later turns before it routes anything else of that origin's. A publish
+        matching 65,536 subscriptions is otherwise one step of tens of milliseconds during which
+        no other client is served. Without it (0), everything is delivered now.
 
         Returns:
             How many subscriptions it was delivered to: the work it cost, for a caller that
@@ -206,9 +271,14 @@ class Hub:
                 f"payload of {size} bytes exceeds max_payload ({self._max_payload} bytes)",
             )
         try:
-            if subject[:1] == "$":
-                raise SubjectError(f"subjects starting with '$' are reserved: {brief(subject)}")
-            match = self.table.match(subject)
+            if subject[:1] == "$" and origin is not self.system:
+                _check_reserved(subject)
+            table = self.table
+            match = (
+                table.match_within(subject, step * NODES_PER_DELIVERY)
+                if step
+                else table.match(subject)
+            )
             if reply_to is not None:
                 validate_subject(
                     reply_to,
@@ -224,15 +294,29 @@ class Hub:
         counters = self.counters
         counters.messages_in += 1
         counters.bytes_in += size
+        origin.in_msgs += 1
+        origin.in_bytes += size
         delivered = 0
         reached = False
         echo = origin.echo
-        for sub in match.plain:
+        plain = match.plain
+        if step and len(plain) > step:
+            later = Fanout(self, origin, message, subs=plain, at=step)
+            self.fanouts[origin] = later
+            plain = plain[:step]
+        else:
+            later = None
+        # Each subscriber's own out_* are counted here, once for every wire: an add per
+        # delivery, and nothing for a message its outbox refused.
+        for sub in plain:
             target = sub.owner
             if target is origin and not echo:
                 continue
             reached = True
-            delivered += target.deliver(sub, message)
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
         if match.groups:
             skip = None if echo else _owned_by(origin)
             for group in match.groups:
@@ -240,13 +324,39 @@ class Hub:
                 if chosen is None:
                     continue
                 reached = True
-                delivered += chosen.owner.deliver(chosen, message)
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
+            if later is not None:
+                later.reached = reached
+        elif match is PENDING:
+            # Too many patterns to match in one step: the walk goes on in later steps.
+            walk = self.table.walk
+            assert walk is not None
+            self.fanouts[origin] = Fanout(self, origin, message, walk=walk)
+        elif later is not None:
+            later.reached = reached  # no-responders waits for the last step
         elif reply_to is not None and not reached:
             self._no_responders(origin, reply_to)
         return delivered
+
+    def resume(self, origin: Subscriber, step: int) -> int:
+        """Deliver up to `step` more of `origin`'s split publish (see `publish`); the work done.
+
+        Once every subscription has been delivered to, the publish leaves `fanouts`.
+        """
+        fanout = self.fanouts.get(origin)
+        if fanout is None:
+            return 0
+        done = fanout.run(step)
+        if fanout.finished:
+            del self.fanouts[origin]
+        return done
 
     def _retain(self, message: Message) -> None:
         """Make `message` its subject's retained message (an empty payload deletes it)."""
@@ -315,8 +425,11 @@ class Hub:
             if entries and owner.replay(sub, entries):
                 # A replay comes straight after its subscribe: no max_msgs can cut it short.
                 counters = self.counters
+                size = sum(len(kept.payload) for _, kept in entries)
                 counters.messages_out += len(entries)
-                counters.bytes_out += sum(len(kept.payload) for _, kept in entries)
+                counters.bytes_out += size
+                owner.out_msgs += len(entries)
+                owner.out_bytes += size
                 sub.delivered += len(entries)
         return sub
 
@@ -350,6 +463,12 @@ class Hub:
         in its group while its connection is gone would be chosen for messages it can no
         longer take, and the group would lose them.
         """
+        if owner in self.fanouts:
+            # A publish it made is still reaching its subscribers: it was accepted, so it is
+            # delivered to the end, in steps as large as the teardown's, before the owner goes.
+            self.resume(owner, limit or 2**62)
+            if owner in self.fanouts:
+                return True
         table = self.table
         held = owner.subscriptions
         if limit is None or len(held) <= limit:
@@ -357,21 +476,39 @@ class Hub:
                 table.discard(sub)
             held.clear()
             return False
-        members = [sub for sub in held.values() if sub.queue is not None]
-        for sub in members:
-            self.remove(sub)
+        shedding = self._shedding
+        if owner not in shedding:
+            # Once, not per call: a scan per batch made shedding 65,536 subscriptions cost
+            # 128 scans of what was left, about a second of CPU in all.
+            shedding.add(owner)
+            for sub in [sub for sub in held.values() if sub.queue is not None]:
+                self.remove(sub)
         for sub in list(itertools.islice(held.values(), limit)):
             self.remove(sub)
-        return bool(held)
+        if held:
+            return True
+        shedding.discard(owner)
+        return False
 
     # -- statistics ---------------------------------------------------------------------------
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters, with the table's and the store's gauges."""
+        system = self.system
         return self.counters.snapshot(
-            subscriptions=len(self.table),
+            # Clients' subscriptions: the server's own $SYS ones are not what anyone asks about.
+            subscriptions=len(self.table) - (len(system.subscriptions) if system else 0),
             retained_subjects=self.retained.subjects,
             retained_bytes=self.retained.bytes,
+        )
+
+
+def _check_reserved(subject: str) -> None:
+    """Refuse a client's publish to a ``$`` subject, unless it is a ``$SYS`` request."""
+    if not subject.startswith(SYS_REQUEST_PREFIX):
+        raise SubjectError(
+            f"subjects starting with '$' are reserved: {brief(subject)}; clients may publish"
+            f" there only requests to {SYS_REQUEST_PREFIX}..., such as $SYS.REQ.SERVER.PING.VARZ"
         )
 
 
@@ -380,3 +517,153 @@ def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:
         return sub.owner is origin
 
     return owned
+
+
+@final
+class ReplayMemory:
+    """The server-wide bound on what replays under way hold (`Config.max_replay_bytes`).
+
+    Each replay is streamed from the store (a list of references, then a chunk at a time), so
+    one costs a client little; but every client may have one under way, and clients that stop
+    reading hold theirs until ``write_timeout`` cuts them. This is the sum over all of them.
+    A wire's adapter starts a replay only while `has_room`, and `charge` s it; whoever sends it
+    `release` s it when it ends or its client is cut. Memory held therefore stays within
+    `limit` plus the one replay admitted last. A caller that found no room waits with
+    `when_room`.
+
+    Pure accounting: no trio, so the hub owns it and every wire shares it.
+    """
+
+    __slots__ = ("_waiters", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: list[Callable[[], object]] = []
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a new replay may start now."""
+        return self.used < self.limit
+
+    def charge(self, size: int) -> None:
+        """Count a replay that starts, at `size` bytes."""
+        self.used += size
+
+    def release(self, size: int) -> None:
+        """A replay of `size` bytes ended, or its client was cut: wake whoever waits for room."""
+        self.used -= size
+        if self._waiters and self.used < self.limit:
+            waiters, self._waiters = self._waiters, []
+            for wake in waiters:
+                wake()
+
+    def when_room(self, wake: Callable[[], object]) -> None:
+        """Call `wake` (once) as soon as `has_room` is true again."""
+        if self.has_room:
+            wake()
+        else:
+            self._waiters.append(wake)
+
+
+@final
+class Fanout:
+    """The rest of a publish split into steps (`Hub.publish` with ``step``): the trie walk that
+    finds its subscribers, if it is not done, then the plain subscriptions it has yet to reach,
+    in order.
+
+    Between two steps other clients run, so a subscription may be removed meanwhile: each one is
+    checked to be still its owner's before it is delivered to. One made meanwhile is not found
+    (see `Walk`) and gets nothing (had the message been retained, its replay has it), so no
+    subscription gets the message twice, or after it unsubscribed.
+    """
+
+    __slots__ = ("at", "finished", "hub", "message", "origin", "reached", "subs", "walk")
+
+    def __init__(
+        self,
+        hub: Hub,
+        origin: Subscriber,
+        message: Message,
+        *,
+        walk: Walk[Subscription] | None = None,
+        subs: tuple[Subscription, ...] = (),
+        at: int = 0,
+    ) -> None:
+        self.hub = hub
+        self.origin = origin
+        self.message = message
+        self.walk = walk
+        self.subs = subs
+        self.at = at
+        self.reached = False
+        self.finished = False
+
+    def run(self, step: int) -> int:
+        """Take the next step: `step` subscriptions' worth of the walk, or of deliveries; the
+        work done, in deliveries."""
+        if self.walk is not None:
+            match = self.walk.step(step * NODES_PER_DELIVERY)
+            if match is None:
+                return step
+            self.walk = None
+            self.subs = match.plain
+            done = self._choose(match.groups)
+        else:
+            done = 0
+        origin = self.origin
+        message = self.message
+        echo = origin.echo
+        start = self.at
+        end = min(start + step, len(self.subs))
+        size = len(message[1])
+        delivered = 0
+        for sub in self.subs[start:end]:
+            target = sub.owner
+            if target is origin and not echo:
+                continue
+            if target.subscriptions.get(sub.sid) is not sub:
+                continue  # removed since the publish began
+            self.reached = True
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
+        self.at = end
+        self._count(delivered)
+        if end == len(self.subs):
+            self.finished = True
+            reply_to = message[2]
+            if reply_to is not None and not self.reached:
+                self.hub._no_responders(origin, reply_to)
+        return done + end - start
+
+    def _choose(self, groups: tuple[QueueGroup[Subscription], ...]) -> int:
+        """Deliver to one live member of each queue group the walk found."""
+        origin = self.origin
+        echo = origin.echo
+
+        def skip(sub: Subscription) -> bool:
+            owner = sub.owner
+            return (owner is origin and not echo) or owner.subscriptions.get(sub.sid) is not sub
+
+        message = self.message
+        size = len(message[1])
+        delivered = 0
+        for group in groups:
+            chosen = group.choose(skip)
+            if chosen is not None:
+                self.reached = True
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
+        self._count(delivered)
+        return len(groups)
+
+    def _count(self, delivered: int) -> None:
+        if delivered:
+            counters = self.hub.counters
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * len(self.message[1])

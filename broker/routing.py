@@ -40,7 +40,7 @@ from broker.subjects import (
     validate_subject,
 )
 
-__all__ = ["Match", "QueueGroup", "RoutingTable"]
+__all__ = ["PENDING", "Match", "QueueGroup", "RoutingTable", "Walk"]
 
 S = TypeVar("S", bound=Hashable)
 
@@ -143,6 +143,8 @@ class Match(Generic[S]):
 
 
 _NO_MATCH: Match[Any] = Match((), ())
+#: What `RoutingTable.match_within` returns for a walk it did not finish (see `walk`).
+PENDING: Match[Any] = Match((), ())
 
 
 @final
@@ -185,6 +187,16 @@ class RoutingTable(Generic[S]):
         # OrderedDict pops its oldest in O(1), and a hit is the same dict lookup.
         self._cache: OrderedDict[str, Match[S]] = OrderedDict()
         self._seq = itertools.count()
+        #: Changes so far; a `Walk` that saw none in between may cache what it found.
+        self._generation = 0
+        #: The walk `match_within` left unfinished last, for its caller to take at once.
+        self.walk: Walk[S] | None = None
+        #: For monitoring (/subsz): lookups, lookups the cache missed, inserts and removes.
+        #: One add per lookup; the rest are counted off the hot path.
+        self.matches = 0
+        self.misses = 0
+        self.inserts = 0
+        self.removes = 0
         # Shared with every QueueGroup this table hands out; starts at 1 so 0 means "never".
         self._clock = itertools.count(1)
 
@@ -226,6 +238,7 @@ class RoutingTable(Generic[S]):
                 node = child
         (node.tail if tail else node.subs)[entry] = None
         self._entries[sub] = entry
+        self.inserts += 1
         self._invalidate(pattern)
 
     def remove(self, sub: S) -> None:
@@ -256,6 +269,7 @@ class RoutingTable(Generic[S]):
                 parent.star = None
             else:
                 del parent.children[token]
+        self.removes += 1
         self._invalidate(entry.pattern)
 
     def discard(self, sub: S) -> None:
@@ -266,46 +280,74 @@ class RoutingTable(Generic[S]):
     def match(self, subject: str) -> Match[S]:
         """Return everyone ``subject`` is routed to.
 
-        Reserved ``$`` subjects are matched like any other: refusing client publishes to them is
-        the caller's rule, since the broker publishes there itself. The subject is validated
+        Reserved ``$`` subjects are matched like any other but for one rule (`subjects`): a
+        wildcard first token does not match them. Refusing client publishes to them is the
+        caller's rule, since the broker publishes there itself. The subject is validated
         only when it is not cached, because only valid subjects ever enter the cache.
 
         Raises:
             SubjectError: If the subject is invalid.
         """
+        self.matches += 1
         try:
             return self._cache[subject]
         except (KeyError, TypeError):  # TypeError: unhashable, so not a str; validation says so
+            self.misses += 1
             return self._match_uncached(subject)
 
-    def _match_uncached(self, subject: str) -> Match[S]:
+    def peek(self, subject: str) -> Match[S]:
+        """`match`, leaving the cache and the counters as they were (for monitoring's questions).
+
+        Raises:
+            SubjectError: If the subject is invalid.
+        """
+        cached = self._cache.get(subject) if type(subject) is str else None
+        return cached if cached is not None else self._match_uncached(subject, store=False)
+
+    def cached(self) -> list[Match[S]]:
+        """The matches the cache holds now (for fan-out statistics)."""
+        return list(self._cache.values())
+
+    def _match_uncached(self, subject: str, *, store: bool = True) -> Match[S]:
         validate_subject(
             subject, max_length=self._max_length, max_tokens=self._max_tokens, allow_reserved=True
         )
-        tokens = subject.split(".")
-        last = len(tokens)
-        found: list[_Entry[S]] = []
-        # A subject reaches each node at most once (a node's depth fixes the token it consumes),
-        # so no subscriber is found twice.
-        stack = [(self._root, 0)]
-        while stack:
-            node, depth = stack.pop()
-            if depth == last:
-                found.extend(node.subs)
-                continue
-            found.extend(node.tail)
-            child = node.children.get(tokens[depth])
-            if child is not None:
-                stack.append((child, depth + 1))
-            if node.star is not None:
-                stack.append((node.star, depth + 1))
-        result = self._build(found) if found else _NO_MATCH
+        result = Walk(self, subject, store=store).step(_WHOLE)
+        assert result is not None
+        return result
+
+    def match_within(self, subject: str, nodes: int) -> Match[S]:
+        """`match`, or, if the walk would visit more than `nodes` trie nodes, `PENDING`.
+
+        `PENDING` matches no one; the walk so far is then in `walk`, and the caller goes on
+        with `Walk.step` in later turns: a subject that reaches tens of
+        thousands of wildcard patterns (``{a,*}^16``) costs a walk of as many nodes, a
+        hundred milliseconds in one step otherwise.
+
+        Raises:
+            SubjectError: If the subject is invalid.
+        """
+        self.matches += 1
+        try:
+            return self._cache[subject]
+        except (KeyError, TypeError):
+            self.misses += 1
+        validate_subject(
+            subject, max_length=self._max_length, max_tokens=self._max_tokens, allow_reserved=True
+        )
+        walk = Walk(self, subject)
+        result = walk.step(nodes)
+        if result is None:
+            self.walk = walk
+            return PENDING
+        return result
+
+    def _store(self, subject: str, result: Match[S]) -> None:
         cache = self._cache
         if self._cache_size:
             if len(cache) >= self._cache_size:
                 cache.popitem(last=False)
             cache[subject] = result
-        return result
 
     def _build(self, found: list[_Entry[S]]) -> Match[S]:
         found.sort(key=_SEQ)
@@ -331,6 +373,7 @@ class RoutingTable(Generic[S]):
         at most what filling it did (each entry is freed once), and refilling it costs the
         misses that publishers would pay anyway.
         """
+        self._generation += 1
         cache = self._cache
         if not cache:
             return
@@ -338,3 +381,83 @@ class RoutingTable(Generic[S]):
             cache.pop(pattern, None)
         else:
             cache.clear()
+
+
+#: A step bound no walk reaches.
+_WHOLE = 2**62
+
+
+@final
+class Walk(Generic[S]):
+    """Matching one subject a step at a time (`RoutingTable.match_within`).
+
+    Between two steps the table may change. Nodes visited stay valid to read (a removed node
+    is only unlinked), and a subject reaches each node at most once, so no entry is found
+    twice. Entries made after the walk began are left out, so a subscription never gets a
+    message published before it existed; entries removed meanwhile may be in the result, and
+    whoever delivers checks each one is still live. The result is cached only if the table did
+    not change during the walk.
+    """
+
+    __slots__ = (
+        "_found",
+        "_generation",
+        "_last",
+        "_newest",
+        "_stack",
+        "_store",
+        "_table",
+        "_tokens",
+        "subject",
+    )
+
+    def __init__(self, table: RoutingTable[S], subject: str, *, store: bool = True) -> None:
+        self._table = table
+        self.subject = subject
+        self._tokens = tokens = subject.split(".")
+        self._last = len(tokens)
+        self._found: list[_Entry[S]] = []
+        root = table._root
+        if subject[:1] == "$":
+            # A wildcard first token ("*", ">") never matches a reserved subject.
+            child = root.children.get(tokens[0])
+            self._stack: list[tuple[_Node[S], int]] = [(child, 1)] if child is not None else []
+        else:
+            self._stack = [(root, 0)]
+        #: Whether the result goes into the table's cache (not for monitoring's questions).
+        self._store = store
+        self._generation = table._generation
+        #: Every entry made from now on has a higher seq.
+        self._newest = next(table._seq)
+
+    def step(self, nodes: int) -> Match[S] | None:
+        """Visit up to `nodes` more trie nodes; the `Match` once the walk is done, else None."""
+        tokens = self._tokens
+        last = self._last
+        found = self._found
+        stack = self._stack
+        pop = stack.pop
+        push = stack.append
+        while stack:
+            if nodes <= 0:
+                return None
+            nodes -= 1
+            node, depth = pop()
+            if depth == last:
+                found.extend(node.subs)
+                continue
+            found.extend(node.tail)
+            child = node.children.get(tokens[depth])
+            if child is not None:
+                push((child, depth + 1))
+            if node.star is not None:
+                push((node.star, depth + 1))
+        table = self._table
+        if table._generation != self._generation:
+            newest = self._newest
+            found = [entry for entry in found if entry.seq < newest]
+            return table._build(found) if found else _NO_MATCH
+        result = table._build(found) if found else _NO_MATCH
+        if self._store:
+            table._store(self.subject, result)
+        return result

@@ -11,7 +11,10 @@ and ``>`` cannot appear inside any token of a subject or pattern. Refusing them 
 every published subject reachable by a literal subscription.
 
 Subjects that start with ``$`` are reserved for the broker itself: clients may subscribe to them
-but not publish to them, so ``validate_subject`` refuses them unless ``allow_reserved=True``.
+but not publish to them, so ``validate_subject`` refuses them unless ``allow_reserved=True``. A
+wildcard in the first token (``*``, ``>``) does not match them, as MQTT's ``#`` does not match
+``$SYS/...``: a wiretap on ``>`` sees the clients' traffic, not the server's own events; ask for
+those by name (``$SYS.>``).
 
 A queue group name is a name, not a subject: any non-empty text without whitespace or control
 characters, no longer than a subject may be (``validate_queue``). The client checks it before
@@ -32,6 +35,7 @@ _SHOW_MAX = 80
 __all__ = [
     "MAX_SUBJECT_LENGTH",
     "MAX_SUBJECT_TOKENS",
+    "SYS_REQUEST_PREFIX",
     "SubjectError",
     "is_literal",
     "matches",
@@ -39,6 +43,10 @@ __all__ = [
     "validate_queue",
     "validate_subject",
 ]
+
+#: The only reserved (``$``) subjects a client may publish to: requests the server answers
+#: (``$SYS.REQ.SERVER.PING.VARZ`` and the like, docs/monitoring.md).
+SYS_REQUEST_PREFIX: Final = "$SYS.REQ.SERVER."
 
 MAX_SUBJECT_LENGTH: Final = 256
 """Default limit on a subject or pattern, in UTF-8 bytes."""
@@ -228,8 +236,8 @@ def is_literal(pattern: str) -> bool:
 def matches(pattern: str, subject: str) -> bool:
     """Return whether a valid pattern matches a valid subject, token by token.
 
-    ``*`` matches any one token and a final ``>`` matches one or more tokens. There is no
-    special case for ``$`` subjects: ``>`` matches ``$SYS.x`` too.
+    ``*`` matches any one token and a final ``>`` matches one or more tokens; neither matches
+    a reserved first token (``>`` does not match ``$SYS.x``; ``$SYS.>`` does).
 
     Example:
         >>> matches("orders.*.created", "orders.eu.created"), matches("orders.>", "orders")
@@ -241,6 +249,8 @@ def matches(pattern: str, subject: str) -> bool:
         return False
     ptokens = pattern.split(".")
     stokens = subject.split(".")
+    if stokens[0][:1] == "$" and ptokens[0] in ("*", ">"):
+        return False
     if ptokens[-1] == ">":
         if len(stokens) < len(ptokens):
             return False

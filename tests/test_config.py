@@ -18,6 +18,7 @@ from broker.config import (
     MIN_FRAME_HEADROOM,
     Config,
     ConfigError,
+    MonitoringConfig,
     _check_nested,
     _got,
     _Range,
@@ -55,6 +56,8 @@ TOML_KEY = {
     "slow_consumer_policy": "slow_consumer.policy",
     "max_retained_subjects": "retained.max_subjects",
     "max_retained_bytes": "retained.max_bytes",
+    "max_replay_bytes": "retained.max_replay_bytes",
+    "log_peer_lines_per_minute": "logging.peer_lines_per_minute",
     "handshake_timeout": "timeouts.handshake_timeout",
     "write_timeout": "timeouts.write_timeout",
     "frame_timeout": "timeouts.frame_timeout",
@@ -83,24 +86,33 @@ def refused(field: str, value: Any) -> tuple[str, str]:
 # ---- the shipped file and the layout ---------------------------------------------------------
 
 
+#: The shipped file is the defaults, but for monitoring: on, on loopback (docs/monitoring.md).
+SHIPPED_CONFIG = Config(monitoring=MonitoringConfig(enabled=True))
+
+
 def test_shipped_file_is_the_defaults() -> None:
-    assert load_config(SHIPPED) == Config()
+    assert load_config(SHIPPED) == SHIPPED_CONFIG
 
 
 def test_shipped_file_spells_out_every_key() -> None:
     with SHIPPED.open("rb") as file:
-        assert tomllib.load(file) == config_to_mapping(Config())
+        assert tomllib.load(file) == config_to_mapping(SHIPPED_CONFIG)
     # TOML has no null, so max_frame is shown commented out, with its effective default.
     (line,) = [ln for ln in SHIPPED.read_text().splitlines() if ln.startswith("# max_frame =")]
     assert tomllib.loads(line.removeprefix("# "))["max_frame"] == Config().frame_limit
 
 
+#: Config fields that are sections of their own, each its own TOML table.
+SECTIONS = {"monitoring"}
+
+
 def test_every_field_has_exactly_one_toml_key() -> None:
-    assert sorted(TOML_KEY) == sorted(f.name for f in dataclasses.fields(Config))
+    flat = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    assert sorted(TOML_KEY) == sorted(flat)
     layout = config_to_mapping(Config(max_frame=2 * MiB))
-    assert sorted(f"{s}.{k}" for s, table in layout.items() for k in table) == sorted(
-        TOML_KEY.values()
-    )
+    assert sorted(
+        f"{s}.{k}" for s, table in layout.items() if s not in SECTIONS for k in table
+    ) == sorted(TOML_KEY.values())
 
 
 def test_mapping_round_trip() -> None:
@@ -161,6 +173,15 @@ EDGES: list[tuple[str, Any, Any, str]] = [
         16 * 1024 * MiB + 1,
         "must be between 0 and 17179869184",
     ),
+    ("max_replay_bytes", 64 * 1024, 64 * 1024 - 1, "must be between 65536 and 17179869184"),
+    (
+        "max_replay_bytes",
+        16 * 1024 * MiB,
+        16 * 1024 * MiB + 1,
+        "must be between 65536 and 17179869184",
+    ),
+    ("log_peer_lines_per_minute", 1, 0, "must be between 1 and 1000000"),
+    ("log_peer_lines_per_minute", 10**6, 10**6 + 1, "must be between 1 and 1000000"),
     ("handshake_timeout", TINY, 0.0, "must be > 0 and <= 60"),
     ("handshake_timeout", 60.0, math.nextafter(60.0, math.inf), "must be > 0 and <= 60"),
     ("write_timeout", TINY, 0.0, "must be > 0 and <= 10"),
@@ -370,7 +391,7 @@ def test_unknown_section() -> None:
         config_from_mapping({"limit": {"max_payload": 1}}, source=SOURCE)
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
-        " known: server, limits, slow_consumer, retained, timeouts, logging"
+        " known: server, limits, slow_consumer, retained, timeouts, logging, monitoring"
     )
 
 

@@ -22,7 +22,7 @@ from wire import StartServer, bystanders, raw_frame, wait_until, wire_client
 
 from broker.hub import Subscription
 from broker.message import Message, Retained
-from broker.protocol import Err, Hello, Msg, Ping, Pong, Pub, Sub, encode_frame
+from broker.protocol import Err, Hello, Msg, Ping, Pong, Pub, Sub, encode_frame, msg_head_sid
 from broker.server.native import NativeAdapter
 from broker.server.outbox import CONTROL_OVERHEAD
 from broker.server.transport import Transport
@@ -115,6 +115,8 @@ async def test_an_internal_error_sends_internal_error_then_closes_that_client_on
         name = "broken"
         echo = True
         permissions = None
+        lang = version = ""
+        in_msgs = in_bytes = out_msgs = out_bytes = 0
 
         def __init__(self) -> None:
             self.subscriptions: dict[Any, Subscription] = {}
@@ -182,6 +184,81 @@ def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None
     messages = zip(frames[0::1000], frames[1::1000], strict=True)
     payloads = [msgpack.unpackb(head[4:] + tail)[3] for head, tail in messages]
     assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
+
+
+def _connected(hub: Any, client_id: int, *, echo: bool = True) -> NativeAdapter:
+    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", client_id)
+    adapter = transport.adapter = NativeAdapter(hub, transport)
+    adapter.receive_data(encode_frame(Hello({"echo": echo})))
+    assert adapter.handshake()
+    transport.outbox.take_batch()
+    return adapter
+
+
+def test_a_publish_to_65536_subscriptions_goes_out_in_steps_and_its_clients_frames_wait() -> None:
+    from broker.server import Server
+    from broker.server.native import FANOUT_STEP
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
+    publisher, subscriber = _connected(hub, 1), _connected(hub, 2)
+    subscriber.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(65_536)))
+    while subscriber.process():
+        pass
+    subscriber.transport.outbox.take_batch()
+    publisher.receive_data(
+        encode_frame(Pub("fan.out", b"first")) + encode_frame(Pub("fan.out", b"second"))
+    )
+    assert publisher.process()
+    # One step delivered FANOUT_STEP; the rest, and the second PUB, wait for later turns.
+    assert len(subscriber.outbox._frames) == 2 * FANOUT_STEP
+    assert publisher in hub.fanouts and publisher._deferred is not None
+    # A subscription removed between two steps gets nothing more.
+    hub.unsubscribe(subscriber.subscriptions[65_535])
+    turns = 1
+    while publisher.process():
+        turns += 1
+    assert turns > 2 and not hub.fanouts
+    heads = list(subscriber.outbox._frames)[0::2]
+    tails = list(subscriber.outbox._frames)[1::2]
+    sids = [msg_head_sid(head) for head in heads]
+    payloads = [msgpack.unpackb(b"\x94" + tail)[1] for tail in tails]
+    assert sids == list(range(65_535)) * 2  # each once, in subscription order, per publish
+    assert payloads == [b"first"] * 65_535 + [b"second"] * 65_535
+    assert hub.statistics().messages_out == 2 * 65_535
+
+
+def test_a_client_that_leaves_in_the_middle_of_a_split_publish_still_delivers_all_of_it() -> None:
+    from broker.server import Server
+    from broker.server.native import FANOUT_STEP
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
+    publisher, subscriber = _connected(hub, 1), _connected(hub, 2)
+    subscriber.receive_data(b"".join(encode_frame(Sub(sid, "fan.>")) for sid in range(5000)))
+    while subscriber.process():
+        pass
+    subscriber.transport.outbox.take_batch()
+    publisher.receive_data(encode_frame(Pub("fan.out", b"accepted")))
+    assert publisher.process()
+    assert publisher in hub.fanouts
+    # The publisher's connection closes: its teardown finishes the publish first.
+    while hub.remove_all(publisher, limit=FANOUT_STEP):
+        pass
+    assert not hub.fanouts
+    assert len(subscriber.outbox._frames) == 2 * 5000
+
+
+def test_a_reader_whose_turn_overran_its_budget_rests_as_long() -> None:
+    from broker.server import Server
+    from broker.server.native import OVERRUN_REST, TURN_SECONDS
+    from broker.testing.inprocess import config_for_tests
+
+    adapter = _connected(Server(config_for_tests()).hub, 1)
+    adapter._overran(OVERRUN_REST / 2)
+    assert adapter.transport.rest == 0.0  # a little over: the clock's noise, not a client
+    adapter._overran(0.050)
+    assert adapter.transport.rest == 0.050 + TURN_SECONDS
 
 
 @pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])
@@ -299,3 +376,76 @@ async def test_an_http_request_to_the_broker_port_is_told_where_to_go(
             assert "not HTTP" in err.message and "monitoring port" in err.message
     assert not any("1195725856" in record.getMessage() for record in caplog.records)
     assert any("not HTTP" in record.getMessage() for record in caplog.records)
+
+
+async def test_replays_under_way_are_bounded_server_wide_and_a_waiting_sub_goes_on_later(
+    start_server: StartServer,
+) -> None:
+    # 40 retained messages of 100 KB. One client that never reads starts a replay of '>' and
+    # fills max_replay_bytes; a second client's SUB of '>' waits (its later PING with it) until
+    # write_timeout cuts the first, then gets its whole replay, in order, and its PONG.
+    with trio.fail_after(20):
+        server = await start_server(write_timeout=1.0, max_replay_bytes=64 * 1024)
+        memory = server.hub.replay_memory
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.send(*(Pub(f"r.{i:02}", b"r" * 100_000, None, None, True) for i in range(40)))
+            await pub.flush()
+        async with (
+            bystanders(server.port) as pair,
+            wire_client(server.port, name="sleeper", rcvbuf=4096) as sleeper,
+            wire_client(server.port, name="patient") as patient,
+        ):
+            await sleeper.send(Sub(1, ">"))
+            await wait_until(lambda: memory.used >= memory.limit)
+            charged = memory.used
+            await patient.send(Sub(1, ">"), Ping())
+            (waiting,) = faults.connections(server, "patient")
+            # The bystanders' live traffic goes on while the patient's replay waits for room.
+            await pair.check()
+            assert waiting.outbox.streaming is None and memory.used == charged
+            await wait_until(lambda: server.statistics().slow_consumers == 1)
+            subjects = [(await patient.expect(Msg)).subject for _ in range(40)]
+            assert subjects == [f"r.{i:02}" for i in range(40)]
+            await patient.expect(Pong)
+            await pair.check()
+        await wait_until(lambda: not server.transports)
+        assert memory.used == 0
+
+
+@pytest.mark.parametrize("how", ["eof", "cut"])
+async def test_a_replay_ended_by_a_leaving_client_frees_its_charge(
+    start_server: StartServer, how: str
+) -> None:
+    with trio.fail_after(20):
+        server = await start_server(write_timeout=1.0)
+        memory = server.hub.replay_memory
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.send(*(Pub(f"r.{i}", b"r" * 100_000, None, None, True) for i in range(40)))
+            await pub.flush()
+        async with wire_client(server.port, name="leaver", rcvbuf=4096) as leaver:
+            await leaver.send(Sub(1, ">"), Sub(2, ">"))
+            (transport,) = faults.connections(server, "leaver")
+            await wait_until(lambda: transport.outbox.replaying == 1)
+            assert memory.used > 0
+            if how == "cut":
+                faults.drop_client(server, "leaver")
+        await wait_until(lambda: not server.transports)
+        assert memory.used == 0
+
+
+async def test_lines_about_one_host_are_rate_limited_and_every_refusal_still_counts(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    with trio.fail_after(10):
+        server = await start_server(log_peer_lines_per_minute=3)
+        async with bystanders(server.port) as pair:
+            for _ in range(10):
+                async with wire_client(server.port, hello=False) as bad:
+                    await bad.send_raw(_frame(msgpack.packb(["HELLO", {"version": "x" * 100}])))
+                    (err,) = await bad.closed()
+                    assert type(err) is Err and err.code == "bad_handshake"
+            await pair.check()
+        assert server.statistics().refused_connections == 10
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 3

@@ -21,6 +21,8 @@ class Recorder:
 
     def __init__(self, name: str = "", *, echo: bool = True, accepting: bool = True) -> None:
         self.name = name
+        self.lang = self.version = ""
+        self.in_msgs = self.in_bytes = self.out_msgs = self.out_bytes = 0
         self.echo = echo
         self.subscriptions: dict[Any, Subscription] = {}
         self.permissions: object | None = None
@@ -180,3 +182,77 @@ def test_a_leaving_owner_sheds_its_subscriptions_in_batches_queue_members_first(
     assert hub.remove_all(owner, limit=4)
     assert not hub.remove_all(owner, limit=4)
     assert owner.subscriptions == {} and len(hub.table) == 0
+
+
+class _CountingHeld(dict[Any, Subscription]):
+    """An owner's subscription map that counts the entries any scan of it reads."""
+
+    read = 0
+
+    def values(self) -> Any:
+        for value in super().values():
+            _CountingHeld.read += 1
+            yield value
+
+
+def test_shedding_in_batches_reads_each_subscription_about_twice_not_once_per_batch() -> None:
+    hub = make_hub(max_subscriptions=20_000)
+    owner = Recorder()
+    owner.subscriptions = held = _CountingHeld()
+    for sid in range(20_000):
+        hub.subscribe(owner, sid, f"plain.{sid}")
+    _CountingHeld.read = 0
+    calls = 1
+    while hub.remove_all(owner, limit=100):
+        calls += 1
+    assert calls == 200 and not held and len(hub.table) == 0
+    # The queue-member scan happens once: 20,000 + 200 batches of 100. Per batch, it was
+    # 2,010,000 reads in all.
+    assert _CountingHeld.read <= 2 * 20_000
+
+
+def test_a_split_request_that_reaches_nobody_gets_no_responders_after_its_last_step() -> None:
+    hub = make_hub()
+    requester = Recorder(echo=False)  # its own 3,000 subscriptions do not count as responders
+    for sid in range(3000):
+        hub.subscribe(requester, sid, "req.>")
+    hub.subscribe(requester, "inbox", "inbox.1")
+    assert hub.publish(requester, ("req.x", b"?", "inbox.1", None, False), 1024) == 0
+    assert requester in hub.fanouts and requester.got == []
+    steps = 1
+    while requester in hub.fanouts:
+        hub.resume(requester, 1024)
+        steps += 1
+    assert steps == 3
+    assert requester.got == [("inbox", "inbox.1", b"")]  # the 503, once, at the end
+    assert hub.statistics().no_responders == 1
+
+
+def test_without_a_step_a_publish_is_delivered_whole() -> None:
+    hub = make_hub()
+    owner = Recorder()
+    for sid in range(3000):
+        hub.subscribe(owner, sid, "fan.>")
+    assert hub.publish(owner, ("fan.x", b"!", None, None, False)) == 3000
+    assert not hub.fanouts
+
+
+def test_a_walk_too_long_for_one_step_goes_on_in_steps_and_sees_no_one_twice_or_too_new() -> None:
+    hub = make_hub()
+    owner = Recorder()
+    patterns = [".".join("a" if b == "0" else "*" for b in f"{n:012b}") for n in range(4096)]
+    for sid, pattern in enumerate(patterns):
+        hub.subscribe(owner, sid, pattern)
+    subject = ".".join(["a"] * 12)  # reaches all 4,096 through 8,191 trie nodes
+    assert hub.publish(owner, (subject, b"1", None, None, False), 1024) == 0
+    assert owner in hub.fanouts and owner.got == []  # nothing yet: the walk goes on
+    hub.unsubscribe(owner.subscriptions[0])  # removed during the walk: gets nothing
+    hub.subscribe(owner, "late", subject)  # made during the walk: gets nothing of this one
+    while owner in hub.fanouts:
+        hub.resume(owner, 1024)
+    assert [sid for sid, _, _ in owner.got] == list(range(1, 4096))
+    # The table changed during that walk, so its result was not cached: the next publish
+    # reaches the late subscription too.
+    owner.got.clear()
+    hub.publish(owner, (subject, b"2", None, None, False))
+    assert len(owner.got) == 4096 and owner.got[-1][0] == "late"

@@ -15,6 +15,7 @@ PURE_MODULES = (
     "broker",
     "broker.config",
     "broker.message",
+    "broker.monitoring",
     "broker.errors",
     "broker.hub",
     "broker.protocol",
@@ -23,6 +24,8 @@ PURE_MODULES = (
     "broker.routing",
     "broker.stats",
     "broker._text",
+    "broker.peerlog",
+    "broker._memory",
     "broker.subjects",
 )
 

@@ -17,7 +17,7 @@ from hypothesis.stateful import (
 )
 
 from broker.routing import Match, QueueGroup, RoutingTable
-from broker.subjects import SubjectError
+from broker.subjects import SubjectError, matches
 
 
 class Sub:
@@ -79,12 +79,25 @@ def test_queue_only_match_is_truthy() -> None:
     assert found and found.plain == ()
 
 
-def test_reserved_subjects_are_matched() -> None:
+def test_reserved_subjects_are_matched_by_name_not_by_a_leading_wildcard() -> None:
     table: RoutingTable[Sub] = RoutingTable()
-    sys_sub, everything = subs("sys", "everything")
+    sys_sub, sys_all, everything, star = subs("sys", "sys_all", "everything", "star")
     table.insert(sys_sub, "$SYS.*")
+    table.insert(sys_all, "$SYS.>")
     table.insert(everything, ">")
-    assert table.match("$SYS.stats").plain == (sys_sub, everything)
+    table.insert(star, "*.stats")
+    assert table.match("$SYS.stats").plain == (sys_sub, sys_all)
+    assert table.peek("$SYS.stats").plain == (sys_sub, sys_all)
+    assert table.match("app.stats").plain == (everything, star)
+    assert table.match("$OTHER.stats").plain == ()
+    for pattern, subject, expected in [
+        (">", "$SYS.stats", False),
+        ("*.stats", "$SYS.stats", False),
+        ("$SYS.>", "$SYS.stats", True),
+        ("$SYS.*", "$SYS.stats", True),
+        (">", "a.$b", True),
+    ]:
+        assert matches(pattern, subject) is expected, (pattern, subject)
 
 
 @pytest.mark.parametrize("subject", ["", "a..b", "a.*", "a.>", "a b", "a\tb", "a*"])
@@ -446,6 +459,7 @@ def test_a_literal_change_drops_its_subject_and_a_wildcard_change_empties_the_ca
 ) -> None:
     table: RoutingTable[Sub] = RoutingTable()
     table.insert(Sub("everything"), ">")
+    table.insert(Sub("system"), "$SYS.>")  # ">" does not match reserved subjects
     cached = _CACHED
 
     def snapshot() -> dict[str, Match[Sub]]:

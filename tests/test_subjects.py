@@ -304,7 +304,9 @@ def test_validate_pattern_agrees_with_reference(
         ("*.>", "a.b", True),
         ("*.>", "a", False),
         ("a.*.>", "a.b", False),
-        (">", "$SYS.x", True),  # no special case for reserved subjects
+        (">", "$SYS.x", False),  # a leading wildcard never matches a reserved subject
+        ("*.x", "$SYS.x", False),
+        ("$SYS.>", "$SYS.x", True),
         ("$SYS.*", "$SYS.x", True),
     ],
 )

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 import anyio.abc
 
+from .._version import __version__
 from ..errors import (
     BrokerError,
     ConnectionClosed,
@@ -184,6 +185,9 @@ class _Supervisor:
             "version": PROTOCOL_VERSION,
             "echo": options.echo,
             "retained": True,  # this client takes MSG's retained flag
+            # Who we are, for the server's monitoring (/connz lang and version).
+            "lang": "python",
+            "client_version": __version__,
         }
         if options.name is not None:
             self._hello["name"] = options.name

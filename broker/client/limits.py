@@ -16,7 +16,13 @@ from typing import Any, Final, TypeAlias, final
 
 from ..config import DEFAULT_MAX_PAYLOAD
 from ..errors import BadSubject, PayloadTooLarge, RetainedLimitExceeded
-from ..subjects import MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS, SubjectError, validate_subject
+from ..subjects import (
+    MAX_SUBJECT_LENGTH,
+    MAX_SUBJECT_TOKENS,
+    SYS_REQUEST_PREFIX,
+    SubjectError,
+    validate_subject,
+)
 
 __all__ = ["Payload", "ServerLimits", "check_headers", "info_float", "info_int"]
 
@@ -65,6 +71,21 @@ class ServerLimits:
             max_retained_subjects=info.get("max_retained_subjects"),
         )
 
+    def _is_sys_request(self, subject: str) -> bool:
+        """A valid ``$SYS.REQ.SERVER`` request: the one reserved subject a client may publish."""
+        if not subject.startswith(SYS_REQUEST_PREFIX):
+            return False
+        try:
+            validate_subject(
+                subject,
+                max_length=self.max_subject_length,
+                max_tokens=self.max_subject_tokens,
+                allow_reserved=True,
+            )
+        except SubjectError:
+            return False
+        return True
+
     def check_publish(
         self, subject: str, payload: Payload, reply_to: str | None, retain: bool
     ) -> bytes:
@@ -87,7 +108,8 @@ class ServerLimits:
                     subject, max_length=self.max_subject_length, max_tokens=self.max_subject_tokens
                 )
             except SubjectError as error:
-                raise BadSubject(f"subject: {error}") from None
+                if not self._is_sys_request(subject):
+                    raise BadSubject(f"subject: {error}") from None
             if len(valid) >= SUBJECT_MEMO_SIZE:
                 valid.clear()
             valid[subject] = None

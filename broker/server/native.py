@@ -38,13 +38,16 @@ from ..protocol.native import (
     msg_prefix,
     msg_sid_part,
 )
+from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
-__all__ = ["NativeAdapter", "refusal_frame"]
+__all__ = ["IDENTITY_LENGTH", "NativeAdapter", "refusal_frame"]
 
 _PING_FRAME: Final = encode_frame(Ping())
 _PONG_FRAME: Final = encode_frame(Pong())
 _pack_length = struct.Struct(">I").pack
+#: Characters of a client's HELLO ``lang`` and ``client_version`` kept for monitoring.
+IDENTITY_LENGTH: Final = 64
 #: Most time one turn of a reader spends turning frames into hub calls before it lets the
 #: other tasks run (see `NativeAdapter._dispatch`).
 TURN_SECONDS: Final = 0.002
@@ -53,6 +56,11 @@ TURN_SECONDS: Final = 0.002
 #: that matched as many subscriptions: one publish can match tens of thousands and take a
 #: hundred milliseconds, and the next one must then wait for the next turn.
 _WORK_PER_LOOK: Final = 64
+#: Most subscriptions one step of a publish delivers to (about a millisecond); a publish that
+#: matches more goes on in later turns (see `Hub.publish`), and its client's later frames wait.
+FANOUT_STEP: Final = 1024
+#: A turn this far past `TURN_SECONDS` makes its reader rest as long before its next turn.
+OVERRUN_REST: Final = 0.010
 
 #: The last message encoded for delivery, and its MSG tail (the fields after the sid). Every
 #: delivery of one publish happens in one synchronous step, so this one-entry memo, keyed on the
@@ -85,12 +93,18 @@ class NativeAdapter:
         "conn",
         "echo",
         "hub",
+        "in_bytes",
+        "in_msgs",
+        "lang",
         "name",
+        "out_bytes",
+        "out_msgs",
         "outbox",
         "permissions",
         "retained_flag",
         "subscriptions",
         "transport",
+        "version",
     )
 
     def __init__(self, hub: Hub, transport: Transport) -> None:
@@ -99,6 +113,12 @@ class NativeAdapter:
         self.outbox = transport.outbox
         self.conn = Connection(Role.SERVER, max_frame=hub.config.frame_limit)
         self.name = ""
+        self.lang = ""
+        self.version = ""
+        self.in_msgs = 0
+        self.in_bytes = 0
+        self.out_msgs = 0
+        self.out_bytes = 0
         self.echo = True
         #: Whether the client takes MSG's 7th element, the retained flag (HELLO `retained`);
         #: older clients get replays as plain MSGs.
@@ -129,6 +149,9 @@ class NativeAdapter:
             return False  # CLOSED: the peer left before its HELLO
         options = event.options
         self.name = options.get("name") or ""
+        # Shown in monitoring only, so bounded there and never checked against anything.
+        self.lang = (options.get("lang") or "")[:IDENTITY_LENGTH]
+        self.version = (options.get("client_version") or "")[:IDENTITY_LENGTH]
         self.echo = options.get("echo", True)
         self.retained_flag = options.get("retained", False)
         info = dict(self.hub.info, client_id=self.transport.client_id)
@@ -144,6 +167,9 @@ class NativeAdapter:
         return self.conn.buffered
 
     def process(self) -> str | bool:
+        fanouts = self.hub.fanouts
+        if fanouts and self in fanouts and not self._continue_fanout():
+            return True
         deferred = self._deferred
         if deferred is not None:
             self._deferred = None
@@ -188,14 +214,17 @@ class NativeAdapter:
         global _next_forward
         hub = self.hub
         publish = hub.publish
+        fanouts = hub.fanouts
         transport = self.transport
         clock = time.perf_counter
         deadline = clock() + TURN_SECONDS
         work = 0
         for at, event in enumerate(events):
             if work >= _WORK_PER_LOOK:
-                if clock() > deadline:
+                now = clock()
+                if now > deadline:
                     self._deferred = events[at:], forwards[at:]
+                    self._overran(now - deadline)
                     return True
                 work = 0
             work += 1
@@ -205,12 +234,18 @@ class NativeAdapter:
                     forward = forwards[at]
                     if forward is not None:
                         _next_forward = forward
-                    work += publish(self, event)  # type: ignore[arg-type]
+                    work += publish(self, event, FANOUT_STEP)  # type: ignore[arg-type]
+                    if fanouts and self in fanouts:
+                        # Too many subscribers for one step: the rest of them, then this
+                        # client's later frames, in the next turns.
+                        self._deferred = events[at + 1 :], forwards[at + 1 :]
+                        return True
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
-                    if self.outbox.replaying and hub.would_replay(pattern, queue):
-                        # One replay at a time beyond the bounds: this SUB, and everything
-                        # after it, waits until the writer has taken the one already queued.
+                    if not self.outbox.replay_room and hub.would_replay(pattern, queue):
+                        # One replay at a time beyond the bounds, and only while the replays
+                        # under way server-wide leave room: this SUB, and everything after it,
+                        # waits (see `Outbox.wait_replay_room`).
                         self._deferred = events[at:], forwards[at:]
                         return DEFERRED
                     hub.subscribe(self, sid, pattern, queue, prefix=msg_sid_part(sid))
@@ -228,7 +263,32 @@ class NativeAdapter:
                 transport.error(refused.code, refused.message, refused.details)
             if not transport.accepting:
                 break
+        if work >= _WORK_PER_LOOK:
+            self._overran(clock() - deadline)
         return True
+
+    def _continue_fanout(self) -> bool:
+        """Deliver more of this client's split publish, for one turn; True once it is done."""
+        resume = self.hub.resume
+        fanouts = self.hub.fanouts
+        clock = time.perf_counter
+        deadline = clock() + TURN_SECONDS
+        while self in fanouts:
+            resume(self, FANOUT_STEP)
+            if clock() > deadline:
+                return self not in fanouts
+        return True
+
+    def _overran(self, by: float) -> None:
+        """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests.
+
+        One publish that matches tens of thousands of subscriptions is one step that cannot be
+        split; back to back, such publishes would hold every other client off for as long as
+        their client keeps sending them. Resting as long as the step took gives the others at
+        least half the time, so what they wait is about one such step.
+        """
+        if by > OVERRUN_REST:
+            self.transport.rest = by + TURN_SECONDS
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
 
@@ -275,7 +335,8 @@ class NativeAdapter:
             return False
         flagged = self.retained_flag
         prefix = msg_prefix(sub.sid, retained=flagged)
-        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged))
+        cost = replay_cost(len(entries), sum(kept.size for _, kept in entries))
+        self.outbox.offer_replay(_replay_frames(prefix, entries, flagged), cost)
         return True
 
 

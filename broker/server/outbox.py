@@ -14,7 +14,9 @@ from typing import Final, cast, final
 
 import trio
 
-__all__ = ["CONTROL_OVERHEAD", "MESSAGE_OVERHEAD", "WRITE_BATCH_BYTES", "Outbox"]
+from ..hub import REPLAY_ENTRY_COST, ReplayMemory
+
+__all__ = ["CONTROL_OVERHEAD", "MESSAGE_OVERHEAD", "WRITE_BATCH_BYTES", "Outbox", "replay_cost"]
 
 #: Most bytes one write takes from a backlog (everything, when less is queued).
 WRITE_BATCH_BYTES: Final = 1024 * 1024
@@ -28,6 +30,17 @@ MESSAGE_OVERHEAD: Final = 2 * (sys.getsizeof(b"") + 15) + 2 * 8
 #: deque slot. A 9-byte PONG holds about 65 bytes; counting only its 9 let a client that sends
 #: PINGs and never reads pin seven times `max_pending_bytes`.
 CONTROL_OVERHEAD: Final = sys.getsizeof(b"") + 15 + 8
+
+
+def replay_cost(count: int, size: int) -> int:
+    """What a replay of `count` messages of `size` bytes in all holds while it is under way.
+
+    Its references to the store (`REPLAY_ENTRY_COST` each), and the chunk being written: the
+    frames of about `WRITE_BATCH_BYTES` (one frame more at most), their list, and the buffer
+    they are joined into, which briefly hold the chunk twice.
+    """
+    chunk = min(size, WRITE_BATCH_BYTES) + MESSAGE_OVERHEAD * count
+    return count * REPLAY_ENTRY_COST + 2 * min(chunk, 2 * WRITE_BATCH_BYTES)
 
 
 class _Control(bytes):
@@ -45,10 +58,12 @@ class _Replay:
     store costs a client a list of references and one chunk, never a copy of the store.
     """
 
-    __slots__ = ("frames",)
+    __slots__ = ("cost", "frames")
 
-    def __init__(self, frames: Iterator[tuple[bytes, bytes]]) -> None:
+    def __init__(self, frames: Iterator[tuple[bytes, bytes]], cost: int) -> None:
         self.frames = frames
+        #: What it is charged against the server-wide `ReplayMemory` until it ends.
+        self.cost = cost
 
 
 @final
@@ -67,7 +82,9 @@ class Outbox:
     __slots__ = (
         "_frames",
         "_lot",
+        "_replay_memory",
         "_replay_taken",
+        "_streaming_cost",
         "_waiting",
         "bytes",
         "control_bytes",
@@ -79,8 +96,12 @@ class Outbox:
         "streaming",
     )
 
-    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self, *, max_messages: int, max_bytes: int, replay_memory: ReplayMemory | None = None
+    ) -> None:
         self._frames: deque[bytes | _Replay] = deque()
+        #: The server-wide bound every replay queued here is charged against.
+        self._replay_memory = ReplayMemory(2**63) if replay_memory is None else replay_memory
         self._lot = trio.lowlevel.ParkingLot()
         self._waiting = False
         self.max_messages = max_messages
@@ -100,6 +121,7 @@ class Outbox:
         self._replay_taken: trio.Event | None = None
         #: The frames of the replay the writer is sending, a chunk per batch.
         self.streaming: Iterator[tuple[bytes, bytes]] | None = None
+        self._streaming_cost = 0
 
     def __bool__(self) -> bool:
         return bool(self._frames) or self.streaming is not None
@@ -124,7 +146,7 @@ class Outbox:
             self.wake()
         return True
 
-    def offer_replay(self, frames: Iterator[tuple[bytes, bytes]]) -> None:
+    def offer_replay(self, frames: Iterator[tuple[bytes, bytes]], cost: int = 0) -> None:
         """Queue a new subscription's retained messages, outside the bounds, in order.
 
         A replay is the retained store's content, already bounded by its own limits; counting
@@ -133,20 +155,33 @@ class Outbox:
         (head, tail) as the writer reaches it, a chunk of `WRITE_BATCH_BYTES` per write. An
         adapter queues one replay at a time beyond the one being sent (see
         `NativeAdapter.process`); a client that stops reading during a replay is cut by
-        write_timeout like any other.
+        write_timeout like any other. `cost` (see `replay_cost`) is charged against the
+        server-wide `ReplayMemory` until the replay ends or the outbox is cleared; the adapter
+        starts one only while that has room (see `wait_replay_room`).
         """
-        self._frames.append(_Replay(frames))
+        self._replay_memory.charge(cost)
+        self._frames.append(_Replay(frames, cost))
         self.replaying += 1
         if self._waiting:
             self.wake()
 
-    async def wait_replay_taken(self) -> None:
-        """Sleep until the writer has taken every queued replayed message."""
-        if not self.replaying:
-            return
-        if self._replay_taken is None:
-            self._replay_taken = trio.Event()
-        await self._replay_taken.wait()
+    @property
+    def replay_room(self) -> bool:
+        """Whether a new replay may be queued now: none waits here, and the server has room."""
+        return not self.replaying and self._replay_memory.has_room
+
+    async def wait_replay_room(self) -> None:
+        """Sleep until `replay_room`: the writer took the replay queued here, and the replays
+        under way server-wide leave room for one more."""
+        while not self.replay_room:
+            if self.replaying:
+                if self._replay_taken is None:
+                    self._replay_taken = trio.Event()
+                await self._replay_taken.wait()
+            else:
+                room = trio.Event()
+                self._replay_memory.when_room(room.set)
+                await room.wait()
 
     def push_control(self, frame: bytes) -> None:
         """Queue a control frame; it counts towards bytes but is never dropped by policy."""
@@ -180,7 +215,10 @@ class Outbox:
         return dropped
 
     def clear(self) -> None:
-        """Discard everything queued (the client is being cut off)."""
+        """Discard everything queued (the client is being cut off, or is gone)."""
+        queued = sum(item.cost for item in self._frames if type(item) is _Replay)
+        self._replay_memory.release(queued + self._streaming_cost)
+        self._streaming_cost = 0
         self._frames.clear()
         self.streaming = None
         self.messages = 0
@@ -206,6 +244,7 @@ class Outbox:
             replay = frames.popleft()
             assert isinstance(replay, _Replay)
             self.streaming = replay.frames
+            self._streaming_cost = replay.cost
             self.replaying -= 1
             if not self.replaying:
                 self._replay_done()
@@ -237,7 +276,7 @@ class Outbox:
             if size >= WRITE_BATCH_BYTES:
                 break
         else:
-            self.streaming = None
+            self.streaming = None  # its cost is released once this last chunk is sent
         self.sending = 0
         return b"".join(chunk)
 
@@ -272,6 +311,9 @@ class Outbox:
     def sent(self) -> None:
         """The batch `take_batch` returned is on the wire: its bytes no longer count."""
         self.sending = 0
+        if self.streaming is None and self._streaming_cost:
+            self._replay_memory.release(self._streaming_cost)  # a replay's last chunk
+            self._streaming_cost = 0
 
     def _replay_done(self) -> None:
         self.replaying = 0

@@ -15,18 +15,24 @@ import resource
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import final
 
 import trio
 
+from .._memory import RELEASE_INTERVAL, release_free_memory
 from .._rlimit import raise_fd_limit
 from ..config import Config
 from ..errors import ErrorCode
 from ..hub import Hub
+from ..peerlog import PeerLog
 from ..stats import Statistics
+from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
+from .sysevents import SystemEvents
 from .transport import Transport, peer_address, refuse
+from .transport import log as transport_log
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
 
@@ -83,10 +89,28 @@ class Server:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config if config is not None else Config()
         self.server_id = secrets.token_hex(8)
+        #: When it was made, in seconds since the epoch (monitoring's ``start``).
+        self.start = time.time()
         self.hub = Hub(self.config, server_id=self.server_id)
+        #: Checks /healthz runs besides shutdown: each returns why the server is unhealthy, or
+        #: None (a cluster link adds one for its state).
+        self.health_checks: list[Callable[[], str | None]] = []
+        self.monitor = Monitor(self)
+        #: The server's own origin on $SYS: events about clients, answers to $SYS.REQ.
+        self.system = SystemEvents(self)
+        #: Where the monitoring endpoint listens, once it does; None when it is off.
+        self.monitor_address: tuple[str, int] | None = None
         #: The live connections, for shutdown (and for `broker.testing.faults`).
         self.transports: set[Transport] = set()
+        #: Lines about clients, rate-limited per host across every connection.
+        self.peer_log = PeerLog(
+            transport_log,
+            lines_per_minute=self.config.log_peer_lines_per_minute,
+            clock=trio.current_time,
+        )
         self._next_client_id = 1
+        #: A client left since memory was last handed back (see `_release_memory`).
+        self._departed = False
         self.addresses: list[tuple[str, int]] = []
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
@@ -104,6 +128,13 @@ class Server:
         if not self.addresses:
             raise RuntimeError("the server is not listening yet")
         return self.addresses[0][1]
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The monitoring endpoint's URL, e.g. `http://127.0.0.1:8222`; None when it is off."""
+        if self.monitor_address is None:
+            return None
+        return "http://" + format_address(*self.monitor_address)
 
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
@@ -130,26 +161,58 @@ class Server:
         """
         listeners = await self._open_listeners()
         try:
-            async with trio.open_nursery() as handlers:
-                async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, handlers)
-                    log.info(
-                        "broker %s listening on %s",
-                        self.server_id,
-                        ", ".join(format_address(*address) for address in self.addresses),
-                    )
-                    task_status.started(self)
-                    await self._shutdown.wait()
-                    acceptors.cancel_scope.cancel()
-                await self._close_listeners(listeners)
-                self._begin_shutdown(handlers)
+            monitoring = await self._open_monitoring()
+            async with trio.open_nursery() as services:
+                # Monitoring lives as long as the clients do, so /healthz says 503 while they
+                # drain; it stops once they are gone.
+                await services.start(self.system.run)
+                if monitoring:
+                    # Imported only when on: hypercorn and prometheus-client take 0.1 s to load.
+                    from .http import serve_http
+
+                    await services.start(serve_http, self, monitoring)
+                    log.info("monitoring on %s", self.monitor_url)
+                await self._serve_clients(listeners, task_status)
+                services.cancel_scope.cancel()
         finally:
             await self._close_listeners(listeners)
             # As fields, so JSON logs get them as an object ("stats") and text as key=value.
             stats = self.statistics().as_dict()
             log.info("broker %s stopped", self.server_id, extra={"stats": stats})
             self._stopped.set()
+
+    async def _open_monitoring(self) -> list[trio.SocketListener]:
+        """The monitoring endpoint's listeners, if it is enabled (`serve_http` closes them)."""
+        settings = self.config.monitoring
+        if not settings.enabled:
+            return []
+        try:
+            opened = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        except OSError as error:
+            raise ListenError(settings.host, settings.port, error) from error
+        sockname = opened[0].socket.getsockname()
+        self.monitor_address = (sockname[0], sockname[1])
+        return opened
+
+    async def _serve_clients(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+    ) -> None:
+        """Accept and serve clients until shutdown, then let them drain."""
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(self._accept_loop, listener, handlers)
+                acceptors.start_soon(self._release_memory)
+                log.info(
+                    "broker %s listening on %s",
+                    self.server_id,
+                    ", ".join(format_address(*address) for address in self.addresses),
+                )
+                task_status.started(self)
+                await self._shutdown.wait()
+                acceptors.cancel_scope.cancel()
+            await self._close_listeners(listeners)
+            self._begin_shutdown(handlers)
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
         listeners: list[trio.SocketListener] = []
@@ -177,6 +240,15 @@ class Server:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
 
+    async def _release_memory(self) -> None:
+        """Every `RELEASE_INTERVAL` after clients left, hand what they freed back to the system,
+        so the broker's RSS falls back once attackers (or a burst of big clients) are gone."""
+        while True:
+            await trio.sleep(RELEASE_INTERVAL)
+            if self._departed:
+                self._departed = False
+                release_free_memory()
+
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         await trio.serve_listeners(self._handle, [listener], handler_nursery=handlers)
 
@@ -194,21 +266,31 @@ class Server:
         counters = hub.counters
         limit = self.config.max_connections
         try:
-            peer = format_address(*peer_address(stream))
+            address = peer_address(stream)
+            peer = format_address(*address)
         except OSError:
             await trio.aclose_forcefully(stream)
             return
         try:
             if counters.connections >= limit:
                 counters.refused_connections += 1
-                log.warning("refused %s: max_connections (%d) reached", peer, limit)
+                self.peer_log.log(
+                    logging.WARNING,
+                    peer,
+                    "refused %s: max_connections (%d) reached",
+                    peer,
+                    limit,
+                    logger=log,
+                )
                 message = f"the server holds max_connections ({limit}) already"
                 frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
                 await refuse(stream, frame, self.config.write_timeout)
                 return
             counters.connections += 1
             counters.total_connections += 1
-            transport = Transport(hub, stream, peer, self._next_client_id)
+            transport = Transport(
+                hub, stream, peer, self._next_client_id, address=address, peer_log=self.peer_log
+            )
             self._next_client_id += 1
             adapter = transport.adapter = NativeAdapter(hub, transport)
             self.transports.add(transport)
@@ -221,10 +303,18 @@ class Server:
                     while hub.remove_all(adapter, limit=_TEARDOWN_BATCH):
                         await trio.lowlevel.checkpoint()
                 counters.connections -= 1
+                self._departed = True
                 log.debug("%r closed", transport)
         except Exception:
             # A bug in one connection must never reach the listener or the other clients.
-            log.exception("internal error serving %s; closing that connection", peer)
+            self.peer_log.log(
+                logging.ERROR,
+                peer,
+                "internal error serving %s; closing that connection",
+                peer,
+                exc_info=True,
+                logger=log,
+            )
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Final, Protocol, final
 
 import trio
 
 from .._text import brief
 from ..errors import ErrorCode
-from ..hub import Hub, Subscription
+from ..hub import Hub, Subscriber, Subscription
+from ..peerlog import PeerLog
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
 
@@ -45,10 +47,11 @@ DEFERRED: Final = "deferred"
 _INTERNAL_ERROR: Final = "internal error: the server failed handling this connection; it is closed"
 
 
-class WireAdapter(Protocol):
-    """What a transport needs of its wire: decoding into hub calls, and a few encodings."""
+class WireAdapter(Subscriber, Protocol):
+    """What a transport needs of its wire: decoding into hub calls, and a few encodings.
 
-    name: str
+    It is also its client's `Subscriber`, whose identity and counters monitoring shows.
+    """
 
     def greeting(self) -> bytes | None:
         """Bytes to send as soon as the connection opens (NATS's INFO), or None."""
@@ -68,7 +71,7 @@ class WireAdapter(Protocol):
 
     def process(self) -> str | bool:
         """Act on every complete frame received; True if there was any, `DEFERRED` if the
-        rest must wait for `Outbox.wait_replay_taken`.
+        rest must wait for `Outbox.wait_replay_room`.
 
         Raises:
             RemoteProtocolError: The peer broke the wire's contract.
@@ -159,6 +162,12 @@ class Transport:
         adapter: Its wire; set by the listener right after construction.
         outbox: What waits to be written to it.
         accepting: False once it is closing: deliveries to it are then discarded.
+        address: The client's ``(ip, port)``, for monitoring (``("", 0)`` if unknown).
+        start: When it was accepted, in seconds since the epoch.
+
+    For monitoring, with the adapter's identity and counters (`broker.hub.Subscriber`), it
+    also tells `last_activity`, `pending_bytes` and `closing_reason`: each read when asked,
+    so none costs anything on the hot path.
     """
 
     __slots__ = (
@@ -168,6 +177,8 @@ class Transport:
         "_handshake_scope",
         "_last_ping",
         "_last_received",
+        "_last_sent",
+        "_opened",
         "_pings_outstanding",
         "_policy",
         "_reader_scope",
@@ -178,26 +189,53 @@ class Transport:
         "_write_scope",
         "accepting",
         "adapter",
+        "address",
         "client_id",
         "dropped_total",
         "dropped_unreported",
         "hub",
         "outbox",
         "peer",
+        "peer_log",
+        "rest",
+        "start",
         "stream",
     )
 
-    def __init__(self, hub: Hub, stream: trio.abc.Stream, peer: str, client_id: int) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stream: trio.abc.Stream,
+        peer: str,
+        client_id: int,
+        *,
+        address: tuple[str, int] = ("", 0),
+        peer_log: PeerLog | None = None,
+    ) -> None:
         config = hub.config
         self.hub = hub
+        #: Where lines about this client go: rate-limited per host, shared by the server's
+        #: connections (see `broker.peerlog`).
+        self.peer_log = peer_log or PeerLog(
+            log, lines_per_minute=config.log_peer_lines_per_minute, clock=trio.current_time
+        )
         self.stream = stream
         self.peer = peer
         self.client_id = client_id
+        self.address = address
+        self.start = time.time()
+        #: trio's clock at `start` (set by `run`), to turn trio times into wall-clock ones.
+        self._opened = math.inf
         self.adapter: WireAdapter
         self.outbox = Outbox(
-            max_messages=config.max_pending_messages, max_bytes=config.max_pending_bytes
+            max_messages=config.max_pending_messages,
+            max_bytes=config.max_pending_bytes,
+            replay_memory=hub.replay_memory,
         )
         self.accepting = True
+        #: Seconds the reader waits before its next turn, set by an adapter whose turn took
+        #: far longer than its budget (see `NativeAdapter._dispatch`).
+        self.rest = 0.0
         self.dropped_unreported = 0
         self.dropped_total = 0
         self._dropped_by_sid: dict[Any, int] = {}
@@ -212,8 +250,37 @@ class Transport:
         self._stalled: trio.Event | None = None
         self._write_scope: trio.CancelScope | None = None
         self._last_received = 0.0
+        self._last_sent = 0.0
         self._last_ping = 0.0
         self._pings_outstanding = 0
+
+    @property
+    def last_activity(self) -> float:
+        """When the client last sent a whole frame or was last written to (seconds since the
+        epoch; `start` if neither happened yet).
+
+        Whole frames only, as for keepalive: trickled bytes are no sign of life. A write is
+        counted per batch, when it begins: a subscriber that only receives is not idle.
+        """
+        latest = max(self._last_received, self._last_sent)
+        return self.start + max(0.0, latest - self._opened)
+
+    @property
+    def pending_bytes(self) -> int:
+        """What waits to be written to it, and the batch being written, at memory cost."""
+        outbox = self.outbox
+        return outbox.bytes + outbox.sending
+
+    @property
+    def closing_reason(self) -> str:
+        """Why the session ended: the fatal error's code, ``shutting_down``, ``client_closed``
+        (the client closed it), or ``connection_broken`` (the network or peer failed).
+        """
+        if self._fatal is not None:
+            return self._fatal[0].value
+        if self._shutting_down:
+            return ErrorCode.SHUTTING_DOWN.value
+        return "client_closed" if self._eof else "connection_broken"
 
     def __repr__(self) -> str:
         name = self.adapter.name
@@ -224,16 +291,30 @@ class Transport:
 
     async def run(self) -> None:
         """Serve this client until it leaves, misbehaves, lags too far, or the server stops."""
-        with self._session_scope:
-            if not await self._handshake():
-                return
-            log.debug("%r connected", self)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_loop)
-                await self._write_loop()
-                self._reader_scope.cancel()
-            if self._fatal is not None or self._shutting_down:
-                await _close_gracefully(self.stream)
+        self._opened = trio.current_time()
+        self.start = time.time()
+        system = self.hub.system
+        connected = False
+        try:
+            with self._session_scope:
+                if not await self._handshake():
+                    return
+                log.debug("%r connected", self)
+                if system is not None:
+                    system.client_connected(self)
+                    connected = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_loop)
+                    await self._write_loop()
+                    self._reader_scope.cancel()
+                if self._fatal is not None or self._shutting_down:
+                    await _close_gracefully(self.stream)
+        finally:
+            if connected:
+                assert system is not None
+                system.client_disconnected(self)
+            # Whatever is left (a replay under way, above all) frees its server-wide charge.
+            self.outbox.clear()
 
     def begin_shutdown(self) -> None:
         """Tell the client the server is stopping; flush what is queued, then close."""
@@ -307,7 +388,7 @@ class Transport:
         counters = self.hub.counters
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
-        log.info("%r refused: %s: %s", self, code.value, message)
+        self.peer_log.log(logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message)
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
 
@@ -332,14 +413,20 @@ class Transport:
                     try:
                         found = adapter.process()
                         while found == DEFERRED and self._fatal is None:
-                            await self.outbox.wait_replay_taken()
+                            await self.outbox.wait_replay_room()
                             found = adapter.process()
                     except RemoteProtocolError as error:
                         self.fail(error.code, error.message)
                         return
                     except Exception:
                         # A bug, not the client's fault: say so, once, and close only this one.
-                        log.exception("%r: internal error handling its frames", self)
+                        self.peer_log.log(
+                            logging.ERROR,
+                            self.peer,
+                            "%r: internal error handling its frames",
+                            self,
+                            exc_info=True,
+                        )
                         self.fail(ErrorCode.INTERNAL_ERROR, _INTERNAL_ERROR)
                         return
                     if self._fatal is not None:
@@ -355,6 +442,13 @@ class Transport:
                         # has run.
                         await checkpoint()
                         await checkpoint()
+                        rest = self.rest
+                        if rest:
+                            # Its last turn overran (one publish that matched tens of
+                            # thousands of subscriptions cannot be split): it waits as long
+                            # as it took, so every other client gets at least as much time.
+                            self.rest = 0.0
+                            await trio.sleep(rest)
                         continue
                     if adapter.closed:
                         break
@@ -426,7 +520,11 @@ class Transport:
             return
         self._slow = True
         self.hub.counters.slow_consumers += 1
-        log.warning(
+        if self.hub.system is not None:
+            self.hub.system.slow_consumer(self)
+        self.peer_log.log(
+            logging.WARNING,
+            self.peer,
             "%r is a slow consumer (policy %s, limits %d messages / %d bytes)",
             self,
             self._policy,
@@ -462,7 +560,9 @@ class Transport:
         self.accepting = False
         self.hub.counters.protocol_errors += code.violation
         if code is not ErrorCode.SLOW_CONSUMER:
-            log.info("%r closed: %s: %s", self, code.value, message)
+            self.peer_log.log(
+                logging.INFO, self.peer, "%r closed: %s: %s", self, code.value, message
+            )
         self.outbox.clear()
         self.outbox.push_control(self.adapter.error_frame(code, message))
         self._reader_scope.cancel()
@@ -490,7 +590,13 @@ class Transport:
             self.accepting = False
             if self._fatal is None:
                 self._mark_slow()
-                log.info("%r closed: write_timeout (%s s) expired", self, write_timeout)
+                self.peer_log.log(
+                    logging.INFO,
+                    self.peer,
+                    "%r closed: write_timeout (%s s) expired",
+                    self,
+                    write_timeout,
+                )
                 self._fatal = (ErrorCode.SLOW_CONSUMER, "write_timeout expired")
             return
 
@@ -527,7 +633,9 @@ class Transport:
             if self.dropped_unreported:
                 self._report_drops()
             data = outbox.take_batch()
-            scope.deadline = trio.current_time() + write_timeout
+            now = trio.current_time()
+            self._last_sent = now  # for monitoring; the clock is read here anyway
+            scope.deadline = now + write_timeout
             self._write_scope = scope
             try:
                 await send_all(data)

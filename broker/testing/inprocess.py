@@ -41,7 +41,7 @@ from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
 from ..client.deadlines import deadline
-from ..config import Config, config_from_mapping, config_to_mapping
+from ..config import Config, MonitoringConfig, config_from_mapping, config_to_mapping
 from ..server import Server
 from ..stats import Statistics
 from . import faults
@@ -85,6 +85,10 @@ TEST_CLIENT_OPTIONS: Final[dict[str, Any]] = {
 _CONFIG_FIELDS: Final = frozenset(field.name for field in dataclasses.fields(Config))
 
 
+#: Test brokers serve monitoring on a free loopback port, so a test can assert on /varz.
+_TEST_MONITORING: Final = MonitoringConfig(enabled=True, port=0)
+
+
 def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
     """The config a test broker runs with: `config` (or 127.0.0.1, port 0) with `overrides`.
 
@@ -97,7 +101,8 @@ def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
 
     Args:
         config: A base config; None means the defaults with ``hosts=("127.0.0.1",)`` and
-            ``port=0`` (a free port, so tests never collide).
+            ``port=0`` (a free port, so tests never collide), and monitoring on, on a free
+            loopback port (``monitor_url``).
         overrides: `broker.Config` fields, dotted file keys, and ``toml``.
 
     Raises:
@@ -131,7 +136,7 @@ def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
             'config file is given dotted, e.g. **{"slow_consumer.policy": "drop_oldest"}'
         )
     if config is None:
-        config = Config(hosts=("127.0.0.1",), port=0)
+        config = Config(hosts=("127.0.0.1",), port=0, monitoring=_TEST_MONITORING)
     if layout:
         merged = config_to_mapping(config)
         _merge(merged, layout)
@@ -213,6 +218,12 @@ class RunningBroker:
     def port(self) -> int:
         """The port it listens on; the same across restarts."""
         return self._server.port
+
+    @property
+    def monitor_url(self) -> str | None:
+        """``http://127.0.0.1:<port>``, its monitoring endpoint (/varz, /connz, /metrics...),
+        or None if the config turned it off; the same across restarts."""
+        return self._server.monitor_url
 
     def statistics(self) -> Statistics:
         """A snapshot of the current server's counters (reset by `restart`)."""
@@ -352,6 +363,9 @@ class RunningBroker:
         with self._deadline(timeout, "start"):
             old = self._server
             config = dataclasses.replace(old.config, port=old.port)
+            if old.monitor_address is not None:
+                monitoring = dataclasses.replace(config.monitoring, port=old.monitor_address[1])
+                config = dataclasses.replace(config, monitoring=monitoring)
             self._server = await self._nursery.start(Server(config).serve)
             self._watched = None
             for reconnects, count in watched:
@@ -474,6 +488,7 @@ class BrokerThread:
         self._stop_event: trio.Event | None = None
         self._url = ""
         self._port = 0
+        self._monitor_url: str | None = None
 
     def __repr__(self) -> str:
         if self._thread is None:
@@ -579,6 +594,13 @@ class BrokerThread:
         """The port it listens on; the same across restarts."""
         self._require_started()
         return self._port
+
+    @property
+    def monitor_url(self) -> str | None:
+        """``http://127.0.0.1:<port>``, its monitoring endpoint (None if turned off); the same
+        across restarts."""
+        self._require_started()
+        return self._monitor_url
 
     def statistics(self) -> Statistics:
         """A snapshot of the current server's counters (reset by `restart`)."""
@@ -729,6 +751,7 @@ class BrokerThread:
             self._broker = broker
             self._url = broker.url
             self._port = broker.port
+            self._monitor_url = broker.monitor_url
             async with trio.open_nursery() as helpers:
                 self._helpers = helpers
                 self._portal = Portal(helpers, f"the broker thread on {self._url} is not running")

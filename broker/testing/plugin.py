@@ -22,6 +22,8 @@ For every kind of test (sync, asyncio, Trio):
   ``.resume_client(name)``, ``.restart()``, ``.stop_server()`` / ``.start_server()``), and
   ``.wait_for_client(name, subscriptions=n)`` to know a service is (back) up.
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
+- ``broker_monitor_url``: its monitoring endpoint, ``http://127.0.0.1:<port>`` (on by default
+  in test brokers), to assert on ``/varz``, ``/connz?cid=...`` or ``/metrics``.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
 - ``asyncio_service``: a function, ``asyncio_service(serve, *args)``, that runs the coroutine
@@ -91,6 +93,7 @@ __all__ = [
     "asyncio_service",
     "broker_client_sync",
     "broker_config",
+    "broker_monitor_url",
     "broker_thread",
     "broker_url",
     "pytest_configure",
@@ -138,6 +141,18 @@ def broker_thread(broker_config: Config) -> Iterator[BrokerThread]:
 def broker_url(broker_thread: BrokerThread) -> str:
     """The URL of ``broker_thread``'s broker."""
     return broker_thread.url
+
+
+@pytest.fixture
+def broker_monitor_url(broker_thread: BrokerThread) -> str:
+    """The monitoring endpoint of ``broker_thread``'s broker, ``http://127.0.0.1:<port>``."""
+    url = broker_thread.monitor_url
+    if url is None:
+        raise RuntimeError(
+            "this test's broker has monitoring off; turn it on with "
+            '@pytest.mark.broker_config(**{"monitoring.enabled": True})'
+        )
+    return url
 
 
 @pytest.fixture
