@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .client import Client, Message, Subscription, connect
     from .config import Config, ConfigError, load_config
     from .errors import (
+        AuthFailed,
         BadSid,
         BadSubject,
         BrokerError,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         MessagesDropped,
         NoResponders,
         PayloadTooLarge,
+        PermissionDenied,
         ProtocolViolation,
         ReconnectBufferFull,
         RetainedLimitExceeded,
@@ -43,6 +45,7 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("Config", "ConfigError", "load_config"), ".config"),
     **dict.fromkeys(
         (
+            "AuthFailed",
             "BadSid",
             "BadSubject",
             "BrokerError",
@@ -51,6 +54,7 @@ _HOMES: dict[str, str] = {
             "MessagesDropped",
             "NoResponders",
             "PayloadTooLarge",
+            "PermissionDenied",
             "ProtocolViolation",
             "ReconnectBufferFull",
             "RetainedLimitExceeded",
@@ -68,6 +72,7 @@ _HOMES: dict[str, str] = {
 }
 
 __all__ = [
+    "AuthFailed",
     "BadSid",
     "BadSubject",
     "BrokerError",
@@ -80,6 +85,7 @@ __all__ = [
     "MessagesDropped",
     "NoResponders",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ProtocolViolation",
     "ReconnectBufferFull",
     "RetainedLimitExceeded",

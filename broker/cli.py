@@ -169,7 +169,7 @@ def serve(
     # server's import.
     from .server import run
 
-    raise typer.Exit(run(config))
+    raise typer.Exit(run(config, config_path=config_path))
 
 
 @app.command("check-config")
@@ -182,10 +182,53 @@ def check_config(
     layout = config_to_mapping(config)
     # The file may leave max_frame unset; show the limit that is actually in force.
     layout["limits"].setdefault("max_frame", config.frame_limit)
+    _redact(layout)
     for section, table in layout.items():
         for key, value in table.items():
             # JSON spells these scalars and string arrays the way TOML does.
             typer.echo(f"{section}.{key} = {json.dumps(value)}")
+
+
+@app.command()
+def passwd(
+    cost: Annotated[
+        int,
+        typer.Option(
+            "--cost",
+            min=4,
+            max=31,
+            help="bcrypt cost (log2 rounds): each +1 doubles the time of every check.",
+        ),
+    ] = 12,
+) -> None:
+    """Print a bcrypt hash of a password, for password (or token) in [auth].
+
+    Reads the password from a prompt (asked twice), or from standard input when it is not a
+    terminal (the first line): `echo -n "$PW" | broker passwd`. Never take it as an argument,
+    where every user of the machine can read it.
+    """
+    from .auth import hash_password
+
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        typer.echo(hash_password(password, rounds=cost))
+    except ValueError as error:
+        _fail(EXIT_USAGE, str(error))
+
+
+def _redact(layout: dict[str, Any]) -> None:
+    """Hide [auth] secrets from check-config's output, which may end up in a log or a ticket."""
+    auth = layout.get("auth")
+    if not auth:
+        return
+    if "token" in auth:
+        auth["token"] = "<redacted>"
+    for user in auth.get("users", []):
+        if "password" in user:
+            user["password"] = "<redacted>"
 
 
 # ---- client commands (pub, sub, request, reply) go below ------------------------------------
@@ -225,9 +268,92 @@ Url = Annotated[
         "-u",
         envvar="BROKER_URL",
         metavar="URL",
-        help="Broker address, tcp://host:port.",
+        help="Broker address: tcp://host:port, tls://host:port, tcp://user:password@host:port.",
     ),
 ]
+_SECURITY = "Security"
+User = Annotated[
+    str | None,
+    typer.Option("--user", metavar="NAME", help="User name.", rich_help_panel=_SECURITY),
+]
+Password = Annotated[
+    str | None,
+    typer.Option(
+        "--password",
+        envvar="BROKER_PASSWORD",
+        metavar="PASSWORD",
+        help="The user's password (better from $BROKER_PASSWORD: a command line is visible"
+        " to every user of the machine).",
+        rich_help_panel=_SECURITY,
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="BROKER_TOKEN",
+        metavar="TOKEN",
+        help="Shared token (or $BROKER_TOKEN).",
+        rich_help_panel=_SECURITY,
+    ),
+]
+TlsCa = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca",
+        metavar="PEM",
+        help="CA that signed the broker's certificate; implies TLS.",
+        rich_help_panel=_SECURITY,
+    ),
+]
+TlsCert = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert",
+        metavar="PEM",
+        help="This client's certificate (and key, unless --tls-key); implies TLS.",
+        rich_help_panel=_SECURITY,
+    ),
+]
+TlsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-key", metavar="PEM", help="The certificate's key.", rich_help_panel=_SECURITY
+    ),
+]
+InboxPrefix = Annotated[
+    str | None,
+    typer.Option(
+        "--inbox-prefix",
+        metavar="SUBJECT",
+        help="Prefix of request inboxes (_INBOX.<user> for a user confined to its own).",
+        rich_help_panel=_SECURITY,
+    ),
+]
+
+
+def _security(
+    user: str | None,
+    password: str | None,
+    token: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    inbox_prefix: str | None = None,
+) -> dict[str, Any]:
+    """The connect options the security flags give (only those set)."""
+    given = {
+        "user": user,
+        "password": password,
+        "token": token,
+        "tls_ca_file": tls_ca,
+        "tls_cert_file": tls_cert,
+        "tls_key_file": tls_key,
+        "inbox_prefix": inbox_prefix,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
 Headers = Annotated[
     list[str] | None,
     typer.Option(
@@ -311,11 +437,11 @@ def _client_errors() -> Iterator[None]:
         _fail(EXIT_UNREACHABLE, str(exc))
 
 
-def _connect(url: str, *, stay: bool) -> sync.SyncClient:
+def _connect(url: str, *, stay: bool, security: dict[str, Any]) -> sync.SyncClient:
     """Connect for one command. `stay`: a long-running command reconnects and says so on stderr;
     a one-shot command fails at once, since its caller is better placed to retry."""
     if not stay:
-        return sync.connect(url, name="broker-cli", reconnect=False)
+        return sync.connect(url, name="broker-cli", reconnect=False, **security)
 
     def lost(error: ConnectionClosed) -> None:
         typer.echo(f"warning: {error}; reconnecting", err=True)
@@ -327,7 +453,12 @@ def _connect(url: str, *, stay: bool) -> sync.SyncClient:
         typer.echo(f"warning: {error}", err=True)
 
     return sync.connect(
-        url, name="broker-cli", on_disconnected=lost, on_reconnected=back, on_error=report
+        url,
+        name="broker-cli",
+        on_disconnected=lost,
+        on_reconnected=back,
+        on_error=report,
+        **security,
     )
 
 
@@ -378,13 +509,20 @@ def pub(
         ),
     ] = False,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Publish DATA to SUBJECT, then flush, so the broker has routed it before exit."""
     parsed = _parse_headers(headers)
     _check(subject, "subject")
     if reply is not None:
         _check(reply, "reply subject")
-    with _client_errors(), _connect(url, stay=False) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key)
+    with _client_errors(), _connect(url, stay=False, security=security) as client:
         for n in range(1, count + 1):
             payload = data.replace("{n}", str(n)).encode()
             client.publish(subject, payload, reply_to=reply, headers=parsed, retain=retain)
@@ -419,6 +557,12 @@ def sub(
         ),
     ] = False,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Print each message on PATTERN as it arrives, one line each: SUBJECT PAYLOAD, or JSON.
 
@@ -427,7 +571,8 @@ def sub(
     _check_timeout(timeout, "--timeout")
     _check(pattern, "pattern", pattern=True)
     deadline = None if timeout is None else time.monotonic() + timeout
-    with _client_errors(), _connect(url, stay=True) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key)
+    with _client_errors(), _connect(url, stay=True, security=security) as client:
         subscription = client.subscribe(pattern, queue=queue)
         if count is not None:
             # The broker stops after `count`, so no message is routed here only to be lost.
@@ -460,12 +605,20 @@ def request(
         bool, typer.Option("--verbose", "-v", help="Also print the reply's headers, on stderr.")
     ] = False,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    inbox_prefix: InboxPrefix = None,
 ) -> None:
     """Send DATA to SUBJECT as a request and print the reply's payload."""
     parsed = _parse_headers(headers)
     _check_timeout(timeout, "--timeout")
     _check(subject, "subject")
-    with _client_errors(), _connect(url, stay=False) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key, inbox_prefix)
+    with _client_errors(), _connect(url, stay=False, security=security) as client:
         try:
             reply_message = client.request(subject, data.encode(), timeout=timeout, headers=parsed)
         except NoResponders:
@@ -495,6 +648,12 @@ def reply(
         int | None, typer.Option("--count", "-n", min=1, help="Exit after this many answers.")
     ] = None,
     url: Url = DEFAULT_URL,
+    user: User = None,
+    password: Password = None,
+    token: Token = None,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Answer every request on SUBJECT with DATA, printing each request as `sub` does.
 
@@ -504,7 +663,8 @@ def reply(
     _check(subject, "subject pattern", pattern=True)
     answer = data.encode()
     answered = 0
-    with _client_errors(), _connect(url, stay=True) as client:
+    security = _security(user, password, token, tls_ca, tls_cert, tls_key)
+    with _client_errors(), _connect(url, stay=True, security=security) as client:
         with client.subscribe(subject, queue=queue) as requests:
             for message in requests:
                 typer.echo(_show(message, as_json=False))
@@ -599,6 +759,15 @@ def bench(
             "--repeat", min=1, help="Rounds of each scenario but idle-10k; the best is reported."
         ),
     ] = 1,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Compare each scenario on a plain broker, one with [auth] and one with [auth] "
+            "and [tls] (rotating rounds) and print the ratios; default scenarios one-to-one "
+            "and fan-out-10.",
+        ),
+    ] = False,
     write_docs_path: Annotated[
         Path | None,
         typer.Option(
@@ -612,6 +781,9 @@ def bench(
 
     Exits 1 if any run lost messages or could not start its clients.
     """
+    if secure:
+        _bench_secure(scenario, messages, payload, scale, timeout, repeat)
+        return
     from .bench import run_and_report
 
     results = run_and_report(
@@ -628,6 +800,40 @@ def bench(
         docs=write_docs_path,
     )
     if not all(result.complete for result in results):
+        raise typer.Exit(1)
+
+
+def _bench_secure(
+    names: list[str] | None,
+    messages: int | None,
+    payload: int | None,
+    scale: float,
+    timeout: float | None,
+    repeat: int,
+) -> None:
+    """``broker bench --secure``: plain against auth + TLS, one Markdown table."""
+    from .bench.scenarios import SCENARIOS, scaled
+    from .bench.secure import SECURE_SCENARIOS, VARIANTS, report_secure, run_secure
+
+    known = {s.name: s for s in SCENARIOS if s.name in SECURE_SCENARIOS}
+    chosen = names or ["one-to-one", "fan-out-10"]
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown[0]!r} does not run with --secure; choose from {', '.join(known)}",
+            param_hint="--scenario",
+        )
+    scenarios = [
+        scaled(known[name], messages=messages, payload=payload, scale=scale) for name in chosen
+    ]
+    table = run_secure(scenarios, repeat=repeat, timeout=timeout)
+    for row in report_secure(table):
+        typer.echo(row)
+    for results in table:
+        for result, (kind, _, _) in zip(results, VARIANTS, strict=True):
+            for note in ((result.failure,) if result.failure else ()) + result.notes:
+                typer.echo(f"note: {result.scenario} [{kind}]: {note}", err=True)
+    if not all(result.complete for results in table for result in results):
         raise typer.Exit(1)
 
 

@@ -45,6 +45,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, Union, final, get_args, get_origin, get_type_hints
 
+from .subjects import SubjectError, validate_pattern
+
 __all__ = [
     "DEFAULT_FRAME_HEADROOM",
     "DEFAULT_FRAME_TIMEOUT",
@@ -54,6 +56,7 @@ __all__ = [
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_LOG_PEER_LINES_PER_MINUTE",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONTROL_LINE",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_MESSAGES",
@@ -68,6 +71,8 @@ __all__ = [
     "DEFAULT_MONITOR_MAX_CONNECTIONS",
     "DEFAULT_MONITOR_PORT",
     "DEFAULT_MONITOR_REQUEST_TIMEOUT",
+    "DEFAULT_NATS_HOST",
+    "DEFAULT_NATS_PORT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PORT",
     "DEFAULT_SHUTDOWN_GRACE",
@@ -78,6 +83,7 @@ __all__ = [
     "MAX_FRAME_TIMEOUT",
     "MAX_HANDSHAKE_TIMEOUT",
     "MAX_LOG_PEER_LINES_PER_MINUTE",
+    "MAX_MAX_CONTROL_LINE",
     "MAX_MAX_PAYLOAD",
     "MAX_MAX_PENDING_BYTES",
     "MAX_MAX_REPLAY_BYTES",
@@ -91,15 +97,23 @@ __all__ = [
     "MAX_SHUTDOWN_GRACE",
     "MAX_WRITE_TIMEOUT",
     "MIN_FRAME_HEADROOM",
+    "MIN_MAX_CONTROL_LINE",
     "MIN_MAX_PENDING_BYTES",
     "MIN_MAX_REPLAY_BYTES",
     "MIN_MAX_SUBJECT_LENGTH",
     "SLOW_CONSUMER_POLICIES",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "LogFormat",
     "MonitoringConfig",
+    "NatsConfig",
+    "PermissionsConfig",
+    "ResponsesConfig",
+    "RulesConfig",
     "SlowConsumerPolicy",
+    "TlsConfig",
+    "UserConfig",
     "config_from_mapping",
     "config_to_mapping",
     "load_config",
@@ -175,6 +189,13 @@ MAX_MONITOR_MAX_CONNECTIONS: Final = 1024
 #: Seconds one monitoring request (reading it, answering it) may take.
 DEFAULT_MONITOR_REQUEST_TIMEOUT: Final = 5.0
 MAX_MONITOR_REQUEST_TIMEOUT: Final = 60.0
+# [nats]
+DEFAULT_NATS_HOST: Final = "127.0.0.1"
+DEFAULT_NATS_PORT: Final = 4222
+#: nats-server's default: the longest control line (CRLF excluded) a NATS client may send.
+DEFAULT_MAX_CONTROL_LINE: Final = 4096
+MIN_MAX_CONTROL_LINE: Final = 256
+MAX_MAX_CONTROL_LINE: Final = 64 * KiB
 
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
@@ -699,9 +720,10 @@ def _outside_sections(
     keys.update((section, list(_fields(cls))) for section, cls in sections.items())
     holders = [f"[{section}]" for section, names in keys.items() if name in names]
     if holders:
+        where = holders[0] if len(holders) == 1 else f"{', '.join(holders[:-1])} or {holders[-1]}"
         return (
             "must be inside a section, not at the top of the file:"
-            f" put {_written(name, value)} under {' or '.join(holders)}"
+            f" put {_written(name, value)} under {where}"
         )
     pairs = [(section, key) for section, names in keys.items() for key in names]
     close = difflib.get_close_matches(name, [key for _, key in pairs], n=1)
@@ -741,7 +763,224 @@ def _root_to_mapping(root: object, flat: _FlatLayout) -> dict[str, dict[str, Any
     return layout
 
 
+# ---- [auth] and [tls] ---------------------------------------------------------------------
+
+
+def _require_patterns(key: str, value: object) -> tuple[str, ...]:
+    """A list of subject patterns, each checked by the routing table's own rule."""
+    if not isinstance(value, tuple | list):
+        raise ConfigError(f"must be a list of subject patterns, {_got(value)}", key=key)
+    for index, pattern in enumerate(value):
+        try:
+            validate_pattern(pattern, max_length=MAX_MAX_SUBJECT_LENGTH)
+        except SubjectError as error:
+            raise ConfigError(
+                f"must be a subject pattern: {error}", key=f"{key}[{index}]"
+            ) from None
+    return tuple(value)
+
+
 @final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RulesConfig:
+    """Allow and deny patterns for one operation (publish or subscribe).
+
+    An empty `allow` allows every subject (``$SYS`` aside, see `broker.permissions`); `deny`
+    wins over `allow`. In the file a plain list (``publish = ["a.>"]``) is the allow list.
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", _require_patterns("allow", self.allow))
+        object.__setattr__(self, "deny", _require_patterns("deny", self.deny))
+
+
+#: Longest `allow_responses.expires`, in seconds: a day.
+MAX_RESPONSE_EXPIRES: Final = 86_400.0
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponsesConfig:
+    """How often, and for how long, a client may answer a request it received.
+
+    ``max`` replies per request; ``expires`` seconds after the request arrived (0: no limit in
+    time; the number of requests remembered per connection is bounded anyway).
+    """
+
+    max: int = 1
+    expires: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require_int_in("max", self.max, _Range(1, 1_000_000))
+        seconds = _require_seconds_in("expires", self.expires, _Range(0, MAX_RESPONSE_EXPIRES))
+        object.__setattr__(self, "expires", seconds)
+
+
+# In the file a plain list of patterns is the allow list; in Python, RulesConfig(allow=...) is.
+_ALLOW_LIST: Final = _read_toml(_table_of("allow"))
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PermissionsConfig:
+    """What one user (or every client without its own) may publish and subscribe to.
+
+    ``allow_responses``: true (one reply per request received, no time limit), false, or a
+    `ResponsesConfig`; replies so allowed need no publish permission.
+    """
+
+    publish: RulesConfig = dataclasses.field(default=RulesConfig(), metadata=_ALLOW_LIST)
+    subscribe: RulesConfig = dataclasses.field(default=RulesConfig(), metadata=_ALLOW_LIST)
+    allow_responses: bool | ResponsesConfig = False
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        if not isinstance(self.allow_responses, bool | ResponsesConfig):
+            problem = (
+                f"must be true, false or a table of max and expires, {_got(self.allow_responses)}"
+            )
+            raise ConfigError(problem, key="allow_responses")
+
+    @property
+    def responses(self) -> ResponsesConfig | None:
+        """`allow_responses` as limits (true is the defaults), or None when off."""
+        value = self.allow_responses
+        if value is True:
+            return ResponsesConfig()
+        return value or None
+
+
+_BCRYPT_HASH: Final = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+
+
+def _check_secret(key: str, value: object) -> None:
+    """A password or token: non-empty text; if it starts as a bcrypt hash, a whole one."""
+    text = _require_str(key, value)
+    if not text:
+        raise ConfigError("must not be empty", key=key)
+    if text.startswith("$2") and not _BCRYPT_HASH.fullmatch(text):
+        raise ConfigError(
+            "looks like a bcrypt hash but is not a whole one ($2b$, two digits of cost, $, 53"
+            " characters); make one with `broker passwd`",
+            key=key,
+        )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserConfig:
+    """One user: its name, its password (a bcrypt hash, or plain text), its permissions.
+
+    With no password the user can only be reached through a TLS client certificate whose
+    subject CN or a SAN equals `user` (``[tls] verify = true``).
+    """
+
+    user: str
+    password: str | None = None
+    permissions: PermissionsConfig | None = None
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        if not _require_str("user", self.user):
+            raise ConfigError("must not be empty", key="user")
+        if self.password is not None:
+            _check_secret("password", self.password)
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    """``[auth]``: who may connect, and what each may do. Absent, the broker is open.
+
+    Attributes:
+        token: A shared token (plain text or a bcrypt hash); clients presenting it get
+            `default_permissions`.
+        users: Named users, each with a password and optionally its own permissions.
+        default_permissions: For users without their own, and for token clients.
+    """
+
+    token: str | None = None
+    users: tuple[UserConfig, ...] = ()
+    default_permissions: PermissionsConfig = PermissionsConfig()
+
+    def __post_init__(self) -> None:
+        _check_nested(self)
+        if self.token is not None:
+            _check_secret("token", self.token)
+        names = [user.user for user in self.users]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                problem = f"must not repeat a user name, got {name!r} again"
+                raise ConfigError(problem, key=f"users[{index}].user")
+        if self.token is None and not self.users:
+            raise ConfigError(
+                "must set a token or at least one [[auth.users]]; leave [auth] out for an"
+                " open broker"
+            )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """``[tls]``: the native listener speaks only TLS. Paths are relative to the working
+    directory of ``broker serve``.
+
+    Attributes:
+        cert_file: The server's certificate chain (PEM).
+        key_file: Its private key (PEM).
+        ca_file: CA certificates to verify client certificates against, or None.
+        verify: Require every client to present a certificate signed by `ca_file`.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("cert_file", "key_file"):
+            if not _require_str(key, getattr(self, key)):
+                raise ConfigError("must name a PEM file", key=key)
+        if self.ca_file is not None and not _require_str("ca_file", self.ca_file):
+            raise ConfigError("must name a PEM file", key="ca_file")
+        if _require_bool("verify", self.verify) and self.ca_file is None:
+            raise ConfigError(
+                "= true needs ca_file, the CA that signs client certificates", key="verify"
+            )
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfig:
+    """``[nats]``: a second listener speaking the NATS client protocol on the same hub.
+
+    Off unless asked for; its clients share every limit, timeout and counter of `Config`
+    with the native listener. See docs/nats.md.
+    """
+
+    enabled: bool = False
+    """Whether to open the NATS listener."""
+    host: str = DEFAULT_NATS_HOST
+    """The address it listens on (an IP literal or host name)."""
+    port: int = DEFAULT_NATS_PORT
+    """Its TCP port (4222 is NATS's); 0 picks a free one."""
+    max_control_line: int = DEFAULT_MAX_CONTROL_LINE
+    """Longest control line (PUB, SUB, CONNECT...) a client may send, CRLF excluded."""
+
+    def __post_init__(self) -> None:
+        _require_bool("enabled", self.enabled)
+        _check_host("host", self.host)
+        _require_int_in("port", self.port, _Range(0, MAX_PORT))
+        _require_int_in(
+            "max_control_line",
+            self.max_control_line,
+            _Range(MIN_MAX_CONTROL_LINE, MAX_MAX_CONTROL_LINE),
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the broker can be told at start-up, with defaults that are safe on loopback.
@@ -815,8 +1054,14 @@ class Config:
     """Lines one client host may cause in the log per minute (in bursts up to as many); the next
     line after a pause says how many were suppressed."""
 
+    auth: AuthConfig | None = None
+    """``[auth]``: users, tokens and permissions; None (no section) is an open broker."""
+    tls: TlsConfig | None = None
+    """``[tls]``: the native listener's certificate; None serves plain TCP."""
     monitoring: MonitoringConfig = MonitoringConfig()
     """The HTTP monitoring endpoint, ``[monitoring]``; off unless enabled."""
+    nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
+    """``[nats]``: the NATS-protocol listener (`NatsConfig`)."""
 
     def __post_init__(self) -> None:
         _check_nested(self)

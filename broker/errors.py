@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar, final
 from .subjects import SubjectError
 
 __all__ = [
+    "AuthFailed",
     "BadSid",
     "BadSubject",
     "BrokerError",
@@ -30,6 +31,7 @@ __all__ = [
     "MessagesDropped",
     "NoResponders",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ProtocolViolation",
     "ReconnectBufferFull",
     "RetainedLimitExceeded",
@@ -84,6 +86,8 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down", True, False
     INTERNAL_ERROR = "internal_error", True, False
     RETAINED_LIMIT = "retained_limit", False, False
+    AUTH_FAILED = "auth_failed", True, False
+    PERMISSION_DENIED = "permission_denied", False, False
 
 
 class BrokerError(Exception):
@@ -155,6 +159,14 @@ class ProtocolViolation(ConnectionClosed):
     ``frame_too_large``, ``payload_too_large``), it failed itself (``internal_error``), or the
     client could not decode what the server sent (``code`` is then the code the client would
     have reported).
+    """
+
+
+@final
+class AuthFailed(ConnectionClosed):
+    """The server refused this client's credentials (ERR ``auth_failed``) and closed the
+    connection: a wrong or missing token, user, password or certificate. The server gives
+    the same answer whatever was wrong, so the message does not say which.
     """
 
 
@@ -238,6 +250,15 @@ class RetainedLimitExceeded(BrokerError):
 
 
 @final
+class PermissionDenied(BrokerError):
+    """The server refused a publish or a subscription outside this client's permissions (ERR
+    ``permission_denied``); ``details`` has the ``subject`` and the ``op`` (``"publish"`` or
+    ``"subscribe"``). The message was neither delivered nor retained, or the subscription not
+    made; the connection is unharmed.
+    """
+
+
+@final
 class SubscriptionClosed(BrokerError):
     """``Subscription.next()`` on a subscription that ended normally: unsubscribed, drained, or
     its ``max_msgs`` delivered. ``async for`` turns it into the end of the loop.
@@ -280,6 +301,8 @@ _CLASSES: Final[dict[ErrorCode, type[BrokerError]]] = {
     ErrorCode.TOO_MANY_SUBSCRIPTIONS: TooManySubscriptions,
     ErrorCode.MESSAGES_DROPPED: MessagesDropped,
     ErrorCode.RETAINED_LIMIT: RetainedLimitExceeded,
+    ErrorCode.AUTH_FAILED: AuthFailed,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

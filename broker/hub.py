@@ -19,18 +19,22 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable
-from typing import Any, Final, Protocol, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 from ._text import brief
 from ._version import __version__
 from .config import Config
 from .errors import ErrorCode
 from .message import NO_RESPONDERS_HEADERS, Message, Retained
+from .permissions import ClientPermissions, Verdict
 from .protocol.native import PROTOCOL_VERSION
 from .retained import RetainedStore
 from .routing import PENDING, QueueGroup, RoutingTable, Walk
 from .stats import Counters, Statistics
-from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_subject
+from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_pattern, validate_subject
+
+if TYPE_CHECKING:
+    from .auth import Authenticator
 
 __all__ = [
     "NODES_PER_DELIVERY",
@@ -67,8 +71,9 @@ class Subscriber(Protocol):
         echo: Whether it receives its own publishes.
         subscriptions: Its live subscriptions by sid. The hub keeps this map (it adds and
             removes); the owner reads it to find a sid.
-        permissions: Where a per-subject permission check plugs in (None: everything is
-            allowed, which is all there is today).
+        permissions: What it may publish and subscribe to (`broker.permissions`); None when
+            authentication is off: everything is allowed, at no cost. Set it before its first
+            publish, or change it later through `Hub.apply_permissions`.
     """
 
     name: str
@@ -80,7 +85,7 @@ class Subscriber(Protocol):
     out_bytes: int
     echo: bool
     subscriptions: dict[Any, Subscription]
-    permissions: object | None
+    permissions: ClientPermissions | None
 
     def deliver(self, sub: Subscription, message: Message) -> int:
         """Queue one message for `sub` without waiting; 1 if queued, 0 if not.
@@ -128,9 +133,22 @@ class Subscription:
             MSG array head with the sid), made once per subscription; opaque to the hub.
         delivered: Messages routed to it so far, replays included.
         max_msgs: Remove it once `delivered` reaches this (UNSUB with a count), or None.
+        guard: Its owner's permissions when each delivery must be checked (the pattern
+            overlaps a deny rule) or noted (``allow_responses``); None otherwise.
+        filtered: Whether each message's subject must be checked before delivery.
     """
 
-    __slots__ = ("delivered", "max_msgs", "owner", "pattern", "prefix", "queue", "sid")
+    __slots__ = (
+        "delivered",
+        "filtered",
+        "guard",
+        "max_msgs",
+        "owner",
+        "pattern",
+        "prefix",
+        "queue",
+        "sid",
+    )
 
     def __init__(
         self, owner: Subscriber, sid: Any, pattern: str, queue: str | None, prefix: bytes
@@ -142,6 +160,8 @@ class Subscription:
         self.prefix = prefix
         self.delivered = 0
         self.max_msgs: int | None = None
+        self.guard: ClientPermissions | None = None
+        self.filtered = False
 
     def __repr__(self) -> str:
         queue = "" if self.queue is None else f" queue={self.queue!r}"
@@ -177,14 +197,21 @@ class Hub:
             refused instead of served until the grace period runs out.
         system: The server's own origin on ``$SYS`` (`broker.server.sysevents`), or None. It
             alone may publish to ``$`` subjects; clients only to `SYS_REQUEST_PREFIX` ones.
+        auth: Checks each new client's credentials (`broker.auth`); None when ``[auth]`` is
+            not configured. Replaced whole by a reload.
+        auth_failure_hooks: Called as ``hook(peer, reason)`` on every failed authentication
+            (after it is counted), e.g. to publish a ``$SYS`` event; see `auth_failed`.
     """
 
     __slots__ = (
+        "_guarded",
         "_max_payload",
         "_max_subject_length",
         "_max_subject_tokens",
         "_max_subscriptions",
         "_shedding",
+        "auth",
+        "auth_failure_hooks",
         "closing",
         "config",
         "counters",
@@ -213,6 +240,14 @@ class Hub:
         self._shedding: set[Subscriber] = set()
         self.closing = False
         self.system: SystemOrigin | None = None
+        #: Live subscriptions with a `Subscription.guard`; while 0, delivery checks nothing.
+        self._guarded = 0
+        self.auth: Authenticator | None = None
+        if config.auth is not None:
+            from .auth import Authenticator
+
+            self.auth = Authenticator(config.auth)
+        self.auth_failure_hooks: list[Callable[[str, str], None]] = []
         self._max_payload = config.max_payload
         self._max_subscriptions = config.max_subscriptions
         self._max_subject_length = config.max_subject_length
@@ -244,16 +279,16 @@ class Hub:
         goes to every subscriber. A tuple, not keyword arguments: this runs once per publish,
         and passing one tuple costs a quarter of a call with five arguments.
 
-        A refused publish is neither retained nor delivered: the publisher learns of one
-        failure, not of a message that half happened. A request (`reply_to` set) that reaches
-        nobody is answered at once with an empty 503 message on the origin's own subscriptions
-        to `reply_to`, so its requester need not wait for a timeout.
-
         With `step`, at most that many plain subscriptions are delivered to now (queue groups
         all are); the rest wait in `fanouts` under `origin`, for the caller to continue with
         `resume` in later turns before it routes anything else of that origin's. A publish
         matching 65,536 subscriptions is otherwise one step of tens of milliseconds during which
         no other client is served. Without it (0), everything is delivered now.
+
+        A refused publish is neither retained nor delivered: the publisher learns of one
+        failure, not of a message that half happened. A request (`reply_to` set) that reaches
+        nobody is answered at once with an empty 503 message on the origin's own subscriptions
+        to `reply_to`, so its requester need not wait for a timeout.
 
         Returns:
             How many subscriptions it was delivered to: the work it cost, for a caller that
@@ -261,7 +296,8 @@ class Hub:
 
         Raises:
             Refused: ``payload_too_large`` (fatal), ``bad_subject`` (a reserved ``$`` subject,
-                a bad subject or reply subject), ``retained_limit``.
+                a bad subject or reply subject), ``permission_denied`` (outside the origin's
+                publish permissions), ``retained_limit``.
         """
         subject, payload, reply_to, _headers, retain = message
         size = len(payload)
@@ -289,6 +325,13 @@ class Hub:
             raise Refused(
                 ErrorCode.BAD_SUBJECT, str(error), {"subject": subject[:_SUBJECT_IN_DETAILS]}
             ) from None
+        permissions = origin.permissions
+        if permissions is not None and not permissions.may_publish(subject):
+            raise Refused(
+                ErrorCode.PERMISSION_DENIED,
+                f"permission denied: may not publish to {brief(subject)}",
+                {"subject": subject[:_SUBJECT_IN_DETAILS], "op": "publish"},
+            )
         if retain:
             self._retain(message)
         counters = self.counters
@@ -306,29 +349,32 @@ class Hub:
             plain = plain[:step]
         else:
             later = None
-        # Each subscriber's own out_* are counted here, once for every wire: an add per
-        # delivery, and nothing for a message its outbox refused.
-        for sub in plain:
-            target = sub.owner
-            if target is origin and not echo:
-                continue
-            reached = True
-            if target.deliver(sub, message):
-                delivered += 1
-                target.out_msgs += 1
-                target.out_bytes += size
-        if match.groups:
-            skip = None if echo else _owned_by(origin)
-            for group in match.groups:
-                chosen = group.choose(skip)
-                if chosen is None:
+        if self._guarded:
+            delivered, reached = self._deliver_guarded(origin, plain, match.groups, message)
+        else:
+            # Each subscriber's own out_* are counted here, once for every wire: an add per
+            # delivery, and nothing for a message its outbox refused.
+            for sub in plain:
+                target = sub.owner
+                if target is origin and not echo:
                     continue
                 reached = True
-                target = chosen.owner
-                if target.deliver(chosen, message):
+                if target.deliver(sub, message):
                     delivered += 1
                     target.out_msgs += 1
                     target.out_bytes += size
+            if match.groups:
+                skip = None if echo else _owned_by(origin)
+                for group in match.groups:
+                    chosen = group.choose(skip)
+                    if chosen is None:
+                        continue
+                    reached = True
+                    target = chosen.owner
+                    if target.deliver(chosen, message):
+                        delivered += 1
+                        target.out_msgs += 1
+                        target.out_bytes += size
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
@@ -357,6 +403,62 @@ class Hub:
         if fanout.finished:
             del self.fanouts[origin]
         return done
+
+    def _deliver_guarded(
+        self,
+        origin: Subscriber,
+        plain: tuple[Subscription, ...],
+        groups: tuple[Any, ...],
+        message: Message,
+    ) -> tuple[int, bool]:
+        """`publish`'s delivery loop while some subscription has a guard: a filtered one
+        skips denied subjects, and a responder notes the request's reply subject.
+
+        Returns:
+            Deliveries, and whether any subscription was reached (for no-responders).
+        """
+        subject = message[0]
+        reply_to = message[2]
+        size = len(message[1])
+        delivered = 0
+        reached = False
+        echo = origin.echo
+        for sub in plain:
+            target = sub.owner
+            if target is origin and not echo:
+                continue
+            guard = sub.guard
+            if guard is not None:
+                if sub.filtered and not guard.may_receive(subject):
+                    continue
+                if reply_to is not None:
+                    guard.note_request(reply_to)
+            reached = True
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
+        if groups:
+
+            def skip(sub: Subscription) -> bool:
+                if sub.owner is origin and not echo:
+                    return True
+                guard = sub.guard
+                return guard is not None and sub.filtered and not guard.may_receive(subject)
+
+            for group in groups:
+                chosen = group.choose(skip)
+                if chosen is None:
+                    continue
+                reached = True
+                if chosen.guard is not None and reply_to is not None:
+                    chosen.guard.note_request(reply_to)
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
+        return delivered, reached
 
     def _retain(self, message: Message) -> None:
         """Make `message` its subject's retained message (an empty payload deletes it)."""
@@ -401,9 +503,11 @@ class Hub:
 
         Raises:
             Refused: ``bad_sid`` (the sid is taken), ``too_many_subscriptions``,
-                ``bad_subject`` (a bad pattern or queue name); details carry the sid.
+                ``bad_subject`` (a bad pattern or queue name), ``permission_denied`` (details
+                also carry the pattern as ``subject`` and ``"op": "subscribe"``); details
+                carry the sid.
         """
-        details = {"sid": sid}
+        details: dict[str, Any] = {"sid": sid}
         held = owner.subscriptions
         if sid in held:
             raise Refused(ErrorCode.BAD_SID, f"sid {sid} is already subscribed", details)
@@ -414,14 +518,32 @@ class Hub:
                 f"a connection may hold at most {limit} subscriptions (max_subscriptions)",
                 details,
             )
+        permissions = owner.permissions
+        verdict = Verdict.ALLOW
+        if permissions is not None:
+            try:
+                validate_pattern(
+                    pattern,
+                    max_length=self._max_subject_length,
+                    max_tokens=self._max_subject_tokens,
+                )
+            except SubjectError as error:
+                raise Refused(ErrorCode.BAD_SUBJECT, str(error), details) from None
+            verdict = permissions.subscribe_verdict(pattern)
+            if verdict is Verdict.DENY:
+                raise Refused(*_subscribe_denied(sid, pattern))
         sub = Subscription(owner, sid, pattern, queue, prefix)
         try:
             self.table.insert(sub, pattern, queue)
         except SubjectError as error:
             raise Refused(ErrorCode.BAD_SUBJECT, str(error), details) from None
         held[sid] = sub
+        if permissions is not None:
+            self._set_guard(sub, permissions, verdict)
         if queue is None and self.retained.subjects:
             entries = self.retained.matching(pattern)
+            if entries and sub.filtered and permissions is not None:
+                entries = [entry for entry in entries if permissions.may_receive(entry[0])]
             if entries and owner.replay(sub, entries):
                 # A replay comes straight after its subscribe: no max_msgs can cut it short.
                 counters = self.counters
@@ -453,6 +575,9 @@ class Hub:
         if held.get(sub.sid) is sub:
             del held[sub.sid]
             self.table.discard(sub)
+            if sub.guard is not None:
+                sub.guard = None
+                self._guarded -= 1
 
     def remove_all(self, owner: Subscriber, *, limit: int | None = None) -> bool:
         """Remove the subscriptions of `owner` (it is leaving); True while some remain.
@@ -474,6 +599,9 @@ class Hub:
         if limit is None or len(held) <= limit:
             for sub in held.values():
                 table.discard(sub)
+                if sub.guard is not None:
+                    sub.guard = None
+                    self._guarded -= 1
             held.clear()
             return False
         shedding = self._shedding
@@ -489,6 +617,53 @@ class Hub:
             return True
         shedding.discard(owner)
         return False
+
+    # -- permissions and authentication -------------------------------------------------------
+
+    def _set_guard(
+        self, sub: Subscription, permissions: ClientPermissions, verdict: Verdict
+    ) -> None:
+        had = sub.guard is not None
+        sub.filtered = verdict is Verdict.FILTER
+        needed = sub.filtered or permissions.tracks_responses
+        sub.guard = permissions if needed else None
+        self._guarded += needed - had
+
+    def apply_permissions(
+        self, owner: Subscriber, permissions: ClientPermissions | None
+    ) -> list[tuple[Subscription, Refused]]:
+        """Give `owner` new permissions (a reload), and hold its subscriptions to them.
+
+        Subscriptions the new rules refuse are removed; each comes back with the
+        ``permission_denied`` refusal its owner's wire should report. The others are filtered
+        or not as the new rules say.
+        """
+        owner.permissions = permissions
+        removed: list[tuple[Subscription, Refused]] = []
+        for sub in list(owner.subscriptions.values()):
+            if permissions is None:
+                if sub.guard is not None:
+                    sub.guard = None
+                    sub.filtered = False
+                    self._guarded -= 1
+                continue
+            verdict = permissions.subscribe_verdict(sub.pattern)
+            if verdict is Verdict.DENY:
+                self.remove(sub)
+                removed.append((sub, Refused(*_subscribe_denied(sub.sid, sub.pattern))))
+            else:
+                self._set_guard(sub, permissions, verdict)
+        return removed
+
+    def auth_failed(self, peer: str, reason: str) -> None:
+        """Count one failed authentication and tell `auth_failure_hooks`.
+
+        Every wire's handshake calls this on every failure, so it is the one place to watch
+        them. `reason` is for operators (the client is only ever told ``auth_failed``).
+        """
+        self.counters.auth_failures += 1
+        for hook in self.auth_failure_hooks:
+            hook(peer, reason)
 
     # -- statistics ---------------------------------------------------------------------------
 
@@ -510,6 +685,12 @@ def _check_reserved(subject: str) -> None:
             f"subjects starting with '$' are reserved: {brief(subject)}; clients may publish"
             f" there only requests to {SYS_REQUEST_PREFIX}..., such as $SYS.REQ.SERVER.PING.VARZ"
         )
+
+
+def _subscribe_denied(sid: Any, pattern: str) -> tuple[ErrorCode, str, dict[str, Any]]:
+    details = {"sid": sid, "subject": pattern[:_SUBJECT_IN_DETAILS], "op": "subscribe"}
+    message = f"permission denied: may not subscribe to {brief(pattern)}"
+    return ErrorCode.PERMISSION_DENIED, message, details
 
 
 def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:
@@ -618,12 +799,24 @@ class Fanout:
         end = min(start + step, len(self.subs))
         size = len(message[1])
         delivered = 0
+        guarded = self.hub._guarded
+        subject = message[0]
+        reply_to = message[2]
         for sub in self.subs[start:end]:
             target = sub.owner
             if target is origin and not echo:
                 continue
             if target.subscriptions.get(sub.sid) is not sub:
                 continue  # removed since the publish began
+            if guarded:
+                # As `Hub._deliver_guarded`: a filtered subscription skips denied subjects,
+                # and a responder notes the request's reply subject.
+                guard = sub.guard
+                if guard is not None:
+                    if sub.filtered and not guard.may_receive(subject):
+                        continue
+                    if reply_to is not None:
+                        guard.note_request(reply_to)
             self.reached = True
             if target.deliver(sub, message):
                 delivered += 1
@@ -643,17 +836,25 @@ class Fanout:
         origin = self.origin
         echo = origin.echo
 
+        message = self.message
+        subject = message[0]
+        reply_to = message[2]
+
         def skip(sub: Subscription) -> bool:
             owner = sub.owner
-            return (owner is origin and not echo) or owner.subscriptions.get(sub.sid) is not sub
+            if (owner is origin and not echo) or owner.subscriptions.get(sub.sid) is not sub:
+                return True
+            guard = sub.guard
+            return guard is not None and sub.filtered and not guard.may_receive(subject)
 
-        message = self.message
         size = len(message[1])
         delivered = 0
         for group in groups:
             chosen = group.choose(skip)
             if chosen is not None:
                 self.reached = True
+                if chosen.guard is not None and reply_to is not None:
+                    chosen.guard.note_request(reply_to)
                 target = chosen.owner
                 if target.deliver(chosen, message):
                     delivered += 1

@@ -41,16 +41,19 @@ class Retained:
     Attributes:
         message: The message, with no reply subject.
         native: The native MSG fields after the sid, ending with the retained flag (true).
+        nats: The NATS MSG parts (`broker.protocol.nats.msg_parts`), made by the first NATS
+            subscriber it is replayed to; None until then.
         size: What the retained store charges for it: its native replay encoding's length.
     """
 
-    __slots__ = ("message", "native", "size")
+    __slots__ = ("message", "native", "nats", "size")
 
     def __init__(self, message: Message) -> None:
         subject, payload, _reply_to, headers, retain = message
         self.message: Message = (subject, payload, None, headers, retain)
         self.native = encode_retained_tail(subject, payload, None, headers)
         self.size = len(self.native)
+        self.nats: tuple[bytes, bytes, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Retained {self.message[0]!r} {len(self.message[1])} bytes>"

@@ -36,6 +36,7 @@ class Statistics:
     protocol_errors: int
     retained_subjects: int
     retained_bytes: int
+    auth_failures: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict, for logs and JSON."""
@@ -47,6 +48,7 @@ class Counters:
     """The live, mutable counters; only the server's own tasks touch them."""
 
     __slots__ = (
+        "auth_failures",
         "bytes_in",
         "bytes_out",
         "connections",
@@ -72,6 +74,7 @@ class Counters:
         self.dropped_messages = 0
         self.no_responders = 0
         self.protocol_errors = 0
+        self.auth_failures = 0
 
     def snapshot(
         self, *, subscriptions: int, retained_subjects: int, retained_bytes: int
@@ -92,4 +95,5 @@ class Counters:
             protocol_errors=self.protocol_errors,
             retained_subjects=retained_subjects,
             retained_bytes=retained_bytes,
+            auth_failures=self.auth_failures,
         )

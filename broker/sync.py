@@ -85,7 +85,12 @@ from .client import (
 )
 from .client.client import open_client
 from .client.limits import Payload, ServerLimits, check_headers
-from .client.options import ConnectOptions, check_options, document_options, resolve_url
+from .client.options import (
+    ConnectOptions,
+    check_options,
+    document_options,
+    resolve_target,
+)
 from .errors import (
     BrokerError,
     ConnectionClosed,
@@ -1163,8 +1168,9 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
             ``max_connections``) is in its ``code``.
     """
     # Checked here, in the caller's thread; connecting happens in the client's.
-    host, port = resolve_url(url)
-    checked = check_options(options, "connect")
+    target = resolve_target(url)
+    host, port = target.host, target.port
+    checked = target.apply(check_options(options, "connect"))
     report_error = _in_worker_thread(checked.on_error)
     client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)
     client._connector = open_client(

@@ -186,3 +186,15 @@ def test_the_public_names_are_what_the_cli_benchmarks_and_tests_use() -> None:
     ]
     missing = [name for name in bench.__all__ if not hasattr(bench, name)]
     assert not missing
+
+
+def test_secure_runs_deliver_everything_over_auth_and_tls() -> None:
+    from broker.bench.secure import VARIANTS, report_secure, run_secure
+
+    wildcard = next(s for s in bench.SCENARIOS if s.name == "wildcard-10x10")
+    scenario = dataclasses.replace(bench.scaled(wildcard, messages=50), publishers=2, subscribers=2)
+    [results] = run_secure([scenario], timeout=30)
+    assert [r.complete for r in results] == [True] * len(VARIANTS), [r.failure for r in results]
+    assert all(r.delivered == r.expected > 0 for r in results)
+    header, _, row = report_secure([results])
+    assert "auth + TLS" in header and row.startswith("| 10 -> 10 wildcard")

@@ -19,6 +19,7 @@ from broker.config import (
     Config,
     ConfigError,
     MonitoringConfig,
+    NatsConfig,
     _check_nested,
     _got,
     _Range,
@@ -86,12 +87,17 @@ def refused(field: str, value: Any) -> tuple[str, str]:
 # ---- the shipped file and the layout ---------------------------------------------------------
 
 
-#: The shipped file is the defaults, but for monitoring: on, on loopback (docs/monitoring.md).
-SHIPPED_CONFIG = Config(monitoring=MonitoringConfig(enabled=True))
+#: The shipped file is the defaults but for two listeners it turns on: monitoring on loopback
+#: (docs/monitoring.md) and NATS (docs/nats.md).
+SHIPPED_CONFIG = Config(monitoring=MonitoringConfig(enabled=True), nats=NatsConfig(enabled=True))
 
 
 def test_shipped_file_is_the_defaults() -> None:
     assert load_config(SHIPPED) == SHIPPED_CONFIG
+    assert (
+        dataclasses.replace(SHIPPED_CONFIG, monitoring=MonitoringConfig(), nats=NatsConfig())
+        == Config()
+    )
 
 
 def test_shipped_file_spells_out_every_key() -> None:
@@ -102,17 +108,17 @@ def test_shipped_file_spells_out_every_key() -> None:
     assert tomllib.loads(line.removeprefix("# "))["max_frame"] == Config().frame_limit
 
 
-#: Config fields that are sections of their own, each its own TOML table.
-SECTIONS = {"monitoring"}
+#: Config fields that are sections of their own, each its own TOML table ([auth] and [tls]
+#: are tested in test_security_config.py).
+SECTIONS = {"auth", "tls", "monitoring", "nats"}
 
 
 def test_every_field_has_exactly_one_toml_key() -> None:
     flat = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
     assert sorted(TOML_KEY) == sorted(flat)
     layout = config_to_mapping(Config(max_frame=2 * MiB))
-    assert sorted(
-        f"{s}.{k}" for s, table in layout.items() if s not in SECTIONS for k in table
-    ) == sorted(TOML_KEY.values())
+    keys = [f"{s}.{k}" for s, table in layout.items() if s not in SECTIONS for k in table]
+    assert sorted(keys) == sorted(TOML_KEY.values())
 
 
 def test_mapping_round_trip() -> None:
@@ -391,7 +397,8 @@ def test_unknown_section() -> None:
         config_from_mapping({"limit": {"max_payload": 1}}, source=SOURCE)
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
-        " known: server, limits, slow_consumer, retained, timeouts, logging, monitoring"
+        " known: server, limits, slow_consumer, retained, timeouts, logging, auth, tls, monitoring,"
+        " nats"
     )
 
 

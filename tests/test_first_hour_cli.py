@@ -182,7 +182,10 @@ async def test_json_logs_give_the_statistics_as_an_object(tmp_path: Path) -> Non
 
 # ---- a key outside its section --------------------------------------------------------------
 
-SECTIONS = "[server], [limits], [slow_consumer], [retained], [timeouts], [logging], [monitoring]"
+SECTIONS = (
+    "[server], [limits], [slow_consumer], [retained], [timeouts], [logging], [auth], [tls],"
+    " [monitoring], [nats]"
+)
 
 
 def test_check_config_says_which_section_a_top_level_key_belongs_in(tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ def test_check_config_says_which_section_a_top_level_key_belongs_in(tmp_path: Pa
     assert result.stdout == ""
     assert result.stderr == (
         f"error: {path}: port must be inside a section, not at the top of the file:"
-        " put port = 6001 under [server] or [monitoring]\n"
+        " put port = 6001 under [server], [monitoring] or [nats]\n"
     )
 
 

@@ -8,6 +8,7 @@ import broker
 def test_public_names_are_pinned() -> None:
     assert sorted(broker.__all__) == sorted(
         [
+            "AuthFailed",
             "BadSid",
             "BadSubject",
             "BrokerError",
@@ -20,6 +21,7 @@ def test_public_names_are_pinned() -> None:
             "MessagesDropped",
             "NoResponders",
             "PayloadTooLarge",
+            "PermissionDenied",
             "ProtocolViolation",
             "ReconnectBufferFull",
             "RetainedLimitExceeded",

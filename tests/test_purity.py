@@ -20,6 +20,7 @@ PURE_MODULES = (
     "broker.hub",
     "broker.protocol",
     "broker.protocol.native",
+    "broker.protocol.nats",
     "broker.retained",
     "broker.routing",
     "broker.stats",
@@ -27,6 +28,8 @@ PURE_MODULES = (
     "broker.peerlog",
     "broker._memory",
     "broker.subjects",
+    "broker.permissions",
+    "broker.auth",
 )
 
 _IO = ("trio", "anyio", "asyncio", "socket")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -32,8 +33,10 @@ __all__ = [
     "free_port",
     "nats_server_version",
     "nats_varz",
+    "opening",
     "process_cpu_seconds",
     "process_rss",
+    "secure_socket",
     "start_broker",
     "start_nats",
 ]
@@ -55,6 +58,11 @@ class Target:
     monitor_port: int | None = None
     #: Where the server's stderr goes, to read its slow-consumer warnings.
     log_path: str | None = None
+    #: A broker with [tls]: the CA its clients trust (None: plain TCP).
+    tls_ca_file: str | None = None
+    #: A broker with [auth]: the user and password its clients give.
+    user: str | None = None
+    password: str | None = None
 
 
 @final
@@ -148,11 +156,29 @@ def _wait_listening(server: ServerProcess, probe: Callable[[socket.socket], None
     )
 
 
+#: The [auth] user of a secure bench broker, with permissions as a service would have them.
+SECURE_USER: Final = "bench"
+_TLS_TOML: Final = """
+[tls]
+cert_file = "{cert}"
+key_file = "{cert}"
+"""
+_AUTH_TOML: Final = """
+[[auth.users]]
+user = "{user}"
+password = "{hash}"
+permissions.publish = {{ allow = ["bench.>"], deny = ["bench.secret"] }}
+permissions.subscribe = {{ allow = ["bench.>", "_INBOX.{user}.>"], deny = ["bench.secret"] }}
+"""
+
+
 def start_broker(
     config: Mapping[str, Mapping[str, object]] | None = None,
     *,
     host: str = _HOST,
     python: str = sys.executable,
+    auth: bool = False,
+    tls: bool = False,
 ) -> ServerProcess:
     """Start ``python -m broker serve`` on a free port, with `config` written as TOML.
 
@@ -163,6 +189,10 @@ def start_broker(
         config: TOML sections and keys, e.g. ``{"limits": {"max_pending_bytes": 8388608}}``.
         host: Address to listen on.
         python: The interpreter to run it with.
+        auth: Require a user with a bcrypt password and publish and subscribe permissions
+            (allow ``bench.>``, deny ``bench.secret``); the target carries the credentials.
+        tls: Serve TLS with a certificate from a throwaway CA (trustme); the target carries
+            the CA file.
 
     Raises:
         RuntimeError: The broker exited or did not answer within 20 s; the message holds its log.
@@ -172,23 +202,63 @@ def start_broker(
     log_path = os.path.join(workdir, "broker.log")
     command = [python, "-m", "broker", "serve", "--host", host, "--port", str(port)]
     command += ["--log-level", "warning"]
-    if config:
+    text = _toml(config) if config else ""
+    security: dict[str, Any] = {}
+    if tls:
+        from ..testing.security import make_certificates
+
+        certificates = make_certificates(os.path.join(workdir, "tls"), clients=())
+        text += _TLS_TOML.format(cert=certificates.cert_file)
+        security["tls_ca_file"] = certificates.ca_file
+    if auth:
+        from ..auth import hash_password
+
+        password = secrets.token_hex(8)
+        # A low cost: logins are not what is measured, and a slow one could miss the
+        # handshake deadline on a busy machine.
+        text += _AUTH_TOML.format(user=SECURE_USER, hash=hash_password(password, rounds=6))
+        security.update(user=SECURE_USER, password=password)
+    if text:
         config_path = os.path.join(workdir, "broker.toml")
-        Path(config_path).write_text(_toml(config))
+        Path(config_path).write_text(text)
         command += ["--config", config_path]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
         )
-    target = Target("broker", host, port, pid=process.pid, log_path=log_path)
+    target = Target("broker", host, port, pid=process.pid, log_path=log_path, **security)
     server = ServerProcess(target, process, workdir)
 
     def probe(sock: socket.socket) -> None:
-        counter = FrameCounter()
-        exchange(sock, counter, DIALECTS["broker"].opening("probe"), time.monotonic() + 5)
+        secured = secure_socket(target, sock)
+        try:
+            exchange(secured, FrameCounter(), opening(target, "probe"), time.monotonic() + 5)
+        finally:
+            if secured is not sock:
+                secured.close()
 
     _wait_listening(server, probe)
     return server
+
+
+def secure_socket(target: Target, sock: socket.socket) -> socket.socket:
+    """`sock` wrapped in TLS (handshake done) when the target serves TLS, else `sock`."""
+    if target.tls_ca_file is None:
+        return sock
+    import ssl
+
+    context = ssl.create_default_context(cafile=target.tls_ca_file)
+    return context.wrap_socket(sock, server_hostname=target.host)
+
+
+def opening(target: Target, name: str) -> bytes:
+    """A client's first bytes: the dialect's opening, with the target's credentials."""
+    if target.user is None:
+        return DIALECTS[target.kind].opening(name)
+    from ..protocol.native import Hello, encode_frame
+
+    options = {"version": 1, "name": name, "user": target.user, "password": target.password}
+    return encode_frame(Hello(options))
 
 
 def find_nats_server() -> str | None:

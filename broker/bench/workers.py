@@ -27,7 +27,7 @@ from typing import Any, Final, TypeVar, cast, final
 
 from .._rlimit import raise_fd_limit
 from .dialects import DIALECTS, Counter, Dialect, KiB, exchange
-from .servers import Target
+from .servers import Target, opening, secure_socket
 
 __all__ = [
     "PROGRESS_INTERVAL",
@@ -70,10 +70,10 @@ def _connect(target: Target, deadline: float, *, rcvbuf: int | None = None) -> s
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         sock.connect((target.host, target.port))
+        return secure_socket(target, sock)
     except BaseException:
         sock.close()
         raise
-    return sock
 
 
 def _answer_pings(sock: socket.socket, counter: Counter, answered: int, pong: bytes) -> int:
@@ -163,7 +163,7 @@ def _subscriber(spec: SubscriberSpec, pipe: Pipe) -> SubscriberOutcome:
         subs = b"".join(
             dialect.sub(sid, subject, spec.queue) for sid, subject in enumerate(spec.subjects, 1)
         )
-        exchange(sock, counter, dialect.opening(spec.name) + subs, spec.deadline)
+        exchange(sock, counter, opening(spec.target, spec.name) + subs, spec.deadline)
         pipe.send(("ready", None))
         if spec.stalled:
             # Never read until told to stop: the server must deal with a full socket.
@@ -304,7 +304,7 @@ def _publisher(spec: PublisherSpec, pipe: Pipe) -> _PublisherReport:
     counter = dialect.counter()
     batches = list(_batches(dialect, spec)) if spec.count < 10 * WRITE_SIZE else None
     with _connect(spec.target, spec.deadline) as sock:
-        exchange(sock, counter, dialect.opening(spec.name), spec.deadline)
+        exchange(sock, counter, opening(spec.target, spec.name), spec.deadline)
         pipe.send(("ready", None))
         if _wait_command(pipe, spec.deadline) != "go":
             return _PublisherReport(spec.name)

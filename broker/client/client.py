@@ -99,7 +99,7 @@ from .options import (
     check_options,
     document_options,
     require_positive_int,
-    resolve_url,
+    resolve_target,
 )
 from .subscription import Message, Subscription, make_message
 
@@ -125,7 +125,8 @@ class Client:
     """
 
     def __init__(self, host: str, port: int, options: ClientOptions) -> None:
-        self._url = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+        scheme = "tcp" if options.tls is False else "tls"
+        self._url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
         self._options = options
         self._supervisor = _Supervisor(self, host, port, self._url, options)
         # Frames are encoded once, when queued, whichever connection ends up carrying them, so
@@ -148,7 +149,7 @@ class Client:
         self._draining = False
         self._subs: dict[int, Subscription] = {}
         self._sids = itertools.count(1)
-        self._inbox = f"{INBOX_PREFIX}.{secrets.token_hex(11)}"
+        self._inbox = f"{options.inbox_prefix}.{secrets.token_hex(11)}"
         self._inbox_sid: int | None = None
         self._replies: dict[str, _Waiter] = {}
         #: The first refusal that came while no flush waited; the next flush takes it.
@@ -778,8 +779,8 @@ def connect(
             names the URL tried); the server's refusal (e.g. ``max_connections``) is in its
             ``code``.
     """
-    host, port = resolve_url(url)
-    return open_client(host, port, check_options(options, "connect"))
+    target = resolve_target(url)
+    return open_client(target.host, target.port, target.apply(check_options(options, "connect")))
 
 
 @asynccontextmanager

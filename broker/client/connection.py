@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -134,7 +135,7 @@ class _Link:
     )
 
     def __init__(
-        self, stream: anyio.abc.SocketStream, conn: Connection, info: dict[str, Any]
+        self, stream: anyio.abc.ByteStream, conn: Connection, info: dict[str, Any]
     ) -> None:
         self.stream = stream
         self.conn = conn
@@ -159,6 +160,29 @@ class _Link:
             self.scope.cancel()
 
 
+def client_tls_context(options: ClientOptions) -> ssl.SSLContext | None:
+    """The client's TLS context from its options, or None for plain TCP.
+
+    True gives a default context (certificate and host name checked) trusting `tls_ca_file`,
+    or the system's CAs without one; `tls_cert_file` adds this client's certificate.
+
+    Raises:
+        ConnectionClosed: A file cannot be loaded (the message names it).
+    """
+    tls = options.tls
+    if tls is False:
+        return None
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    try:
+        context = ssl.create_default_context(cafile=options.tls_ca_file)
+        if options.tls_cert_file is not None:
+            context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise ConnectionClosed(f"cannot load the client's TLS files: {error}") from error
+    return context
+
+
 @final
 class _Supervisor:
     """Keeps one client connected: opens connections, serves each (reader, writer, pinger)
@@ -171,7 +195,17 @@ class _Supervisor:
     (``_install``, ``_link_lost``, ``_terminate``) and hooks due (``_queue_hook``).
     """
 
-    __slots__ = ("_client", "_hello", "_host", "_options", "_port", "_url", "done", "scope")
+    __slots__ = (
+        "_client",
+        "_hello",
+        "_host",
+        "_options",
+        "_port",
+        "_tls",
+        "_url",
+        "done",
+        "scope",
+    )
 
     def __init__(
         self, client: Client, host: str, port: int, url: str, options: ClientOptions
@@ -191,8 +225,12 @@ class _Supervisor:
         }
         if options.name is not None:
             self._hello["name"] = options.name
-        if options.token is not None:
-            self._hello["token"] = options.token
+        for key in ("token", "user", "password"):
+            value = getattr(options, key)
+            if value is not None:
+                self._hello[key] = value
+        #: The TLS context, or None for plain TCP; made once, reused by every reconnection.
+        self._tls = client_tls_context(options)
         #: Cancelled to stop at once; `supervise` runs in it.
         self.scope = anyio.CancelScope()
         #: Set once `supervise` has returned.
@@ -206,10 +244,19 @@ class _Supervisor:
         """
         timeout = self._options.connect_timeout
         hint = _UNREACHABLE_HINT if first else ""
-        stream: anyio.abc.SocketStream | None = None
+        stream: anyio.abc.ByteStream | None = None
         try:
             with anyio.move_on_after(timeout):
-                stream = await anyio.connect_tcp(self._host, self._port)
+                if self._tls is None:
+                    stream = await anyio.connect_tcp(self._host, self._port)
+                else:
+                    stream = await anyio.connect_tcp(
+                        self._host,
+                        self._port,
+                        ssl_context=self._tls,
+                        tls_hostname=self._options.tls_hostname or self._host,
+                        tls_standard_compatible=False,
+                    )
                 conn = Connection(Role.CLIENT)
                 await stream.send(conn.send(Hello(self._hello)))
                 info = await _read_welcome(stream, conn)
@@ -373,13 +420,29 @@ class _Supervisor:
                 # Not kept in a local: a lost connection replaces the client's buffer.
                 if not client._pending:
                     if link.finish_by is not None:
-                        await stream.send_eof()
+                        await self._finish(link)
                         return
                     await client._writer_signal.wait()
                     continue
                 await stream.send(client._take_pending())
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
             link.end(ConnectionClosed(f"the connection to {self._url} broke: {error!r}"))
+
+    async def _finish(self, link: _Link) -> None:
+        """Tell the server we are done, then let the reader take what it still sends.
+
+        Over TCP that is a half-close: the server finishes and closes, and the reader sees
+        EOF. TLS cannot half-close, so a PING goes last instead: its PONG proves the server
+        processed everything before it, and the link then ends.
+        """
+        if self._tls is None:
+            await link.stream.send_eof()
+            return
+        waiter = _Waiter()
+        link.pongs.append(waiter)
+        await link.stream.send(self._client._encoder.send(Ping()))
+        await waiter.wait()
+        link.end(ConnectionClosed("the client was closed"))
 
     async def _ping_loop(self, link: _Link) -> None:
         interval = self._options.ping_interval
@@ -406,7 +469,7 @@ class _Supervisor:
         self._client._queue_hook(self._options.on_reconnected)
 
 
-async def _read_welcome(stream: anyio.abc.SocketStream, conn: Connection) -> dict[str, Any]:
+async def _read_welcome(stream: anyio.abc.ByteStream, conn: Connection) -> dict[str, Any]:
     """Read up to the server's first frame; leave anything after it in `conn` for the reader."""
     while True:
         try:

@@ -8,22 +8,28 @@ This module is pure: it imports neither trio, anyio nor the rest of the client.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, TypedDict, TypeVar, final
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypedDict, TypeVar, final
+from urllib.parse import unquote, urlsplit
 
 from .._checks import check_seconds
 from ..config import DEFAULT_HOSTS, DEFAULT_PORT
 from ..errors import BrokerError, ConnectionClosed, ServerShuttingDown
+from ..subjects import SubjectError, validate_subject
+
+if TYPE_CHECKING:
+    import ssl  # imports socket: only for the annotation
 
 __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_FLUSH_TIMEOUT",
+    "DEFAULT_INBOX_PREFIX",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PINGS_OUTSTANDING",
@@ -37,9 +43,11 @@ __all__ = [
     "URL_ENV",
     "ClientOptions",
     "ConnectOptions",
+    "Target",
     "check_options",
     "document_options",
     "parse_url",
+    "resolve_target",
     "resolve_url",
 ]
 
@@ -84,6 +92,10 @@ DEFAULT_DRAIN_TIMEOUT: Final = 30.0
 #: Seconds a subscription's `next` waits for a message.
 DEFAULT_NEXT_TIMEOUT: Final = 1.0
 
+#: Where request replies come back: ``<prefix>.<random>.<n>``. A broker that confines users
+#: to their own inboxes (``_INBOX.<user>.>``) needs ``inbox_prefix="_INBOX.<user>"``.
+DEFAULT_INBOX_PREFIX: Final = "_INBOX"
+
 #: Hooks may return an awaitable: `broker.connect` awaits it, `broker.sync.connect` does not.
 DisconnectedHook: TypeAlias = Callable[[ConnectionClosed], object]
 ReconnectedHook: TypeAlias = Callable[[], object]
@@ -100,7 +112,22 @@ class ConnectOptions(TypedDict, total=False):
     Keyword Args:
         name: Shown in the server's logs. Default None.
         echo: Whether this client receives its own publishes. Default True.
-        token: Sent in HELLO, reserved for authentication. Default None.
+        token: A shared token for a broker with ``[auth] token``. Default None.
+        user: A user name for a broker with ``[[auth.users]]`` (or from the URL,
+            ``tcp://user:password@host``). Default None.
+        password: That user's password (or from the URL). Default None.
+        tls: Connect over TLS: True (the system's CAs, or `tls_ca_file`), an
+            `ssl.SSLContext` of your own, or False. A ``tls://`` URL, or any ``tls_*_file``
+            option, means True. Default False.
+        tls_ca_file: PEM file of the CA that signed the broker's certificate. Default None.
+        tls_cert_file: PEM file of this client's certificate, for a broker that verifies
+            clients (``[tls] verify``). Default None.
+        tls_key_file: Its private key (PEM); None if `tls_cert_file` holds it too.
+        tls_hostname: The name the broker's certificate must carry; None (the default)
+            checks the URL's host.
+        inbox_prefix: Subject prefix of request inboxes, ``<prefix>.<random>.<n>``. Default
+            `DEFAULT_INBOX_PREFIX` (``_INBOX``); ``_INBOX.<user>`` for a user confined to its
+            own inboxes.
         reconnect: Reconnect when a live connection breaks. The first connection is not
             retried: a wrong address should fail loudly. Default True.
         max_reconnect_attempts: Attempts per outage before giving up; None (the default) for
@@ -143,6 +170,14 @@ class ConnectOptions(TypedDict, total=False):
     name: str | None
     echo: bool
     token: str | None
+    user: str | None
+    password: str | None
+    tls: bool | ssl.SSLContext
+    tls_ca_file: str | None
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    tls_hostname: str | None
+    inbox_prefix: str
     reconnect: bool
     max_reconnect_attempts: int | None
     reconnect_delay: float
@@ -170,6 +205,14 @@ class ClientOptions:
     name: str | None = None
     echo: bool = True
     token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    tls: bool | ssl.SSLContext = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_hostname: str | None = None
+    inbox_prefix: str = DEFAULT_INBOX_PREFIX
     reconnect: bool = True
     max_reconnect_attempts: int | None = None
     reconnect_delay: float = DEFAULT_RECONNECT_DELAY
@@ -185,6 +228,31 @@ class ClientOptions:
     on_error: ErrorHook | None = None
 
     def __post_init__(self) -> None:
+        for name in (
+            "token",
+            "user",
+            "password",
+            "tls_ca_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_hostname",
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a str or None, got {type(value).__name__}")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file needs tls_cert_file, the certificate it goes with")
+        if self.tls_ca_file or self.tls_cert_file:
+            if self.tls is False:
+                object.__setattr__(self, "tls", True)
+            elif self.tls is not True:
+                raise ValueError(
+                    "give either an ssl.SSLContext as tls or tls_*_file options, not both"
+                )
+        try:
+            validate_subject(self.inbox_prefix)
+        except SubjectError as error:
+            raise ValueError(f"inbox_prefix must be a subject: {error}") from None
         if self.max_reconnect_attempts is not None:
             require_non_negative_int("max_reconnect_attempts", self.max_reconnect_attempts)
         check_seconds("reconnect_delay", self.reconnect_delay)
@@ -267,20 +335,58 @@ def resolve_url(url: str | None) -> tuple[str, int]:
         raise ValueError(f"${URL_ENV}: {error}") from None
 
 
-def parse_url(url: str) -> tuple[str, int]:
-    """Split a broker address into host and port.
+@final
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A broker URL taken apart: where, whether over TLS, and the credentials it carries."""
 
-    Accepts ``tcp://host:port``, ``host:port`` and ``[::1]:port``; the port defaults to the
+    host: str
+    port: int
+    tls: bool = False
+    user: str | None = None
+    password: str | None = None
+
+    def apply(self, options: ClientOptions) -> ClientOptions:
+        """`options` completed by the URL: ``tls://`` turns TLS on, and its ``user:password@``
+        fills the credentials not given as options.
+        """
+        changes: dict[str, Any] = {}
+        if self.tls and options.tls is False:
+            changes["tls"] = True
+        if self.user is not None and options.user is None:
+            changes["user"] = self.user
+        if self.password is not None and options.password is None:
+            changes["password"] = self.password
+        return dataclasses.replace(options, **changes) if changes else options
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """Split a broker address into host and port (see `parse_target` for the whole of it).
+
+    Raises:
+        ValueError: As `parse_target`.
+    """
+    target = parse_target(url)
+    return target.host, target.port
+
+
+def parse_target(url: str) -> Target:
+    """Take a broker URL apart.
+
+    Accepts ``tcp://host:port``, ``tls://host:port``, ``host:port`` and ``[::1]:port``, with
+    an optional ``user:password@`` (percent-encoded) before the host; the port defaults to the
     server's (`broker.config.DEFAULT_PORT`).
 
     Raises:
-        ValueError: Another scheme, no host, a bad port, or a path, query or user part.
+        ValueError: Another scheme, no host, a bad port, or a path, query or fragment.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, got {type(url).__name__}")
     parts = urlsplit(url if "://" in url else "tcp://" + url)
-    if parts.scheme != "tcp":
-        raise ValueError(f"broker URLs use the tcp scheme (tcp://host:port), got {url!r}")
+    if parts.scheme not in ("tcp", "tls"):
+        raise ValueError(
+            f"broker URLs use the tcp scheme (tcp://host:port), or tls for TLS, got {url!r}"
+        )
     try:
         port = parts.port
     except ValueError:
@@ -288,6 +394,25 @@ def parse_url(url: str) -> tuple[str, int]:
     host = parts.hostname
     if not host:
         raise ValueError(f"a broker URL needs a host, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"a broker URL is only tcp://host:port, got {url!r}")
-    return host, DEFAULT_PORT if port is None else port
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"a broker URL is only tcp://[user:password@]host:port, got {url!r}")
+    return Target(
+        host,
+        DEFAULT_PORT if port is None else port,
+        tls=parts.scheme == "tls",
+        user=None if parts.username is None else unquote(parts.username),
+        password=None if parts.password is None else unquote(parts.password),
+    )
+
+
+def resolve_target(url: str | None) -> Target:
+    """`resolve_url`, keeping the scheme and credentials (see `parse_target`)."""
+    if url is not None:
+        return parse_target(url)
+    from_env = os.environ.get(URL_ENV)
+    if not from_env:
+        return parse_target(DEFAULT_URL)
+    try:
+        return parse_target(from_env)
+    except ValueError as error:
+        raise ValueError(f"${URL_ENV}: {error}") from None

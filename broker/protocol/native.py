@@ -276,7 +276,7 @@ def _check_hello(options: dict[str, Any]) -> str | None:
     for flag in ("echo", "retained"):
         if type(options.get(flag, True)) is not bool:
             return f"HELLO {flag} must be a bool, got {brief(options.get(flag))}"
-    for key in ("name", "token", "lang", "client_version"):
+    for key in ("name", "token", "user", "password", "lang", "client_version"):
         if (problem := _check_optional_str(f"HELLO {key}", options.get(key))) is not None:
             return problem
     return None

@@ -14,9 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final, cast, final
 
+from ..auth import Credentials
 from ..errors import ErrorCode
 from ..hub import Hub, Refused, Subscription
 from ..message import Message, Retained
+from ..permissions import ClientPermissions
 from ..protocol.native import (
     NEED_DATA,
     PUB_TAIL_START,
@@ -91,6 +93,7 @@ class NativeAdapter:
     __slots__ = (
         "_deferred",
         "conn",
+        "credentials",
         "echo",
         "hub",
         "in_bytes",
@@ -124,7 +127,9 @@ class NativeAdapter:
         #: older clients get replays as plain MSGs.
         self.retained_flag = False
         self.subscriptions: dict[Any, Subscription] = {}
-        self.permissions: object | None = None
+        self.permissions: ClientPermissions | None = None
+        #: What HELLO presented (token, user, password); read by the transport's auth step.
+        self.credentials = Credentials()
         #: Events of one read left for later (and their `Forward`s): a SUB that would replay
         #: (and what followed it) waiting for the writer to take the replay queued by an
         #: earlier SUB, or what one turn had no time for.
@@ -154,9 +159,16 @@ class NativeAdapter:
         self.version = (options.get("client_version") or "")[:IDENTITY_LENGTH]
         self.echo = options.get("echo", True)
         self.retained_flag = options.get("retained", False)
+        self.credentials = Credentials(
+            token=options.get("token"), user=options.get("user"), password=options.get("password")
+        )
+        return True
+
+    def admit(self, permissions: ClientPermissions | None) -> None:
+        """The handshake passed (authentication too, when on): take `permissions`, WELCOME."""
+        self.permissions = permissions
         info = dict(self.hub.info, client_id=self.transport.client_id)
         self.outbox.push_control(self.conn.send(Welcome(info)))
-        return True
 
     @property
     def closed(self) -> bool:

@@ -8,29 +8,37 @@ is already queued for up to `shutdown_grace`, then cancel whatever is left.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import functools
 import logging
 import math
+import os
 import resource
 import secrets
 import signal
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import final
+from typing import Any, final
 
 import trio
 
 from .._memory import RELEASE_INTERVAL, release_free_memory
 from .._rlimit import raise_fd_limit
-from ..config import Config
+from ..auth import Authenticator
+from ..config import Config, ConfigError, load_config
 from ..errors import ErrorCode
 from ..hub import Hub
 from ..peerlog import PeerLog
 from ..stats import Statistics
 from .monitor import Monitor
 from .native import NativeAdapter, refusal_frame
+from .nats import NatsAdapter, nats_info, nats_refusal
+from .security import apply_auth
 from .sysevents import SystemEvents
+from .tls import server_context
 from .transport import Transport, peer_address, refuse
 from .transport import log as transport_log
 
@@ -91,7 +99,13 @@ class Server:
         self.server_id = secrets.token_hex(8)
         #: When it was made, in seconds since the epoch (monitoring's ``start``).
         self.start = time.time()
+        #: The native listener's TLS context (``[tls]``), or None for plain TCP; a reload
+        #: replaces it for the connections that follow.
+        self.tls_context: ssl.SSLContext | None = None
+        if self.config.tls is not None:
+            self.tls_context = server_context(self.config.tls)
         self.hub = Hub(self.config, server_id=self.server_id)
+        _warn_plain_text(self.hub.auth)
         #: Checks /healthz runs besides shutdown: each returns why the server is unhealthy, or
         #: None (a cluster link adds one for its state).
         self.health_checks: list[Callable[[], str | None]] = []
@@ -112,15 +126,32 @@ class Server:
         #: A client left since memory was last handed back (see `_release_memory`).
         self._departed = False
         self.addresses: list[tuple[str, int]] = []
+        #: Where the NATS listener ([nats]) listens; empty when it is off.
+        self.nats_addresses: list[tuple[str, int]] = []
+        self._nats_info: dict[str, Any] = {}
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
 
     @property
     def url(self) -> str:
-        """The URL of the first listening address, e.g. `tcp://127.0.0.1:5878`."""
+        """The URL of the first listening address, e.g. `tcp://127.0.0.1:5878`
+        (``tls://`` when ``[tls]`` is set).
+        """
         if not self.addresses:
             raise RuntimeError("the server is not listening yet")
-        return "tcp://" + format_address(*self.addresses[0])
+        scheme = "tcp" if self.tls_context is None else "tls"
+        return f"{scheme}://" + format_address(*self.addresses[0])
+
+    @property
+    def nats_url(self) -> str:
+        """The NATS listener's URL, e.g. `nats://127.0.0.1:4222` (the ``[nats]`` section).
+
+        Raises:
+            RuntimeError: The server is not listening yet, or ``[nats]`` is not enabled.
+        """
+        if not self.nats_addresses:
+            raise RuntimeError("the NATS listener is not open ([nats] enabled = false?)")
+        return "nats://" + format_address(*self.nats_addresses[0])
 
     @property
     def port(self) -> int:
@@ -139,6 +170,54 @@ class Server:
     def statistics(self) -> Statistics:
         """A snapshot of the counters; see `Statistics`."""
         return self.hub.statistics()
+
+    def reload(self, config: Config) -> None:
+        """Apply `config`'s ``[auth]`` and ``[tls]`` to this running server (SIGHUP).
+
+        Nobody is dropped for the reload itself: new connections get the new rules and
+        certificate; open ones get their new permissions, lose the subscriptions those refuse
+        (``permission_denied``), and are closed with ``auth_failed`` only if their user, token
+        or password is gone. Other settings take effect at the next restart (a warning says
+        so). Nothing changes if the new certificate cannot be loaded.
+
+        Raises:
+            ConfigError: ``[tls]`` was added or removed (that needs a restart), or its files
+                cannot be loaded; nothing was changed.
+        """
+        old = self.config
+        if (config.tls is None) != (old.tls is None):
+            raise ConfigError(
+                "cannot be added or removed by a reload: restart the broker", key="[tls]"
+            )
+        tls_context = server_context(config.tls) if config.tls is not None else None
+        auth = Authenticator(config.auth) if config.auth is not None else None
+        unchanged = dataclasses.replace(config, auth=old.auth, tls=old.tls)
+        if unchanged != old:
+            log.warning("reload: only [auth] and [tls] are reloaded; other changes need a restart")
+        self.config = dataclasses.replace(old, auth=config.auth, tls=config.tls)
+        self.hub.config = self.config
+        self.tls_context = tls_context
+        self.hub.auth = auth
+        _warn_plain_text(auth)
+        closed, removed = apply_auth(self.hub, self.transports)
+        log.info(
+            "reloaded [auth] and [tls]: %d clients closed, %d subscriptions removed",
+            closed,
+            removed,
+        )
+
+    def reload_file(self, path: str | os.PathLike[str]) -> bool:
+        """`reload` from a config file; an invalid one changes nothing and is logged.
+
+        Returns:
+            Whether the reload was applied.
+        """
+        try:
+            self.reload(load_config(path))
+        except ConfigError as error:
+            log.error("reload refused, nothing changed: %s", error)
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Ask `serve` to stop gracefully; returns at once (await `wait_stopped` to follow)."""
@@ -161,6 +240,12 @@ class Server:
         """
         listeners = await self._open_listeners()
         try:
+            nats_listeners = await self._open_nats_listener()
+        except BaseException:
+            await self._close_listeners(listeners)
+            raise
+        listeners += nats_listeners
+        try:
             monitoring = await self._open_monitoring()
             async with trio.open_nursery() as services:
                 # Monitoring lives as long as the clients do, so /healthz says 503 while they
@@ -172,7 +257,7 @@ class Server:
 
                     await services.start(serve_http, self, monitoring)
                     log.info("monitoring on %s", self.monitor_url)
-                await self._serve_clients(listeners, task_status)
+                await self._serve_clients(listeners, nats_listeners, task_status)
                 services.cancel_scope.cancel()
         finally:
             await self._close_listeners(listeners)
@@ -195,19 +280,25 @@ class Server:
         return opened
 
     async def _serve_clients(
-        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[Server]
+        self,
+        listeners: list[trio.SocketListener],
+        nats_listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Server],
     ) -> None:
         """Accept and serve clients until shutdown, then let them drain."""
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
-                    acceptors.start_soon(self._accept_loop, listener, handlers)
+                    is_nats = listener in nats_listeners
+                    acceptors.start_soon(self._accept_loop, listener, handlers, is_nats)
                 acceptors.start_soon(self._release_memory)
                 log.info(
                     "broker %s listening on %s",
                     self.server_id,
                     ", ".join(format_address(*address) for address in self.addresses),
                 )
+                if self.nats_addresses:
+                    log.info("NATS clients: %s", self.nats_url)
                 task_status.started(self)
                 await self._shutdown.wait()
                 acceptors.cancel_scope.cancel()
@@ -235,6 +326,22 @@ class Server:
         ]
         return listeners
 
+    async def _open_nats_listener(self) -> list[trio.SocketListener]:
+        section = self.config.nats
+        if not section.enabled:
+            return []
+        try:
+            opened = await trio.open_tcp_listeners(section.port, host=section.host)
+        except OSError as error:
+            raise ListenError(section.host, section.port, error) from error
+        self.nats_addresses = [
+            (listener.socket.getsockname()[0], listener.socket.getsockname()[1])
+            for listener in opened
+        ]
+        host, port = self.nats_addresses[0]
+        self._nats_info = nats_info(self.hub, host=host, port=port)
+        return opened
+
     @staticmethod
     async def _close_listeners(listeners: list[trio.SocketListener]) -> None:
         for listener in listeners:
@@ -249,8 +356,11 @@ class Server:
                 self._departed = False
                 release_free_memory()
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-        await trio.serve_listeners(self._handle, [listener], handler_nursery=handlers)
+    async def _accept_loop(
+        self, listener: trio.SocketListener, handlers: trio.Nursery, nats: bool
+    ) -> None:
+        handle = functools.partial(self._handle, nats=nats)
+        await trio.serve_listeners(handle, [listener], handler_nursery=handlers)
 
     def _begin_shutdown(self, handlers: trio.Nursery) -> None:
         grace = self.config.shutdown_grace
@@ -261,7 +371,11 @@ class Server:
         for transport in transports:
             transport.begin_shutdown()
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, *, nats: bool = False) -> None:
+        tls_context = self.tls_context
+        if tls_context is not None and not nats:
+            # The handshake itself runs in the transport, under the handshake deadline.
+            stream = trio.SSLStream(stream, tls_context, server_side=True)
         hub = self.hub
         counters = hub.counters
         limit = self.config.max_connections
@@ -283,7 +397,10 @@ class Server:
                     logger=log,
                 )
                 message = f"the server holds max_connections ({limit}) already"
-                frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
+                if nats:
+                    frame = nats_refusal(self._nats_info, ErrorCode.MAX_CONNECTIONS, message)
+                else:
+                    frame = refusal_frame(ErrorCode.MAX_CONNECTIONS, message)
                 await refuse(stream, frame, self.config.write_timeout)
                 return
             counters.connections += 1
@@ -292,7 +409,18 @@ class Server:
                 hub, stream, peer, self._next_client_id, address=address, peer_log=self.peer_log
             )
             self._next_client_id += 1
-            adapter = transport.adapter = NativeAdapter(hub, transport)
+            adapter: NativeAdapter | NatsAdapter
+            if nats:
+                adapter = NatsAdapter(
+                    hub,
+                    transport,
+                    self._nats_info,
+                    max_control_line=self.config.nats.max_control_line,
+                    tls=tls_context,
+                )
+            else:
+                adapter = NativeAdapter(hub, transport)
+            transport.adapter = adapter
             self.transports.add(transport)
             try:
                 await transport.run()
@@ -372,14 +500,26 @@ def _listen_hint(error: ListenError) -> str:
     return "check --host and --port (or [server] in the config file)"
 
 
-def run(config: Config | None = None) -> int:
+def _warn_plain_text(auth: Authenticator | None) -> None:
+    if auth is not None:
+        for where in auth.plain_text_secrets():
+            log.warning("%s is in plain text: store a bcrypt hash (`broker passwd`)", where)
+
+
+def run(config: Config | None = None, *, config_path: str | os.PathLike[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; returns the exit code.
 
     The first signal starts a graceful shutdown (0 when it completes); a second one exits at
-    once (1). A listener that cannot be opened is one logged line, what failed and what to do,
-    and returns 1: no traceback, since nothing in it would help whoever ran the command.
+    once (1). SIGHUP reloads ``[auth]`` and ``[tls]`` from `config_path` (`Server.reload`;
+    without a path it is logged and ignored). A listener that cannot be opened is one logged
+    line, what failed and what to do, and returns 1: no traceback, since nothing in it would
+    help whoever ran the command.
     """
-    server = Server(config)
+    try:
+        server = Server(config)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
     _raise_fd_limit(server.config.max_connections)
     forced = False
     failed: ListenError | None = None
@@ -388,6 +528,13 @@ def run(config: Config | None = None) -> int:
         nonlocal forced
         async for signum in receiver:
             name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                if config_path is None:
+                    log.warning("received SIGHUP: no config file to reload (--config)")
+                else:
+                    log.info("received SIGHUP: reloading [auth] and [tls] from %s", config_path)
+                    server.reload_file(config_path)
+                continue
             if not server._shutdown.is_set():
                 log.info("received %s: shutting down (send it again to exit at once)", name)
                 server.shutdown()
@@ -398,7 +545,8 @@ def run(config: Config | None = None) -> int:
 
     async def main() -> None:
         nonlocal failed
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*signals) as receiver:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_signals, receiver, nursery.cancel_scope)
                 # Caught here, inside the nursery: past it, trio wraps the error in an

@@ -92,11 +92,8 @@ class SystemEvents:
         self.dropped = 0
         self._send, self._receive = trio.open_memory_channel[tuple[str, Any]](EVENT_QUEUE)
         self.hub.system = self
-        # Authentication (the security branch) reports each failure to these hooks, as
-        # hook(peer, reason); until it is merged the hub has none and nothing is wired.
-        hooks = getattr(self.hub, "auth_failure_hooks", None)
-        if hooks is not None:
-            hooks.append(self.auth_error)
+        # Authentication reports each failure to these hooks, as hook(peer, reason).
+        self.hub.auth_failure_hooks.append(self.auth_error)
         # Straight into the table: a client's limits (max_subscriptions) are not the server's.
         for sid, pattern in enumerate(
             (_PING, f"{_PING}.*", f"$SYS.REQ.SERVER.{server.server_id}.*")

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 import time
 from typing import Any, Final, Protocol, final
 
 import trio
 
 from .._text import brief
+from ..auth import AuthFailure, Credentials, Identity
 from ..errors import ErrorCode
 from ..hub import Hub, Subscriber, Subscription
 from ..peerlog import PeerLog
+from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox
+from .security import AUTH_FAILED_MESSAGE, authenticate, recheck
+from .tls import batched_receive, tls_handshake
 
 __all__ = [
     "LINGER_SECONDS",
@@ -53,6 +58,9 @@ class WireAdapter(Subscriber, Protocol):
     It is also its client's `Subscriber`, whose identity and counters monitoring shows.
     """
 
+    credentials: Credentials
+    """What the peer's opening presented; filled by `handshake`."""
+
     def greeting(self) -> bytes | None:
         """Bytes to send as soon as the connection opens (NATS's INFO), or None."""
         ...
@@ -66,6 +74,12 @@ class WireAdapter(Subscriber, Protocol):
 
         Raises:
             RemoteProtocolError: The opening broke the wire's contract.
+        """
+        ...
+
+    def admit(self, permissions: ClientPermissions | None) -> None:
+        """The handshake (and authentication, when on) passed: take `permissions` (None when
+        auth is off) and queue what the wire sends on success (native: WELCOME).
         """
         ...
 
@@ -190,10 +204,12 @@ class Transport:
         "accepting",
         "adapter",
         "address",
+        "admitted",
         "client_id",
         "dropped_total",
         "dropped_unreported",
         "hub",
+        "identity",
         "outbox",
         "peer",
         "peer_log",
@@ -233,6 +249,10 @@ class Transport:
             replay_memory=hub.replay_memory,
         )
         self.accepting = True
+        #: Who the client proved to be, when authentication is on.
+        self.identity: Identity | None = None
+        #: The handshake (authentication included) passed: a reload now applies to it.
+        self.admitted = False
         #: Seconds the reader waits before its next turn, set by an adapter whose turn took
         #: far longer than its budget (see `NativeAdapter._dispatch`).
         self.rest = 0.0
@@ -353,17 +373,29 @@ class Transport:
         if self.hub.closing:
             self._handshake_scope.cancel()
         done = False
+        checked: Identity | AuthFailure | None = None
+        auth = self.hub.auth
         try:
             with trio.move_on_after(config.handshake_timeout), self._handshake_scope:
+                if isinstance(self.stream, trio.SSLStream) and not await tls_handshake(self):
+                    return False
                 greeting = adapter.greeting()
                 if greeting is not None:
                     await self.stream.send_all(greeting)
+                # NATS upgrades to TLS after its plaintext INFO (which says tls_required).
+                upgrade: ssl.SSLContext | None = getattr(adapter, "tls_after_greeting", None)
+                if upgrade is not None:
+                    self.stream = trio.SSLStream(self.stream, upgrade, server_side=True)
+                    if not await tls_handshake(self):
+                        return False
                 while not done:
                     data = await self.stream.receive_some(READ_SIZE)
                     adapter.receive_data(data)
                     done = adapter.handshake()
                     if not data and not done:
                         return False
+                if auth is not None:
+                    checked = await authenticate(self, auth, adapter.credentials)
         except RemoteProtocolError as error:
             await self._refuse(error.code, error.message)
             return False
@@ -372,12 +404,23 @@ class Transport:
         if self._shutting_down or self.hub.closing:
             await self._refuse(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
             return False
-        if not done:
+        if not done or (auth is not None and checked is None):
             await self._refuse(
                 ErrorCode.HANDSHAKE_TIMEOUT,
                 f"no HELLO within handshake_timeout ({config.handshake_timeout} s)",
             )
             return False
+        if self.hub.auth is not auth:
+            checked = recheck(self.hub.auth, checked)
+        if isinstance(checked, AuthFailure):
+            await self._refuse(ErrorCode.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+            return False
+        permissions = None
+        if checked is not None:
+            self.identity = checked
+            permissions = ClientPermissions(checked.permissions)
+        adapter.admit(permissions)
+        self.admitted = True
         now = trio.current_time()
         self._last_received = now
         self._last_ping = now
@@ -388,7 +431,10 @@ class Transport:
         counters = self.hub.counters
         counters.protocol_errors += code.violation
         counters.refused_connections += 1
-        self.peer_log.log(logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message)
+        if code is not ErrorCode.AUTH_FAILED:  # logged with its reason by the auth step
+            self.peer_log.log(
+                logging.INFO, self.peer, "%r refused: %s: %s", self, code.value, message
+            )
         frame = self.adapter.error_frame(code, message)
         await refuse(self.stream, frame, self.hub.config.write_timeout)
 
@@ -402,7 +448,7 @@ class Transport:
         otherwise hold a connection slot, and up to a frame of buffer, forever.
         """
         adapter = self.adapter
-        receive = self.stream.receive_some
+        receive = batched_receive(self.stream) or self.stream.receive_some
         checkpoint = trio.lowlevel.checkpoint
         frame_timeout = self.hub.config.frame_timeout
         #: When the bytes now buffered began to arrive (None: nothing is buffered).

@@ -18,6 +18,7 @@ from .inprocess import (
     running_broker,
     start_broker_thread,
 )
+from .security import TestCertificates, make_certificates
 
 __all__ = [
     "CAPTURE_CLIENT_NAME",
@@ -28,8 +29,10 @@ __all__ = [
     "Capture",
     "RunningBroker",
     "SyncCapture",
+    "TestCertificates",
     "capture",
     "config_for_tests",
+    "make_certificates",
     "running_broker",
     "start_asyncio_thread",
     "start_broker_thread",

@@ -41,7 +41,7 @@ from .._concurrency import single_leaf
 from .._portal import Portal, PortalClosed
 from ..client import Client, connect
 from ..client.deadlines import deadline
-from ..config import Config, MonitoringConfig, config_from_mapping, config_to_mapping
+from ..config import Config, MonitoringConfig, NatsConfig, config_from_mapping, config_to_mapping
 from ..server import Server
 from ..stats import Statistics
 from . import faults
@@ -101,8 +101,9 @@ def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
 
     Args:
         config: A base config; None means the defaults with ``hosts=("127.0.0.1",)`` and
-            ``port=0`` (a free port, so tests never collide), and monitoring on, on a free
-            loopback port (``monitor_url``).
+            ``port=0`` (a free port, so tests never collide), monitoring on a free loopback
+            port (``monitor_url``), and the NATS listener on 127.0.0.1 and a free port too
+            (``nats_url``), so nats.py clients can be tested.
         overrides: `broker.Config` fields, dotted file keys, and ``toml``.
 
     Raises:
@@ -136,7 +137,12 @@ def config_for_tests(config: Config | None = None, **overrides: Any) -> Config:
             'config file is given dotted, e.g. **{"slow_consumer.policy": "drop_oldest"}'
         )
     if config is None:
-        config = Config(hosts=("127.0.0.1",), port=0, monitoring=_TEST_MONITORING)
+        config = Config(
+            hosts=("127.0.0.1",),
+            port=0,
+            monitoring=_TEST_MONITORING,
+            nats=NatsConfig(enabled=True, host="127.0.0.1", port=0),
+        )
     if layout:
         merged = config_to_mapping(config)
         _merge(merged, layout)
@@ -187,11 +193,18 @@ class RunningBroker:
     Every method runs in the broker's own Trio loop: call them from Trio code in that loop.
     """
 
-    __slots__ = ("_captures", "_nursery", "_server", "_watched")
+    __slots__ = ("_captures", "_nursery", "_server", "_watched", "client_options")
 
-    def __init__(self, server: Server, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        server: Server,
+        nursery: trio.Nursery,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self._server = server
         self._nursery = nursery
+        #: Options every client it makes gets (`connect`, captures): credentials, TLS files.
+        self.client_options: dict[str, Any] = dict(client_options or {})
         self._captures: set[_Reconnects] = set()
         #: Set by `stop_server`: each capture's reconnection count then, for `start_server`.
         self._watched: list[tuple[_Reconnects, int]] | None = None
@@ -224,6 +237,15 @@ class RunningBroker:
         """``http://127.0.0.1:<port>``, its monitoring endpoint (/varz, /connz, /metrics...),
         or None if the config turned it off; the same across restarts."""
         return self._server.monitor_url
+
+    @property
+    def nats_url(self) -> str:
+        """``nats://127.0.0.1:<port>``, for NATS clients (nats.py); the same across restarts.
+
+        Raises:
+            RuntimeError: Its config turned the NATS listener off.
+        """
+        return self._server.nats_url
 
     def statistics(self) -> Statistics:
         """A snapshot of the current server's counters (reset by `restart`)."""
@@ -366,6 +388,9 @@ class RunningBroker:
             if old.monitor_address is not None:
                 monitoring = dataclasses.replace(config.monitoring, port=old.monitor_address[1])
                 config = dataclasses.replace(config, monitoring=monitoring)
+            if old.nats_addresses:
+                nats = dataclasses.replace(config.nats, port=old.nats_addresses[0][1])
+                config = dataclasses.replace(config, nats=nats)
             self._server = await self._nursery.start(Server(config).serve)
             self._watched = None
             for reconnects, count in watched:
@@ -376,8 +401,9 @@ class RunningBroker:
         return deadline(timeout, default, lambda: f"the broker on {self.url} did not {what}")
 
     def connect(self, **options: Any) -> AbstractAsyncContextManager[Client]:
-        """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` as defaults."""
-        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+        """``broker.connect(self.url, **options)``, with `TEST_CLIENT_OPTIONS` and
+        `client_options` as defaults."""
+        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **self.client_options, **options})
 
     @asynccontextmanager
     async def capture(self, pattern: str) -> AsyncIterator[Capture]:
@@ -406,7 +432,10 @@ class RunningBroker:
 
 @asynccontextmanager
 async def running_broker(
-    config: Config | None = None, **overrides: Any
+    config: Config | None = None,
+    *,
+    client_options: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[RunningBroker]:
     """Serve a broker in a nursery of the calling Trio task while the block runs.
 
@@ -422,6 +451,9 @@ async def running_broker(
 
     Args:
         config: A base config; see `config_for_tests`.
+        client_options: Connect options for every client the handle makes (`connect`,
+            captures): a user and password for a broker with ``[auth]``, TLS files for one
+            with ``[tls]`` (see `broker.testing.security`).
         overrides: `broker.Config` fields.
 
     Raises:
@@ -433,7 +465,7 @@ async def running_broker(
     try:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(Server(config).serve)
-            handle = RunningBroker(server, nursery)
+            handle = RunningBroker(server, nursery, client_options)
             try:
                 yield handle
             finally:
@@ -473,8 +505,16 @@ class BrokerThread:
         TypeError, ConfigError: A bad override (at once, before any thread starts).
     """
 
-    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> None:
         self._config = config_for_tests(config, **overrides)
+        #: Options every client it makes gets (as `running_broker`'s `client_options`).
+        self.client_options: dict[str, Any] = dict(client_options or {})
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         #: Set when `start` gave up waiting: a broker that comes up later shuts itself down.
@@ -487,6 +527,7 @@ class BrokerThread:
         self._helpers: trio.Nursery | None = None
         self._stop_event: trio.Event | None = None
         self._url = ""
+        self._nats_url = ""
         self._port = 0
         self._monitor_url: str | None = None
 
@@ -602,6 +643,18 @@ class BrokerThread:
         self._require_started()
         return self._monitor_url
 
+    @property
+    def nats_url(self) -> str:
+        """``nats://127.0.0.1:<port>``, for NATS clients (nats.py); the same across restarts.
+
+        Raises:
+            RuntimeError: Not started, or its config turned the NATS listener off.
+        """
+        self._require_started()
+        if not self._nats_url:
+            raise RuntimeError("the NATS listener is off in this broker's config ([nats])")
+        return self._nats_url
+
     def statistics(self) -> Statistics:
         """A snapshot of the current server's counters (reset by `restart`)."""
         return self._call(lambda: self._live().statistics())
@@ -711,13 +764,13 @@ class BrokerThread:
 
         The client runs in the caller's event loop (asyncio or Trio), not the broker's.
         """
-        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+        return connect(self.url, **{**TEST_CLIENT_OPTIONS, **self.client_options, **options})
 
     def connect_sync(self, **options: Any) -> SyncClient:
         """``broker.sync.connect(self.url, **options)`` with `TEST_CLIENT_OPTIONS` as defaults."""
         from .. import sync
 
-        return sync.connect(self.url, **{**TEST_CLIENT_OPTIONS, **options})
+        return sync.connect(self.url, **{**TEST_CLIENT_OPTIONS, **self.client_options, **options})
 
     def capture(self, pattern: str) -> SyncCapture:
         """Capture every message published on `pattern` from now on; see `SyncCapture`.
@@ -747,11 +800,12 @@ class BrokerThread:
 
     async def _main(self) -> None:
         self._stop_event = stop_event = trio.Event()
-        async with running_broker(self._config) as broker:
+        async with running_broker(self._config, client_options=self.client_options) as broker:
             self._broker = broker
             self._url = broker.url
             self._port = broker.port
             self._monitor_url = broker.monitor_url
+            self._nats_url = broker.server.nats_url if broker.server.nats_addresses else ""
             async with trio.open_nursery() as helpers:
                 self._helpers = helpers
                 self._portal = Portal(helpers, f"the broker thread on {self._url} is not running")

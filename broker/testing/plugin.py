@@ -24,6 +24,9 @@ For every kind of test (sync, asyncio, Trio):
 - ``broker_url``: its URL, ``tcp://127.0.0.1:<port>``.
 - ``broker_monitor_url``: its monitoring endpoint, ``http://127.0.0.1:<port>`` (on by default
   in test brokers), to assert on ``/varz``, ``/connz?cid=...`` or ``/metrics``.
+- ``broker_nats_url``: its NATS listener's URL, ``nats://127.0.0.1:<port>``, for NATS clients
+  such as nats.py (``await nats.connect(broker_nats_url, name="svc")``); the fault injection
+  above finds them by the ``name`` they gave.
 - ``broker_client_sync``: a connected `broker.sync.SyncClient` named ``"broker_client_sync"``
   (for sync and asyncio tests: a `SyncClient` cannot be called from a thread running Trio).
 - ``asyncio_service``: a function, ``asyncio_service(serve, *args)``, that runs the coroutine
@@ -72,11 +75,24 @@ The keys of a config file (config/broker.toml) work too, dotted or as tables::
 (see `broker.testing.config_for_tests`). With several markers the closest to the test wins.
 Override the ``broker_config`` fixture to change the base for a whole directory. The marker is
 registered by the plugin, so it is allowed under ``--strict-markers``.
+
+Security: test against the rules you run in production. ``[auth]`` goes in through
+``broker_config`` like any section (``toml={"auth": {...}}``, e.g. read from your own file);
+``@pytest.mark.broker_client(user="orders", password="...")`` gives every client the fixtures
+and the handles make (captures too) those credentials. ``@pytest.mark.broker_tls`` serves TLS
+with certificates from the ``broker_certificates`` fixture (a `trustme` CA made for the test;
+see `broker.testing.security`), and the fixtures' clients trust it;
+``broker_tls(verify=True)`` requires client certificates, and the fixtures' clients present
+the one named ``client`` (``broker_tls(verify=True, client="orders")`` for another, which
+the broker maps to that user). ``broker_certificates.client_options("orders")`` gives the
+options for a client of your own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -85,15 +101,19 @@ from ..client import Client
 from ..config import Config
 from .asyncio_thread import AsyncioThread
 from .inprocess import BrokerThread, RunningBroker, config_for_tests, running_broker
+from .security import TestCertificates, make_certificates
 
 if TYPE_CHECKING:
     from ..sync import SyncClient
 
 __all__ = [
     "asyncio_service",
+    "broker_certificates",
+    "broker_client_options",
     "broker_client_sync",
     "broker_config",
     "broker_monitor_url",
+    "broker_nats_url",
     "broker_thread",
     "broker_url",
     "pytest_configure",
@@ -102,6 +122,8 @@ __all__ = [
 ]
 
 MARKER = "broker_config"
+TLS_MARKER = "broker_tls"
+CLIENT_MARKER = "broker_client"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,6 +134,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "trio_broker and the fixtures built on them): broker.Config fields "
         '(slow_consumer_policy="drop_oldest"), config file keys dotted '
         '(**{"slow_consumer.policy": "drop_oldest"}) or toml={"slow_consumer": {...}}',
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{TLS_MARKER}(verify=False, client='client'): serve TLS with the broker_certificates "
+        "fixture's files; verify=True requires client certificates, and the fixtures' clients "
+        "present the one named `client`",
+    )
+    config.addinivalue_line(
+        "markers",
+        f"{CLIENT_MARKER}(**options): connect options (user, password, token, inbox_prefix, "
+        "...) for every client the broker fixtures make",
     )
 
 
@@ -127,13 +160,45 @@ def broker_config(request: pytest.FixtureRequest) -> Config:
                 f"file keys), got positional {marker.args!r}"
             )
         config = config_for_tests(config, **marker.kwargs)
-    return config_for_tests(config)
+    config = config_for_tests(config)
+    tls = request.node.get_closest_marker(TLS_MARKER)
+    if tls is not None:
+        certificates: TestCertificates = request.getfixturevalue("broker_certificates")
+        verify = tls.kwargs.get("verify", False)
+        config = dataclasses.replace(config, tls=certificates.tls_config(verify=verify))
+    return config
 
 
 @pytest.fixture
-def broker_thread(broker_config: Config) -> Iterator[BrokerThread]:
+def broker_certificates(tmp_path: Path) -> TestCertificates:
+    """A test CA, a server certificate and client certificates named ``client``, ``orders``,
+    ``auditor`` and ``responder`` (see `broker.testing.security`); needs `trustme`."""
+    return make_certificates(
+        tmp_path / "broker-certificates", clients=("client", "orders", "auditor", "responder")
+    )
+
+
+@pytest.fixture
+def broker_client_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Connect options for the clients the broker fixtures make: TLS files when the test has
+    ``broker_tls``, then the ``broker_client`` marker's options."""
+    options: dict[str, Any] = {}
+    tls = request.node.get_closest_marker(TLS_MARKER)
+    if tls is not None:
+        certificates: TestCertificates = request.getfixturevalue("broker_certificates")
+        client = tls.kwargs.get("client", "client" if tls.kwargs.get("verify") else None)
+        options.update(certificates.client_options(client))
+    for marker in reversed(list(request.node.iter_markers(CLIENT_MARKER))):
+        options.update(marker.kwargs)
+    return options
+
+
+@pytest.fixture
+def broker_thread(
+    broker_config: Config, broker_client_options: dict[str, Any]
+) -> Iterator[BrokerThread]:
     """A broker in a background thread, started for this test and stopped after it."""
-    with BrokerThread(broker_config) as handle:
+    with BrokerThread(broker_config, client_options=broker_client_options) as handle:
         yield handle
 
 
@@ -156,6 +221,12 @@ def broker_monitor_url(broker_thread: BrokerThread) -> str:
 
 
 @pytest.fixture
+def broker_nats_url(broker_thread: BrokerThread) -> str:
+    """The NATS URL of ``broker_thread``'s broker, ``nats://127.0.0.1:<port>``, for nats.py."""
+    return broker_thread.nats_url
+
+
+@pytest.fixture
 def broker_client_sync(broker_thread: BrokerThread) -> Iterator[SyncClient]:
     """A `broker.sync.SyncClient` connected to ``broker_thread``, named ``broker_client_sync``."""
     client = broker_thread.connect_sync(name="broker_client_sync")
@@ -164,9 +235,11 @@ def broker_client_sync(broker_thread: BrokerThread) -> Iterator[SyncClient]:
 
 
 @pytest.fixture
-async def trio_broker(broker_config: Config) -> AsyncIterator[RunningBroker]:
+async def trio_broker(
+    broker_config: Config, broker_client_options: dict[str, Any]
+) -> AsyncIterator[RunningBroker]:
     """A broker serving in this Trio test's loop (pytest-trio; see the module docstring)."""
-    async with running_broker(broker_config) as handle:
+    async with running_broker(broker_config, client_options=broker_client_options) as handle:
         yield handle
 
 
