@@ -34,7 +34,6 @@ from broker.protocol import (
     encode_msg_tail,
     msg_head,
     msg_prefix,
-    msg_sid_part,
 )
 
 
@@ -131,10 +130,9 @@ def test_fanout_encoding_equals_plain_encoding() -> None:
 
 def forwarded_msg(forward: Any, sid: int) -> bytes:
     """The MSG frame a server builds from a PUB's `Forward`, as `NativeAdapter.deliver` does."""
-    _pub, body, stop, array = forward
-    tail = body[5:stop]
-    sid_part = msg_sid_part(sid)
-    return struct.pack(">IB", 1 + len(sid_part) + len(tail), array) + sid_part + tail
+    _pub, body, stop, pad = forward
+    tail = body[5:stop] + pad
+    return msg_head(msg_prefix(sid), len(tail)) + tail
 
 
 @pytest.mark.parametrize(

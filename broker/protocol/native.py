@@ -56,7 +56,6 @@ __all__ = [
     "msg_head",
     "msg_head_sid",
     "msg_prefix",
-    "msg_sid_part",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -384,41 +383,31 @@ def _parse_msg(items: list[Any]) -> Event | str:
     return Msg(sid, subject, payload, reply_to, headers, retained is True)
 
 
-#: Where a PUB's own encoding of the MSG fields after the sid lies: ``(pub, body, stop,
-#: array)``, the tail being ``body[5:stop]`` of the PUB's frame body (see
-#: `Connection.events_and_tails`), `array` the MSG's msgpack array byte.
-Forward: TypeAlias = "tuple[Pub, bytes, int, int]"
+#: Where a PUB's own encoding of the MSG fields after the sid lies: ``(pub, body, stop, pad)``;
+#: the MSG tail is ``body[PUB_TAIL_START:stop] + pad`` (see `Connection.events_and_tails`).
+Forward: TypeAlias = "tuple[Pub, bytes, int, bytes]"
 #: How a PUB frame of N elements (3 to 6) starts when encoded the shortest way.
 _PUB_STARTS: Final = {count: bytes([0x90 + count]) + b"\xa3PUB" for count in range(3, 7)}
 _PLAIN_PUB_START: Final = _PUB_STARTS[3]
 #: Where the fields start in such a frame: after the array byte and the op name.
 PUB_TAIL_START: Final = 5
-#: A MSG's array byte for the 2 fields of a plain PUB: op, sid, subject, payload.
-_PLAIN_MSG_ARRAY: Final = 0x94
+#: The nils that complete the four MSG fields a PUB of N elements left out (its omitted
+#: reply_to and headers), so that every tail joins the same `msg_prefix`.
+_PADDING: Final = {3: b"\xc0\xc0", 4: b"\xc0", 5: b"", 6: b""}
+_PLAIN_PADDING: Final = _PADDING[3]
 
 
 def _forward(pub: Pub, body: bytes) -> Forward | None:
     """Where the MSG tail lies in a PUB's frame `body`, or None if it is not encoded plainly.
 
-    A PUB of N elements carries N - 1 fields; the MSG adds the sid, so its array has N + 1
-    elements, except that a retain flag (always one byte, the frame's last) is not forwarded:
-    a live delivery's 7th MSG element would say "replayed".
+    A PUB of N elements carries N - 1 fields; a MSG's tail has four, so the omitted ones are
+    padded with nils, and a retain flag (always one byte, the frame's last) is left out: a
+    live delivery's 7th MSG element would say "replayed".
     """
     count = body[0] - 0x90
     if not 3 <= count <= 6 or not body.startswith(_PUB_STARTS[count]):
         return None  # a longer encoding of the array or op name: re-encode instead
-    if count == 6:
-        return pub, body, len(body) - 1, 0x96
-    return pub, body, len(body), 0x91 + count
-
-
-def msg_sid_part(sid: int) -> bytes:
-    """A MSG's op name and sid, which follow its array byte: a subscription's own bytes.
-
-    A server builds each MSG as its length and array byte, this, then a tail it shares with
-    every other subscriber (`encode_msg_tail`, array byte 0x96, or a PUB's `Forward`).
-    """
-    return _MSG_ARRAY_HEAD[1:] + _packb(sid)
+    return pub, body, len(body) - 1 if count == 6 else len(body), _PADDING[count]
 
 
 def _fast_msg(items: list[Any]) -> Msg | None:
@@ -738,12 +727,11 @@ class Connection:
         """`events()`, with each PUB's own encoding of its fields, for a server to forward.
 
         The second list runs parallel to the first: for a PUB encoded the usual (shortest) way,
-        a `Forward` ``(pub, body, stop, array)``: ``body[PUB_TAIL_START:stop]`` is the frame's
-        bytes after the op name, which are the MSG fields after the sid as they must be sent
-        (a retain flag left out), and `array` the MSG's msgpack array byte for that many
-        fields. So a server delivers the PUB without encoding it again (see `msg_sid_part`),
-        and slices the tail only if some subscriber gets it; for every other event the entry
-        is None.
+        a `Forward` ``(pub, body, stop, pad)``: ``body[PUB_TAIL_START:stop] + pad`` is the MSG
+        tail that `encode_msg_tail` would make: the frame's bytes after the op name (a retain
+        flag left out), and nils for the fields it omitted. So a server delivers the PUB
+        without encoding it again, and slices the tail only if some subscriber gets it; for
+        every other event the entry is None.
         """
         forwards: list[Forward | None] = []
         return self._decode(-1, forwards), forwards
@@ -806,7 +794,7 @@ class Connection:
                         append(pub)
                         if forward is not None:
                             plain = body.startswith(_PLAIN_PUB_START)
-                            forward((pub, body, length, _PLAIN_MSG_ARRAY) if plain else None)
+                            forward((pub, body, length, _PLAIN_PADDING) if plain else None)
                         continue
                 elif fast_msg and type(items) is list and len(items) >= 4 and items[0] == "MSG":
                     msg = _fast_msg(items)

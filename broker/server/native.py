@@ -38,7 +38,6 @@ from ..protocol.native import (
     encode_msg_tail,
     msg_head_sid,
     msg_prefix,
-    msg_sid_part,
 )
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
@@ -69,16 +68,10 @@ OVERRUN_REST: Final = 0.010
 #: message's identity, encodes each publish once however many native subscribers it reaches.
 #: It holds the message, so no other live object can share its identity. One tuple, read and
 #: replaced whole, so brokers serving in other threads of this process never see half of it.
-#: The entry is ``(message, tail, array)``, `array` being the MSG's msgpack array byte: a PUB's
-#: own encoding (`Forward`) may carry fewer fields than `encode_msg_tail` writes.
-_last_encoded: tuple[object, bytes, int] = (None, b"", 0)
+_last_encoded: tuple[object, bytes] = (None, b"")
 #: The publish being routed, if its PUB came with its own encoding of the MSG fields (set by
 #: `NativeAdapter._dispatch`): its first delivery takes the tail from there.
-_next_forward: tuple[object, bytes, int, int] = (None, b"", 0, 0)
-#: The array byte of a MSG with all four fields after the sid (`encode_msg_tail`'s).
-_FULL_ARRAY: Final = 0x96
-#: A MSG's frame length and array byte, packed in one call.
-_pack_head = struct.Struct(">IB").pack
+_next_forward: tuple[object, bytes, int, bytes] = (None, b"", 0, b"")
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:
@@ -260,7 +253,7 @@ class NativeAdapter:
                         # waits (see `Outbox.wait_replay_room`).
                         self._deferred = events[at:], forwards[at:]
                         return DEFERRED
-                    hub.subscribe(self, sid, pattern, queue, prefix=msg_sid_part(sid))
+                    hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
                 elif kind is Unsub:
                     # An unknown sid is not an error: an auto-unsubscribe may have removed it.
                     sid, max_msgs = cast(Unsub, event)
@@ -316,19 +309,19 @@ class NativeAdapter:
             return 0
         last = _last_encoded
         if last[0] is message:
-            _, tail, array = last
+            tail = last[1]
         else:
             forward = _next_forward
             if forward[0] is message:
-                _, body, stop, array = forward
-                tail = body[PUB_TAIL_START:stop]
+                # The PUB's own bytes (see `Connection.events_and_tails`): no encoding.
+                _, body, stop, pad = forward
+                tail = body[PUB_TAIL_START:stop] + pad if pad else body[PUB_TAIL_START:stop]
             else:
                 subject, payload, reply_to, headers, _retain = message
                 tail = encode_msg_tail(subject, payload, reply_to, headers)
-                array = _FULL_ARRAY
-            _last_encoded = (message, tail, array)
-        sid_part = sub.prefix  # msg_sid_part(sid)
-        head = _pack_head(1 + len(sid_part) + len(tail), array) + sid_part
+            _last_encoded = (message, tail)
+        prefix = sub.prefix
+        head = _pack_length(len(prefix) + len(tail)) + prefix  # msg_head, inlined
         queued = self.outbox.offer(head, tail) or transport.overflow(sub, head, tail)
         if not queued and not transport.accepting:
             return 0
