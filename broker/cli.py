@@ -153,6 +153,14 @@ def serve(
             help="Serve monitoring (/varz, /connz, /metrics...) on this port; turns it on.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes sharing the port (SO_REUSEPORT), joined through [cluster]'s Redis.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the broker until SIGINT or SIGTERM, then drain clients and exit."""
     config = _load(
@@ -167,6 +175,15 @@ def serve(
     configure_logging(config.log_level, config.log_format)
     # Imported here so that check-config and the client commands neither need nor pay for the
     # server's import.
+    if workers > 1:
+        from .server.workers import WorkersError, run_workers
+
+        try:
+            code = run_workers(config, workers)
+        except WorkersError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(EXIT_CONFIG_ERROR) from None
+        raise typer.Exit(code)
     from .server import run
 
     raise typer.Exit(run(config, config_path=config_path))

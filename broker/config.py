@@ -103,6 +103,7 @@ __all__ = [
     "MIN_MAX_SUBJECT_LENGTH",
     "SLOW_CONSUMER_POLICIES",
     "AuthConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "LogFormat",
@@ -196,6 +197,15 @@ DEFAULT_NATS_PORT: Final = 4222
 DEFAULT_MAX_CONTROL_LINE: Final = 4096
 MIN_MAX_CONTROL_LINE: Final = 256
 MAX_MAX_CONTROL_LINE: Final = 64 * KiB
+
+# [cluster]
+DEFAULT_CLUSTER_PREFIX: Final = "broker"
+DEFAULT_HEARTBEAT_INTERVAL: Final = 1.0
+DEFAULT_NODE_TIMEOUT: Final = 5.0
+MAX_NODE_TIMEOUT: Final = 300.0
+DEFAULT_CLUSTER_BUFFER: Final = 65_536
+#: Node names and prefixes end up in Redis key and channel names: kept short and unambiguous.
+_CLUSTER_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # [logging]
 DEFAULT_LOG_LEVEL: Final = "info"
@@ -981,6 +991,61 @@ class NatsConfig:
         )
 
 
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: join the nodes that share a Redis and a prefix into one broker.
+
+    See docs/cluster.md for the Redis keys and channels and what each setting bounds.
+    """
+
+    redis_url: str
+    """Where the cluster's Redis is, e.g. ``redis://127.0.0.1:6379/0``."""
+    name: str = ""
+    """This node's name, unique in the cluster; "" generates one at start."""
+    prefix: str = DEFAULT_CLUSTER_PREFIX
+    """Starts every Redis key and channel, so several clusters can share one Redis."""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    """Seconds between a node's heartbeats (each also checks which nodes are alive)."""
+    node_timeout: float = DEFAULT_NODE_TIMEOUT
+    """Seconds without a heartbeat after which a node, and its interest, count as gone."""
+    inbound_buffer: int = DEFAULT_CLUSTER_BUFFER
+    """Batches from Redis waiting to be routed here; past it they are dropped and counted."""
+    outbound_buffer: int = DEFAULT_CLUSTER_BUFFER
+    """Messages waiting to go to Redis; past it (or while Redis is away) dropped and counted."""
+
+    def __post_init__(self) -> None:
+        url = _require_str("redis_url", self.redis_url)
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"must be a redis://, rediss:// or unix:// URL, got {url!r}", key="redis_url"
+            )
+        for key in ("name", "prefix"):
+            value = _require_str(key, getattr(self, key))
+            if (value or key == "prefix") and not _CLUSTER_NAME.fullmatch(value):
+                raise ConfigError(
+                    "must be 1 to 64 letters, digits, '_', '.' or '-', got " + repr(value),
+                    key=key,
+                )
+        beat = _require_seconds_in(
+            "heartbeat_interval", self.heartbeat_interval, _Range(0, 60, low_exclusive=True)
+        )
+        timeout = _require_seconds_in(
+            "node_timeout", self.node_timeout, _Range(0, MAX_NODE_TIMEOUT, low_exclusive=True)
+        )
+        if timeout < 2 * beat:
+            raise ConfigError(
+                f"must be at least twice heartbeat_interval ({_number(2 * beat)}) so one late"
+                f" heartbeat does not drop a live node, got {_number(timeout)}",
+                key="node_timeout",
+            )
+        object.__setattr__(self, "heartbeat_interval", beat)
+        object.__setattr__(self, "node_timeout", timeout)
+        _require_int_in("inbound_buffer", self.inbound_buffer, _Range(1))
+        _require_int_in("outbound_buffer", self.outbound_buffer, _Range(1))
+
+
+@final
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the broker can be told at start-up, with defaults that are safe on loopback.
@@ -1062,6 +1127,8 @@ class Config:
     """The HTTP monitoring endpoint, ``[monitoring]``; off unless enabled."""
     nats: NatsConfig = dataclasses.field(default_factory=NatsConfig)
     """``[nats]``: the NATS-protocol listener (`NatsConfig`)."""
+    cluster: ClusterConfig | None = None
+    """``[cluster]``: the Redis that joins this node to others; None runs it alone."""
 
     def __post_init__(self) -> None:
         _check_nested(self)

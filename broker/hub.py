@@ -217,10 +217,12 @@ class Hub:
         "counters",
         "fanouts",
         "info",
+        "on_retain",
         "replay_memory",
         "retained",
         "system",
         "table",
+        "watch",
     )
 
     def __init__(self, config: Config, *, server_id: str) -> None:
@@ -239,6 +241,12 @@ class Hub:
         #: Owners being torn down in batches whose queue memberships are already gone.
         self._shedding: set[Subscriber] = set()
         self.closing = False
+        #: Told of every subscription added (+1) or removed (-1) through the verbs; the cluster
+        #: link uses it to announce this node's interest. None (alone): no cost.
+        self.watch: Callable[[Subscription, int], None] | None = None
+        #: Told of every retained message stored or deleted by a publish (not by
+        #: `store_retained`), so the cluster link can share it. None (alone): no cost.
+        self.on_retain: Callable[[Message], None] | None = None
         self.system: SystemOrigin | None = None
         #: Live subscriptions with a `Subscription.guard`; while 0, delivery checks nothing.
         self._guarded = 0
@@ -466,11 +474,115 @@ class Hub:
         subject = message[0]
         if not message[1]:
             store.delete(subject)
-            return
+        else:
+            kept = Retained(message)
+            problem = store.put(subject, kept, kept.size)
+            if problem is not None:
+                raise Refused(ErrorCode.RETAINED_LIMIT, problem, {"subject": subject})
+        if self.on_retain is not None:
+            self.on_retain(message)
+
+    def store_retained(self, message: Message) -> str | None:
+        """Store (or, with an empty payload, delete) a retained message routed elsewhere.
+
+        For a copy of the cluster's retained store: nothing is delivered and `on_retain` is
+        not told. Returns the store's refusal, or None.
+        """
+        subject = message[0]
+        if not message[1]:
+            self.retained.delete(subject)
+            return None
         kept = Retained(message)
-        problem = store.put(subject, kept, kept.size)
-        if problem is not None:
-            raise Refused(ErrorCode.RETAINED_LIMIT, problem, {"subject": subject})
+        return self.retained.put(subject, kept, kept.size)
+
+    # -- deliveries routed by another node ----------------------------------------------------
+
+    def deliver_plain(self, origin: Subscriber, message: Message) -> int:
+        """Deliver a message another node published to every plain subscription here.
+
+        Queue groups are left out (the publishing node chose their members), and so are the
+        subscriptions `origin` holds, whatever its echo flag: they stand for other nodes.
+        """
+        delivered = 0
+        size = len(message[1])
+        subject = message[0]
+        reply_to = message[2]
+        guarded = self._guarded
+        for sub in self.table.match(subject).plain:
+            target = sub.owner
+            if target is origin:
+                continue
+            if guarded:
+                # As `_deliver_guarded`: permissions hold for messages from other nodes too.
+                guard = sub.guard
+                if guard is not None:
+                    if sub.filtered and not guard.may_receive(subject):
+                        continue
+                    if reply_to is not None:
+                        guard.note_request(reply_to)
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
+        self._count_out(delivered, size)
+        return delivered
+
+    def deliver_group(self, origin: Subscriber, message: Message, queue: str) -> int:
+        """Deliver a message to one member here of queue group `queue`, chosen by another node.
+
+        Members `origin` holds (other nodes') are passed over; 0 if none is left here.
+        """
+        subject = message[0]
+
+        def skip(sub: Subscription) -> bool:
+            if sub.owner is origin:
+                return True
+            guard = sub.guard
+            return guard is not None and sub.filtered and not guard.may_receive(subject)
+
+        for group in self.table.match(subject).groups:
+            if group.name == queue:
+                chosen = group.choose(skip)
+                if chosen is None:
+                    return 0
+                if chosen.guard is not None and message[2] is not None:
+                    chosen.guard.note_request(message[2])
+                target = chosen.owner
+                if not target.deliver(chosen, message):
+                    return 0
+                size = len(message[1])
+                target.out_msgs += 1
+                target.out_bytes += size
+                self._count_out(1, size)
+                return 1
+        return 0
+
+    def _count_out(self, delivered: int, size: int) -> None:
+        if delivered:
+            counters = self.counters
+            counters.messages_out += delivered
+            counters.bytes_out += delivered * size
+
+    def attach(self, owner: Subscriber, sid: Any, pattern: str, queue: str | None) -> Subscription:
+        """Add a subscription that stands for interest elsewhere (another node's).
+
+        No limit, no replay and no `watch`: the pattern was checked where it was made.
+
+        Raises:
+            SubjectError: The pattern or queue name is not valid here (a node with other
+                subject limits); the caller skips that interest.
+        """
+        sub = Subscription(owner, sid, pattern, queue, b"")
+        self.table.insert(sub, pattern, queue)
+        owner.subscriptions[sid] = sub
+        return sub
+
+    def detach(self, sub: Subscription) -> None:
+        """Remove a subscription made by `attach` (no `watch`)."""
+        held = sub.owner.subscriptions
+        if held.get(sub.sid) is sub:
+            del held[sub.sid]
+            self.table.discard(sub)
 
     def _no_responders(self, origin: Subscriber, reply_to: str) -> None:
         """Answer a request nobody can serve, on the requester's own reply subscriptions."""
@@ -540,6 +652,8 @@ class Hub:
         held[sid] = sub
         if permissions is not None:
             self._set_guard(sub, permissions, verdict)
+        if self.watch is not None:
+            self.watch(sub, 1)
         if queue is None and self.retained.subjects:
             entries = self.retained.matching(pattern)
             if entries and sub.filtered and permissions is not None:
@@ -578,6 +692,8 @@ class Hub:
             if sub.guard is not None:
                 sub.guard = None
                 self._guarded -= 1
+            if self.watch is not None:
+                self.watch(sub, -1)
 
     def remove_all(self, owner: Subscriber, *, limit: int | None = None) -> bool:
         """Remove the subscriptions of `owner` (it is leaving); True while some remain.
@@ -597,11 +713,14 @@ class Hub:
         table = self.table
         held = owner.subscriptions
         if limit is None or len(held) <= limit:
+            watch = self.watch
             for sub in held.values():
                 table.discard(sub)
                 if sub.guard is not None:
                     sub.guard = None
                     self._guarded -= 1
+                if watch is not None:
+                    watch(sub, -1)
             held.clear()
             return False
         shedding = self._shedding

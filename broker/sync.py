@@ -60,7 +60,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, TypeAlias, TypeVar, Unpack, final
@@ -85,12 +85,7 @@ from .client import (
 )
 from .client.client import open_client
 from .client.limits import Payload, ServerLimits, check_headers
-from .client.options import (
-    ConnectOptions,
-    check_options,
-    document_options,
-    resolve_target,
-)
+from .client.options import ConnectOptions, check_options, document_options, resolve_targets
 from .errors import (
     BrokerError,
     ConnectionClosed,
@@ -1149,7 +1144,9 @@ def _in_worker_thread(hook: Callable[..., object] | None) -> Callable[..., Await
 
 
 @document_options
-def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncClient:
+def connect(
+    url: str | Sequence[str] | None = None, **options: Unpack[ConnectOptions]
+) -> SyncClient:
     """Connect to a broker from sync code; returns once connected (or raises).
 
     Use as ``with sync.connect(url) as client:``, or call `SyncClient.close` when done. The
@@ -1158,7 +1155,8 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
 
     Args:
         url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
-            ``$BROKER_URL`` as the command line does, else ``tcp://127.0.0.1:5878``.
+            ``$BROKER_URL`` as the command line does, else ``tcp://127.0.0.1:5878``. Several
+            nodes of a cluster as a list or with commas, as `broker.connect` takes them.
         **options: Any of `broker.client.options.ConnectOptions` (listed below).
 
     Raises:
@@ -1168,9 +1166,10 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
             ``max_connections``) is in its ``code``.
     """
     # Checked here, in the caller's thread; connecting happens in the client's.
-    target = resolve_target(url)
-    host, port = target.host, target.port
-    checked = target.apply(check_options(options, "connect"))
+    first, *others = resolve_targets(url)
+    host, port = first.host, first.port
+    also = [(target.host, target.port) for target in others]
+    checked = first.apply(check_options(options, "connect"))
     report_error = _in_worker_thread(checked.on_error)
     client = SyncClient(write_buffer_size=checked.write_buffer_size, on_error=report_error)
     client._connector = open_client(
@@ -1183,6 +1182,7 @@ def connect(url: str | None = None, **options: Unpack[ConnectOptions]) -> SyncCl
             on_shutting_down=_in_worker_thread(checked.on_shutting_down),
             on_error=report_error,
         ),
+        also=also,
     )
     client._start()
     return client

@@ -110,7 +110,7 @@ def test_shipped_file_spells_out_every_key() -> None:
 
 #: Config fields that are sections of their own, each its own TOML table ([auth] and [tls]
 #: are tested in test_security_config.py).
-SECTIONS = {"auth", "tls", "monitoring", "nats"}
+SECTIONS = {"auth", "tls", "monitoring", "nats", "cluster"}
 
 
 def test_every_field_has_exactly_one_toml_key() -> None:
@@ -398,7 +398,7 @@ def test_unknown_section() -> None:
     assert str(info.value) == (
         f"{SOURCE}: [limit] is not a known section (did you mean 'limits'?);"
         " known: server, limits, slow_consumer, retained, timeouts, logging, auth, tls, monitoring,"
-        " nats"
+        " nats, cluster"
     )
 
 

@@ -184,7 +184,7 @@ async def test_json_logs_give_the_statistics_as_an_object(tmp_path: Path) -> Non
 
 SECTIONS = (
     "[server], [limits], [slow_consumer], [retained], [timeouts], [logging], [auth], [tls],"
-    " [monitoring], [nats]"
+    " [monitoring], [nats], [cluster]"
 )
 
 

@@ -523,3 +523,29 @@ def test_a_publish_to_more_subscriptions_than_one_step(raw: Any) -> None:
         assert sub.line() == b"x"
         sids.add(head[2])
     assert len(sids) == count
+
+
+def test_monitoring_shows_nats_connections_with_their_lang_and_version(
+    broker_thread: BrokerThread,
+) -> None:
+    import urllib.request
+
+    async def body() -> dict[str, Any]:
+        nc = await nats.connect(broker_thread.nats_url, name="svc")
+        try:
+            await nc.publish("metered", b"four")
+            await subscribed(broker_thread, "svc", 0)
+            await nc.flush()
+            url = f"{broker_thread.monitor_url}/connz?sort=cid"
+            reply = await asyncio.to_thread(urllib.request.urlopen, url, timeout=LIMIT)
+            connz: dict[str, Any] = json.loads(reply.read())
+            return connz
+        finally:
+            await nc.close()
+
+    connz = run(body)
+    (svc,) = [c for c in connz["connections"] if c["name"] == "svc"]
+    from nats.aio.client import __lang__, __version__
+
+    assert (svc["lang"], svc["version"]) == (__lang__, __version__)  # "python3", "2.16.0"
+    assert (svc["in_msgs"], svc["in_bytes"]) == (1, 4)

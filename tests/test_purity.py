@@ -30,6 +30,9 @@ PURE_MODULES = (
     "broker.subjects",
     "broker.permissions",
     "broker.auth",
+    "broker.cluster",
+    "broker.cluster.interest",
+    "broker.cluster.wire",
 )
 
 _IO = ("trio", "anyio", "asyncio", "socket")

@@ -142,3 +142,29 @@ async def test_answers_never_go_to_a_sys_reply_subject(start_server: StartServer
             err = await client.expect(Err)
             assert err.code == "bad_subject"
             assert server.system.answer("$SYS.REQ.SERVER.PING.VARZ")["connections"] == 1
+
+
+async def test_a_failed_login_publishes_auth_err_to_a_user_allowed_to_read_sys(
+    start_server: StartServer,
+) -> None:
+    from broker.config import AuthConfig, PermissionsConfig, RulesConfig, UserConfig
+    from broker.errors import AuthFailed
+
+    ops = UserConfig(
+        user="ops",
+        password="ops-pw",
+        permissions=PermissionsConfig(subscribe=RulesConfig(allow=("$SYS.>",))),
+    )
+    with trio.fail_after(10):
+        server = await start_server(auth=AuthConfig(users=(ops,)))
+        async with (
+            connect(server.url, name="ops", user="ops", password="ops-pw") as client,
+            client.subscribe(f"$SYS.SERVER.{server.server_id}.CLIENT.AUTH.ERR") as events,
+        ):
+            await client.flush()
+            with pytest.raises(AuthFailed):
+                async with connect(server.url, name="mallory", user="ops", password="guess"):
+                    pass
+            event = body(await events.next())
+        assert event["type"] == "client_auth_error" and event["ip"] == "127.0.0.1"
+        assert server.statistics().auth_failures == 1

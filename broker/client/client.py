@@ -49,7 +49,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import MappingProxyType
 from typing import Any, Final, Unpack, final
@@ -99,7 +99,7 @@ from .options import (
     check_options,
     document_options,
     require_positive_int,
-    resolve_target,
+    resolve_targets,
 )
 from .subscription import Message, Subscription, make_message
 
@@ -124,11 +124,19 @@ class Client:
     docstring for what is buffered and what waits).
     """
 
-    def __init__(self, host: str, port: int, options: ClientOptions) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        options: ClientOptions,
+        *,
+        also: Sequence[tuple[str, int]] = (),
+    ) -> None:
         scheme = "tcp" if options.tls is False else "tls"
-        self._url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        self._url = _url_of(host, port, scheme)
         self._options = options
-        self._supervisor = _Supervisor(self, host, port, self._url, options)
+        others = [(h, p, _url_of(h, p, scheme)) for h, p in also]
+        self._supervisor = _Supervisor(self, host, port, self._url, options, others)
         # Frames are encoded once, when queued, whichever connection ends up carrying them, so
         # one codec encodes for every connection. The handshake frame goes through each
         # connection's own codec; this one is told a HELLO went first so it accepts the rest.
@@ -174,7 +182,8 @@ class Client:
 
     @property
     def url(self) -> str:
-        """The broker's address, as ``tcp://host:port``."""
+        """The broker's address, as ``tcp://host:port``: with several (a cluster's nodes),
+        the one connected now, or last."""
         return self._url
 
     @property
@@ -754,9 +763,13 @@ class Client:
         self._drain_signal.fire()
 
 
+def _url_of(host: str, port: int, scheme: str = "tcp") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 @document_options
 def connect(
-    url: str | None = None, **options: Unpack[ConnectOptions]
+    url: str | Sequence[str] | None = None, **options: Unpack[ConnectOptions]
 ) -> AbstractAsyncContextManager[Client]:
     """Connect to a broker; use as ``async with broker.connect(url) as client:``.
 
@@ -768,7 +781,9 @@ def connect(
     Args:
         url: ``tcp://host:port``, ``host:port`` or ``[::1]:port``. None, the default, takes
             ``$BROKER_URL`` as the command line does, else `DEFAULT_URL`
-            (``tcp://127.0.0.1:5878``).
+            (``tcp://127.0.0.1:5878``). Several nodes of a cluster, as a list or one string
+            with commas: the client connects to the first that answers, and when that
+            connection breaks it fails over to the next (then resubscribes, as always).
         **options: Any of `ConnectOptions` (listed below): reconnection, buffers, keepalive,
             hooks.
 
@@ -779,15 +794,22 @@ def connect(
             names the URL tried); the server's refusal (e.g. ``max_connections``) is in its
             ``code``.
     """
-    target = resolve_target(url)
-    return open_client(target.host, target.port, target.apply(check_options(options, "connect")))
+    first, *others = resolve_targets(url)
+    checked = first.apply(check_options(options, "connect"))
+    also = [(target.host, target.port) for target in others]
+    return open_client(first.host, first.port, checked, also=also)
 
 
 @asynccontextmanager
-async def open_client(host: str, port: int, options: ClientOptions) -> AsyncIterator[Client]:
-    """`connect` once the URL and options are checked; `broker.sync` enters it in its thread."""
+async def open_client(
+    host: str, port: int, options: ClientOptions, *, also: Sequence[tuple[str, int]] = ()
+) -> AsyncIterator[Client]:
+    """`connect` once the URL and options are checked; `broker.sync` enters it in its thread.
+
+    `also` are further addresses (other nodes of a cluster) to fail over to.
+    """
     try:
-        client = Client(host, port, options)
+        client = Client(host, port, options, also=also)
         link = await client._supervisor.open_link(first=True)
         async with anyio.create_task_group() as tasks:
             client._start(tasks, link)

@@ -28,6 +28,7 @@ import logging
 import random
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -197,23 +198,29 @@ class _Supervisor:
 
     __slots__ = (
         "_client",
+        "_current",
         "_hello",
-        "_host",
         "_options",
-        "_port",
+        "_servers",
         "_tls",
-        "_url",
         "done",
         "scope",
     )
 
     def __init__(
-        self, client: Client, host: str, port: int, url: str, options: ClientOptions
+        self,
+        client: Client,
+        host: str,
+        port: int,
+        url: str,
+        options: ClientOptions,
+        also: Sequence[tuple[str, int, str]] = (),
     ) -> None:
         self._client = client
-        self._host = host
-        self._port = port
-        self._url = url
+        #: Every address to try, ``(host, port, url)``: the first, then `also` (other nodes
+        #: of a cluster); `_current` is the one connected (or last tried).
+        self._servers = [(host, port, url), *also]
+        self._current = 0
         self._options = options
         self._hello: dict[str, Any] = {
             "version": PROTOCOL_VERSION,
@@ -236,25 +243,59 @@ class _Supervisor:
         #: Set once `supervise` has returned.
         self.done = anyio.Event()
 
+    @property
+    def _url(self) -> str:
+        return self._servers[self._current][2]
+
     async def open_link(self, *, first: bool = False) -> _Link:
-        """Connect and handshake, within ``connect_timeout``; any failure is ConnectionClosed.
+        """Connect and handshake to one of the servers; any failure is ConnectionClosed.
+
+        The first connection tries them in order; a reconnection starts with the one after
+        the server just lost (fail-over to another node of a cluster). Each try is bounded by
+        ``connect_timeout``. With several servers the error names them all.
+        """
+        count = len(self._servers)
+        start = 0 if first else (self._current + 1) % count
+        failure: ConnectionClosed | None = None
+        for step in range(count):
+            index = (start + step) % count
+            try:
+                link = await self._open_one(index, first=first)
+            except ConnectionClosed as error:
+                if failure is None or count == 1:
+                    failure = error
+                continue
+            self._current = index
+            self._client._url = self._servers[index][2]
+            return link
+        assert failure is not None
+        if count == 1:
+            raise failure
+        urls = ", ".join(server[2] for server in self._servers)
+        raise ConnectionClosed(
+            f"cannot connect to any of {urls}; first error: {failure}", code=failure.code
+        ) from failure
+
+    async def _open_one(self, index: int, *, first: bool) -> _Link:
+        """Connect and handshake to server `index`, within ``connect_timeout``.
 
         The `first` connection's failure says what to check, since a wrong address or a
         broker not started is the usual cause then (a reconnection's is a broker gone).
         """
+        host, port, url = self._servers[index]
         timeout = self._options.connect_timeout
         hint = _UNREACHABLE_HINT if first else ""
         stream: anyio.abc.ByteStream | None = None
         try:
             with anyio.move_on_after(timeout):
                 if self._tls is None:
-                    stream = await anyio.connect_tcp(self._host, self._port)
+                    stream = await anyio.connect_tcp(host, port)
                 else:
                     stream = await anyio.connect_tcp(
-                        self._host,
-                        self._port,
+                        host,
+                        port,
                         ssl_context=self._tls,
-                        tls_hostname=self._options.tls_hostname or self._host,
+                        tls_hostname=self._options.tls_hostname or host,
                         tls_standard_compatible=False,
                     )
                 conn = Connection(Role.CLIENT)
@@ -264,14 +305,12 @@ class _Supervisor:
                 stream = None  # The link owns it now.
                 return link
             raise ConnectionClosed(
-                f"connecting to {self._url} took longer than connect_timeout ({timeout} s){hint}"
+                f"connecting to {url} took longer than connect_timeout ({timeout} s){hint}"
             )
         except OSError as error:
-            raise ConnectionClosed(f"cannot connect to {self._url}: {error}{hint}") from error
+            raise ConnectionClosed(f"cannot connect to {url}: {error}{hint}") from error
         except (anyio.BrokenResourceError, anyio.EndOfStream) as error:
-            raise ConnectionClosed(
-                f"the connection to {self._url} broke during the handshake"
-            ) from error
+            raise ConnectionClosed(f"the connection to {url} broke during the handshake") from error
         finally:
             if stream is not None:
                 await anyio.aclose_forcefully(stream)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypedDict, TypeVar, final
 from urllib.parse import unquote, urlsplit
@@ -48,7 +48,9 @@ __all__ = [
     "document_options",
     "parse_url",
     "resolve_target",
+    "resolve_targets",
     "resolve_url",
+    "resolve_urls",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -333,6 +335,42 @@ def resolve_url(url: str | None) -> tuple[str, int]:
         return parse_url(from_env)
     except ValueError as error:
         raise ValueError(f"${URL_ENV}: {error}") from None
+
+
+def resolve_urls(url: str | Sequence[str] | None) -> list[tuple[str, int]]:
+    """Host and port of every broker `resolve_targets` names."""
+    return [(target.host, target.port) for target in resolve_targets(url)]
+
+
+def resolve_targets(url: str | Sequence[str] | None) -> list[Target]:
+    """Every broker to try, in order: of `url`, else ``$BROKER_URL``, else the default.
+
+    Several nodes of one cluster are a list (``["tcp://a:5878", "tcp://b:5878"]``) or one
+    string with commas (``"tcp://a:5878,tcp://b:5878"``, as ``--url`` and ``$BROKER_URL``
+    take them). A client connects to the first that answers and, when that connection breaks,
+    fails over to the next.
+
+    Raises:
+        ValueError: As `parse_url`, for any of them; or no address at all.
+        TypeError: `url` is neither a str nor a sequence of str.
+    """
+    if url is None:
+        from_env = os.environ.get(URL_ENV)
+        if not from_env:
+            return [parse_target(DEFAULT_URL)]
+        try:
+            return resolve_targets(from_env)
+        except ValueError as error:
+            raise ValueError(f"${URL_ENV}: {error}") from None
+    if isinstance(url, str):
+        items = [part.strip() for part in url.split(",")] if "," in url else [url]
+    elif isinstance(url, Sequence):
+        items = list(url)
+    else:
+        raise TypeError(f"url must be a str or a list of str, got {type(url).__name__}")
+    if not items:
+        raise ValueError("url must name at least one broker, got an empty list")
+    return [parse_target(item) for item in items]
 
 
 @final

@@ -52,7 +52,11 @@ class Monitor:
         )
 
     def varz(self) -> dict[str, Any]:
-        return varz(self.server.hub, self.facts(), now=time.time(), cpu=self._cpu.percent())
+        answer = varz(self.server.hub, self.facts(), now=time.time(), cpu=self._cpu.percent())
+        if self.server.cluster is not None:
+            # The Redis link's state, the nodes seen, and its counters (docs/cluster.md).
+            answer["cluster"] = self.server.cluster.status().as_dict()
+        return answer
 
     def connz(self, params: Mapping[str, str]) -> dict[str, Any]:
         """Raises `broker.monitoring.QueryError` for a bad parameter."""

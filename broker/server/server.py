@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -41,6 +41,9 @@ from .sysevents import SystemEvents
 from .tls import server_context
 from .transport import Transport, peer_address, refuse
 from .transport import log as transport_log
+
+if TYPE_CHECKING:
+    from ..cluster.link import ClusterLink
 
 __all__ = ["ListenError", "Server", "format_address", "run", "serve"]
 
@@ -94,8 +97,10 @@ class Server:
             server.shutdown()
     """
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, *, reuse_port: bool = False) -> None:
         self.config = config if config is not None else Config()
+        #: Listen with SO_REUSEPORT, so several processes share the port (``serve --workers``).
+        self.reuse_port = reuse_port
         self.server_id = secrets.token_hex(8)
         #: When it was made, in seconds since the epoch (monitoring's ``start``).
         self.start = time.time()
@@ -131,6 +136,19 @@ class Server:
         self._nats_info: dict[str, Any] = {}
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
+        #: The link to the other nodes when the config has ``[cluster]``, else None (and
+        #: coredis is never imported).
+        self.cluster: ClusterLink | None = None
+        if self.config.cluster is not None:
+            from ..cluster.link import ClusterLink
+
+            link = self.cluster = ClusterLink(
+                self.hub, self.config.cluster, self.config.cluster.name or self.server_id
+            )
+            self.health_checks.append(link.health)
+            link.on_state = self.system.cluster_state
+            # $SYS.REQ.SERVER.PING and this server's own requests reach it from any node.
+            link.announce(self.system.subscriptions.values())
 
     @property
     def url(self) -> str:
@@ -287,6 +305,10 @@ class Server:
     ) -> None:
         """Accept and serve clients until shutdown, then let them drain."""
         async with trio.open_nursery() as handlers:
+            if self.cluster is not None:
+                # Before accepting: a client's first subscription replays the cluster's
+                # retained messages, and its first request sees the cluster's interest.
+                await handlers.start(self.cluster.run)
             async with trio.open_nursery() as acceptors:
                 for listener in listeners:
                     is_nats = listener in nats_listeners
@@ -311,7 +333,12 @@ class Server:
         try:
             for host in self.config.hosts:
                 try:
-                    opened = await trio.open_tcp_listeners(port, host=host)
+                    if self.reuse_port:
+                        from .workers import open_reuse_port_listeners
+
+                        opened = await open_reuse_port_listeners(port, host)
+                    else:
+                        opened = await trio.open_tcp_listeners(port, host=host)
                 except OSError as error:
                     raise ListenError(host, port, error) from error
                 listeners.extend(opened)
@@ -370,6 +397,8 @@ class Server:
         handlers.cancel_scope.deadline = trio.current_time() + grace if grace else -math.inf
         for transport in transports:
             transport.begin_shutdown()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     async def _handle(self, stream: trio.abc.Stream, *, nats: bool = False) -> None:
         tls_context = self.tls_context
@@ -506,7 +535,12 @@ def _warn_plain_text(auth: Authenticator | None) -> None:
             log.warning("%s is in plain text: store a bcrypt hash (`broker passwd`)", where)
 
 
-def run(config: Config | None = None, *, config_path: str | os.PathLike[str] | None = None) -> int:
+def run(
+    config: Config | None = None,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    reuse_port: bool = False,
+) -> int:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; returns the exit code.
 
     The first signal starts a graceful shutdown (0 when it completes); a second one exits at
@@ -516,7 +550,7 @@ def run(config: Config | None = None, *, config_path: str | os.PathLike[str] | N
     help whoever ran the command.
     """
     try:
-        server = Server(config)
+        server = Server(config, reuse_port=reuse_port)
     except ConfigError as error:
         log.error("%s", error)
         return 2

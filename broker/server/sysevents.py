@@ -8,7 +8,8 @@ Events, JSON payloads, on ``$SYS.SERVER.<server_id>.``:
 - ``CLIENT.CONNECT`` and ``CLIENT.DISCONNECT`` (with ``reason`` and the final counters), for
   every wire, since `Transport.run` reports them;
 - ``CLIENT.AUTH.ERR``, through `auth_error` (the hook authentication calls);
-- ``SLOW_CONSUMER``, when a client is first found reading too slowly.
+- ``SLOW_CONSUMER``, when a client is first found reading too slowly;
+- ``CLUSTER``, when the Redis link of a cluster node goes ``degraded`` or ``up`` again.
 
 Requests: ``$SYS.REQ.SERVER.PING.<KIND>`` (every server that hears it answers) and
 ``$SYS.REQ.SERVER.<server_id>.<KIND>`` (that server only), KIND one of VARZ, CONNZ, SUBSZ,
@@ -149,6 +150,12 @@ class SystemEvents:
             "reason": reason,
         }
         self._event("CLIENT.AUTH.ERR", "client_auth_error", info)
+
+    def cluster_state(self, fields: dict[str, Any]) -> None:
+        """Publish ``CLUSTER`` when the Redis link changes state (`ClusterStatus.as_dict`):
+        ``degraded`` tells clients that cross-node messages are being lost, ``up`` that
+        they flow again."""
+        self._event("CLUSTER", "cluster_state", fields)
 
     def _event(self, suffix: str, kind: str, fields: dict[str, Any]) -> None:
         subject = f"{self.prefix}.{suffix}"

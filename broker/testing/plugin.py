@@ -64,6 +64,8 @@ need one of the two), the broker runs in the test's own loop:
 - ``trio_broker``: a `broker.testing.RunningBroker` (the same controls, ``restart`` is async,
   ``capture`` an async context manager).
 - ``trio_broker_client``: a connected `broker.Client` named ``"trio_broker_client"``.
+- ``trio_cluster``: three nodes joined through a redis-server of the test's own
+  (`broker.testing.cluster.RunningCluster`; needs ``redis-server`` and the ``cluster`` extra).
 
 Configuration: ``@pytest.mark.broker_config(max_payload=1024, slow_consumer_policy="drop_oldest")``
 on a test (or module, via ``pytestmark``) passes `broker.Config` overrides to that test's broker.
@@ -105,6 +107,7 @@ from .security import TestCertificates, make_certificates
 
 if TYPE_CHECKING:
     from ..sync import SyncClient
+    from .cluster import RunningCluster
 
 __all__ = [
     "asyncio_service",
@@ -241,6 +244,21 @@ async def trio_broker(
     """A broker serving in this Trio test's loop (pytest-trio; see the module docstring)."""
     async with running_broker(broker_config, client_options=broker_client_options) as handle:
         yield handle
+
+
+@pytest.fixture
+async def trio_cluster(broker_config: Config) -> AsyncIterator[RunningCluster]:
+    """Three nodes joined through a redis-server of their own, in this Trio test's loop.
+
+    A `broker.testing.cluster.RunningCluster`: ``cluster[i]`` is node i (a `RunningBroker`),
+    ``await cluster.settle()`` waits until every node knows every subscription made so far.
+    Needs ``redis-server`` on the PATH (or $BROKER_REDIS_SERVER) and coredis
+    (``pip install trio-broker[cluster]``).
+    """
+    from .cluster import running_cluster
+
+    async with running_cluster(3, config=broker_config) as cluster:
+        yield cluster
 
 
 @pytest.fixture
