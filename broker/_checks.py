@@ -48,4 +48,7 @@ def check_timeout(timeout: object, name: str = "timeout") -> None:
     Raises:
         ValueError: As `check_seconds`.
     """
+    # The common values decided inline: this runs on every `Subscription.next`.
+    if timeout is None or ((type(timeout) is float or type(timeout) is int) and timeout >= 0):
+        return
     check_seconds(name, timeout, allow_zero=True, allow_none=True)

@@ -6,9 +6,13 @@ of one-error exception groups, so users see `ConnectionClosed` rather than an `E
 
 from __future__ import annotations
 
-import anyio
+import sys
+from collections.abc import Awaitable, Callable
 
-__all__ = ["Signal", "single_leaf"]
+import anyio
+import anyio.lowlevel
+
+__all__ = ["Signal", "cancellation_check", "single_leaf"]
 
 
 class Signal:
@@ -38,3 +42,21 @@ def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
             return None
         error = error.exceptions[0]
     return error
+
+
+def cancellation_check() -> Callable[[], Awaitable[None]]:
+    """This event loop's `checkpoint_if_cancelled`, looked up once rather than on every call.
+
+    anyio finds the running backend on every call, which costs more than the check itself on
+    a path taken once per delivered message. Under Trio this is Trio's own function.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            check: Callable[[], Awaitable[None]] = trio.lowlevel.checkpoint_if_cancelled
+            return check
+    return anyio.lowlevel.checkpoint_if_cancelled

@@ -62,7 +62,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, TypeAlias, TypeVar, Unpack, final
 
@@ -93,6 +92,7 @@ from .errors import (
     SubscriptionClosed,
     _again,
 )
+from .protocol import Encoder, LocalProtocolError, Role
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -107,6 +107,8 @@ __all__ = [
 
 log = logging.getLogger("broker.sync")
 
+#: The length prefix before each frame, which ``max_frame`` does not count.
+_FRAME_HEADER: Final = 4
 #: Seconds between looks for new messages while a consumer holds one and nothing is queued.
 _HOLD_POLL: Final = 0.005
 #: Seconds `SyncClient.close` waits for the client's thread beyond the graceful close itself.
@@ -116,12 +118,12 @@ T = TypeVar("T")
 
 
 @final
-@dataclass(frozen=True, slots=True, eq=False)
 class SyncMessage:
     """One message delivered to a `SyncSubscription`, or the reply to `SyncClient.request`.
 
     The same fields as `broker.Message`, with a blocking `respond`: the async message's
-    ``respond`` returns a coroutine, which sync code would silently never run.
+    ``respond`` returns a coroutine, which sync code would silently never run. Immutable, and
+    compared by identity, as `broker.Message`.
 
     Attributes:
         subject: The subject it was published to (not the pattern that matched it).
@@ -131,12 +133,39 @@ class SyncMessage:
         retained: True for a retained message replayed to a new subscription, else False.
     """
 
+    # Slotted and filled through its slot descriptors, as `broker.Message` (one per delivery).
+    __slots__ = ("_client", "headers", "payload", "reply_to", "retained", "subject")
+    __match_args__ = ("subject", "payload", "headers", "reply_to", "_client", "retained")
+
     subject: str
     payload: bytes
     headers: Mapping[str, str]
     reply_to: str | None
-    _client: SyncClient = field(repr=False)
-    retained: bool = False
+    _client: SyncClient
+    retained: bool
+
+    def __init__(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        reply_to: str | None,
+        _client: SyncClient,
+        retained: bool = False,
+    ) -> None:
+        _fill(self, subject, payload, headers, reply_to, _client, retained)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a SyncMessage is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a SyncMessage is immutable: cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        return (
+            f"SyncMessage(subject={self.subject!r}, payload={self.payload!r}, "
+            f"headers={self.headers!r}, reply_to={self.reply_to!r}, retained={self.retained!r})"
+        )
 
     def respond(self, payload: Payload, headers: Mapping[str, str] | None = None) -> None:
         """Publish `payload` to this message's ``reply_to``: the answer to a request.
@@ -152,8 +181,36 @@ class SyncMessage:
         self._client.publish(self.reply_to, payload, headers=headers)
 
 
+_set_subject = vars(SyncMessage)["subject"].__set__
+_set_payload = vars(SyncMessage)["payload"].__set__
+_set_headers = vars(SyncMessage)["headers"].__set__
+_set_reply_to = vars(SyncMessage)["reply_to"].__set__
+_set_client = vars(SyncMessage)["_client"].__set__
+_set_retained = vars(SyncMessage)["retained"].__set__
+_new_message = object.__new__
+
+
+def _fill(
+    message: SyncMessage,
+    subject: str,
+    payload: bytes,
+    headers: Mapping[str, str],
+    reply_to: str | None,
+    client: SyncClient,
+    retained: bool,
+) -> None:
+    _set_subject(message, subject)
+    _set_payload(message, payload)
+    _set_headers(message, headers)
+    _set_reply_to(message, reply_to)
+    _set_client(message, client)
+    _set_retained(message, retained)
+
+
 def _wrap(message: Message, client: SyncClient) -> SyncMessage:
-    return SyncMessage(
+    wrapped: SyncMessage = _new_message(SyncMessage)
+    _fill(
+        wrapped,
         message.subject,
         message.payload,
         message.headers,
@@ -161,6 +218,7 @@ def _wrap(message: Message, client: SyncClient) -> SyncMessage:
         client,
         message.retained,
     )
+    return wrapped
 
 
 @final
@@ -366,10 +424,10 @@ class SyncSubscription:
 
     # -- called in the client's thread ---------------------------------------------------------
 
-    def _put(self, message: SyncMessage) -> None:
+    def _put(self, batch: list[SyncMessage]) -> None:
         with self._cond:
-            self._messages.append(message)
-            self._cond.notify()
+            self._messages.extend(batch)
+            self._cond.notify(len(batch))
 
     def _busy(self) -> tuple[trio.Event, bool] | None:
         """None once the consumers are idle; else an event set when the queue is next empty,
@@ -395,9 +453,13 @@ class SyncSubscription:
             self._client._soon(event.set)
 
 
-#: One publish on its way to the client's thread: subject, payload, reply_to, headers, size,
-#: retain.
-_Pub: TypeAlias = tuple[str, bytes, str | None, dict[str, str] | None, int, bool]
+#: One publish on its way to the client's thread: its subject, its PUB frame encoded in the
+#: caller's thread, its payload size, and its other fields. The frame is None when encoding
+#: refused it (too large for ``max_frame``); the client's thread then publishes the fields,
+#: and reports the refusal as it reports any publish that fails there.
+_Pub: TypeAlias = tuple[
+    str, bytes | None, int, tuple[bytes, str | None, dict[str, str] | None, bool]
+]
 
 
 @final
@@ -410,10 +472,13 @@ class _Outbox:
     sync twin of the async client's write buffer backpressure).
     """
 
-    __slots__ = ("_bytes", "_cond", "_error", "_items", "_limit", "_scheduled")
+    __slots__ = ("_bytes", "_cond", "_error", "_items", "_limit", "_lock", "_scheduled")
 
     def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
+        # The lock under the condition, taken directly on the publish path: entering a
+        # Condition is a Python-level call, the lock's own __enter__ is not.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._items: deque[_Pub] = deque()
         #: Payload bytes queued here or taken by the sender and not yet handed to the client.
         self._bytes = 0
@@ -424,13 +489,13 @@ class _Outbox:
 
     def put(self, item: _Pub, wake: Callable[[], None]) -> None:
         """Queue `item`, in a caller's thread; call `wake` if the sender needs waking."""
-        with self._cond:
+        with self._lock:
             while self._bytes > self._limit and self._error is None:
                 self._cond.wait()
             if self._error is not None:
                 raise _again(self._error)
             self._items.append(item)
-            self._bytes += item[4]
+            self._bytes += item[2]
             if not self._scheduled:
                 self._scheduled = True
                 wake()
@@ -528,6 +593,9 @@ class SyncClient:
         #: The async client's, taken in the client's thread and read in callers' threads; it is
         #: immutable and replaced whole, so they read a consistent set without a lock.
         self._limits = ServerLimits()
+        #: Encodes PUB frames in callers' threads (a publish's cost stays with its caller);
+        #: its ``max_frame`` follows the async client's, set with `_limits`.
+        self._encoder = Encoder(Role.CLIENT)
         # The sender's state; only the client's thread touches these.
         self._send_wanted: trio.Event | None = None
         self._batch_sent = trio.Event()
@@ -616,7 +684,12 @@ class SyncClient:
         """
         data = self._limits.check_publish(subject, payload, reply_to, retain)
         copied = None if headers is None else check_headers(headers)
-        return subject, data, reply_to, copied, len(data), retain
+        frame: bytes | None
+        try:
+            frame = self._encoder.pub(subject, data, reply_to, copied, retain)
+        except LocalProtocolError:
+            frame = None  # Over max_frame: the client's thread reports it (see `publish`).
+        return subject, frame, len(data), (data, reply_to, copied, retain)
 
     def request(
         self,
@@ -742,7 +815,10 @@ class SyncClient:
                     message = await anext(sub)
                 except StopAsyncIteration:
                     break
-                sync_sub._put(_wrap(message, self))
+                # Everything else already queued goes across with it, in one hand-over.
+                batch = [_wrap(message, self)]
+                batch += [_wrap(queued, self) for queued in sub._take_queued()]
+                sync_sub._put(batch)
                 while sub.pending == 0 and (busy := sync_sub._busy()) is not None:
                     event, queued = busy
                     with trio.move_on_after(math.inf if queued else _HOLD_POLL):
@@ -887,6 +963,7 @@ class SyncClient:
                 self._client = client
                 self._url = client.url
                 self._limits = client._limits
+                self._encoder.max_frame = client._encoder.max_frame
                 async with trio.open_nursery() as tasks:
                     self._pumps = tasks
                     tasks.start_soon(self._send_loop, client)
@@ -923,8 +1000,20 @@ class SyncClient:
             batch = outbox.take()
             # A reconnection may have brought other limits; callers check against these.
             self._limits = client._limits
-            for subject, payload, reply_to, headers, _, retain in batch:
+            max_frame = client._encoder.max_frame
+            self._encoder.max_frame = max_frame
+            size = 0
+            for subject, frame, payload_size, fields in batch:
+                size += payload_size
                 try:
+                    if frame is not None and len(frame) - _FRAME_HEADER <= max_frame:
+                        # Encoded by the caller: hand it over as `publish` would, after its
+                        # checks (which the caller ran against the same limits).
+                        if client._must_wait():
+                            await client._make_room()
+                        client._append_pub(frame)
+                        continue
+                    payload, reply_to, headers, retain = fields
                     try:
                         client.publish_nowait(
                             subject, payload, reply_to=reply_to, headers=headers, retain=retain
@@ -935,7 +1024,7 @@ class SyncClient:
                         )
                 except (BrokerError, TypeError) as error:
                     self._lost(client, subject, error)
-            outbox.sent(sum(item[4] for item in batch))
+            outbox.sent(size)
             self._sending = False
             self._batch_sent.set()
             self._batch_sent = trio.Event()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import socket
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -351,6 +352,31 @@ async def test_max_pending_bytes_at_the_edge(nursery: trio.Nursery) -> None:
         await client.flush()
         assert (sub.pending, sub.dropped) == (2, 1)
         assert (big.pending, big.dropped) == (1, 0)
+
+
+async def test_a_subscriber_that_falls_behind_holds_at_most_its_bounds_in_memory(
+    nursery: trio.Nursery,
+) -> None:
+    # 2,000 messages of 1 KiB (2 MiB) reach a consumer that takes none: what it holds is what
+    # max_pending allows (50 of them), measured as memory, not only counted.
+    server = await start_broker(nursery)
+    payload = b"x" * 1024
+    async with connect(server.url) as client, connect(server.url) as publisher:
+        sub = client.subscribe("lag", max_pending=50)
+        await client.flush()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(2000):
+                await publisher.publish("lag", payload)
+            await publisher.flush()
+            await client.flush()
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert (sub.pending, sub.dropped) == (50, 1950)
+        # 50 payloads and their messages, plus the broker's and the sockets' slack.
+        assert held < 50 * 1024 + 256 * 1024, held
 
 
 async def test_publish_backpressure_bound(nursery: trio.Nursery) -> None:

@@ -180,7 +180,9 @@ def test_one_turn_of_expensive_frames_is_cut_short_and_nothing_is_lost() -> None
     assert turns > 1  # 200,000 deliveries do not fit in one turn
     frames = list(subscriber.outbox._frames)
     assert len(frames) == 2 * 400 * 500
-    payloads = [msgpack.unpackb(b"\x94" + tail)[1] for tail in frames[1::1000]]
+    # Each queued message is a head (length, array byte, op, sid) and a tail (its fields).
+    messages = zip(frames[0::1000], frames[1::1000], strict=True)
+    payloads = [msgpack.unpackb(head[4:] + tail)[3] for head, tail in messages]
     assert payloads == [b"%d" % n for n in range(400)]  # every publish, in order
 
 
@@ -220,7 +222,9 @@ def test_a_publish_to_65536_subscriptions_goes_out_in_steps_and_its_clients_fram
     heads = list(subscriber.outbox._frames)[0::2]
     tails = list(subscriber.outbox._frames)[1::2]
     sids = [msg_head_sid(head) for head in heads]
-    payloads = [msgpack.unpackb(b"\x94" + tail)[1] for tail in tails]
+    payloads = [
+        msgpack.unpackb(head[4:] + tail)[3] for head, tail in zip(heads, tails, strict=True)
+    ]
     assert sids == list(range(65_535)) * 2  # each once, in subscription order, per publish
     assert payloads == [b"first"] * 65_535 + [b"second"] * 65_535
     assert hub.statistics().messages_out == 2 * 65_535

@@ -279,10 +279,10 @@ def test_crossing_native_and_nats_both_ways(broker_thread: BrokerThread) -> None
     run(body)
 
 
-def test_drain_delivers_what_was_published(broker_nats_url: str) -> None:
+def test_drain_delivers_what_was_published(broker_thread: BrokerThread) -> None:
     async def body() -> None:
-        nc = await nats.connect(broker_nats_url)
-        pub = await nats.connect(broker_nats_url)
+        nc = await nats.connect(broker_thread.nats_url, name="drainer")
+        pub = await nats.connect(broker_thread.nats_url)
         got: list[bytes] = []
         release = asyncio.Event()
 
@@ -292,7 +292,7 @@ def test_drain_delivers_what_was_published(broker_nats_url: str) -> None:
 
         await nc.subscribe("d", cb=keep)
         probe = await nc.subscribe("d")
-        await nc.flush()
+        await subscribed(broker_thread, "drainer", 2)  # nats.py's flush is no barrier
         for n in range(100):
             await pub.publish("d", b"%d" % n)
         # nats.py's flush is no barrier (its PING may overtake queued PUBs): wait for them all.
@@ -534,12 +534,14 @@ def test_monitoring_shows_nats_connections_with_their_lang_and_version(
         nc = await nats.connect(broker_thread.nats_url, name="svc")
         try:
             await nc.publish("metered", b"four")
-            await subscribed(broker_thread, "svc", 0)
             await nc.flush()
             url = f"{broker_thread.monitor_url}/connz?sort=cid"
-            reply = await asyncio.to_thread(urllib.request.urlopen, url, timeout=LIMIT)
-            connz: dict[str, Any] = json.loads(reply.read())
-            return connz
+            while True:  # nats.py's flush is no barrier: its PING may overtake the PUB
+                reply = await asyncio.to_thread(urllib.request.urlopen, url, timeout=LIMIT)
+                connz: dict[str, Any] = json.loads(reply.read())
+                if any(c["name"] == "svc" and c["in_msgs"] for c in connz["connections"]):
+                    return connz
+                await asyncio.sleep(0.01)
         finally:
             await nc.close()
 

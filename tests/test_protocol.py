@@ -128,6 +128,48 @@ def test_fanout_encoding_equals_plain_encoding() -> None:
         )
 
 
+def forwarded_msg(forward: Any, sid: int) -> bytes:
+    """The MSG frame a server builds from a PUB's `Forward`, as `NativeAdapter.deliver` does."""
+    _pub, body, stop, pad = forward
+    tail = body[5:stop] + pad
+    return msg_head(msg_prefix(sid), len(tail)) + tail
+
+
+@pytest.mark.parametrize(
+    ("items", "msg"),
+    [
+        (["PUB", "a.b", b"x"], Msg(7, "a.b", b"x")),
+        (["PUB", "a.b", b"x", "re.ply"], Msg(7, "a.b", b"x", "re.ply")),
+        (["PUB", "a.b", b"x", None, None], Msg(7, "a.b", b"x")),
+        # A retained publish is delivered live: its flag is not forwarded as "replayed".
+        (["PUB", "a.b", b"x", None, None, True], Msg(7, "a.b", b"x")),
+        (["PUB", "a.b", b"x" * 300, "r", None, False], Msg(7, "a.b", b"x" * 300, "r")),
+        (["PUB", "a.b", b"x", None, {"k": "v"}], Msg(7, "a.b", b"x", None, {"k": "v"})),
+        (["PUB", "a.b", b"", "r", {"k": "v"}, True], Msg(7, "a.b", b"", "r", {"k": "v"})),
+    ],
+)
+def test_a_plain_pub_forwards_its_own_fields_as_the_msg_tail(items: list[Any], msg: Msg) -> None:
+    server = server_after_hello()
+    server.receive_data(frame(items) + frame(["PING"]))
+    events, forwards = server.events_and_tails()
+    assert len(events) == len(forwards) == 2
+    assert forwards[1] is None  # not a PUB
+    assert forwards[0] is not None and forwards[0][0] is events[0]
+    client = client_after_welcome()
+    client.receive_data(forwarded_msg(forwards[0], 7))
+    assert client.events() == [msg]
+
+
+def test_a_pub_encoded_otherwise_is_re_encoded_not_forwarded() -> None:
+    # A longer-than-needed encoding of the op name: no Forward; the server encodes instead.
+    server = server_after_hello()
+    longer_op = b"\x93\xd9\x03PUB\xa3a.b\xc4\x01x"
+    server.receive_data(struct.pack(">I", len(longer_op)) + longer_op)
+    events, forwards = server.events_and_tails()
+    assert events == [Pub("a.b", b"x")]
+    assert forwards == [None]
+
+
 def test_events_compare_by_type_too() -> None:
     assert Ping() != Pong()
     assert Ping() == Ping()

@@ -58,7 +58,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._concurrency import Signal, single_leaf
+from .._concurrency import Signal, cancellation_check, single_leaf
 from ..errors import (
     BadSubject,
     BrokerError,
@@ -79,7 +79,6 @@ from ..protocol import (
     Msg,
     Ping,
     Pong,
-    Pub,
     Role,
     Sub,
     Unsub,
@@ -102,7 +101,7 @@ from .options import (
     require_positive_int,
     resolve_targets,
 )
-from .subscription import Message, Subscription
+from .subscription import Message, Subscription, make_message
 
 __all__ = ["Client", "connect"]
 
@@ -167,6 +166,8 @@ class Client:
         self._hooks: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._hooks_signal = Signal()
         self._hooks_scope = anyio.CancelScope()
+        #: Made in the event loop it serves, so this is that loop's check.
+        self._cancellation_check = cancellation_check()
 
     def __repr__(self) -> str:
         if self._closed is not None:
@@ -243,7 +244,8 @@ class Client:
             ConnectionClosed: The client is closed.
         """
         frame = self._encode_pub(subject, payload, reply_to, headers, retain)
-        await self._make_room()
+        if self._pending_bytes > self._options.write_buffer_size:
+            await self._make_room()
         self._append_pub(frame)
 
     def publish_nowait(
@@ -500,7 +502,8 @@ class Client:
         data = self._limits.check_publish(subject, payload, reply_to, retain)
         wire_headers = None if headers is None else check_headers(headers)
         try:
-            return self._encoder.send(Pub(subject, data, reply_to, wire_headers, bool(retain)))
+            # The fields are checked above (types included), so the encoder need not re-parse.
+            return self._encoder.pub(subject, data, reply_to, wire_headers, bool(retain))
         except LocalProtocolError as error:
             if error.code is ErrorCode.FRAME_TOO_LARGE:
                 raise PayloadTooLarge(error.message) from None
@@ -573,7 +576,7 @@ class Client:
         if sub is None:
             return  # Unsubscribed while this message was on its way.
         wrapped = _NO_HEADERS if headers is None else MappingProxyType(headers)
-        sub._deliver(Message(subject, payload, wrapped, reply_to, self, retained))
+        sub._deliver(make_message(subject, payload, wrapped, reply_to, self, retained))
 
     def _on_reply(self, event: Msg) -> None:
         token = event.subject.rpartition(".")[2]

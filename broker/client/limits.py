@@ -11,8 +11,8 @@ This module is pure: it imports neither trio, anyio nor the rest of the client.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypeAlias, final
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias, final
 
 from ..config import DEFAULT_MAX_PAYLOAD
 from ..errors import BadSubject, PayloadTooLarge, RetainedLimitExceeded
@@ -28,6 +28,11 @@ __all__ = ["Payload", "ServerLimits", "check_headers", "info_float", "info_int"]
 
 #: What a payload may be given as; it is sent (and delivered) as bytes.
 Payload: TypeAlias = bytes | bytearray | memoryview
+
+#: Subjects remembered as valid per connection's limits: a service publishes to a handful of
+#: subjects, and checking one again costs more than the rest of a publish. Past this many the
+#: memory starts afresh (replies to requests each go to a subject of their own).
+SUBJECT_MEMO_SIZE: Final = 1024
 
 
 @final
@@ -51,6 +56,9 @@ class ServerLimits:
     max_subject_length: int = MAX_SUBJECT_LENGTH
     max_subject_tokens: int = MAX_SUBJECT_TOKENS
     max_retained_subjects: object = None
+    #: Subjects already checked against these limits (`SUBJECT_MEMO_SIZE`); set and cleared
+    #: whole by any thread, which the GIL makes safe for a dict.
+    _valid: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_welcome(cls, info: Mapping[str, Any], server: str) -> ServerLimits:
@@ -93,13 +101,18 @@ class ServerLimits:
             PayloadTooLarge: ``payload`` is longer than ``max_payload``.
             RetainedLimitExceeded: ``retain`` is set and the server would not retain it.
         """
-        try:
-            validate_subject(
-                subject, max_length=self.max_subject_length, max_tokens=self.max_subject_tokens
-            )
-        except SubjectError as error:
-            if not self._is_sys_request(subject):
-                raise BadSubject(f"subject: {error}") from None
+        valid = self._valid
+        if type(subject) is not str or subject not in valid:
+            try:
+                validate_subject(
+                    subject, max_length=self.max_subject_length, max_tokens=self.max_subject_tokens
+                )
+            except SubjectError as error:
+                if not self._is_sys_request(subject):
+                    raise BadSubject(f"subject: {error}") from None
+            if len(valid) >= SUBJECT_MEMO_SIZE:
+                valid.clear()
+            valid[subject] = None
         if reply_to is not None:
             try:
                 validate_subject(

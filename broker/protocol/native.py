@@ -30,11 +30,13 @@ __all__ = [
     "MSG_GROWTH",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "PUB_TAIL_START",
     "Connection",
     "Encoder",
     "Err",
     "ErrorCode",
     "Event",
+    "Forward",
     "Headers",
     "Hello",
     "LocalProtocolError",
@@ -381,6 +383,61 @@ def _parse_msg(items: list[Any]) -> Event | str:
     return Msg(sid, subject, payload, reply_to, headers, retained is True)
 
 
+#: Where a PUB's own encoding of the MSG fields after the sid lies: ``(pub, body, stop, pad)``;
+#: the MSG tail is ``body[PUB_TAIL_START:stop] + pad`` (see `Connection.events_and_tails`).
+Forward: TypeAlias = "tuple[Pub, bytes, int, bytes]"
+#: How a PUB frame of N elements (3 to 6) starts when encoded the shortest way.
+_PUB_STARTS: Final = {count: bytes([0x90 + count]) + b"\xa3PUB" for count in range(3, 7)}
+_PLAIN_PUB_START: Final = _PUB_STARTS[3]
+#: Where the fields start in such a frame: after the array byte and the op name.
+PUB_TAIL_START: Final = 5
+#: The nils that complete the four MSG fields a PUB of N elements left out (its omitted
+#: reply_to and headers), so that every tail joins the same `msg_prefix`.
+_PADDING: Final = {3: b"\xc0\xc0", 4: b"\xc0", 5: b"", 6: b""}
+_PLAIN_PADDING: Final = _PADDING[3]
+
+
+def _forward(pub: Pub, body: bytes) -> Forward | None:
+    """Where the MSG tail lies in a PUB's frame `body`, or None if it is not encoded plainly.
+
+    A PUB of N elements carries N - 1 fields; a MSG's tail has four, so the omitted ones are
+    padded with nils, and a retain flag (always one byte, the frame's last) is left out: a
+    live delivery's 7th MSG element would say "replayed".
+    """
+    count = body[0] - 0x90
+    if not 3 <= count <= 6 or not body.startswith(_PUB_STARTS[count]):
+        return None  # a longer encoding of the array or op name: re-encode instead
+    return pub, body, len(body) - 1 if count == 6 else len(body), _PADDING[count]
+
+
+def _fast_msg(items: list[Any]) -> Msg | None:
+    """A MSG without headers, checked inline; None sends it down `_parse_msg`'s full path.
+
+    The client's hot path: the same checks as `_parse_msg`, without padding a list and
+    building a problem list per frame.
+    """
+    count = len(items)
+    if count < 4 or count > 7:
+        return None
+    sid = items[1]
+    subject = items[2]
+    payload = items[3]
+    reply_to = items[4] if count > 4 else None
+    if count > 5 and items[5] is not None:
+        return None
+    retained = items[6] if count > 6 else False
+    if (
+        type(sid) is int
+        and 0 <= sid < 2**63
+        and type(subject) is str
+        and type(payload) is bytes
+        and (reply_to is None or type(reply_to) is str)
+        and (retained is None or type(retained) is bool)
+    ):
+        return _new_tuple(Msg, (sid, subject, payload, reply_to, None, retained is True))
+    return None
+
+
 def _parse_ping(items: list[Any]) -> Event | str:
     fields = _fields("PING", items, 0, 0)
     return fields if isinstance(fields, str) else _PING
@@ -570,6 +627,42 @@ class Encoder:
         """Encode one event as a frame; `LocalProtocolError` if it breaks the contract."""
         return _encode_checked(event, self.role, self.max_frame)
 
+    def pub(
+        self,
+        subject: str,
+        payload: bytes,
+        reply_to: str | None = None,
+        headers: Headers | None = None,
+        retain: bool = False,
+    ) -> bytes:
+        """Encode a PUB whose fields the caller has already type-checked, as one frame.
+
+        The publish hot path: `send(Pub(...))` builds the event, its item list and re-parses
+        it, which cost more than the packing. The caller guarantees the types `send` would
+        check (the clients do, in `ServerLimits.check_publish` and `check_headers`); the frame
+        limit is still enforced here.
+
+        Raises:
+            LocalProtocolError: A client-only call made by a server encoder (``bad_frame``), or
+                the frame is over ``max_frame`` (``frame_too_large``).
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError(ErrorCode.BAD_FRAME, "a server cannot send Pub")
+        if retain:
+            body = _packb(("PUB", subject, payload, reply_to, headers, True))
+        elif headers is not None:
+            body = _packb(("PUB", subject, payload, reply_to, headers))
+        elif reply_to is not None:
+            body = _packb(("PUB", subject, payload, reply_to))
+        else:
+            body = _packb(("PUB", subject, payload))
+        if len(body) > self.max_frame:
+            raise LocalProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"frame of {len(body)} bytes exceeds the limit of {self.max_frame} bytes",
+            )
+        return _pack_header(len(body)) + body
+
 
 # ---------------------------------------------------------------------------------------------
 
@@ -617,7 +710,7 @@ class Connection:
 
     def next_event(self) -> Event | _Sentinel:
         """Decode the next complete frame; `NEED_DATA` if there is none, `CLOSED` after EOF."""
-        found = self._decode(1)
+        found = self._decode(1, None)
         if found:
             return found[0]
         return CLOSED if self._eof else NEED_DATA
@@ -629,10 +722,26 @@ class Connection:
         At a bad frame the events decoded before it are returned, and the error is raised by
         the next call, so a caller acts on everything the peer sent before misbehaving.
         """
-        return self._decode(limit)
+        return self._decode(limit, None)
 
-    def _decode(self, limit: int) -> list[Event]:
-        """Decode up to `limit` complete frames (all of them when negative): the one decode loop."""
+    def events_and_tails(self, limit: int = -1) -> tuple[list[Event], list[Forward | None]]:
+        """`events()`, with each PUB's own encoding of its fields, for a server to forward.
+
+        The second list runs parallel to the first: for a PUB encoded the usual (shortest) way,
+        a `Forward` ``(pub, body, stop, pad)``: ``body[PUB_TAIL_START:stop] + pad`` is the MSG
+        tail that `encode_msg_tail` would make: the frame's bytes after the op name (a retain
+        flag left out), and nils for the fields it omitted. So a server delivers the PUB
+        without encoding it again, and slices the tail only if some subscriber gets it; for
+        every other event the entry is None.
+        """
+        forwards: list[Forward | None] = []
+        return self._decode(limit, forwards), forwards
+
+    def _decode(self, limit: int, forwards: list[Forward | None] | None) -> list[Event]:
+        """Decode up to `limit` complete frames (all of them when negative): the one decode loop.
+
+        With `forwards`, also fill it as `events_and_tails` says.
+        """
         if self._error is not None:
             raise self._error
         buffer = self._buffer
@@ -640,10 +749,22 @@ class Connection:
         position = 0
         out: list[Event] = []
         append = out.append
+        forward = None if forwards is None else forwards.append
         max_frame = self.max_frame
         event_from = self._event_from
-        # Publishes are most of a server's traffic: the plain ones skip the general dispatch.
-        fast_pub = self.our_role is Role.SERVER and self._their_opening is None
+        # Publishes are most of a server's traffic, deliveries most of a client's: the plain
+        # ones skip the general dispatch (the checks are the parsers', inlined).
+        handshaken = self._their_opening is None
+        fast_pub = handshaken and self.our_role is Role.SERVER
+        fast_msg = handshaken and self.our_role is Role.CLIENT
+        # One immutable copy of what was read, so that each frame's body is a `bytes` slice
+        # of it, and a PUB's tail a slice of that. Made only once a frame is complete, so a
+        # large frame arriving in many reads is not copied at each of them.
+        data = b""
+        if available >= _HEADER_SIZE:
+            (first,) = _unpack_header(buffer, 0)
+            if _HEADER_SIZE + first <= available:
+                data = bytes(buffer)
         try:
             while limit and available - position >= _HEADER_SIZE:
                 (length,) = _unpack_header(buffer, position)
@@ -659,10 +780,9 @@ class Connection:
                     break
                 if not length:
                     self._fail(ErrorCode.BAD_FRAME, _EMPTY_FRAME)
+                body = data[position + _HEADER_SIZE : end]
                 try:
-                    items = _unpackb(
-                        buffer[position + _HEADER_SIZE : end], raw=False, strict_map_key=True
-                    )
+                    items = _unpackb(body, raw=False, strict_map_key=True)
                 except _MSGPACK_ERRORS as error:
                     self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
                 position = end
@@ -671,9 +791,21 @@ class Connection:
                     subject = items[1]
                     payload = items[2]
                     if type(subject) is str and type(payload) is bytes:
-                        append(_new_tuple(Pub, (subject, payload, None, None, False)))
+                        pub = _new_tuple(Pub, (subject, payload, None, None, False))
+                        append(pub)
+                        if forward is not None:
+                            plain = body.startswith(_PLAIN_PUB_START)
+                            forward((pub, body, length, _PLAIN_PADDING) if plain else None)
                         continue
-                append(event_from(items))
+                elif fast_msg and type(items) is list and len(items) >= 4 and items[0] == "MSG":
+                    msg = _fast_msg(items)
+                    if msg is not None:
+                        append(msg)
+                        continue
+                event = event_from(items)
+                append(event)
+                if forward is not None:
+                    forward(_forward(event, body) if type(event) is Pub else None)
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
             if position:

@@ -21,9 +21,11 @@ from ..message import Message, Retained
 from ..permissions import ClientPermissions
 from ..protocol.native import (
     NEED_DATA,
+    PUB_TAIL_START,
     Connection,
     Err,
     Event,
+    Forward,
     Hello,
     Ping,
     Pong,
@@ -73,6 +75,9 @@ OVERRUN_REST: Final = 0.010
 #: It holds the message, so no other live object can share its identity. One tuple, read and
 #: replaced whole, so brokers serving in other threads of this process never see half of it.
 _last_encoded: tuple[object, bytes] = (None, b"")
+#: The publish being routed, if its PUB came with its own encoding of the MSG fields (set by
+#: `NativeAdapter._dispatch`): its first delivery takes the tail from there.
+_next_forward: tuple[object, bytes, int, bytes] = (None, b"", 0, b"")
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:
@@ -124,9 +129,10 @@ class NativeAdapter:
         self.permissions: ClientPermissions | None = None
         #: What HELLO presented (token, user, password); read by the transport's auth step.
         self.credentials = Credentials()
-        #: Events of one read left for later: a SUB that would replay (and what followed it)
-        #: waiting for the writer to take the replay queued by an earlier SUB.
-        self._deferred: list[Event] | None = None
+        #: Events of one read left for later (and their `Forward`s): a SUB that would replay
+        #: (and what followed it) waiting for the writer to take the replay queued by an
+        #: earlier SUB, or what one turn had no time for.
+        self._deferred: tuple[list[Event], list[Forward | None]] | None = None
 
     def __repr__(self) -> str:
         return repr(self.transport)
@@ -178,12 +184,12 @@ class NativeAdapter:
         deferred = self._deferred
         if deferred is not None:
             self._deferred = None
-            events = deferred
+            events, forwards = deferred
         else:
-            events = self.conn.events(DECODE_PER_TURN)
+            events, forwards = self.conn.events_and_tails(DECODE_PER_TURN)
             if not events:
                 return False
-        return self._dispatch(events)
+        return self._dispatch(events, forwards)
 
     def error_frame(
         self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
@@ -205,14 +211,18 @@ class NativeAdapter:
 
     # -- frames to hub calls ------------------------------------------------------------------
 
-    def _dispatch(self, events: list[Event]) -> str | bool:
+    def _dispatch(self, events: list[Event], forwards: list[Forward | None]) -> str | bool:
         """Turn events into hub calls; `DEFERRED` if the rest waits for a replay to be taken.
 
         One turn does at most `TURN_SECONDS` of work: past that, the rest is kept for the next
         call and the reader lets every other task run first. So a client whose frames are
         expensive (a publish matching thousands of subscriptions, a flood of SUBs) delays the
         others by milliseconds, not by the seconds one 64 KiB read of them could take.
+
+        A PUB that came with its own encoding of the MSG fields (`forwards`) is published with
+        that put in the memo first, so its deliveries send those bytes instead of encoding.
         """
+        global _next_forward
         hub = self.hub
         publish = hub.publish
         fanouts = hub.fanouts
@@ -224,7 +234,7 @@ class NativeAdapter:
             if work >= _WORK_PER_LOOK:
                 now = clock()
                 if now > deadline:
-                    self._deferred = events[at:]
+                    self._deferred = events[at:], forwards[at:]
                     self._overran(now - deadline, work)
                     return True
                 work = 0
@@ -232,11 +242,14 @@ class NativeAdapter:
             kind = type(event)
             try:
                 if kind is Pub:
+                    forward = forwards[at]
+                    if forward is not None:
+                        _next_forward = forward
                     work += publish(self, event, FANOUT_STEP)  # type: ignore[arg-type]
                     if fanouts and self in fanouts:
                         # Too many subscribers for one step: the rest of them, then this
                         # client's later frames, in the next turns.
-                        self._deferred = events[at + 1 :]
+                        self._deferred = events[at + 1 :], forwards[at + 1 :]
                         return True
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
@@ -244,7 +257,7 @@ class NativeAdapter:
                         # One replay at a time beyond the bounds, and only while the replays
                         # under way server-wide leave room: this SUB, and everything after it,
                         # waits (see `Outbox.wait_replay_room`).
-                        self._deferred = events[at:]
+                        self._deferred = events[at:], forwards[at:]
                         return DEFERRED
                     hub.subscribe(self, sid, pattern, queue, prefix=msg_prefix(sid))
                 elif kind is Unsub:
@@ -306,8 +319,14 @@ class NativeAdapter:
         if last[0] is message:
             tail = last[1]
         else:
-            subject, payload, reply_to, headers, _retain = message
-            tail = encode_msg_tail(subject, payload, reply_to, headers)
+            forward = _next_forward
+            if forward[0] is message:
+                # The PUB's own bytes (see `Connection.events_and_tails`): no encoding.
+                _, body, stop, pad = forward
+                tail = body[PUB_TAIL_START:stop] + pad if pad else body[PUB_TAIL_START:stop]
+            else:
+                subject, payload, reply_to, headers, _retain = message
+                tail = encode_msg_tail(subject, payload, reply_to, headers)
             _last_encoded = (message, tail)
         prefix = sub.prefix
         head = _pack_length(len(prefix) + len(tail)) + prefix  # msg_head, inlined
