@@ -16,7 +16,7 @@ from typing import Any, Final, cast, final
 
 from ..auth import Credentials
 from ..errors import ErrorCode
-from ..hub import Hub, Refused, Subscription
+from ..hub import Hub, Refused, Subscriber, Subscription
 from ..message import Message, Retained
 from ..permissions import ClientPermissions
 from ..protocol.native import (
@@ -42,7 +42,13 @@ from ..protocol.native import (
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
-__all__ = ["IDENTITY_LENGTH", "NativeAdapter", "refusal_frame"]
+__all__ = [
+    "IDENTITY_LENGTH",
+    "NativeAdapter",
+    "continue_fanout",
+    "refusal_frame",
+    "rest_after_overrun",
+]
 
 _PING_FRAME: Final = encode_frame(Ping())
 _PONG_FRAME: Final = encode_frame(Pong())
@@ -78,6 +84,36 @@ _last_encoded: tuple[object, bytes] = (None, b"")
 #: The publish being routed, if its PUB came with its own encoding of the MSG fields (set by
 #: `NativeAdapter._dispatch`): its first delivery takes the tail from there.
 _next_forward: tuple[object, bytes, int, bytes] = (None, b"", 0, b"")
+
+
+def continue_fanout(hub: Hub, origin: Subscriber) -> bool:
+    """Deliver more of `origin`'s split publish, for one turn; True once it is done.
+
+    Shared by every wire's adapter: each calls it before routing anything more of its client's.
+    """
+    resume = hub.resume
+    fanouts = hub.fanouts
+    clock = time.perf_counter
+    deadline = clock() + TURN_SECONDS
+    while origin in fanouts:
+        resume(origin, FANOUT_STEP)
+        if clock() > deadline:
+            return origin not in fanouts
+    return True
+
+
+def rest_after_overrun(transport: Transport, by: float, work: int) -> None:
+    """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests.
+
+    One publish that matches tens of thousands of subscriptions is one step that cannot be
+    split; back to back, such publishes would hold every other client off for as long as
+    their client keeps sending them. Resting as long as the step took gives the others at
+    least half the time, so what they wait is about one such step. Only when the last step
+    did much work (`REST_WORK`): a turn of cheap frames that overran because the system
+    preempted the process must not make its client wait too.
+    """
+    if by > OVERRUN_REST and work >= REST_WORK:
+        transport.rest = by + TURN_SECONDS
 
 
 def refusal_frame(code: ErrorCode, message: str) -> bytes:
@@ -279,29 +315,10 @@ class NativeAdapter:
         return True
 
     def _continue_fanout(self) -> bool:
-        """Deliver more of this client's split publish, for one turn; True once it is done."""
-        resume = self.hub.resume
-        fanouts = self.hub.fanouts
-        clock = time.perf_counter
-        deadline = clock() + TURN_SECONDS
-        while self in fanouts:
-            resume(self, FANOUT_STEP)
-            if clock() > deadline:
-                return self not in fanouts
-        return True
+        return continue_fanout(self.hub, self)
 
     def _overran(self, by: float, work: int) -> None:
-        """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests.
-
-        One publish that matches tens of thousands of subscriptions is one step that cannot be
-        split; back to back, such publishes would hold every other client off for as long as
-        their client keeps sending them. Resting as long as the step took gives the others at
-        least half the time, so what they wait is about one such step. Only when the last step
-        did much work (`REST_WORK`): a turn of cheap frames that overran because the system
-        preempted the process must not make its client wait too.
-        """
-        if by > OVERRUN_REST and work >= REST_WORK:
-            self.transport.rest = by + TURN_SECONDS
+        rest_after_overrun(self.transport, by, work)
 
     # -- the hub's side: delivering (called from publishers' tasks) ---------------------------
 

@@ -49,7 +49,13 @@ from ..protocol.nats import (
     msg_head_sid,
     msg_parts,
 )
-from .native import DECODE_PER_TURN, FANOUT_STEP, OVERRUN_REST, REST_WORK, TURN_SECONDS
+from .native import (
+    DECODE_PER_TURN,
+    FANOUT_STEP,
+    TURN_SECONDS,
+    continue_fanout,
+    rest_after_overrun,
+)
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
 
@@ -384,22 +390,10 @@ class NatsAdapter:
         return True
 
     def _continue_fanout(self) -> bool:
-        """Deliver more of this client's split publish, for one turn; True once it is done."""
-        resume = self.hub.resume
-        fanouts = self.hub.fanouts
-        clock = time.perf_counter
-        deadline = clock() + TURN_SECONDS
-        while self in fanouts:
-            resume(self, FANOUT_STEP)
-            if clock() > deadline:
-                return self not in fanouts
-        return True
+        return continue_fanout(self.hub, self)
 
     def _overran(self, by: float, work: int) -> None:
-        """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests (as
-        the native adapter's, for the same reason)."""
-        if by > OVERRUN_REST and work >= REST_WORK:
-            self.transport.rest = by + TURN_SECONDS
+        rest_after_overrun(self.transport, by, work)
 
     def _refused(self, kind: type[Any], refused: Refused) -> None:
         """Report a hub refusal in nats-server's words; fatal only where nats-server closes."""
