@@ -435,12 +435,8 @@ class Hub:
             target = sub.owner
             if target is origin and not echo:
                 continue
-            guard = sub.guard
-            if guard is not None:
-                if sub.filtered and not guard.may_receive(subject):
-                    continue
-                if reply_to is not None:
-                    guard.note_request(reply_to)
+            if not _admits(sub, subject, reply_to):
+                continue
             reached = True
             if target.deliver(sub, message):
                 delivered += 1
@@ -449,18 +445,14 @@ class Hub:
         if groups:
 
             def skip(sub: Subscription) -> bool:
-                if sub.owner is origin and not echo:
-                    return True
-                guard = sub.guard
-                return guard is not None and sub.filtered and not guard.may_receive(subject)
+                return (sub.owner is origin and not echo) or _filters_out(sub, subject)
 
             for group in groups:
                 chosen = group.choose(skip)
                 if chosen is None:
                     continue
                 reached = True
-                if chosen.guard is not None and reply_to is not None:
-                    chosen.guard.note_request(reply_to)
+                _note_request(chosen, reply_to)
                 target = chosen.owner
                 if target.deliver(chosen, message):
                     delivered += 1
@@ -512,14 +504,9 @@ class Hub:
             target = sub.owner
             if target is origin:
                 continue
-            if guarded:
-                # As `_deliver_guarded`: permissions hold for messages from other nodes too.
-                guard = sub.guard
-                if guard is not None:
-                    if sub.filtered and not guard.may_receive(subject):
-                        continue
-                    if reply_to is not None:
-                        guard.note_request(reply_to)
+            # As `_deliver_guarded`: permissions hold for messages from other nodes too.
+            if guarded and not _admits(sub, subject, reply_to):
+                continue
             if target.deliver(sub, message):
                 delivered += 1
                 target.out_msgs += 1
@@ -535,18 +522,14 @@ class Hub:
         subject = message[0]
 
         def skip(sub: Subscription) -> bool:
-            if sub.owner is origin:
-                return True
-            guard = sub.guard
-            return guard is not None and sub.filtered and not guard.may_receive(subject)
+            return sub.owner is origin or _filters_out(sub, subject)
 
         for group in self.table.match(subject).groups:
             if group.name == queue:
                 chosen = group.choose(skip)
                 if chosen is None:
                     return 0
-                if chosen.guard is not None and message[2] is not None:
-                    chosen.guard.note_request(message[2])
+                _note_request(chosen, message[2])
                 target = chosen.owner
                 if not target.deliver(chosen, message):
                     return 0
@@ -689,9 +672,7 @@ class Hub:
         if held.get(sub.sid) is sub:
             del held[sub.sid]
             self.table.discard(sub)
-            if sub.guard is not None:
-                sub.guard = None
-                self._guarded -= 1
+            self._drop_guard(sub)
             if self.watch is not None:
                 self.watch(sub, -1)
 
@@ -716,9 +697,7 @@ class Hub:
             watch = self.watch
             for sub in held.values():
                 table.discard(sub)
-                if sub.guard is not None:
-                    sub.guard = None
-                    self._guarded -= 1
+                self._drop_guard(sub)
                 if watch is not None:
                     watch(sub, -1)
             held.clear()
@@ -738,6 +717,13 @@ class Hub:
         return False
 
     # -- permissions and authentication -------------------------------------------------------
+
+    def _drop_guard(self, sub: Subscription) -> None:
+        """`sub` needs no checks any more (it is gone, or its owner's rules are)."""
+        if sub.guard is not None:
+            sub.guard = None
+            sub.filtered = False
+            self._guarded -= 1
 
     def _set_guard(
         self, sub: Subscription, permissions: ClientPermissions, verdict: Verdict
@@ -761,10 +747,7 @@ class Hub:
         removed: list[tuple[Subscription, Refused]] = []
         for sub in list(owner.subscriptions.values()):
             if permissions is None:
-                if sub.guard is not None:
-                    sub.guard = None
-                    sub.filtered = False
-                    self._guarded -= 1
+                self._drop_guard(sub)
                 continue
             verdict = permissions.subscribe_verdict(sub.pattern)
             if verdict is Verdict.DENY:
@@ -810,6 +793,31 @@ def _subscribe_denied(sid: Any, pattern: str) -> tuple[ErrorCode, str, dict[str,
     details = {"sid": sid, "subject": pattern[:_SUBJECT_IN_DETAILS], "op": "subscribe"}
     message = f"permission denied: may not subscribe to {brief(pattern)}"
     return ErrorCode.PERMISSION_DENIED, message, details
+
+
+def _admits(sub: Subscription, subject: str, reply_to: str | None) -> bool:
+    """Whether a subscription takes a message under its guard: a filtered one refuses denied
+    subjects, and a responder notes the request's reply subject (`allow_responses`)."""
+    guard = sub.guard
+    if guard is None:
+        return True
+    if sub.filtered and not guard.may_receive(subject):
+        return False
+    if reply_to is not None:
+        guard.note_request(reply_to)
+    return True
+
+
+def _filters_out(sub: Subscription, subject: str) -> bool:
+    """Whether `sub`'s guard refuses `subject` (a queue group then passes it over)."""
+    guard = sub.guard
+    return guard is not None and sub.filtered and not guard.may_receive(subject)
+
+
+def _note_request(sub: Subscription, reply_to: str | None) -> None:
+    """Let the queue-group member chosen for a request answer it (`allow_responses`)."""
+    if sub.guard is not None and reply_to is not None:
+        sub.guard.note_request(reply_to)
 
 
 def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:
@@ -927,15 +935,8 @@ class Fanout:
                 continue
             if target.subscriptions.get(sub.sid) is not sub:
                 continue  # removed since the publish began
-            if guarded:
-                # As `Hub._deliver_guarded`: a filtered subscription skips denied subjects,
-                # and a responder notes the request's reply subject.
-                guard = sub.guard
-                if guard is not None:
-                    if sub.filtered and not guard.may_receive(subject):
-                        continue
-                    if reply_to is not None:
-                        guard.note_request(reply_to)
+            if guarded and not _admits(sub, subject, reply_to):
+                continue  # as `Hub._deliver_guarded`
             self.reached = True
             if target.deliver(sub, message):
                 delivered += 1
@@ -963,8 +964,7 @@ class Fanout:
             owner = sub.owner
             if (owner is origin and not echo) or owner.subscriptions.get(sub.sid) is not sub:
                 return True
-            guard = sub.guard
-            return guard is not None and sub.filtered and not guard.may_receive(subject)
+            return _filters_out(sub, subject)
 
         size = len(message[1])
         delivered = 0
@@ -972,8 +972,7 @@ class Fanout:
             chosen = group.choose(skip)
             if chosen is not None:
                 self.reached = True
-                if chosen.guard is not None and reply_to is not None:
-                    chosen.guard.note_request(reply_to)
+                _note_request(chosen, reply_to)
                 target = chosen.owner
                 if target.deliver(chosen, message):
                     delivered += 1
@@ -983,7 +982,4 @@ class Fanout:
         return len(groups)
 
     def _count(self, delivered: int) -> None:
-        if delivered:
-            counters = self.hub.counters
-            counters.messages_out += delivered
-            counters.bytes_out += delivered * len(self.message[1])
+        self.hub._count_out(delivered, len(self.message[1]))
