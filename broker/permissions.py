@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from enum import Enum
-from typing import Final, final
+from typing import Final, TypeVar, final
 
 from .config import PermissionsConfig, ResponsesConfig, RulesConfig
 from .subjects import matches
@@ -205,36 +205,36 @@ class Permissions:
 
     def may_publish(self, subject: str) -> bool:
         """Whether publishing to a valid subject is allowed by the publish rules."""
-        cache = self.published
-        allowed = cache.get(subject)
+        allowed = self.published.get(subject)
         if allowed is None:
-            allowed = self.publish.allows(subject)
-            if len(cache) >= MAX_CACHED_DECISIONS:
-                cache.clear()
-            cache[subject] = allowed
+            allowed = _decide(self.published, subject, self.publish.allows)
         return allowed
 
     def may_receive(self, subject: str) -> bool:
         """Whether a message on `subject` may reach a (filtered) subscription."""
-        cache = self._received
-        allowed = cache.get(subject)
+        allowed = self._received.get(subject)
         if allowed is None:
-            allowed = self.subscribe.allows(subject)
-            if len(cache) >= MAX_CACHED_DECISIONS:
-                cache.clear()
-            cache[subject] = allowed
+            allowed = _decide(self._received, subject, self.subscribe.allows)
         return allowed
 
     def subscribe_verdict(self, pattern: str) -> Verdict:
         """Whether a subscription to a valid `pattern` is allowed, filtered or refused."""
-        cache = self._subscribed
-        verdict = cache.get(pattern)
+        verdict = self._subscribed.get(pattern)
         if verdict is None:
-            verdict = self.subscribe.verdict(pattern)
-            if len(cache) >= MAX_CACHED_DECISIONS:
-                cache.clear()
-            cache[pattern] = verdict
+            verdict = _decide(self._subscribed, pattern, self.subscribe.verdict)
         return verdict
+
+
+_D = TypeVar("_D")
+
+
+def _decide(cache: dict[str, _D], key: str, decide: Callable[[str], _D]) -> _D:
+    """A decision the cache missed: made, and kept (the cache emptied first when full)."""
+    decision = decide(key)
+    if len(cache) >= MAX_CACHED_DECISIONS:
+        cache.clear()
+    cache[key] = decision
+    return decision
 
 
 @final
