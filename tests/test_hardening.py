@@ -9,6 +9,7 @@ the reader for as long as they took.
 
 from __future__ import annotations
 
+import gc
 import logging
 import struct
 import tracemalloc
@@ -280,12 +281,29 @@ def test_one_turn_decodes_a_bounded_number_of_frames() -> None:
     assert adapter.transport.outbox.control_bytes > 0  # every PING got its PONG
 
 
+def test_queued_pongs_are_not_objects_the_garbage_collector_walks() -> None:
+    # A PING flood queues a PONG per PING; each full collection walks every tracked object, so
+    # a million of them (10 flooders) cost 80 ms pauses for every client.
+    from broker.server import Server
+    from broker.testing.inprocess import config_for_tests
+
+    adapter = _connected(Server(config_for_tests()).hub, 1)
+    adapter.receive_data(encode_frame(Ping()) * 5000)
+    gc.collect()
+    before = len(gc.get_objects())
+    while adapter.process():
+        pass
+    assert adapter.transport.outbox.control_bytes >= 5000 * len(encode_frame(Pong()))
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
+
+
 @pytest.mark.parametrize("extra", [0, 1], ids=["at-the-bound", "one-past"])
 async def test_pongs_count_at_their_memory_cost_against_max_pending_bytes(
     start_server: StartServer, extra: int
 ) -> None:
     limit = 1024
-    pong_cost = len(encode_frame(Pong())) + CONTROL_OVERHEAD  # about 65 bytes, not 9
+    pong_cost = len(encode_frame(Pong())) + CONTROL_OVERHEAD  # about 70 bytes, not 9
     fit = limit // pong_cost
     with trio.fail_after(10):
         server = await start_server(max_pending_bytes=limit)

@@ -16,6 +16,7 @@ from broker.protocol import Connection, Err, Hello, Ping, Pong, Pub, Role, Sub
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
+FROZEN = re.compile(rb"start-up made (\d+) objects, now out of the collector's way")
 
 
 @asynccontextmanager
@@ -93,6 +94,16 @@ async def test_sigterm_tells_clients_and_exits_zero() -> None:
 async def test_sigint_with_no_clients_exits_zero() -> None:
     with trio.fail_after(20):
         async with broker_process() as (process, _port, _log):
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
+
+
+async def test_serve_leaves_its_start_up_heap_out_of_collections() -> None:
+    with trio.fail_after(20):
+        async with broker_process("--log-level", "debug") as (process, _port, log):
+            while (found := FROZEN.search(log)) is None:
+                await trio.sleep(0.01)
+            assert int(found.group(1)) > 10_000
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 0
 

@@ -26,10 +26,10 @@ WRITE_BATCH_BYTES: Final = 1024 * 1024
 #: slot. Counting it makes `max_pending_bytes` bound the memory a stalled client pins, not just
 #: its frame bytes (small frames were 1.5x over).
 MESSAGE_OVERHEAD: Final = 2 * (sys.getsizeof(b"") + 15) + 2 * 8
-#: The same for a queued control frame (PONG, ERR, PING): one `bytes` object of its own and one
-#: deque slot. A 9-byte PONG holds about 65 bytes; counting only its 9 let a client that sends
-#: PINGs and never reads pin seven times `max_pending_bytes`.
-CONTROL_OVERHEAD: Final = sys.getsizeof(b"") + 15 + 8
+#: The same for a queued control frame (PONG, ERR, PING): one `bytes` object of its own and two
+#: deque slots (`_CONTROL`, then the frame). A 9-byte PONG holds about 70 bytes; counting only
+#: its 9 let a client that sends PINGs and never reads pin seven times `max_pending_bytes`.
+CONTROL_OVERHEAD: Final = sys.getsizeof(b"") + 15 + 2 * 8
 
 
 def replay_cost(count: int, size: int) -> int:
@@ -43,10 +43,11 @@ def replay_cost(count: int, size: int) -> int:
     return count * REPLAY_ENTRY_COST + 2 * min(chunk, 2 * WRITE_BATCH_BYTES)
 
 
-class _Control(bytes):
-    """A frame (PING, PONG, ERR) that the drop policies must never discard."""
-
-    __slots__ = ()
+#: Queued before a frame (PING, PONG, ERR) that the drop policies must never discard. Empty, so
+#: joining the queue as it is sends the frames alone; no message head is empty. Not a marked
+#: `bytes` subclass: its instances are objects the garbage collector tracks, and a client
+#: flooding PINGs made a million of them, each full collection walking them all (80 ms).
+_CONTROL: Final = b""
 
 
 @final
@@ -76,7 +77,8 @@ class Outbox:
 
     A message is queued as two items: its own head (length, op, sid) and the tail it shares
     with every other subscriber of the same publish, so fan-out never copies a payload. A
-    retained replay is one `_Replay` item, streamed when the writer reaches it.
+    control frame is two items too: `_CONTROL`, then the frame. A retained replay is one
+    `_Replay` item, streamed when the writer reaches it.
     """
 
     __slots__ = (
@@ -185,7 +187,9 @@ class Outbox:
 
     def push_control(self, frame: bytes) -> None:
         """Queue a control frame; it counts towards bytes but is never dropped by policy."""
-        self._frames.append(_Control(frame))
+        frames = self._frames
+        frames.append(_CONTROL)
+        frames.append(frame)
         size = len(frame) + CONTROL_OVERHEAD
         self.bytes += size
         self.control_bytes += size
@@ -202,11 +206,14 @@ class Outbox:
             self.messages >= self.max_messages or self.bytes + self.sending + room > self.max_bytes
         ):
             head = frames.popleft()
-            kind = type(head)
-            if kind is _Control or kind is _Replay:
+            if type(head) is _Replay:
                 kept.append(head)
                 continue
             tail = frames.popleft()
+            if not head:  # _CONTROL, then the control frame
+                kept.append(head)
+                kept.append(tail)
+                continue
             assert type(head) is bytes and type(tail) is bytes
             self.messages -= 1
             self.bytes -= len(head) + len(tail) + MESSAGE_OVERHEAD
@@ -287,19 +294,17 @@ class Outbox:
         batch: list[bytes] = []
         size = 0
         while frames and size < limit:
-            kind = type(frames[0])
-            if kind is _Replay:
+            if type(frames[0]) is _Replay:
                 break
             head = popleft()
-            assert isinstance(head, bytes)
-            if kind is _Control:
-                batch.append(head)
-                size += len(head)
-                self.bytes -= len(head) + CONTROL_OVERHEAD
-                self.control_bytes -= len(head) + CONTROL_OVERHEAD
-                continue
             tail = popleft()
-            assert isinstance(tail, bytes)
+            assert isinstance(head, bytes) and isinstance(tail, bytes)
+            if not head:  # _CONTROL, then the control frame
+                batch.append(tail)
+                size += len(tail)
+                self.bytes -= len(tail) + CONTROL_OVERHEAD
+                self.control_bytes -= len(tail) + CONTROL_OVERHEAD
+                continue
             batch.append(head)
             batch.append(tail)
             frame = len(head) + len(tail)

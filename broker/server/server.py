@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
-from .._memory import RELEASE_INTERVAL, release_free_memory
+from .._memory import RELEASE_INTERVAL, release_free_memory, settle_heap
 from .._rlimit import raise_fd_limit
 from ..auth import Authenticator
 from ..config import Config, ConfigError, load_config
@@ -584,12 +584,21 @@ def run(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_signals, receiver, nursery.cancel_scope)
                 # Caught here, inside the nursery: past it, trio wraps the error in an
-                # ExceptionGroup.
+                # ExceptionGroup. start() raises what serve() raised before listening.
                 try:
-                    await server.serve()
+                    await nursery.start(serve_then_stop, nursery.cancel_scope)
                 except ListenError as error:
                     failed = error
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
+                    return
+                frozen = settle_heap()
+                log.debug("start-up made %d objects, now out of the collector's way", frozen)
+
+    async def serve_then_stop(
+        cancel_scope: trio.CancelScope, task_status: trio.TaskStatus[Server]
+    ) -> None:
+        await server.serve(task_status=task_status)
+        cancel_scope.cancel()
 
     try:
         trio.run(main)
