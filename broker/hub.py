@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .auth import Authenticator
 
 __all__ = [
+    "FANOUT_STEP",
     "NODES_PER_DELIVERY",
     "REPLAY_ENTRY_COST",
     "Fanout",
@@ -48,6 +49,9 @@ __all__ = [
     "SystemOrigin",
 ]
 
+#: Most subscriptions one step of a publish delivers to (about a millisecond); a publish that
+#: matches more goes on in later turns (see `Hub.publish`), and its client's later frames wait.
+FANOUT_STEP: Final = 1024
 #: Trie nodes a split publish's walk visits in the time of one delivery (about as costly each).
 NODES_PER_DELIVERY: Final = 2
 #: How much of a client's subject an error's details repeat.
@@ -489,18 +493,34 @@ class Hub:
 
     # -- deliveries routed by another node ----------------------------------------------------
 
-    def deliver_plain(self, origin: Subscriber, message: Message) -> int:
+    def deliver_plain(self, origin: Subscriber, message: Message, step: int = 0) -> int:
         """Deliver a message another node published to every plain subscription here.
 
         Queue groups are left out (the publishing node chose their members), and so are the
         subscriptions `origin` holds, whatever its echo flag: they stand for other nodes.
+        With `step`, as `publish`: at most that much now, the rest in `fanouts` under
+        `origin` for `resume`, so a client of another node costs this one's clients no more
+        than a client of its own. Returns the work done.
         """
+        subject = message[0]
+        table = self.table
+        if step:
+            match = table.match_within(subject, step * NODES_PER_DELIVERY)
+            if match is PENDING:
+                assert table.walk is not None
+                self.fanouts[origin] = Fanout(self, origin, message, walk=table.walk, remote=True)
+                return step
+        else:
+            match = table.match(subject)
+        plain = match.plain
+        if step and len(plain) > step:
+            self.fanouts[origin] = Fanout(self, origin, message, subs=plain, at=step, remote=True)
+            plain = plain[:step]
         delivered = 0
         size = len(message[1])
-        subject = message[0]
         reply_to = message[2]
         guarded = self._guarded
-        for sub in self.table.match(subject).plain:
+        for sub in plain:
             target = sub.owner
             if target is origin:
                 continue
@@ -512,33 +532,54 @@ class Hub:
                 target.out_msgs += 1
                 target.out_bytes += size
         self._count_out(delivered, size)
-        return delivered
+        return len(plain)
 
-    def deliver_group(self, origin: Subscriber, message: Message, queue: str) -> int:
+    def deliver_group(self, origin: Subscriber, message: Message, queue: str, step: int = 0) -> int:
         """Deliver a message to one member here of queue group `queue`, chosen by another node.
 
-        Members `origin` holds (other nodes') are passed over; 0 if none is left here.
+        Members `origin` holds (other nodes') are passed over; nothing is delivered if none is
+        left here. With `step`, a walk of the trie too long for one step goes on in `fanouts`,
+        as `deliver_plain`. Returns the work done.
         """
+        table = self.table
+        if step:
+            match = table.match_within(message[0], step * NODES_PER_DELIVERY)
+            if match is PENDING:
+                assert table.walk is not None
+                self.fanouts[origin] = Fanout(
+                    self, origin, message, walk=table.walk, remote=True, queue=queue
+                )
+                return step
+        else:
+            match = table.match(message[0])
+        self._deliver_to_group(origin, message, queue, match.groups)
+        return 1
+
+    def _deliver_to_group(
+        self,
+        origin: Subscriber,
+        message: Message,
+        queue: str,
+        groups: tuple[QueueGroup[Subscription], ...],
+    ) -> None:
         subject = message[0]
 
         def skip(sub: Subscription) -> bool:
             return sub.owner is origin or _filters_out(sub, subject)
 
-        for group in self.table.match(subject).groups:
+        for group in groups:
             if group.name == queue:
                 chosen = group.choose(skip)
                 if chosen is None:
-                    return 0
+                    return
                 _note_request(chosen, message[2])
                 target = chosen.owner
-                if not target.deliver(chosen, message):
-                    return 0
-                size = len(message[1])
-                target.out_msgs += 1
-                target.out_bytes += size
-                self._count_out(1, size)
-                return 1
-        return 0
+                if target.deliver(chosen, message):
+                    size = len(message[1])
+                    target.out_msgs += 1
+                    target.out_bytes += size
+                    self._count_out(1, size)
+                return
 
     def _count_out(self, delivered: int, size: int) -> None:
         if delivered:
@@ -880,13 +921,29 @@ class Fanout:
     finds its subscribers, if it is not done, then the plain subscriptions it has yet to reach,
     in order.
 
+    A `remote` one carries a message another node published (`Hub.deliver_plain`,
+    `Hub.deliver_group`): `origin` is the link, whose own subscriptions are always passed over,
+    and queue groups get it only when the other node named one (`queue`), while plain
+    subscriptions then get nothing.
+
     Between two steps other clients run, so a subscription may be removed meanwhile: each one is
     checked to be still its owner's before it is delivered to. One made meanwhile is not found
     (see `Walk`) and gets nothing (had the message been retained, its replay has it), so no
     subscription gets the message twice, or after it unsubscribed.
     """
 
-    __slots__ = ("at", "finished", "hub", "message", "origin", "reached", "subs", "walk")
+    __slots__ = (
+        "at",
+        "finished",
+        "hub",
+        "message",
+        "origin",
+        "queue",
+        "reached",
+        "remote",
+        "subs",
+        "walk",
+    )
 
     def __init__(
         self,
@@ -897,8 +954,12 @@ class Fanout:
         walk: Walk[Subscription] | None = None,
         subs: tuple[Subscription, ...] = (),
         at: int = 0,
+        remote: bool = False,
+        queue: str | None = None,
     ) -> None:
         self.hub = hub
+        self.remote = remote
+        self.queue = queue
         self.origin = origin
         self.message = message
         self.walk = walk
@@ -915,13 +976,21 @@ class Fanout:
             if match is None:
                 return step
             self.walk = None
-            self.subs = match.plain
-            done = self._choose(match.groups)
+            if not self.remote:
+                self.subs = match.plain
+                done = self._choose(match.groups)
+            elif self.queue is None:
+                self.subs = match.plain
+                done = 0
+            else:
+                self.hub._deliver_to_group(self.origin, self.message, self.queue, match.groups)
+                self.finished = True
+                return 1
         else:
             done = 0
         origin = self.origin
         message = self.message
-        echo = origin.echo
+        echo = origin.echo and not self.remote
         start = self.at
         end = min(start + step, len(self.subs))
         size = len(message[1])
@@ -947,7 +1016,7 @@ class Fanout:
         if end == len(self.subs):
             self.finished = True
             reply_to = message[2]
-            if reply_to is not None and not self.reached:
+            if reply_to is not None and not self.reached and not self.remote:
                 self.hub._no_responders(origin, reply_to)
         return done + end - start
 

@@ -347,7 +347,7 @@ async def test_a_node_starts_alone_when_redis_is_away_and_joins_when_it_comes() 
 
 
 async def test_a_publish_split_into_steps_still_reaches_each_node_once() -> None:
-    from broker.server.native import FANOUT_STEP
+    from broker.hub import FANOUT_STEP
 
     async with (
         running_cluster(2) as cluster,
@@ -389,6 +389,31 @@ async def test_a_publish_split_into_steps_still_reaches_each_node_once() -> None
         for sub in (early, late, noise):
             with pytest.raises(TimeoutError):
                 await sub.next(timeout=0.3)  # nothing twice
+
+
+async def test_a_message_from_another_node_reaching_many_subscriptions_arrives_whole_in_order() -> (
+    None
+):
+    from broker.hub import FANOUT_STEP
+
+    count = FANOUT_STEP + 300  # more than one step of the receiving node's deliveries
+    async with (
+        running_cluster(2) as cluster,
+        cluster[0].connect() as publisher,
+        cluster[1].connect() as many,
+    ):
+        subs = [many.subscribe("wide.*" if n % 2 else "wide.>") for n in range(count)]
+        await many.flush()
+        await cluster.settle()
+        for i in range(5):
+            await publisher.publish("wide.x", b"%d" % i)
+        await publisher.flush()
+        with trio.fail_after(20):
+            for sub in subs:
+                assert [int((await sub.next()).payload) for _ in range(5)] == list(range(5))
+        for sub in subs[:3]:
+            with pytest.raises(TimeoutError):
+                await sub.next(timeout=0.2)  # nothing twice
 
 
 async def test_every_node_answers_sys_ping_and_monitoring_shows_the_cluster() -> None:

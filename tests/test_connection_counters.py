@@ -9,9 +9,9 @@ from wire import StartServer, wire_client
 
 from broker import __version__
 from broker.client import connect
+from broker.hub import FANOUT_STEP
 from broker.protocol import Hello, Pub, Sub
 from broker.server import Server
-from broker.server.native import FANOUT_STEP
 from broker.server.transport import Transport
 
 

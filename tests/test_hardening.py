@@ -197,8 +197,8 @@ def _connected(hub: Any, client_id: int, *, echo: bool = True) -> NativeAdapter:
 
 
 def test_a_publish_to_65536_subscriptions_goes_out_in_steps_and_its_clients_frames_wait() -> None:
+    from broker.hub import FANOUT_STEP
     from broker.server import Server
-    from broker.server.native import FANOUT_STEP
     from broker.testing.inprocess import config_for_tests
 
     hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub
@@ -232,8 +232,8 @@ def test_a_publish_to_65536_subscriptions_goes_out_in_steps_and_its_clients_fram
 
 
 def test_a_client_that_leaves_in_the_middle_of_a_split_publish_still_delivers_all_of_it() -> None:
+    from broker.hub import FANOUT_STEP
     from broker.server import Server
-    from broker.server.native import FANOUT_STEP
     from broker.testing.inprocess import config_for_tests
 
     hub = Server(config_for_tests(max_pending_messages=10**6, max_pending_bytes=2**30)).hub

@@ -237,6 +237,38 @@ def test_without_a_step_a_publish_is_delivered_whole() -> None:
     assert not hub.fanouts
 
 
+def test_a_message_from_another_node_goes_out_in_steps_too() -> None:
+    # The cluster link's deliveries cost this node's clients no more than a local publish:
+    # a walk of 8,191 trie nodes and 4,096 deliveries are not one step.
+    hub = make_hub()
+    owner, link = Recorder("owner"), Recorder("link")
+    patterns = [".".join("a" if b == "0" else "*" for b in f"{n:012b}") for n in range(4096)]
+    for sid, pattern in enumerate(patterns):
+        hub.subscribe(owner, sid, pattern, "workers" if sid == 5 else None)
+    hub.subscribe(link, "stand-in", ">")  # another node's interest: passed over
+    subject = ".".join(["a"] * 12)
+    message: Message = (subject, b"1", "reply.to", None, False)
+    assert hub.deliver_plain(link, message, 1024) == 1024
+    assert link in hub.fanouts and owner.got == []  # the walk goes on
+    steps = 1
+    while link in hub.fanouts:
+        hub.resume(link, 1024)
+        steps += 1
+    assert steps > 4  # the walk, then 4,095 deliveries 1,024 at a time
+    assert [sid for sid, _, _ in owner.got] == [n for n in range(4096) if n != 5]
+    assert link.got == []  # and no no-responders for the link's request
+    owner.got.clear()
+    hub.subscribe(owner, "other", "b.*")  # a wildcard change empties the match cache
+    assert hub.deliver_group(link, message, "workers", 1024) == 1024
+    while link in hub.fanouts:
+        hub.resume(link, 1024)
+    assert [sid for sid, _, _ in owner.got] == [5]  # only the member the other node chose
+    owner.got.clear()
+    # The cached match is one step now, with the rest of the deliveries in later steps.
+    assert hub.deliver_plain(link, message, 1024) == 1024
+    assert len(owner.got) == 1024 and link in hub.fanouts
+
+
 def test_a_walk_too_long_for_one_step_goes_on_in_steps_and_sees_no_one_twice_or_too_new() -> None:
     hub = make_hub()
     owner = Recorder()

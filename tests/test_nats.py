@@ -507,7 +507,7 @@ def test_max_connections(raw: Any) -> None:
 
 
 def test_a_publish_to_more_subscriptions_than_one_step(raw: Any) -> None:
-    from broker.server.native import FANOUT_STEP
+    from broker.hub import FANOUT_STEP
 
     count = FANOUT_STEP + 100
     sub = raw()

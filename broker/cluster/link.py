@@ -41,7 +41,7 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from ..config import ClusterConfig
-from ..hub import Hub, Subscription
+from ..hub import FANOUT_STEP, Hub, Subscription
 from ..message import Message, Retained
 from ..permissions import ClientPermissions
 from ..subjects import SubjectError
@@ -588,7 +588,9 @@ class ClusterLink:
 
     async def _route_inbound(self) -> None:
         hub = self.hub
+        fanouts = hub.fanouts
         counters = self.counters
+        work = 0
         async for data in self._inbound_receive:
             try:
                 _origin, entries = unpack_batch(data)
@@ -599,9 +601,14 @@ class ClusterLink:
                 self.in_msgs += 1
                 self.in_bytes += len(message[1])
                 if queue is None:
-                    hub.deliver_plain(self, message)
+                    work += hub.deliver_plain(self, message, FANOUT_STEP)
                 else:
-                    hub.deliver_group(self, message, queue)
+                    work += hub.deliver_group(self, message, queue, FANOUT_STEP)
+                # As a client's reader: a bounded amount of routing between two yields, and a
+                # message reaching tens of thousands of subscriptions goes out in steps.
+                while work >= FANOUT_STEP or self in fanouts:
+                    await trio.lowlevel.checkpoint()
+                    work = hub.resume(self, FANOUT_STEP)
             counters["received"] += len(entries)
 
     def _bad(self, what: str, error: Exception) -> None:

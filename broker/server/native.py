@@ -16,7 +16,7 @@ from typing import Any, Final, cast, final
 
 from ..auth import Credentials
 from ..errors import ErrorCode
-from ..hub import Hub, Refused, Subscriber, Subscription
+from ..hub import FANOUT_STEP, Hub, Refused, Subscriber, Subscription
 from ..message import Message, Retained
 from ..permissions import ClientPermissions
 from ..protocol.native import (
@@ -66,9 +66,6 @@ _WORK_PER_LOOK: Final = 64
 #: Most frames decoded in one turn: one 64 KiB read holds up to 7,000 nine-byte PINGs, whose
 #: decoding alone took 24 ms in one step (ten clients flooding PINGs held the others 300 ms).
 DECODE_PER_TURN: Final = 512
-#: Most subscriptions one step of a publish delivers to (about a millisecond); a publish that
-#: matches more goes on in later turns (see `Hub.publish`), and its client's later frames wait.
-FANOUT_STEP: Final = 1024
 #: Work since the last look at the clock that makes an overrun a client's doing, not the
 #: system's: more than a split publish's step (publishes and walks are split at `FANOUT_STEP`).
 REST_WORK: Final = 2 * FANOUT_STEP

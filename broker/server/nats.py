@@ -26,7 +26,7 @@ from typing import Any, Final, cast, final
 from .._version import __version__
 from ..auth import Credentials
 from ..errors import ErrorCode
-from ..hub import Hub, Refused, Subscription
+from ..hub import FANOUT_STEP, Hub, Refused, Subscription
 from ..message import NO_RESPONDERS_HEADERS, Message, Retained
 from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
@@ -51,7 +51,6 @@ from ..protocol.nats import (
 )
 from .native import (
     DECODE_PER_TURN,
-    FANOUT_STEP,
     TURN_SECONDS,
     continue_fanout,
     rest_after_overrun,
