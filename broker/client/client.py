@@ -58,7 +58,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._concurrency import Signal, cancellation_check, single_leaf
+from .._concurrency import Signal, cancellation_check, scheduler_checkpoint, single_leaf
 from ..errors import (
     BadSubject,
     BrokerError,
@@ -168,6 +168,7 @@ class Client:
         self._hooks_scope = anyio.CancelScope()
         #: Made in the event loop it serves, so this is that loop's check.
         self._cancellation_check = cancellation_check()
+        self._scheduler_checkpoint = scheduler_checkpoint()
 
     def __repr__(self) -> str:
         if self._closed is not None:

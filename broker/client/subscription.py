@@ -13,9 +13,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, final
 
-import anyio
-import anyio.lowlevel
-
 from .._checks import check_timeout
 from .._concurrency import Signal
 from ..errors import BrokerError, SubscriptionClosed, _again
@@ -291,7 +288,7 @@ class Subscription:
             await self._client._cancellation_check()
         else:
             self._streak = 0
-            await anyio.lowlevel.checkpoint()
+            await self._client._scheduler_checkpoint()
 
     def _take(self) -> Message | None:
         """The next queued message, or None (and the consumers are idle); raises once ended."""
