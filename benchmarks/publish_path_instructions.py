@@ -1,12 +1,12 @@
 """CPU instructions of the broker's publish path, in process, counted by callgrind.
 
 One publisher's NativeAdapter is fed reads of 400 PUB frames (128-byte payloads) and turns them
-into hub calls and MSG frames queued in 1 or 10 subscribers' outboxes, with no sockets and no
+into hub calls and MSG frames queued in 0, 1 or 10 subscribers' outboxes, with no sockets and no
 writer: decoding, routing, encoding and queueing, which is what a publish costs the broker
 beyond its I/O. Run under callgrind with two message counts by `--measure`; the difference
 divided by the difference in messages is the count per publish.
 
-    python benchmarks/publish_path_instructions.py --measure          # 1 -> 1 and 1 -> 10
+    python benchmarks/publish_path_instructions.py --measure          # 1 -> 0, 1 -> 1, 1 -> 10
     python benchmarks/publish_path_instructions.py run 1 4000          # one run, no valgrind
 
 Needs valgrind on PATH for --measure.
@@ -89,7 +89,7 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "run":
         run(int(sys.argv[2]), int(sys.argv[3]))
         return
-    for subscribers in (1, 10):
+    for subscribers in (0, 1, 10):
         print(
             f"1 -> {subscribers}: {measure(subscribers):,.0f} instructions per publish", flush=True
         )
