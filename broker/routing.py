@@ -95,7 +95,7 @@ class QueueGroup(Generic[S]):
         try:
             best = min(seqs, key=self._tick)
         except KeyError:
-            # A member left after this group was matched (a fan-out still holds it).
+            # A member left after this group was matched (its holder kept it across a change).
             return self._choose_carefully(skip, None)
         member = self.members[seqs.index(best)]
         if skip is not None and skip(member):
@@ -104,16 +104,16 @@ class QueueGroup(Generic[S]):
         return member
 
     def _choose_carefully(self, skip: Callable[[S], bool] | None, skipped: S | None) -> S | None:
-        """`choose`, passing over `skipped` and whom `skip` refuses (asking each once); a
-        member that left counts as never chosen, and whoever delivers finds it gone."""
+        """`choose`, passing over `skipped`, whom `skip` refuses (asking each once), and members
+        that left the table since this group was matched."""
         served = self._served
+        seqs = self._seqs
+        live = [index for index in range(len(seqs)) if seqs[index] in served]
         # sorted() is stable, so ties keep subscription order, as min() does.
-        for index in sorted(range(len(self._seqs)), key=lambda i: served.get(self._seqs[i], 0)):
+        for index in sorted(live, key=lambda i: served[seqs[i]]):
             member = self.members[index]
             if member is not skipped and (skip is None or not skip(member)):
-                seq = self._seqs[index]
-                if seq in served:
-                    served[seq] = next(self._clock)
+                served[seqs[index]] = next(self._clock)
                 return member
         return None
 

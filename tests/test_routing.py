@@ -252,6 +252,20 @@ def test_wildcard_subscriptions_add_no_objects_the_garbage_collector_walks() -> 
     assert len(gc.get_objects()) - before < 50
 
 
+def test_a_group_held_across_a_removal_passes_over_the_member_that_left() -> None:
+    table: RoutingTable[Sub] = RoutingTable()
+    a, b, c = subs("a", "b", "c")
+    for sub in (a, b, c):
+        table.insert(sub, "q", queue="g")
+    (group,) = table.match("q").groups
+    assert [group.choose() for _ in range(3)] == [a, b, c]
+    table.remove(a)
+    assert [group.choose() for _ in range(4)] == [b, c, b, c]
+    table.remove(b)
+    table.remove(c)
+    assert group.choose() is None
+
+
 def test_constructor_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="cache_size must be an int >= 0: -1"):
         RoutingTable(cache_size=-1)
