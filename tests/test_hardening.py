@@ -23,7 +23,18 @@ from wire import StartServer, bystanders, raw_frame, wait_until, wire_client
 
 from broker.hub import Subscription
 from broker.message import Message, Retained
-from broker.protocol import Err, Hello, Msg, Ping, Pong, Pub, Sub, encode_frame, msg_head_sid
+from broker.protocol import (
+    Err,
+    Hello,
+    Msg,
+    Ping,
+    Pong,
+    Pub,
+    Sub,
+    Welcome,
+    encode_frame,
+    msg_head_sid,
+)
 from broker.server.native import NativeAdapter
 from broker.server.outbox import CONTROL_OVERHEAD
 from broker.server.transport import Transport
@@ -349,6 +360,26 @@ async def test_half_a_frame_is_cut_after_frame_timeout_and_trickling_does_not_he
                 (err,) = await client.closed()
                 assert type(err) is Err and err.code == "stale_connection"
                 assert "frame_timeout" in err.message
+            assert trio.current_time() - started < 2
+            await pair.check()
+
+
+async def test_half_a_frame_sent_with_the_hello_is_cut_after_frame_timeout_too(
+    start_server: StartServer,
+) -> None:
+    # The read that brings HELLO may bring the start of the next frame: the reader begins with
+    # bytes buffered, and they must be timed like any others (they escaped frame_timeout, and
+    # the connection lived until keepalive cut it, minutes later).
+    hello = encode_frame(Hello({"version": 1, "name": "half-with-hello"}))
+    frame = encode_frame(Pub("slow", b"x" * 100))
+    with trio.fail_after(10):
+        server = await start_server(frame_timeout=0.3)
+        async with bystanders(server.port) as pair, wire_client(server.port, hello=False) as half:
+            started = trio.current_time()
+            await half.send_raw(hello + frame[:50])
+            welcome, err = await half.closed()
+            assert type(welcome) is Welcome
+            assert type(err) is Err and err.code == "stale_connection"
             assert trio.current_time() - started < 2
             await pair.check()
 

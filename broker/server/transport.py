@@ -451,8 +451,9 @@ class Transport:
         receive = batched_receive(self.stream) or self.stream.receive_some
         checkpoint = trio.lowlevel.checkpoint
         frame_timeout = self.hub.config.frame_timeout
-        #: When the bytes now buffered began to arrive (None: nothing is buffered).
-        partial_since: float | None = None
+        #: When the bytes now buffered began to arrive (None: nothing is buffered). Bytes may be
+        #: buffered already: the read that brought HELLO may have brought half a frame after it.
+        partial_since: float | None = trio.current_time() if adapter.buffered else None
         with self._reader_scope:
             try:
                 while True:
