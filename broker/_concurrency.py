@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Signal", "cancellation_check", "scheduler_checkpoint", "single_leaf"]
+__all__ = ["Signal", "loop_checkpoints", "single_leaf"]
 
 
 class Signal:
@@ -44,23 +44,13 @@ def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
     return error
 
 
-def cancellation_check() -> Callable[[], Awaitable[None]]:
-    """This event loop's `checkpoint_if_cancelled`, looked up once rather than on every call.
+def loop_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """This event loop's `checkpoint_if_cancelled` and `checkpoint`, looked up once.
 
     anyio finds the running backend on every call (through sniffio), which costs more than the
     check itself on a path taken once per delivered message: on asyncio, a quarter of a
-    subscriber's time. Under Trio this is Trio's own function.
+    subscriber's time. Under Trio these are Trio's own functions.
     """
-    return _checkpoints()[0]
-
-
-def scheduler_checkpoint() -> Callable[[], Awaitable[None]]:
-    """This event loop's `checkpoint` (a cancellation check and a trip through the
-    scheduler), looked up once, as `cancellation_check`."""
-    return _checkpoints()[1]
-
-
-def _checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
     trio = sys.modules.get("trio")
     if trio is not None:
         try:

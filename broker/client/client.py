@@ -58,7 +58,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._concurrency import Signal, cancellation_check, scheduler_checkpoint, single_leaf
+from .._concurrency import Signal, loop_checkpoints, single_leaf
 from ..errors import (
     BadSubject,
     BrokerError,
@@ -166,9 +166,8 @@ class Client:
         self._hooks: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._hooks_signal = Signal()
         self._hooks_scope = anyio.CancelScope()
-        #: Made in the event loop it serves, so this is that loop's check.
-        self._cancellation_check = cancellation_check()
-        self._scheduler_checkpoint = scheduler_checkpoint()
+        #: Made in the event loop it serves, so these are that loop's.
+        self._cancellation_check, self._scheduler_checkpoint = loop_checkpoints()
 
     def __repr__(self) -> str:
         if self._closed is not None:
