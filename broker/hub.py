@@ -29,7 +29,7 @@ from .message import NO_RESPONDERS_HEADERS, Message, Retained
 from .permissions import ClientPermissions, Verdict
 from .protocol.native import PROTOCOL_VERSION
 from .retained import RetainedStore
-from .routing import PENDING, QueueGroup, RoutingTable, Walk
+from .routing import PENDING, Match, QueueGroup, RoutingTable, Walk
 from .stats import Counters, Statistics
 from .subjects import SYS_REQUEST_PREFIX, SubjectError, validate_pattern, validate_subject
 
@@ -502,16 +502,10 @@ class Hub:
         `origin` for `resume`, so a client of another node costs this one's clients no more
         than a client of its own. Returns the work done.
         """
+        match = self._match_remote(origin, message, step, None)
+        if match is None:
+            return step
         subject = message[0]
-        table = self.table
-        if step:
-            match = table.match_within(subject, step * NODES_PER_DELIVERY)
-            if match is PENDING:
-                assert table.walk is not None
-                self.fanouts[origin] = Fanout(self, origin, message, walk=table.walk, remote=True)
-                return step
-        else:
-            match = table.match(subject)
         plain = match.plain
         if step and len(plain) > step:
             self.fanouts[origin] = Fanout(self, origin, message, subs=plain, at=step, remote=True)
@@ -541,19 +535,28 @@ class Hub:
         left here. With `step`, a walk of the trie too long for one step goes on in `fanouts`,
         as `deliver_plain`. Returns the work done.
         """
-        table = self.table
-        if step:
-            match = table.match_within(message[0], step * NODES_PER_DELIVERY)
-            if match is PENDING:
-                assert table.walk is not None
-                self.fanouts[origin] = Fanout(
-                    self, origin, message, walk=table.walk, remote=True, queue=queue
-                )
-                return step
-        else:
-            match = table.match(message[0])
+        match = self._match_remote(origin, message, step, queue)
+        if match is None:
+            return step
         self._deliver_to_group(origin, message, queue, match.groups)
         return 1
+
+    def _match_remote(
+        self, origin: Subscriber, message: Message, step: int, queue: str | None
+    ) -> Match[Subscription] | None:
+        """Who here a message from another node goes to; None if the walk of the trie is too
+        long for one `step`, and goes on in `fanouts` under `origin` (a remote `Fanout`)."""
+        table = self.table
+        if not step:
+            return table.match(message[0])
+        match = table.match_within(message[0], step * NODES_PER_DELIVERY)
+        if match is not PENDING:
+            return match
+        assert table.walk is not None
+        self.fanouts[origin] = Fanout(
+            self, origin, message, walk=table.walk, remote=True, queue=queue
+        )
+        return None
 
     def _deliver_to_group(
         self,
