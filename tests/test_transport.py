@@ -80,6 +80,8 @@ async def test_a_tls_stream_is_served_like_tcp_and_closed_cleanly() -> None:
             assert msg == Msg(1, "a.b", b"x")
             assert peers == [("127.0.0.1", tcp.socket.getsockname()[1])]
             assert [t.adapter.name for t in faults.connections(server)] == ["tls"]
+            # Only a plain TCP socket is written to directly by readers (`Transport._write_now`).
+            assert faults.connections(server)[0].outbox.direct is None
             # A bad frame is fatal: the ERR arrives, then the server closes without send_eof.
             await client.send_all(b"\x00\x00\x00\x01\xc1")  # 0xc1: never valid msgpack
             (err,) = await _events(client, conn, 2)

@@ -3,23 +3,46 @@
 Publishers' tasks offer frames without waiting; the client's writer takes everything pending as
 one buffer for one ``send_all``. Bounds are in messages and in bytes at their real memory cost,
 and a full outbox is a slow consumer, which the transport handles by policy.
+
+While a reader turns one read into deliveries, the wakes of idle writers are held
+(`HeldWakes`): when the read is done, the reader writes what it queued for them at once, without
+waiting, as nats-server's read loop does, and wakes only those it could not finish for. A reply
+then leaves in the same scheduling pass as the request that caused it, instead of two passes
+later through the writer's task.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final, cast, final
 
 import trio
 
 from ..hub import REPLAY_ENTRY_COST, ReplayMemory
 
-__all__ = ["CONTROL_OVERHEAD", "MESSAGE_OVERHEAD", "WRITE_BATCH_BYTES", "Outbox", "replay_cost"]
+__all__ = [
+    "CONTROL_OVERHEAD",
+    "DIRECT_WRITES_PER_TURN",
+    "DIRECT_WRITE_BYTES",
+    "MESSAGE_OVERHEAD",
+    "WRITE_BATCH_BYTES",
+    "HeldWakes",
+    "Outbox",
+    "held_wakes",
+    "replay_cost",
+]
 
 #: Most bytes one write takes from a backlog (everything, when less is queued).
 WRITE_BATCH_BYTES: Final = 1024 * 1024
+#: Most bytes a reader writes for an idle writer at the end of its turn (see `HeldWakes`); a
+#: larger batch is left to the writer, so one reader's turn stays short.
+DIRECT_WRITE_BYTES: Final = 64 * 1024
+#: Most outboxes one reader writes for at the end of a turn; the writers of the others are woken
+#: as usual. A publish reaching thousands of idle subscribers must not make its reader do
+#: thousands of system calls in one step.
+DIRECT_WRITES_PER_TURN: Final = 32
 #: Memory a queued message holds beyond its frame bytes, at most: its head is a `bytes` object
 #: of its own, its tail another (shared with other subscribers, but a stalled client may be the
 #: last to hold it), each rounded up to the allocator's 16-byte blocks, and each takes a deque
@@ -68,6 +91,53 @@ class _Replay:
 
 
 @final
+class HeldWakes:
+    """The wakes of idle writers held while one reader turns a read into deliveries.
+
+    One per trio run (`held_wakes`): a reader's turn is synchronous, so every delivery made while
+    `holding` is that reader's. `release` gives each listed outbox to its `direct` writer (the
+    transport's non-blocking write), and wakes the writer of any it did not empty.
+    """
+
+    __slots__ = ("holding", "outboxes")
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.outboxes: list[Outbox] = []
+
+    def release(self) -> None:
+        """Stop holding; write for, or wake, every outbox that was offered to meanwhile."""
+        self.holding = False
+        outboxes = self.outboxes
+        if not outboxes:
+            return
+        self.outboxes = []
+        for number, outbox in enumerate(outboxes):
+            outbox._listed = False
+            if not outbox._waiting:
+                continue  # woken meanwhile (the session is ending, for one)
+            direct = outbox.direct
+            if number >= DIRECT_WRITES_PER_TURN or direct is None or not direct():
+                outbox.wake()
+
+
+_HELD: Final = trio.lowlevel.RunVar[HeldWakes]("broker_held_wakes")
+
+
+def held_wakes() -> HeldWakes:
+    """This trio run's `HeldWakes`, shared by every outbox and reader in it (outside a run, as
+    in a synchronous test, one of its own)."""
+    try:
+        return _HELD.get()
+    except RuntimeError:
+        return HeldWakes()
+    except LookupError:
+        held = HeldWakes()
+        _HELD.set(held)
+        return held
+
+
+@final
 class Outbox:
     """The bounded queue of encoded frames between fan-out and one client's writer.
 
@@ -83,13 +153,17 @@ class Outbox:
 
     __slots__ = (
         "_frames",
+        "_held",
+        "_listed",
         "_lot",
         "_replay_memory",
         "_replay_taken",
+        "_rest",
         "_streaming_cost",
         "_waiting",
         "bytes",
         "control_bytes",
+        "direct",
         "max_bytes",
         "max_messages",
         "messages",
@@ -99,9 +173,22 @@ class Outbox:
     )
 
     def __init__(
-        self, *, max_messages: int, max_bytes: int, replay_memory: ReplayMemory | None = None
+        self,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        replay_memory: ReplayMemory | None = None,
+        held: HeldWakes | None = None,
     ) -> None:
         self._frames: deque[bytes | _Replay] = deque()
+        #: Where a wake is held during a reader's turn, and whether this outbox is listed there.
+        self._held = HeldWakes() if held is None else held
+        self._listed = False
+        #: Writes the next batch now, without waiting, for an idle writer; True if it sent it
+        #: all. Set by the transport for streams that can (plain TCP), None for the others.
+        self.direct: Callable[[], bool] | None = None
+        #: What a direct write left unsent: it goes out first, and counts in `sending`.
+        self._rest: bytes | None = None
         #: The server-wide bound every replay queued here is charged against.
         self._replay_memory = ReplayMemory(2**63) if replay_memory is None else replay_memory
         self._lot = trio.lowlevel.ParkingLot()
@@ -126,7 +213,7 @@ class Outbox:
         self._streaming_cost = 0
 
     def __bool__(self) -> bool:
-        return bool(self._frames) or self.streaming is not None
+        return bool(self._frames) or self.streaming is not None or self._rest is not None
 
     def offer(self, head: bytes, tail: bytes) -> bool:
         """Queue one message frame, `head + tail`; False (nothing queued) past a bound.
@@ -145,7 +232,7 @@ class Outbox:
         self.messages += 1
         self.bytes += size
         if self._waiting:
-            self.wake()
+            self._wake_or_hold()
         return True
 
     def offer_replay(self, frames: Iterator[tuple[bytes, bytes]], cost: int = 0) -> None:
@@ -194,7 +281,7 @@ class Outbox:
         self.bytes += size
         self.control_bytes += size
         if self._waiting:
-            self.wake()
+            self._wake_or_hold()
 
     def drop_oldest(self, room: int) -> list[bytes]:
         """Discard the oldest messages until a frame of `room` bytes fits; return their heads."""
@@ -227,6 +314,7 @@ class Outbox:
         self._replay_memory.release(queued + self._streaming_cost)
         self._streaming_cost = 0
         self._frames.clear()
+        self._rest = None
         self.streaming = None
         self.messages = 0
         self.bytes = 0
@@ -244,6 +332,10 @@ class Outbox:
         is taken (and the SUBs waiting on it go ahead) as soon as it is reached, and its
         chunks never count in `sending`. Empty only when a replay matched nothing.
         """
+        rest = self._rest
+        if rest is not None:
+            self._rest = None
+            return rest  # still counted in `sending`
         if self.streaming is not None:
             return self._stream_chunk()
         frames = self._frames
@@ -313,6 +405,29 @@ class Outbox:
             self.bytes -= frame + MESSAGE_OVERHEAD
         return b"".join(batch)
 
+    def take_direct(self) -> bytes | None:
+        """`take_batch` for a reader writing on an idle writer's behalf (`HeldWakes`), or None.
+
+        Only what the writer would send straight away, in one write: live messages and
+        control frames, none being sent or replayed, at most `DIRECT_WRITE_BYTES` at their
+        counted cost. Anything else is left to the writer.
+        """
+        if (
+            self.sending
+            or self.replaying
+            or self.streaming is not None
+            or self._rest is not None
+            or not self._frames
+            or self.bytes > DIRECT_WRITE_BYTES
+        ):
+            return None
+        return self.take_batch()
+
+    def put_back(self, rest: bytes) -> None:
+        """Part of the batch just taken was not sent: it goes out first, and counts until then."""
+        self._rest = rest
+        self.sending = len(rest)
+
     def sent(self) -> None:
         """The batch `take_batch` returned is on the wire: its bytes no longer count."""
         self.sending = 0
@@ -328,13 +443,22 @@ class Outbox:
 
     async def wait(self) -> None:
         """Sleep until something is queued (or the caller's cancel scope fires)."""
-        if self._frames or self.streaming is not None:
+        if self:
             return
         self._waiting = True
         try:
             await self._lot.park()
         finally:
             self._waiting = False
+
+    def _wake_or_hold(self) -> None:
+        """Wake the idle writer, or list this outbox for the reader's turn's end (`HeldWakes`)."""
+        if self._held.holding and self.direct is not None:
+            if not self._listed:
+                self._listed = True
+                self._held.outboxes.append(self)
+        else:
+            self.wake()
 
     def wake(self) -> None:
         """Wake the writer (it looks at the outbox and the session state again)."""

@@ -5,7 +5,10 @@ A `Transport` moves bytes; its `WireAdapter` (one per wire format) turns the byt
 into hub calls and encodes what the transport must send (errors, PINGs, reports of drops).
 Data flows one way: the reader hands each read to the adapter, which routes publishes through
 the hub to other clients' outboxes without waiting; each transport's writer is the only task
-that writes to its stream, taking everything pending in one ``send_all``.
+that writes to its stream, taking everything pending in one ``send_all``. One exception, as in
+nats-server's read loop: at the end of a read's turn, the reader writes at once, without
+waiting, what it queued for writers that were idle (`_write_now`), so a reply leaves in the pass
+that routed its request; whatever that write cannot finish goes to the writer.
 
 Nothing here assumes a plain TCP socket: a TLS stream has no ``send_eof``, and the peer's
 address is found under any wrapping stream (`peer_address`).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 import time
 from typing import Any, Final, Protocol, final
@@ -28,7 +32,7 @@ from ..hub import Hub, Subscriber, Subscription
 from ..peerlog import PeerLog
 from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
-from .outbox import Outbox
+from .outbox import Outbox, held_wakes
 from .security import AUTH_FAILED_MESSAGE, authenticate, recheck
 from .tls import batched_receive, tls_handshake
 
@@ -188,7 +192,9 @@ class Transport:
         "_dropped_by_sid",
         "_eof",
         "_fatal",
+        "_fd",
         "_handshake_scope",
+        "_held",
         "_last_ping",
         "_last_received",
         "_last_sent",
@@ -199,6 +205,7 @@ class Transport:
         "_session_scope",
         "_shutting_down",
         "_slow",
+        "_socket",
         "_stalled",
         "_write_scope",
         "accepting",
@@ -243,11 +250,17 @@ class Transport:
         #: trio's clock at `start` (set by `run`), to turn trio times into wall-clock ones.
         self._opened = math.inf
         self.adapter: WireAdapter
+        #: Shared by every reader and outbox of this trio run (see `_process`).
+        self._held = held_wakes()
         self.outbox = Outbox(
             max_messages=config.max_pending_messages,
             max_bytes=config.max_pending_bytes,
             replay_memory=hub.replay_memory,
+            held=self._held,
         )
+        #: The plain TCP socket and its descriptor, once the handshake is done (`_write_now`).
+        self._socket: trio.socket.SocketType | None = None
+        self._fd = -1
         self.accepting = True
         #: Who the client proved to be, when authentication is on.
         self.identity: Identity | None = None
@@ -320,6 +333,12 @@ class Transport:
                 if not await self._handshake():
                     return
                 log.debug("%r connected", self)
+                stream = self.stream
+                if type(stream) is trio.SocketStream and os.name == "posix":
+                    # Not before: a TLS upgrade replaces the stream during the handshake.
+                    self._socket = stream.socket
+                    self._fd = stream.socket.fileno()
+                    self.outbox.direct = self._write_now
                 if system is not None:
                     system.client_connected(self)
                     connected = True
@@ -458,10 +477,10 @@ class Transport:
             try:
                 while True:
                     try:
-                        found = adapter.process()
+                        found = self._process()
                         while found == DEFERRED and self._fatal is None:
                             await self.outbox.wait_replay_room()
-                            found = adapter.process()
+                            found = self._process()
                     except RemoteProtocolError as error:
                         self.fail(error.code, error.message)
                         return
@@ -519,6 +538,53 @@ class Transport:
             self._eof = True
             self.accepting = False
             self.outbox.wake()
+
+    def _process(self) -> str | bool:
+        """One turn of the adapter, with the wakes of idle writers held until it ends.
+
+        Then the writers' next batches go out from here (`HeldWakes.release`), without waiting:
+        the turn is synchronous, so every delivery it made is this reader's.
+        """
+        held = self._held
+        held.holding = True
+        try:
+            return self.adapter.process()
+        finally:
+            held.release()
+
+    def _write_now(self) -> bool:
+        """Write the outbox's next batch without waiting, for an idle writer; True if all went.
+
+        Only when the writer would send it straight away (`Outbox.take_direct`), with no drops
+        to report first, and neither stalled nor closing. What the socket does not take goes
+        back to the outbox, for the writer to send first under `write_timeout`; so does a batch
+        whose write failed, for the writer's own send to find the broken connection.
+        """
+        sock = self._socket
+        if (
+            sock is None
+            or self._stalled is not None
+            or self._fatal is not None
+            or self._shutting_down
+            or not self.accepting
+            or self.dropped_unreported
+            or sock.fileno() != self._fd
+        ):
+            return False
+        outbox = self.outbox
+        data = outbox.take_direct()
+        if data is None:
+            return False
+        self._last_sent = trio.current_time()
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # BlockingIOError (the socket is full) or a broken connection
+            sent = 0
+        if sent == len(data):
+            outbox.sent()
+            return True
+        outbox.put_back(data[sent:])
+        return False
 
     def pong_received(self) -> None:
         """The client answered our PING: it is alive."""

@@ -1,0 +1,195 @@
+"""A reader writes what it queued for idle writers at the end of its turn (`HeldWakes`).
+
+The outbox side is tested directly: which deliveries are held, how many outboxes one turn
+writes for, how large a batch it writes, and what a partial write leaves for the writer. The
+transport side runs on real loopback sockets: plain TCP connections get direct writes, TLS ones
+do not, and a subscriber whose socket is full still gets every message once, in order.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from wire import StartServer, wire_client
+
+from broker.protocol import Msg, Pub, Sub
+from broker.server.outbox import (
+    DIRECT_WRITE_BYTES,
+    DIRECT_WRITES_PER_TURN,
+    MESSAGE_OVERHEAD,
+    HeldWakes,
+    Outbox,
+)
+from broker.testing import faults
+
+
+def _outbox(held: HeldWakes, **bounds: int) -> Outbox:
+    bounds.setdefault("max_messages", 1000)
+    bounds.setdefault("max_bytes", 1 << 24)
+    return Outbox(held=held, **bounds)  # type: ignore[arg-type]
+
+
+class _Writer:
+    """An idle writer: parked in `Outbox.wait` until woken, as the transport's is."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.woken = 0
+
+    async def run(self) -> None:
+        while True:
+            await self.outbox.wait()
+            self.woken += 1
+            self.outbox.take_batch()
+            self.outbox.sent()
+
+
+def _direct(outbox: Outbox, written: list[bytes], *, room: int | None = None) -> None:
+    """Give `outbox` a direct writer that takes at most `room` bytes per write."""
+
+    def write() -> bool:
+        data = outbox.take_direct()
+        if data is None:
+            return False
+        sent = len(data) if room is None else min(room, len(data))
+        written.append(data[:sent])
+        if sent == len(data):
+            outbox.sent()
+            return True
+        outbox.put_back(data[sent:])
+        return False
+
+    outbox.direct = write
+
+
+async def test_deliveries_made_while_held_are_written_without_waking_the_writer() -> None:
+    held = HeldWakes()
+    outbox = _outbox(held)
+    written: list[bytes] = []
+    _direct(outbox, written)
+    writer = _Writer(outbox)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        held.holding = True
+        assert outbox.offer(b"h1", b"t1")
+        assert outbox.offer(b"h2", b"t2")
+        outbox.push_control(b"pong")
+        assert held.outboxes == [outbox]  # listed once, however many deliveries
+        held.release()
+        assert not held.holding
+        assert written == [b"h1t1h2t2pong"]  # one write, in the order queued
+        assert not outbox and outbox.bytes == outbox.sending == outbox.messages == 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.woken == 0
+        # Not held: a delivery wakes the writer, as it always did.
+        assert outbox.offer(b"h3", b"t3")
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.woken == 1 and written == [b"h1t1h2t2pong"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_turn_writes_for_at_most_direct_writes_per_turn_outboxes() -> None:
+    held = HeldWakes()
+    count = DIRECT_WRITES_PER_TURN + 1  # the edge, and one past it
+    outboxes = [_outbox(held) for _ in range(count)]
+    written: list[list[bytes]] = [[] for _ in range(count)]
+    writers = [_Writer(outbox) for outbox in outboxes]
+    async with trio.open_nursery() as nursery:
+        for outbox, out, writer in zip(outboxes, written, writers, strict=True):
+            _direct(outbox, out)
+            nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        held.holding = True
+        for outbox in outboxes:
+            outbox.offer(b"h", b"t")
+        held.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [len(out) for out in written] == [1] * DIRECT_WRITES_PER_TURN + [0]
+        assert [w.woken for w in writers] == [0] * DIRECT_WRITES_PER_TURN + [1]
+        assert not any(outboxes)
+        nursery.cancel_scope.cancel()
+
+
+def test_a_direct_write_takes_at_most_direct_write_bytes() -> None:
+    held = HeldWakes()
+    head = b"h" * 8
+    tail = b"t" * (DIRECT_WRITE_BYTES - len(head) - MESSAGE_OVERHEAD)
+    at_edge = _outbox(held)
+    at_edge.offer(head, tail)
+    assert at_edge.bytes == DIRECT_WRITE_BYTES
+    assert at_edge.take_direct() == head + tail
+    one_past = _outbox(held)
+    one_past.offer(head, tail + b"t")
+    assert one_past.take_direct() is None
+    assert one_past.take_batch() == head + tail + b"t"  # the writer sends it as before
+
+
+def test_nothing_is_written_directly_while_a_batch_or_a_replay_is_under_way() -> None:
+    held = HeldWakes()
+    outbox = _outbox(held)
+    assert outbox.take_direct() is None  # nothing queued
+    outbox.offer(b"h1", b"t1")
+    assert outbox.take_batch() == b"h1t1"  # the writer is sending it
+    outbox.offer(b"h2", b"t2")
+    assert outbox.take_direct() is None
+    outbox.sent()
+    assert outbox.take_direct() == b"h2t2"
+    outbox.sent()
+    outbox.offer_replay(iter([(b"H", b"T")]))
+    outbox.offer(b"h3", b"t3")
+    assert outbox.take_direct() is None  # a replay goes first, through the writer
+
+
+async def test_what_a_direct_write_leaves_goes_first_and_counts_until_sent() -> None:
+    held = HeldWakes()
+    # Room for the 5 bytes the write leaves, and two 4-byte messages: to the byte.
+    outbox = _outbox(held, max_bytes=5 + 2 * (4 + MESSAGE_OVERHEAD))
+    written: list[bytes] = []
+    _direct(outbox, written, room=3)
+    writer = _Writer(outbox)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        held.holding = True
+        assert outbox.offer(b"head", b"tail")
+        held.release()
+        assert written == [b"hea"]
+        assert outbox.sending == 5 and outbox  # the rest counts against the bound
+        assert outbox.offer(b"h2", b"t2")
+        assert outbox.offer(b"h3", b"t3")  # exactly at the bound
+        assert not outbox.offer(b"h", b"4")  # one past it, though 3 bytes smaller
+        assert outbox.take_batch() == b"dtail"  # the rest first...
+        outbox.sent()
+        assert outbox.take_batch() == b"h2t2h3t3"  # ...then what was queued after it
+        outbox.sent()
+        outbox.put_back(b"x")
+        outbox.clear()
+        assert not outbox and outbox.sending == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_plain_tcp_connections_write_directly_and_deliver_in_order(
+    start_server: StartServer,
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server()
+        async with (
+            wire_client(server.port, name="sub") as sub,
+            wire_client(server.port, name="pub") as pub,
+        ):
+            (transport,) = faults.connections(server, "sub")
+            assert transport.outbox.direct is not None
+            await sub.send(Sub(1, "s"))
+            await sub.flush()
+            for number in range(200):
+                await pub.send(Pub("s", number.to_bytes(2, "big")))
+                if number % 7 == 0:
+                    await pub.flush()  # some reads of one PUB, some of several
+            await pub.flush()
+            received: list[int] = []
+            while len(received) < 200:
+                for event in await sub.drain():
+                    assert type(event) is Msg
+                    received.append(int.from_bytes(event.payload, "big"))
+            assert received == list(range(200))
