@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Signal", "loop_checkpoints", "single_leaf"]
+__all__ = ["Signal", "loop_checkpoints", "running_trio", "single_leaf"]
 
 
 class Signal:
@@ -44,6 +44,18 @@ def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
     return error
 
 
+def running_trio() -> bool:
+    """Whether this task runs under Trio (rather than asyncio), asked without sniffio."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
 def loop_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
     """This event loop's `checkpoint_if_cancelled` and `checkpoint`, looked up once.
 
@@ -51,14 +63,9 @@ def loop_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awai
     check itself on a path taken once per delivered message: on asyncio, a quarter of a
     subscriber's time. Under Trio these are Trio's own functions.
     """
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return trio.lowlevel.checkpoint_if_cancelled, trio.lowlevel.checkpoint
+    if running_trio():
+        trio = sys.modules["trio"]
+        return trio.lowlevel.checkpoint_if_cancelled, trio.lowlevel.checkpoint
     try:
         # anyio's own lookup, made once; private, so anything unexpected falls back to the
         # public functions, which make it on every call.

@@ -230,6 +230,53 @@ async def test_request_reply_correlates_concurrent_requests(nursery: trio.Nurser
         assert server.statistics().subscriptions == 2
 
 
+async def test_requests_and_answers_are_written_at_once_while_the_writer_is_idle(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_broker(nursery)
+    async with connect(server.url) as service, connect(server.url) as caller:
+        # Under Trio, on plain TCP, the socket's own non-blocking send is there to use, once
+        # the writers have started.
+        await trio.testing.wait_all_tasks_blocked()
+        real_send = caller._send_now
+        assert real_send is not None and service._send_now is not None
+        written: list[bytes] = []
+
+        def recording(data: bytes) -> int:
+            sent = real_send(data)
+            written.append(bytes(data[:sent]))
+            return sent
+
+        async def respond() -> None:
+            async with service.subscribe("echo") as sub:
+                async for msg in sub:
+                    await msg.respond(b"re:" + msg.payload)
+
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(respond)
+            await trio.testing.wait_all_tasks_blocked()
+            await service.flush()
+            with trio.fail_after(5):
+                # The first request queues the inbox's SUB too: the writer sends both.
+                assert (await caller.request("echo", b"zero")).payload == b"re:zero"
+                caller._send_now = recording
+                reply = await caller.request("echo", b"one")
+                assert reply.payload == b"re:one"
+                # The request went out whole from the requesting task, not through the writer.
+                assert len(written) == 1 and b"one" in written[0]
+                # A socket that takes only part of it: the rest follows through the writer,
+                # before anything queued later, and the stream stays whole.
+                caller._send_now = lambda data: real_send(data[:7])
+                reply = await caller.request("echo", b"two")
+                assert reply.payload == b"re:two"
+                caller._send_now = real_send
+                await caller.publish("news", b"three")  # a plain publish: through the writer
+                replies = [await caller.request("echo", b"%d" % n) for n in range(20)]
+                assert [r.payload for r in replies] == [b"re:%d" % n for n in range(20)]
+            tasks.cancel_scope.cancel()
+        assert server.statistics().protocol_errors == 0
+
+
 async def test_no_responders_raised_at_once(nursery: trio.Nursery) -> None:
     server = await start_broker(nursery)
     async with connect(server.url) as client:

@@ -149,6 +149,10 @@ class Client:
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._writer_signal = Signal()
+        #: The connection's non-blocking ``socket.send``, while its writer can be bypassed
+        #: (`_append_now`), and whether that writer waits with nothing to send.
+        self._send_now: Callable[[bytes], int] | None = None
+        self._writer_idle = False
         self._drained_signal = Signal()
         self._changed_signal = Signal()
         self._drain_signal = Signal()
@@ -319,7 +323,7 @@ class Client:
         self._replies[token] = waiter
         try:
             await self._make_room()
-            self._append_pub(frame)
+            self._append_now(frame)
             waiter.frame = frame
             reply = await waiter.wait()
         finally:
@@ -533,6 +537,36 @@ class Client:
         self._pending.append(frame)
         self._pending_bytes += len(frame)
         self._writer_signal.fire()
+
+    async def _respond(
+        self, subject: str, payload: Payload, headers: Mapping[str, str] | None
+    ) -> None:
+        """`publish` for `Message.respond`: an answer is written at once (`_append_now`)."""
+        frame = self._encode_pub(subject, payload, None, headers, False)
+        if self._pending_bytes > self._options.write_buffer_size:
+            await self._make_room()
+        self._append_now(frame)
+
+    def _append_now(self, frame: bytes) -> None:
+        """`_append_pub`, but written at once if the writer is idle with nothing pending.
+
+        For a request or a response, whose task waits next instead of publishing more: the
+        writer would send it alone anyway, a scheduler pass later. What the socket does not
+        take is queued as a control frame, so a reconnection drops it rather than send half
+        a frame on a new connection; a failed write leaves the writer to find the error.
+        """
+        send = self._send_now
+        if send is not None and self._writer_idle and not self._pending and self._closed is None:
+            try:
+                sent = send(frame)
+            except OSError:  # BlockingIOError (the socket is full), or a broken connection
+                sent = 0
+            if sent == len(frame):
+                return
+            if sent:
+                self._queue_control(frame[sent:])
+                return
+        self._append_pub(frame)
 
     def _queue_control(self, frame: bytes) -> None:
         if type(frame) is not _Control:

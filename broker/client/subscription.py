@@ -94,7 +94,7 @@ class Message:
             raise ValueError(
                 f"message on {self.subject!r} has no reply_to, so there is nobody to respond to"
             )
-        await self._client.publish(self.reply_to, payload, headers=headers)
+        await self._client._respond(self.reply_to, payload, headers)
 
 
 _set_subject = vars(Message)["subject"].__set__
