@@ -140,6 +140,7 @@ def forwarded_msg(forward: Any, sid: int) -> bytes:
     [
         (["PUB", "a.b", b"x"], Msg(7, "a.b", b"x")),
         (["PUB", "a.b", b"x", "re.ply"], Msg(7, "a.b", b"x", "re.ply")),
+        (["PUB", "a.b", b"x", None], Msg(7, "a.b", b"x")),
         (["PUB", "a.b", b"x", None, None], Msg(7, "a.b", b"x")),
         # A retained publish is delivered live: its flag is not forwarded as "replayed".
         (["PUB", "a.b", b"x", None, None, True], Msg(7, "a.b", b"x")),
@@ -232,6 +233,8 @@ def test_frame_exactly_at_the_limit_is_read_and_one_past_is_refused() -> None:
         (frame(["PUB", "a", b"", None, None, "yes"]), ErrorCode.BAD_FRAME),
         (frame(["PUB", "a", b"", None, None, 1]), ErrorCode.BAD_FRAME),
         (frame(["PUB", "a", b"", 5]), ErrorCode.BAD_FRAME),
+        (frame(["PUB", "a", "not-bin", "r"]), ErrorCode.BAD_FRAME),  # a request's checks too
+        (frame(["PUB", 1, b"", "r"]), ErrorCode.BAD_FRAME),
         (frame(["PUB", "a", b"", None, {"k": 1}]), ErrorCode.BAD_FRAME),
         (frame(["PUB", "a", b"", None, ["k"]]), ErrorCode.BAD_FRAME),
         (frame(["SUB", "1", "a"]), ErrorCode.BAD_FRAME),

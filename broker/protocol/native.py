@@ -395,6 +395,8 @@ PUB_TAIL_START: Final = 5
 #: reply_to and headers), so that every tail joins the same `msg_prefix`.
 _PADDING: Final = {3: b"\xc0\xc0", 4: b"\xc0", 5: b"", 6: b""}
 _PLAIN_PADDING: Final = _PADDING[3]
+_REQUEST_PUB_START: Final = _PUB_STARTS[4]
+_REQUEST_PADDING: Final = _PADDING[4]
 
 
 def _forward(pub: Pub, body: bytes) -> Forward | None:
@@ -789,16 +791,30 @@ class Connection:
                     self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
                 position = end
                 limit -= 1
-                if fast_pub and type(items) is list and len(items) == 3 and items[0] == "PUB":
+                if fast_pub and type(items) is list and 3 <= len(items) <= 4 and items[0] == "PUB":
                     subject = items[1]
                     payload = items[2]
-                    if type(subject) is str and type(payload) is bytes:
-                        pub = _new_tuple(Pub, (subject, payload, None, None, False))
-                        append(pub)
-                        if forward is not None:
-                            plain = body.startswith(_PLAIN_PUB_START)
-                            forward((pub, body, length, _PLAIN_PADDING) if plain else None)
-                        continue
+                    if len(items) == 3:
+                        if type(subject) is str and type(payload) is bytes:
+                            pub = _new_tuple(Pub, (subject, payload, None, None, False))
+                            append(pub)
+                            if forward is not None:
+                                plain = body.startswith(_PLAIN_PUB_START)
+                                forward((pub, body, length, _PLAIN_PADDING) if plain else None)
+                            continue
+                    else:  # a request: a reply subject, no headers
+                        reply_to = items[3]
+                        if (
+                            type(subject) is str
+                            and type(payload) is bytes
+                            and (type(reply_to) is str or reply_to is None)
+                        ):
+                            pub = _new_tuple(Pub, (subject, payload, reply_to, None, False))
+                            append(pub)
+                            if forward is not None:
+                                plain = body.startswith(_REQUEST_PUB_START)
+                                forward((pub, body, length, _REQUEST_PADDING) if plain else None)
+                            continue
                 elif fast_msg and type(items) is list and len(items) >= 4 and items[0] == "MSG":
                     msg = _fast_msg(items)
                     if msg is not None:
