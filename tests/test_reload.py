@@ -52,11 +52,17 @@ async def test_reload_applies_new_rules_to_open_connections_both_ways(
 ) -> None:
     server: Server = await nursery.start(Server(Config(port=0, auth=BEFORE)).serve)
     lost: list[BaseException] = []
+    carol_lost = trio.Event()
+
+    def on_disconnected(error: BaseException) -> None:
+        lost.append(error)
+        carol_lost.set()
+
     with trio.fail_after(10):
         async with (
             login(server, "admin") as admin,
             login(server, "bob") as bob,
-            login(server, "carol", on_disconnected=lost.append) as carol,
+            login(server, "carol", on_disconnected=on_disconnected) as carol,
         ):
             orders = bob.subscribe("orders.>")
             billing = bob.subscribe("billing.>")
@@ -74,6 +80,8 @@ async def test_reload_applies_new_rules_to_open_connections_both_ways(
             # carol was removed: disconnected with auth_failed.
             with pytest.raises(AuthFailed):
                 await carol.flush()
+            # The hook runs in the client's hook task: soon after, not before flush raises.
+            await carol_lost.wait()
             assert [type(error) for error in lost] == [AuthFailed]
             # dave is new: welcome now.
             async with login(server, "dave") as dave:
