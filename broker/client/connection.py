@@ -21,6 +21,10 @@ The shape follows the server's sessions:
   was already received), then what was buffered, then a PING; ``on_reconnected`` runs once that
   PONG arrives, so the subscriptions are known to be in place.
 
+Plain TCP under asyncio uses the client's own stream (`broker.client.streams`), which keeps
+reading instead of stopping and starting the transport around every read; Trio, and TLS, use
+anyio's streams.
+
 What a connection carries and when (`Client._install`, `Client._link_lost`) is the client's
 business; this module only moves frames and keeps a connection up.
 """
@@ -64,6 +68,7 @@ from ..protocol import (
 )
 from .limits import info_float
 from .options import ClientOptions, KiB
+from .streams import connect_tcp
 
 if TYPE_CHECKING:
     from .client import Client
@@ -293,7 +298,10 @@ class _Supervisor:
         try:
             with anyio.move_on_after(timeout):
                 if self._tls is None:
-                    stream = await anyio.connect_tcp(host, port)
+                    if running_trio():
+                        stream = await anyio.connect_tcp(host, port)
+                    else:
+                        stream = await connect_tcp(host, port)
                 else:
                     stream = await anyio.connect_tcp(
                         host,

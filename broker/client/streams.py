@@ -1,0 +1,192 @@
+"""A plain TCP stream for the client under asyncio that keeps reading, instead of anyio's.
+
+anyio's asyncio socket stream stops the transport reading whenever no ``receive`` waits, and
+starts it again at the next one: two ``epoll_ctl`` calls and a trip through anyio's event per
+read. The client's reader always reads again at once, so on each side of a request that is
+pure cost. `connect_tcp` opens the connection with asyncio's own ``create_connection`` and a
+protocol that buffers what arrives, up to `READ_HIGH_WATER` bytes (then the transport pauses,
+so a reader that falls behind is still bounded), and wakes the one reader. Under Trio, and
+for TLS, the client keeps anyio's streams: Trio's stream has no such cost, and TLS stays with
+anyio's well-tried handshake.
+
+The stream speaks anyio's `ByteStream` vocabulary: ``EndOfStream`` after the peer's FIN,
+``BrokenResourceError`` when the connection failed, ``ClosedResourceError`` after our own
+close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Any, Final, final
+
+import anyio
+import anyio.abc
+
+__all__ = ["HAPPY_EYEBALLS_DELAY", "READ_HIGH_WATER", "AsyncioSocketStream", "connect_tcp"]
+
+#: Seconds before trying a host's next address while one still connects (anyio's value).
+HAPPY_EYEBALLS_DELAY: Final = 0.25
+#: Bytes received and not yet taken past which the transport stops reading.
+READ_HIGH_WATER: Final = 1024 * 1024
+
+
+@final
+class _Protocol(asyncio.Protocol):
+    """Keeps what arrives, and wakes whoever waits to read or to write."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.eof = False
+        self.error: BaseException | None = None
+        self.lost = False
+        self.reading_paused = False
+        self.read_waiter: asyncio.Future[None] | None = None
+        self.write_waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > READ_HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return True  # keep our side open: we may still write (a graceful close drains)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.error = exc
+        self._wake_reader()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        if self.write_waiter is None:
+            self.write_waiter = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self.read_waiter
+        if waiter is not None:
+            self.read_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self.write_waiter
+        if waiter is not None:
+            self.write_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@final
+class AsyncioSocketStream(anyio.abc.ByteStream):
+    """One TCP connection on asyncio's transport, reading all the time (see the module)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._closed = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        protocol = self._protocol
+        if not protocol.chunks:
+            self._check_readable()
+            waiter = asyncio.get_running_loop().create_future()
+            protocol.read_waiter = waiter
+            try:
+                await waiter
+            finally:
+                protocol.read_waiter = None
+            if not protocol.chunks:
+                self._check_readable()
+        else:
+            await asyncio.sleep(0)  # a receive is a checkpoint, as anyio's is
+            if self._closed:
+                raise anyio.ClosedResourceError
+        chunks = protocol.chunks
+        data = chunks.popleft()
+        if len(data) > max_bytes:
+            data, rest = data[:max_bytes], data[max_bytes:]
+            chunks.appendleft(rest)
+        else:
+            while chunks and len(data) + len(chunks[0]) <= max_bytes:
+                data += chunks.popleft()
+        protocol.buffered -= len(data)
+        if protocol.reading_paused and protocol.buffered <= READ_HIGH_WATER // 2:
+            protocol.reading_paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+        return data
+
+    def _check_readable(self) -> None:
+        protocol = self._protocol
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if protocol.error is not None:
+            raise anyio.BrokenResourceError from protocol.error
+        if protocol.eof or protocol.lost:
+            raise anyio.EndOfStream
+
+    async def send(self, item: bytes) -> None:
+        protocol = self._protocol
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if protocol.lost:
+            raise anyio.BrokenResourceError from protocol.error
+        self._transport.write(item)
+        waiter = protocol.write_waiter
+        if waiter is not None:  # over the transport's high-water mark: wait for it to drain
+            await asyncio.shield(waiter)
+            if protocol.lost:
+                raise anyio.BrokenResourceError from protocol.error
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if not self._transport.is_closing():
+            self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._transport.close()
+            self._protocol._wake_reader()
+            self._protocol._wake_writer()
+        await asyncio.sleep(0)
+
+    @property
+    def extra_attributes(self) -> Any:
+        raw: socket.socket | None = self._transport.get_extra_info("socket")
+        attributes: dict[Any, Any] = {}
+        if raw is not None:
+            attributes[anyio.abc.SocketAttribute.raw_socket] = lambda: raw
+        return attributes
+
+
+async def connect_tcp(host: str, port: int) -> AsyncioSocketStream:
+    """Open a TCP connection on the running asyncio loop (``TCP_NODELAY``, as asyncio sets).
+
+    Raises:
+        OSError: The connection could not be made.
+    """
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_connection(
+        _Protocol, host, port, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+    )
+    assert isinstance(transport, asyncio.Transport)
+    return AsyncioSocketStream(transport, protocol)
