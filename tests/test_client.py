@@ -52,6 +52,7 @@ from broker.protocol import (
     Pong,
     Pub,
     Role,
+    Sub,
     Welcome,
     encode_frame,
 )
@@ -823,6 +824,44 @@ async def test_fatal_error_reconnects_with_a_typed_reason(nursery: trio.Nursery)
         assert hooks.disconnected[0].code is ErrorCode.SLOW_CONSUMER
         await client.flush()
     assert connections == 2
+
+
+@pytest.mark.parametrize("trial", range(5))  # a race the bug lost about half the time
+async def test_an_answer_made_as_its_connection_ends_goes_out_on_the_next(
+    nursery: trio.Nursery, trial: int
+) -> None:
+    # A request and a fatal error in one read: the responder answers in the pass in which the
+    # link ends, with its writer still idle. The answer must not be written into the dying
+    # connection (`Client._append_now`), but kept and sent on the next, as any publish is.
+    connections = 0
+    arrived_on: list[int] = []
+    answered = trio.Event()
+
+    async def ask_then_leave(stream: trio.SocketStream, conn: Connection) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        await read_event(stream, conn)
+        await stream.send_all(conn.send(welcome(ping_interval=60)))
+        while (event := await read_event(stream, conn)) is not None:
+            if number == 1 and type(event) is Sub:
+                request = Msg(event.sid, "svc", b"q", "reply.1")
+                bye = Err(ErrorCode.SHUTTING_DOWN.value, "bye")
+                await stream.send_all(conn.send(request) + conn.send(bye))
+            elif type(event) is Pub and event.subject == "reply.1":
+                arrived_on.append(number)
+                answered.set()
+            elif event == Ping():
+                await stream.send_all(conn.send(Pong()))
+
+    port = await fake_broker(nursery, ask_then_leave)
+    async with connect(f"127.0.0.1:{port}", **FAST) as client:
+        sub = client.subscribe("svc")
+        with trio.fail_after(5):
+            message = await sub.next()
+            await message.respond(b"answer")
+            await answered.wait()
+    assert arrived_on == [2]
 
 
 async def test_garbage_from_the_server_is_a_protocol_violation(nursery: trio.Nursery) -> None:

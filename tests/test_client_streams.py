@@ -152,3 +152,23 @@ def test_send_waits_while_the_peer_does_not_read() -> None:
             other.close()
 
     run(main)
+
+
+def test_closing_does_not_wait_for_a_peer_that_stopped_reading() -> None:
+    async def main() -> None:
+        async with peer() as (stream, accepted):
+            other = await accepted.get()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    while True:  # until the kernel's buffers and the transport's are full
+                        await stream.send(b"z" * 65536)
+            raw = stream._transport.get_extra_info("socket")
+            assert raw.fileno() != -1 and stream._transport.get_write_buffer_size()
+            await anyio.aclose_forcefully(stream)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            # Aborted, as anyio's stream does: the socket and what was queued for it are gone.
+            assert raw.fileno() == -1
+            other.close()
+
+    run(main)

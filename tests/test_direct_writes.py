@@ -8,11 +8,15 @@ do not, and a subscriber whose socket is full still gets every message once, in 
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import trio
 import trio.testing
 from wire import StartServer, wire_client
 
-from broker.protocol import Msg, Pub, Sub
+from broker.errors import ErrorCode
+from broker.protocol import Err, Msg, Pub, Sub, encode_frame
 from broker.server.outbox import (
     DIRECT_WRITE_BYTES,
     DIRECT_WRITES_PER_TURN,
@@ -193,3 +197,65 @@ async def test_plain_tcp_connections_write_directly_and_deliver_in_order(
                     assert type(event) is Msg
                     received.append(int.from_bytes(event.payload, "big"))
             assert received == list(range(200))
+
+
+@pytest.mark.parametrize("code", [ErrorCode.BAD_FRAME, ErrorCode.SLOW_CONSUMER])
+async def test_after_half_a_frame_a_fatal_error_waits_for_the_rest_or_is_not_sent(
+    start_server: StartServer, code: ErrorCode
+) -> None:
+    with trio.fail_after(10):
+        server = await start_server()
+        async with wire_client(server.port, name="sub") as sub:
+            await sub.flush()
+            await trio.testing.wait_all_tasks_blocked()
+            (transport,) = faults.connections(server, "sub")
+            assert transport.outbox.direct is not None
+            # What `Transport._write_now` leaves when the socket takes only part of a batch:
+            # the start on the wire, the rest put back and the writer woken...
+            frame = encode_frame(Msg(1, "s", b"m" * 100))
+            assert os.write(transport._fd, frame[:10]) == 10
+            transport.outbox.put_back(frame[10:])
+            assert transport.outbox.mid_frame
+            transport.outbox.wake()
+            # ...and before the writer runs, the connection must close.
+            transport.fail(code, "closing it")
+            events = await sub.closed()
+        if code is ErrorCode.SLOW_CONSUMER:
+            # As when the writer itself is stuck mid-frame: cut off at once, no ERR after half
+            # a frame (the client reads a frame cut short).
+            assert events == [] and sub.truncated
+        else:
+            # The frame is finished first, then the error: the stream stays whole.
+            assert [type(e) for e in events] == [Msg, Err]
+            assert events[0] == Msg(1, "s", b"m" * 100)
+            assert isinstance(events[1], Err) and events[1].code == code.value
+            assert not sub.truncated
+
+
+async def test_a_failing_direct_write_leaves_no_writer_asleep_over_queued_frames() -> None:
+    held = HeldWakes()
+    outboxes = [_outbox(held) for _ in range(3)]
+    writers = [_Writer(outbox) for outbox in outboxes]
+
+    def broken() -> bool:
+        raise RuntimeError("a bug in a direct write")
+
+    for outbox in outboxes:
+        outbox.direct = broken
+    async with trio.open_nursery() as nursery:
+        for writer in writers:
+            nursery.start_soon(writer.run)
+        await trio.testing.wait_all_tasks_blocked()
+        held.holding = True
+        for outbox in outboxes:
+            outbox.offer(b"h", b"t")
+        with pytest.raises(RuntimeError, match="a bug"):
+            held.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [w.woken for w in writers] == [1, 1, 1]
+        assert not any(outboxes) and held.outboxes == []
+        # And the next turn lists them again.
+        held.holding = True
+        outboxes[0].offer(b"h", b"t")
+        assert held.outboxes == [outboxes[0]]
+        nursery.cancel_scope.cancel()

@@ -556,7 +556,15 @@ class Client:
         a frame on a new connection; a failed write leaves the writer to find the error.
         """
         send = self._send_now
-        if send is not None and self._writer_idle and not self._pending and self._closed is None:
+        link = self._link
+        if (
+            send is not None
+            and self._writer_idle
+            and not self._pending
+            and self._closed is None
+            and link is not None
+            and link.reason is None  # not ending: what is queued now goes to the next one
+        ):
             try:
                 sent = send(frame)
             except OSError:  # BlockingIOError (the socket is full), or a broken connection

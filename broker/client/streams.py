@@ -17,6 +17,7 @@ close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
 from typing import Any, Final, final
@@ -162,12 +163,21 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
             self._transport.write_eof()
 
     async def aclose(self) -> None:
+        """Send FIN, give the transport one pass to flush, then abort: as anyio's stream does,
+        so a peer that stopped reading cannot keep the socket (and what waits for it) open."""
+        transport = self._transport
         if not self._closed:
             self._closed = True
-            self._transport.close()
             self._protocol._wake_reader()
             self._protocol._wake_writer()
-        await asyncio.sleep(0)
+            if not transport.is_closing():
+                with contextlib.suppress(OSError, RuntimeError):
+                    transport.write_eof()
+                transport.close()
+        try:
+            await asyncio.sleep(0)
+        finally:
+            transport.abort()
 
     @property
     def extra_attributes(self) -> Any:

@@ -112,13 +112,21 @@ class HeldWakes:
         if not outboxes:
             return
         self.outboxes = []
-        for number, outbox in enumerate(outboxes):
-            outbox._listed = False
-            if not outbox._waiting:
-                continue  # woken meanwhile (the session is ending, for one)
-            direct = outbox.direct
-            if number >= DIRECT_WRITES_PER_TURN or direct is None or not direct():
-                outbox.wake()
+        try:
+            for number, outbox in enumerate(outboxes):
+                outbox._listed = False
+                if not outbox._waiting:
+                    continue  # woken meanwhile (the session is ending, for one)
+                direct = outbox.direct
+                if number >= DIRECT_WRITES_PER_TURN or direct is None or not direct():
+                    outbox.wake()
+        except BaseException:
+            # A bug in a direct write: no other writer may be left asleep with frames queued.
+            for outbox in outboxes:
+                outbox._listed = False
+                if outbox._waiting and outbox:
+                    outbox.wake()
+            raise
 
 
 _HELD: Final = trio.lowlevel.RunVar[HeldWakes]("broker_held_wakes")
@@ -308,17 +316,29 @@ class Outbox:
         frames.extendleft(reversed(kept))
         return dropped
 
-    def clear(self) -> None:
-        """Discard everything queued (the client is being cut off, or is gone)."""
+    @property
+    def mid_frame(self) -> bool:
+        """Whether a direct write left part of a frame unsent (`put_back`): until it goes, no
+        other frame (an ERR above all) may be written on this stream."""
+        return self._rest is not None
+
+    def clear(self, *, keep_rest: bool = False) -> None:
+        """Discard everything queued (the client is being cut off, or is gone).
+
+        With `keep_rest`, the unsent rest of a frame stays, to go out first (`put_back`).
+        """
         queued = sum(item.cost for item in self._frames if type(item) is _Replay)
         self._replay_memory.release(queued + self._streaming_cost)
         self._streaming_cost = 0
         self._frames.clear()
-        self._rest = None
         self.streaming = None
         self.messages = 0
         self.bytes = 0
-        self.sending = 0
+        if keep_rest and self._rest is not None:
+            self.sending = len(self._rest)
+        else:
+            self._rest = None
+            self.sending = 0
         self.control_bytes = 0
         self._replay_done()
 

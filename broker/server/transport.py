@@ -676,8 +676,16 @@ class Transport:
             self.peer_log.log(
                 logging.INFO, self.peer, "%r closed: %s: %s", self, code.value, message
             )
-        self.outbox.clear()
-        self.outbox.push_control(self.adapter.error_frame(code, message))
+        outbox = self.outbox
+        if code is ErrorCode.SLOW_CONSUMER and outbox.mid_frame:
+            # A direct write left half a frame for the writer (`_write_now`), to a client that
+            # stopped reading: as below, cut it off now, and send no error after half a frame.
+            outbox.clear()
+            outbox.wake()
+        else:
+            # The rest of a frame a direct write began goes first, then the error.
+            outbox.clear(keep_rest=True)
+            outbox.push_control(self.adapter.error_frame(code, message))
         self._reader_scope.cancel()
         self._resume()  # a stalled writer must still send the error and close
         if code is ErrorCode.SLOW_CONSUMER and self._write_scope is not None:
