@@ -80,18 +80,17 @@ class _Protocol(asyncio.Protocol):
         self._wake_writer()
 
     def _wake_reader(self) -> None:
-        waiter = self.read_waiter
-        if waiter is not None:
-            self.read_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiter, self.read_waiter = self.read_waiter, None
+        _resolve(waiter)
 
     def _wake_writer(self) -> None:
-        waiter = self.write_waiter
-        if waiter is not None:
-            self.write_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiter, self.write_waiter = self.write_waiter, None
+        _resolve(waiter)
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 @final

@@ -388,15 +388,13 @@ def _parse_msg(items: list[Any]) -> Event | str:
 Forward: TypeAlias = "tuple[Pub, bytes, int, bytes]"
 #: How a PUB frame of N elements (3 to 6) starts when encoded the shortest way.
 _PUB_STARTS: Final = {count: bytes([0x90 + count]) + b"\xa3PUB" for count in range(3, 7)}
-_PLAIN_PUB_START: Final = _PUB_STARTS[3]
 #: Where the fields start in such a frame: after the array byte and the op name.
 PUB_TAIL_START: Final = 5
 #: The nils that complete the four MSG fields a PUB of N elements left out (its omitted
 #: reply_to and headers), so that every tail joins the same `msg_prefix`.
 _PADDING: Final = {3: b"\xc0\xc0", 4: b"\xc0", 5: b"", 6: b""}
+_PLAIN_PUB_START: Final = _PUB_STARTS[3]
 _PLAIN_PADDING: Final = _PADDING[3]
-_REQUEST_PUB_START: Final = _PUB_STARTS[4]
-_REQUEST_PADDING: Final = _PADDING[4]
 
 
 def _forward(pub: Pub, body: bytes) -> Forward | None:
@@ -410,6 +408,21 @@ def _forward(pub: Pub, body: bytes) -> Forward | None:
     if not 3 <= count <= 6 or not body.startswith(_PUB_STARTS[count]):
         return None  # a longer encoding of the array or op name: re-encode instead
     return pub, body, len(body) - 1 if count == 6 else len(body), _PADDING[count]
+
+
+def _fast_request(items: list[Any]) -> Pub | None:
+    """A PUB of four elements (a reply subject, no headers), checked inline as `_parse_pub`
+    would; None sends it down the full path. A request's hot path, beside the plain PUB's."""
+    subject = items[1]
+    payload = items[2]
+    reply_to = items[3]
+    if (
+        type(subject) is str
+        and type(payload) is bytes
+        and (reply_to is None or type(reply_to) is str)
+    ):
+        return _new_tuple(Pub, (subject, payload, reply_to, None, False))
+    return None
 
 
 def _fast_msg(items: list[Any]) -> Msg | None:
@@ -791,10 +804,11 @@ class Connection:
                     self._fail(ErrorCode.BAD_FRAME, f"{_NOT_MSGPACK}: {error}")
                 position = end
                 limit -= 1
-                if fast_pub and type(items) is list and 3 <= len(items) <= 4 and items[0] == "PUB":
-                    subject = items[1]
-                    payload = items[2]
-                    if len(items) == 3:
+                if fast_pub and type(items) is list:
+                    count = len(items)
+                    if count == 3 and items[0] == "PUB":
+                        subject = items[1]
+                        payload = items[2]
                         if type(subject) is str and type(payload) is bytes:
                             pub = _new_tuple(Pub, (subject, payload, None, None, False))
                             append(pub)
@@ -802,18 +816,12 @@ class Connection:
                                 plain = body.startswith(_PLAIN_PUB_START)
                                 forward((pub, body, length, _PLAIN_PADDING) if plain else None)
                             continue
-                    else:  # a request: a reply subject, no headers
-                        reply_to = items[3]
-                        if (
-                            type(subject) is str
-                            and type(payload) is bytes
-                            and (type(reply_to) is str or reply_to is None)
-                        ):
-                            pub = _new_tuple(Pub, (subject, payload, reply_to, None, False))
-                            append(pub)
+                    elif count == 4 and items[0] == "PUB":
+                        request = _fast_request(items)
+                        if request is not None:
+                            append(request)
                             if forward is not None:
-                                plain = body.startswith(_REQUEST_PUB_START)
-                                forward((pub, body, length, _REQUEST_PADDING) if plain else None)
+                                forward(_forward(request, body))
                             continue
                 elif fast_msg and type(items) is list and len(items) >= 4 and items[0] == "MSG":
                     msg = _fast_msg(items)
