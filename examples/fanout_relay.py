@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -102,6 +104,21 @@ async def consume(url: str, name: str, slow: float, max_pending: int, count: int
             print(f"{received} items received, {feed.dropped} lost", flush=True)
 
 
+async def until_interrupted(work: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run `work` until it ends or Ctrl-C. SIGINT cancels it, so it cleans up and prints its
+    summary as on any cancellation; a KeyboardInterrupt could land inside Trio's own code."""
+    async with trio.open_nursery() as nursery:
+
+        async def on_ctrl_c() -> None:
+            with trio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_ctrl_c)
+        await work(*args)
+        nursery.cancel_scope.cancel()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -127,11 +144,19 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "relay":
-            trio.run(relay, args.url, args.source, args.demo, args.rate)
+            trio.run(until_interrupted, relay, args.url, args.source, args.demo, args.rate)
         else:
-            trio.run(consume, args.url, args.name, args.slow, args.max_pending, args.count)
+            trio.run(
+                until_interrupted,
+                consume,
+                args.url,
+                args.name,
+                args.slow,
+                args.max_pending,
+                args.count,
+            )
     except KeyboardInterrupt:
-        pass
+        pass  # before the signal receiver was in place
     except (OSError, broker.ConnectionClosed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
