@@ -213,7 +213,7 @@ async def test_after_half_a_frame_a_fatal_error_waits_for_the_rest_or_is_not_sen
             # What `Transport._write_now` leaves when the socket takes only part of a batch:
             # the start on the wire, the rest put back and the writer woken...
             frame = encode_frame(Msg(1, "s", b"m" * 100))
-            assert os.write(transport._fd, frame[:10]) == 10
+            assert os.write(transport.stream.socket.fileno(), frame[:10]) == 10
             transport.outbox.put_back(frame[10:])
             assert transport.outbox.mid_frame
             transport.outbox.wake()

@@ -149,10 +149,9 @@ class Client:
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._writer_signal = Signal()
-        #: The connection's non-blocking ``socket.send``, while its writer can be bypassed
-        #: (`_append_now`), and whether that writer waits with nothing to send.
+        #: The connection's non-blocking ``socket.send``, set only while its writer waits with
+        #: nothing to send (`_append_now`).
         self._send_now: Callable[[bytes], int] | None = None
-        self._writer_idle = False
         self._drained_signal = Signal()
         self._changed_signal = Signal()
         self._drain_signal = Signal()
@@ -543,8 +542,7 @@ class Client:
     ) -> None:
         """`publish` for `Message.respond`: an answer is written at once (`_append_now`)."""
         frame = self._encode_pub(subject, payload, None, headers, False)
-        if self._pending_bytes > self._options.write_buffer_size:
-            await self._make_room()
+        await self._make_room()
         self._append_now(frame)
 
     def _append_now(self, frame: bytes) -> None:
@@ -559,7 +557,6 @@ class Client:
         link = self._link
         if (
             send is not None
-            and self._writer_idle
             and not self._pending
             and self._closed is None
             and link is not None

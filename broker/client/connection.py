@@ -35,7 +35,7 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -466,11 +466,11 @@ class _Supervisor:
     async def _write_loop(self, link: _Link) -> None:
         client = self._client
         stream = link.stream
+        send_now: Callable[[bytes], int] | None = None
         if self._tls is None and running_trio():
             # Under asyncio the raw socket is asyncio's, behind a transport with its own buffer.
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-            if raw is not None:
-                client._send_now = raw.send
+            send_now = None if raw is None else raw.send
         try:
             while True:
                 # Not kept in a local: a lost connection replaces the client's buffer.
@@ -478,17 +478,15 @@ class _Supervisor:
                     if link.finish_by is not None:
                         await self._finish(link)
                         return
-                    client._writer_idle = True
+                    client._send_now = send_now  # idle: a request may write for us
                     try:
                         await client._writer_signal.wait()
                     finally:
-                        client._writer_idle = False
+                        client._send_now = None
                     continue
                 await stream.send(client._take_pending())
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
             link.end(ConnectionClosed(f"the connection to {self._url} broke: {error!r}"))
-        finally:
-            client._send_now = None
 
     async def _finish(self, link: _Link) -> None:
         """Tell the server we are done, then let the reader take what it still sends.

@@ -192,7 +192,6 @@ class Transport:
         "_dropped_by_sid",
         "_eof",
         "_fatal",
-        "_fd",
         "_handshake_scope",
         "_held",
         "_last_ping",
@@ -258,9 +257,8 @@ class Transport:
             replay_memory=hub.replay_memory,
             held=self._held,
         )
-        #: The plain TCP socket and its descriptor, once the handshake is done (`_write_now`).
+        #: The plain TCP socket, once the handshake is done (`_write_now`).
         self._socket: trio.socket.SocketType | None = None
-        self._fd = -1
         self.accepting = True
         #: Who the client proved to be, when authentication is on.
         self.identity: Identity | None = None
@@ -337,7 +335,6 @@ class Transport:
                 if type(stream) is trio.SocketStream and os.name == "posix":
                     # Not before: a TLS upgrade replaces the stream during the handshake.
                     self._socket = stream.socket
-                    self._fd = stream.socket.fileno()
                     self.outbox.direct = self._write_now
                 if system is not None:
                     system.client_connected(self)
@@ -561,14 +558,14 @@ class Transport:
         whose write failed, for the writer's own send to find the broken connection.
         """
         sock = self._socket
+        fd = -1 if sock is None else sock.fileno()  # -1 once closed: never a reused number
         if (
-            sock is None
+            fd < 0
             or self._stalled is not None
             or self._fatal is not None
             or self._shutting_down
             or not self.accepting
             or self.dropped_unreported
-            or sock.fileno() != self._fd
         ):
             return False
         outbox = self.outbox
@@ -577,7 +574,7 @@ class Transport:
             return False
         self._last_sent = trio.current_time()
         try:
-            sent = os.write(self._fd, data)
+            sent = os.write(fd, data)
         except OSError:  # BlockingIOError (the socket is full) or a broken connection
             sent = 0
         if sent == len(data):
