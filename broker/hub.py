@@ -353,7 +353,6 @@ class Hub:
         origin.in_bytes += size
         delivered = 0
         reached = False
-        echo = origin.echo
         plain = match.plain
         if step and len(plain) > step:
             later = Fanout(self, origin, message, subs=plain, at=step)
@@ -361,32 +360,9 @@ class Hub:
             plain = plain[:step]
         else:
             later = None
-        if self._guarded:
-            delivered, reached = self._deliver_guarded(origin, plain, match.groups, message)
-        else:
-            # Each subscriber's own out_* are counted here, once for every wire: an add per
-            # delivery, and nothing for a message its outbox refused.
-            for sub in plain:
-                target = sub.owner
-                if target is origin and not echo:
-                    continue
-                reached = True
-                if target.deliver(sub, message):
-                    delivered += 1
-                    target.out_msgs += 1
-                    target.out_bytes += size
-            if match.groups:
-                skip = None if echo else _owned_by(origin)
-                for group in match.groups:
-                    chosen = group.choose(skip)
-                    if chosen is None:
-                        continue
-                    reached = True
-                    target = chosen.owner
-                    if target.deliver(chosen, message):
-                        delivered += 1
-                        target.out_msgs += 1
-                        target.out_bytes += size
+        if plain or match.groups:
+            deliver = self._deliver_guarded if self._guarded else self._deliver
+            delivered, reached = deliver(origin, plain, match.groups, message)
         if delivered:
             counters.messages_out += delivered
             counters.bytes_out += delivered * size
@@ -415,6 +391,123 @@ class Hub:
         if fanout.finished:
             del self.fanouts[origin]
         return done
+
+    def publish_run(
+        self, origin: Subscriber, subject: str, payloads: list[bytes], start: int, budget: int
+    ) -> tuple[int, int]:
+        """Publish ``(subject, payload)`` for each of ``payloads[start:]``, as `publish` would
+        one by one (no reply subject, no headers, not retained), checking the subject once.
+
+        A run of publishes to one subject (`broker.protocol.PubRun`) then costs its subject's
+        checks and match once, and a run that reaches no one costs nothing per message. It
+        stops at the first message it cannot route as `publish` would with the same
+        `FANOUT_STEP`: one `publish` would refuse (a reserved subject, no permission, a payload
+        too large), or split into steps, or whose subject is not in the match cache. The caller
+        publishes that one with `publish` and calls again for the rest. It also stops once it
+        has delivered `budget` times.
+
+        Returns:
+            The index of the first payload not published, and how many deliveries it made.
+        """
+        permissions = origin.permissions
+        if (subject[:1] == "$" and origin is not self.system) or (
+            permissions is not None and not permissions.may_publish(subject)
+        ):
+            return start, 0
+        table = self.table
+        cached_match = table.cached_match
+        max_payload = self._max_payload
+        deliver = self._deliver_guarded if self._guarded else self._deliver
+        counters = self.counters
+        at = start
+        end = len(payloads)
+        messages = delivered = sent = 0
+        checked = None
+        while at < end:
+            match = cached_match(subject)
+            if match is None:
+                break
+            plain = match.plain
+            groups = match.groups
+            if match is not checked:
+                # A delivery to the origin itself can end its connection (its own outbox
+                # overflowing), after which `publish` would not be called for the rest.
+                if (groups and origin.subscriptions) or any(s.owner is origin for s in plain):
+                    break
+                checked = match
+            if not (plain or groups):
+                # Nobody to deliver to, so nothing can change the table: the rest at once.
+                rest = payloads[at:] if at else payloads
+                if max(map(len, rest)) <= max_payload:
+                    messages += len(rest)
+                    counters.bytes_in += sum(map(len, rest))
+                    origin.in_bytes += sum(map(len, rest))
+                    at = end
+                    break
+            elif len(plain) > FANOUT_STEP:
+                break
+            payload = payloads[at]
+            size = len(payload)
+            if size > max_payload:
+                break
+            message: Message = (subject, payload, None, None, False)
+            count, _reached = deliver(origin, plain, groups, message)
+            messages += 1
+            counters.bytes_in += size
+            origin.in_bytes += size
+            delivered += count
+            sent += count * size
+            at += 1
+            if delivered >= budget:
+                break
+        table.matches += messages
+        counters.messages_in += messages
+        origin.in_msgs += messages
+        counters.messages_out += delivered
+        counters.bytes_out += sent
+        return at, delivered
+
+    def _deliver(
+        self,
+        origin: Subscriber,
+        plain: tuple[Subscription, ...],
+        groups: tuple[Any, ...],
+        message: Message,
+    ) -> tuple[int, bool]:
+        """`publish`'s delivery loop while no subscription has a guard.
+
+        Each subscriber's own out_* are counted here, once for every wire: an add per delivery,
+        and nothing for a message its outbox refused.
+
+        Returns:
+            Deliveries, and whether any subscription was reached (for no-responders).
+        """
+        size = len(message[1])
+        delivered = 0
+        reached = False
+        echo = origin.echo
+        for sub in plain:
+            target = sub.owner
+            if target is origin and not echo:
+                continue
+            reached = True
+            if target.deliver(sub, message):
+                delivered += 1
+                target.out_msgs += 1
+                target.out_bytes += size
+        if groups:
+            skip = None if echo else _owned_by(origin)
+            for group in groups:
+                chosen = group.choose(skip)
+                if chosen is None:
+                    continue
+                reached = True
+                target = chosen.owner
+                if target.deliver(chosen, message):
+                    delivered += 1
+                    target.out_msgs += 1
+                    target.out_bytes += size
+        return delivered, reached
 
     def _deliver_guarded(
         self,

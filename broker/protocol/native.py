@@ -29,6 +29,7 @@ __all__ = [
     "FATAL_ERRORS",
     "MSG_GROWTH",
     "NEED_DATA",
+    "PLAIN_TAIL_END",
     "PROTOCOL_VERSION",
     "PUB_TAIL_START",
     "Connection",
@@ -45,6 +46,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "Pub",
+    "PubRun",
     "RemoteProtocolError",
     "Role",
     "Sub",
@@ -56,6 +58,7 @@ __all__ = [
     "msg_head",
     "msg_head_sid",
     "msg_prefix",
+    "plain_tail_head",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -168,6 +171,18 @@ class Err(NamedTuple):
 
 
 Event: TypeAlias = Hello | Welcome | Sub | Unsub | Pub | Msg | Ping | Pong | Err
+
+
+class PubRun(NamedTuple):
+    """PUBs in a row to one subject that carry only a payload, each of the same size: what
+    `Connection.events_and_tails` makes of frames that repeat the PUB before them byte for byte
+    up to the payload. One publisher streaming to one subject sends these; the server checks
+    and routes the subject once for the run. Never sent: it stands for the PUBs it holds.
+    """
+
+    subject: str
+    payloads: list[bytes]
+
 
 _EVENT_TYPES: tuple[type[tuple[Any, ...]], ...] = (
     Hello,
@@ -579,6 +594,26 @@ def encode_msg_tail(
     return _packb((subject, payload, reply_to, headers))[1:]
 
 
+#: How every plain MSG tail (no reply subject, no headers) ends: its two nils.
+PLAIN_TAIL_END: Final = b"\xc0\xc0"
+
+
+def plain_tail_head(subject: str, size: int) -> bytes:
+    """What a plain MSG tail holds before its payload, for any payload of `size` bytes.
+
+    ``plain_tail_head(subject, len(payload)) + payload + PLAIN_TAIL_END`` equals
+    `encode_msg_tail` ``(subject, payload, None, None)``: a server that delivers a run of
+    publishes to one subject, of one size, encodes this once for the run.
+    """
+    if size < 0x100:
+        length = b"\xc4" + size.to_bytes(1, "big")
+    elif size < 0x10000:
+        length = b"\xc5" + size.to_bytes(2, "big")
+    else:
+        length = b"\xc6" + size.to_bytes(4, "big")
+    return _packb(subject) + length
+
+
 def encode_retained_tail(
     subject: str, payload: bytes, reply_to: str | None, headers: Headers | None
 ) -> bytes:
@@ -709,6 +744,10 @@ class Connection:
         self._parsers = _PARSERS[our_role]
         self._sendable = _SENDABLE[our_role]
         self._their_opening: tuple[type[Any], ...] | None = _OPENING[our_role]
+        #: The last plain PUB's frame up to its payload (length header, array, op, subject, bin
+        #: header), and its subject: a frame that starts with these bytes is a PUB to the same
+        #: subject with a payload of the same size (see `_decode`).
+        self._run: tuple[bytes, str, int] = (b"", "", 0)
         self._our_opening: tuple[type[Any], ...] | None = _OPENING[self.their_role]
 
     @property
@@ -741,23 +780,27 @@ class Connection:
         """
         return self._decode(limit, None)
 
-    def events_and_tails(self, limit: int = -1) -> tuple[list[Event], list[Forward | None]]:
-        """`events()`, with each PUB's own encoding of its fields, for a server to forward.
+    def events_and_tails(
+        self, limit: int = -1
+    ) -> tuple[list[Event | PubRun], list[Forward | None]]:
+        """`events()`, with each PUB's own encoding of its fields, for a server to forward, and
+        runs of PUBs that differ only in their payloads as one `PubRun` (its frames count one
+        each towards `limit`).
 
         The second list runs parallel to the first: for a PUB encoded the usual (shortest) way,
         a `Forward` ``(pub, body, stop, pad)``: ``body[PUB_TAIL_START:stop] + pad`` is the MSG
         tail that `encode_msg_tail` would make: the frame's bytes after the op name (a retain
         flag left out), and nils for the fields it omitted. So a server delivers the PUB
         without encoding it again, and slices the tail only if some subscriber gets it; for
-        every other event the entry is None.
+        every other event (a `PubRun` too) the entry is None.
         """
         forwards: list[Forward | None] = []
-        return self._decode(limit, forwards), forwards
+        return self._decode(limit, forwards), forwards  # type: ignore[return-value]
 
     def _decode(self, limit: int, forwards: list[Forward | None] | None) -> list[Event]:
         """Decode up to `limit` complete frames (all of them when negative): the one decode loop.
 
-        With `forwards`, also fill it as `events_and_tails` says.
+        With `forwards`, also fill it as `events_and_tails` says, runs included.
         """
         if self._error is not None:
             raise self._error
@@ -782,8 +825,28 @@ class Connection:
             (first,) = _unpack_header(buffer, 0)
             if _HEADER_SIZE + first <= available:
                 data = bytes(buffer)
+        # A run (see `PubRun`): the last plain PUB's frame up to its payload, which the next
+        # frames may repeat, and the payloads of the run being collected, if it is `out`'s last.
+        run_head, run_subject, run_size = self._run if forward is not None else (b"", "", 0)
+        run: list[bytes] | None = None
         try:
             while limit and available - position >= _HEADER_SIZE:
+                if run_head and data.startswith(run_head, position):
+                    # The bytes before the payload are those of a frame that decoded to a
+                    # plain PUB, so this one decodes to the same but for its payload: msgpack
+                    # is not called, and no event is made for it.
+                    end = position + run_size
+                    if end > available:
+                        break
+                    if run is None:
+                        run = []
+                        append(_new_tuple(PubRun, (run_subject, run)))  # type: ignore[arg-type]
+                        forward(None)  # type: ignore[misc]
+                    run.append(data[position + len(run_head) : end])
+                    position = end
+                    limit -= 1
+                    continue
+                run = None
                 (length,) = _unpack_header(buffer, position)
                 if length > max_frame:
                     if self._their_opening is not None and length in _HTTP_METHODS:
@@ -813,8 +876,14 @@ class Connection:
                             pub = _new_tuple(Pub, (subject, payload, None, None, False))
                             append(pub)
                             if forward is not None:
-                                plain = body.startswith(_PLAIN_PUB_START)
-                                forward((pub, body, length, _PLAIN_PADDING) if plain else None)
+                                if body.startswith(_PLAIN_PUB_START):
+                                    forward((pub, body, length, _PLAIN_PADDING))
+                                    # The next frames may repeat everything up to the payload.
+                                    run_size = _HEADER_SIZE + length
+                                    run_head = data[end - run_size : end - len(payload)]
+                                    run_subject = subject
+                                else:
+                                    forward(None)
                             continue
                     elif count == 4 and items[0] == "PUB":
                         request = _fast_request(items)
@@ -834,11 +903,14 @@ class Connection:
                     forward(_forward(event, body) if type(event) is Pub else None)
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
+            self._run = (b"", "", 0)
             if position:
                 del buffer[:position]
             if out:
                 return out
             raise
+        if forward is not None:
+            self._run = (run_head, run_subject, run_size)
         if position:
             del buffer[:position]
         if not out and self._eof and buffer:

@@ -21,6 +21,7 @@ from ..message import Message, Retained
 from ..permissions import ClientPermissions
 from ..protocol.native import (
     NEED_DATA,
+    PLAIN_TAIL_END,
     PUB_TAIL_START,
     Connection,
     Err,
@@ -30,6 +31,7 @@ from ..protocol.native import (
     Ping,
     Pong,
     Pub,
+    PubRun,
     Role,
     Sub,
     Unsub,
@@ -38,6 +40,7 @@ from ..protocol.native import (
     encode_msg_tail,
     msg_head_sid,
     msg_prefix,
+    plain_tail_head,
 )
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
@@ -81,6 +84,10 @@ _last_encoded: tuple[object, bytes] = (None, b"")
 #: The publish being routed, if its PUB came with its own encoding of the MSG fields (set by
 #: `NativeAdapter._dispatch`): its first delivery takes the tail from there.
 _next_forward: tuple[object, bytes, int, bytes] = (None, b"", 0, b"")
+#: The last plain tail's start (`plain_tail_head`), keyed on its subject's identity and its
+#: payload's size: a run of publishes to one subject (one publisher streaming, each decoded
+#: with the same subject object) encodes nothing, and joins its payload onto this.
+_plain_head: tuple[object, int, bytes] = (None, 0, b"")
 
 
 def continue_fanout(hub: Hub, origin: Subscriber) -> bool:
@@ -165,7 +172,7 @@ class NativeAdapter:
         #: Events of one read left for later (and their `Forward`s): a SUB that would replay
         #: (and what followed it) waiting for the writer to take the replay queued by an
         #: earlier SUB, or what one turn had no time for.
-        self._deferred: tuple[list[Event], list[Forward | None]] | None = None
+        self._deferred: tuple[list[Event | PubRun], list[Forward | None]] | None = None
 
     def __repr__(self) -> str:
         return repr(self.transport)
@@ -244,7 +251,7 @@ class NativeAdapter:
 
     # -- frames to hub calls ------------------------------------------------------------------
 
-    def _dispatch(self, events: list[Event], forwards: list[Forward | None]) -> str | bool:
+    def _dispatch(self, events: list[Event | PubRun], forwards: list[Forward | None]) -> str | bool:
         """Turn events into hub calls; `DEFERRED` if the rest waits for a replay to be taken.
 
         One turn does at most `TURN_SECONDS` of work: past that, the rest is kept for the next
@@ -258,6 +265,7 @@ class NativeAdapter:
         global _next_forward
         hub = self.hub
         publish = hub.publish
+        publish_run = hub.publish_run
         fanouts = hub.fanouts
         transport = self.transport
         clock = time.perf_counter
@@ -284,6 +292,36 @@ class NativeAdapter:
                         # client's later frames, in the next turns.
                         self._deferred = events[at + 1 :], forwards[at + 1 :]
                         return True
+                elif kind is PubRun:
+                    subject, payloads = cast(PubRun, event)
+                    end = len(payloads)
+                    done = 0
+                    while done < end:
+                        if work >= _WORK_PER_LOOK:
+                            now = clock()
+                            if now > deadline:
+                                rest = PubRun(subject, payloads[done:])
+                                self._deferred = [rest, *events[at + 1 :]], forwards[at:]
+                                self._overran(now - deadline, work)
+                                return True
+                            work = 0
+                        stop, count = publish_run(self, subject, payloads, done, _WORK_PER_LOOK)
+                        work += stop - done + count
+                        if stop > done:
+                            done = stop
+                            continue
+                        # One the run cannot take: published alone, as its own PUB would be.
+                        done += 1
+                        try:
+                            work += 1 + publish(self, Pub(subject, payloads[stop]), FANOUT_STEP)
+                        except Refused as refused:
+                            transport.error(refused.code, refused.message, refused.details)
+                        if not transport.accepting:
+                            return True
+                        if fanouts and self in fanouts:
+                            rest = PubRun(subject, payloads[done:])
+                            self._deferred = [rest, *events[at + 1 :]], forwards[at:]
+                            return True
                 elif kind is Sub:
                     sid, pattern, queue = cast(Sub, event)
                     if not self.outbox.replay_room and hub.would_replay(pattern, queue):
@@ -325,7 +363,7 @@ class NativeAdapter:
         A message a drop policy discards still counts towards the subscription's `max_msgs`:
         the count is of messages routed to it, and the client learns of the loss per sid.
         """
-        global _last_encoded
+        global _last_encoded, _plain_head
         transport = self.transport
         if not transport.accepting:
             return 0
@@ -333,13 +371,20 @@ class NativeAdapter:
         if last[0] is message:
             tail = last[1]
         else:
+            subject, payload, reply_to, headers, _retain = message
+            plain = _plain_head
             forward = _next_forward
-            if forward[0] is message:
+            if plain[0] is subject and plain[1] == len(payload) and reply_to is None is headers:
+                tail = plain[2] + payload + PLAIN_TAIL_END
+            elif forward[0] is message:
                 # The PUB's own bytes (see `Connection.events_and_tails`): no encoding.
                 _, body, stop, pad = forward
                 tail = body[PUB_TAIL_START:stop] + pad if pad else body[PUB_TAIL_START:stop]
+            elif reply_to is None is headers:
+                size = len(payload)
+                _plain_head = plain = (subject, size, plain_tail_head(subject, size))
+                tail = plain[2] + payload + PLAIN_TAIL_END
             else:
-                subject, payload, reply_to, headers, _retain = message
                 tail = encode_msg_tail(subject, payload, reply_to, headers)
             _last_encoded = (message, tail)
         prefix = sub.prefix

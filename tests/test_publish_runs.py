@@ -1,0 +1,444 @@
+"""Runs of publishes to one subject: decoded without msgpack, routed with one check.
+
+A publisher streaming to one subject sends frames that repeat each other up to the payload.
+The server's codec hands such a run over as one `PubRun` (`Connection.events_and_tails`), the
+hub publishes it with its subject checked and matched once (`Hub.publish_run`), and delivery
+joins each payload onto one encoded start (`plain_tail_head`). Each of these must be exactly
+what the PUBs one by one would have been: the same events, the same refusals, the same
+deliveries in the same order, and the same counters.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_hub import Recorder, make_hub
+from wire import StartServer, wire_client
+
+from broker.errors import ErrorCode
+from broker.hub import FANOUT_STEP, Hub, Refused, Subscription
+from broker.message import Message
+from broker.permissions import ClientPermissions, Permissions, Rules
+from broker.protocol import (
+    Connection,
+    Err,
+    Event,
+    Hello,
+    Msg,
+    Ping,
+    Pub,
+    PubRun,
+    Role,
+    Sub,
+    encode_frame,
+    encode_msg_tail,
+    plain_tail_head,
+)
+from broker.protocol.native import PLAIN_TAIL_END
+
+# -- the codec -----------------------------------------------------------------------------------
+
+
+def _server() -> Connection:
+    server = Connection(Role.SERVER)
+    server.receive_data(encode_frame(Hello({})))
+    assert server.next_event() == Hello({})
+    return server
+
+
+def _expand(events: list[Any]) -> list[Event]:
+    """The PUBs a `PubRun` stands for, in place."""
+    out: list[Event] = []
+    for event in events:
+        if type(event) is PubRun:
+            out.extend(Pub(event.subject, payload) for payload in event.payloads)
+        else:
+            out.append(event)
+    return out
+
+
+def test_pubs_that_repeat_the_last_plain_pub_up_to_their_payload_arrive_as_one_run() -> None:
+    payloads = [bytes([n]) * 10 for n in range(6)]
+    server = _server()
+    server.receive_data(
+        b"".join(encode_frame(Pub("a.b", p)) for p in payloads[:5])
+        + encode_frame(Ping())
+        + encode_frame(Pub("a.b", payloads[5]))
+    )
+    events, forwards = server.events_and_tails()
+    assert events == [
+        Pub("a.b", payloads[0]),
+        PubRun("a.b", payloads[1:5]),
+        Ping(),
+        PubRun("a.b", payloads[5:]),  # the last plain PUB's frame is remembered across others
+    ]
+    assert forwards[0] is not None and forwards[0][0] is events[0]
+    assert forwards[1:] == [None, None, None]
+    # One subject object for the run: the server's memo of the encoded tail keys on it.
+    assert events[1].subject is events[0].subject
+
+
+def test_a_different_subject_size_or_shape_starts_over_with_msgpack() -> None:
+    server = _server()
+    frames = [
+        Pub("a", b"xx"),
+        Pub("a", b"yy"),
+        Pub("a", b"zzz"),  # another size: a new head
+        Pub("a", b"www"),
+        Pub("b", b"www"),  # another subject
+        Pub("b", b"vvv", "reply"),  # a reply subject: never part of a run
+        Pub("b", b"uuu", None, None, True),  # retained: neither
+        Pub("b", b"ttt"),
+    ]
+    server.receive_data(b"".join(map(encode_frame, frames)))
+    events, _ = server.events_and_tails()
+    assert events == [
+        Pub("a", b"xx"),
+        PubRun("a", [b"yy"]),
+        Pub("a", b"zzz"),
+        PubRun("a", [b"www"]),
+        Pub("b", b"www"),
+        Pub("b", b"vvv", "reply"),
+        Pub("b", b"uuu", None, None, True),
+        PubRun("b", [b"ttt"]),
+    ]
+
+
+def test_only_the_servers_batch_decode_makes_runs() -> None:
+    frames = b"".join(encode_frame(Pub("a", b"%02d" % n)) for n in range(5))
+    server = _server()
+    server.receive_data(frames)
+    assert server.events() == [Pub("a", b"%02d" % n) for n in range(5)]
+
+
+def test_each_frame_of_a_run_counts_towards_the_limit_and_a_partial_frame_waits() -> None:
+    server = _server()
+    data = b"".join(encode_frame(Pub("a", b"%03d" % n)) for n in range(10))
+    server.receive_data(data[:-3])
+    first, _ = server.events_and_tails(4)
+    assert first == [Pub("a", b"000"), PubRun("a", [b"001", b"002", b"003"])]
+    second, _ = server.events_and_tails(4)
+    assert second == [PubRun("a", [b"%03d" % n for n in range(4, 8)])]
+    third, _ = server.events_and_tails(4)
+    assert third == [PubRun("a", [b"008"])]  # the last frame lacks 3 bytes
+    server.receive_data(data[-3:])
+    fourth, _ = server.events_and_tails(4)
+    assert fourth == [PubRun("a", [b"009"])]
+
+
+def test_a_bad_frame_ends_a_run_and_what_came_before_is_kept() -> None:
+    server = _server()
+    good = b"".join(encode_frame(Pub("a", b"%02d" % n)) for n in range(3))
+    server.receive_data(good + struct.pack(">I", 2) + b"\xc1\xc1")
+    events, _ = server.events_and_tails()
+    assert _expand(events) == [Pub("a", b"%02d" % n) for n in range(3)]
+    with pytest.raises(Exception, match="msgpack"):
+        server.events_and_tails()
+
+
+_subjects = st.sampled_from(["a", "a.b", "s" * 31, "t" * 32, "é.ü", "u" * 300])
+_sizes = st.sampled_from([0, 1, 2, 255, 256, 65_535, 65_536])
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["pub", "pub", "pub", "pub", "request", "retain", "ping", "sub"]))
+    if kind == "ping":
+        return encode_frame(Ping())
+    if kind == "sub":
+        return encode_frame(Sub(1, draw(_subjects)))
+    subject = draw(_subjects)
+    payload = bytes([draw(st.integers(0, 255))]) * draw(_sizes)
+    if kind == "request":
+        return encode_frame(Pub(subject, payload, "reply"))
+    if kind == "retain":
+        return encode_frame(Pub(subject, payload, None, None, True))
+    encoded = subject.encode()
+    if len(encoded) < 256 and draw(st.booleans()):
+        # The same PUB with its subject in a longer encoding (str 8): still a run's start.
+        body = b"\x93\xa3PUB\xd9" + bytes([len(encoded)]) + encoded + msgpack.packb(payload)
+        return struct.pack(">I", len(body)) + body
+    return encode_frame(Pub(subject, payload))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    frames=st.lists(st.lists(_frames(), min_size=1, max_size=4), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(1, 70_000), max_size=8),
+    limits=st.lists(st.sampled_from([-1, 1, 2, 3, 512]), min_size=1, max_size=4),
+)
+def test_runs_stand_for_exactly_the_pubs_msgpack_would_decode(
+    frames: list[list[bytes]], cuts: list[int], limits: list[int]
+) -> None:
+    # Each drawn frame repeated (runs), the stream cut anywhere, taken with any limit.
+    data = b"".join(
+        frame * (1 + index % 3) for group in frames for index, frame in enumerate(group)
+    )
+    plain = _server()
+    plain.receive_data(data)
+    expected = plain.events()
+    server = _server()
+    got: list[Any] = []
+    position = 0
+    for turn, cut in enumerate([*cuts, len(data)]):
+        server.receive_data(data[position : position + cut])
+        position += cut
+        while True:
+            events, forwards = server.events_and_tails(limits[turn % len(limits)])
+            if not events:
+                break
+            assert len(forwards) == len(events)
+            for event, forward in zip(events, forwards, strict=True):
+                if type(event) is PubRun:
+                    assert forward is None and event.payloads
+                    assert len({len(payload) for payload in event.payloads}) == 1
+                elif forward is not None:
+                    # The PUB's own bytes: a subject in a longer encoding stays so.
+                    _pub, body, stop, pad = forward
+                    assert msgpack.unpackb(b"\x94" + body[5:stop] + pad) == [*event[:4]]
+            got.extend(events)
+        if position >= len(data):
+            break
+    server.receive_data(data[position:])
+    got.extend(server.events_and_tails()[0])
+    assert _expand(got) == expected
+
+
+@pytest.mark.parametrize("subject", ["a", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "é"])
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536])
+def test_a_plain_tail_is_its_head_the_payload_and_two_nils(subject: str, size: int) -> None:
+    payload = b"p" * size
+    head = plain_tail_head(subject, size)
+    assert head + payload + PLAIN_TAIL_END == encode_msg_tail(subject, payload, None, None)
+
+
+# -- the hub -------------------------------------------------------------------------------------
+
+
+def _publish_all(hub: Hub, origin: Recorder, subject: str, payloads: list[bytes]) -> list[str]:
+    """What the native adapter does with a run: `publish_run`, and `publish` where it stops.
+
+    Returns the refusals' codes, in order.
+    """
+    refusals: list[str] = []
+    done = 0
+    while done < len(payloads):
+        stop, _ = hub.publish_run(origin, subject, payloads, done, 64)
+        if stop > done:
+            done = stop
+            continue
+        try:
+            hub.publish(origin, (subject, payloads[done], None, None, False), FANOUT_STEP)
+        except Refused as refused:
+            refusals.append(refused.code.value)
+        done += 1
+        while origin in hub.fanouts:
+            hub.resume(origin, FANOUT_STEP)
+    return refusals
+
+
+def _one_by_one(hub: Hub, origin: Recorder, subject: str, payloads: list[bytes]) -> list[str]:
+    refusals: list[str] = []
+    for payload in payloads:
+        try:
+            hub.publish(origin, (subject, payload, None, None, False), FANOUT_STEP)
+        except Refused as refused:
+            refusals.append(refused.code.value)
+        while origin in hub.fanouts:
+            hub.resume(origin, FANOUT_STEP)
+    return refusals
+
+
+def _observed(hub: Hub, everyone: list[Recorder]) -> Any:
+    stats = hub.statistics()
+    return (
+        [(r.got, r.in_msgs, r.in_bytes, r.out_msgs, r.out_bytes) for r in everyone],
+        (stats.messages_in, stats.bytes_in, stats.messages_out, stats.bytes_out),
+        hub.table.matches - hub.table.misses,
+    )
+
+
+class Counted(Recorder):
+    """A subscriber that keeps `Subscriber.deliver`'s promise on ``max_msgs``."""
+
+    def __init__(self, hub: Hub, name: str) -> None:
+        super().__init__(name)
+        self.hub = hub
+
+    def deliver(self, sub: Subscription, message: Message) -> int:
+        sub.delivered += 1
+        if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
+            self.hub.remove(sub)
+        return super().deliver(sub, message)
+
+
+def _setup(hub: Hub) -> tuple[Recorder, list[Recorder]]:
+    origin = Recorder("origin")
+    plain, wild, counted = Recorder("plain"), Recorder("wild"), Counted(hub, "counted")
+    workers = [Recorder(f"w{n}") for n in range(3)]
+    hub.subscribe(plain, 1, "s")
+    hub.subscribe(wild, 1, "*")
+    hub.subscribe(counted, 1, "s")
+    hub.unsubscribe(counted.subscriptions[1], 7)  # leaves mid-run: the table changes
+    for worker in workers:
+        hub.subscribe(worker, 1, "s", "q")
+    return origin, [origin, plain, wild, counted, *workers]
+
+
+@pytest.mark.parametrize("count", [1, 2, 100])
+def test_a_run_delivers_and_counts_exactly_as_its_publishes_one_by_one(count: int) -> None:
+    payloads = [b"%05d" % n for n in range(count)]
+    results = []
+    for publish in (_one_by_one, _publish_all):
+        hub = make_hub()
+        origin, everyone = _setup(hub)
+        hub.publish(origin, ("s", b"first", None, None, False))  # matched: now in the cache
+        assert publish(hub, origin, "s", payloads) == []
+        results.append(_observed(hub, everyone))
+    assert results[0] == results[1]
+    assert [got for got, *_ in results[1][0][3:4]] == [
+        [(1, "s", b"first")] + [(1, "s", p) for p in payloads[:6]]
+    ]
+
+
+def test_a_run_nobody_receives_is_counted_whole_at_once() -> None:
+    hub = make_hub()
+    origin = Recorder()
+    hub.publish(origin, ("quiet", b"x", None, None, False))
+    payloads = [b"%04d" % n for n in range(1000)]
+    assert hub.publish_run(origin, "quiet", payloads, 10, 1) == (1000, 0)
+    stats = hub.statistics()
+    assert (stats.messages_in, stats.bytes_in, stats.messages_out) == (991, 1 + 990 * 4, 0)
+    assert (origin.in_msgs, origin.in_bytes) == (991, 1 + 990 * 4)
+    assert hub.table.matches - hub.table.misses == 990
+
+
+def test_a_run_stops_where_publish_must_decide() -> None:
+    hub = make_hub(max_payload=4)
+    origin, sub = Recorder(), Recorder()
+    hub.subscribe(sub, 1, "s")
+    # Not in the match cache yet: `publish` matches it first.
+    assert hub.publish_run(origin, "s", [b"1"], 0, 64) == (0, 0)
+    hub.publish(origin, ("s", b"0", None, None, False))
+    # A payload over max_payload: what came before is published, then it stops there.
+    assert hub.publish_run(origin, "s", [b"1", b"2", b"12345", b"3"], 0, 64) == (2, 2)
+    # A reserved subject, for a client.
+    assert hub.publish_run(origin, "$SYS.x", [b"1"], 0, 64) == (0, 0)
+    # The budget of deliveries.
+    assert hub.publish_run(origin, "s", [b"a"] * 10, 0, 3) == (3, 3)
+    assert [payload for _, _, payload in sub.got] == [b"0", b"1", b"2", b"a", b"a", b"a"]
+
+
+def test_a_run_stops_at_a_subject_it_may_not_publish_to() -> None:
+    hub = make_hub()
+    origin = Recorder()
+    origin.permissions = ClientPermissions(Permissions(publish=Rules(deny=["secret"])))
+    hub.table.match("secret")
+    assert hub.publish_run(origin, "secret", [b"1"], 0, 64) == (0, 0)  # type: ignore[arg-type]
+    assert _publish_all(hub, origin, "secret", [b"1", b"2"]) == ["permission_denied"] * 2
+
+
+def test_a_run_goes_one_by_one_when_its_origin_receives_it_too() -> None:
+    # Delivering to itself can end the origin's connection (its outbox overflowing), after
+    # which none of its later messages may be published: `publish`, checked after each.
+    hub = make_hub()
+    origin = Recorder()
+    hub.subscribe(origin, 1, "s")
+    hub.publish(origin, ("s", b"0", None, None, False))
+    assert hub.publish_run(origin, "s", [b"1"], 0, 64) == (0, 0)
+    grouped = Recorder()
+    hub.subscribe(grouped, 1, "g", "q")
+    hub.publish(grouped, ("g", b"0", None, None, False))
+    assert hub.publish_run(grouped, "g", [b"1"], 0, 64) == (0, 0)
+
+
+def test_a_run_to_more_subscriptions_than_one_step_goes_one_by_one_in_steps() -> None:
+    hub = make_hub()
+    origin = Recorder()
+    many = [Recorder(f"r{n}") for n in range(FANOUT_STEP + 1)]
+    for n, recorder in enumerate(many):
+        hub.subscribe(recorder, n, "wide")
+    hub.publish(origin, ("wide", b"0", None, None, False))
+    assert hub.publish_run(origin, "wide", [b"1"], 0, 10**6) == (0, 0)
+    hub.fanouts.clear()
+
+
+# -- end to end, on real sockets -----------------------------------------------------------------
+
+
+async def test_a_streamed_run_reaches_every_subscriber_in_order(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    port = server.port
+    async with (
+        wire_client(port, name="pub") as pub,
+        wire_client(port, name="sub") as sub,
+        wire_client(port, name="worker") as worker,
+    ):
+        await sub.send(Sub(1, "stream.x"), Sub(2, "stream.*"))
+        await worker.send(Sub(1, "stream.x", "q"))
+        await sub.flush()
+        await worker.flush()
+        # Runs broken by another size and by a request, in one write.
+        payloads = [b"%06d" % n for n in range(3000)]
+        frames = [Pub("stream.x", p) for p in payloads]
+        frames.insert(1000, Pub("stream.x", b"odd size"))
+        frames.insert(2000, Pub("stream.x", b"000000", "inbox"))
+        with trio.fail_after(20):
+            await pub.send(*frames)
+            await pub.flush()
+            got: list[Msg] = []
+            while len(got) < 2 * len(frames):
+                got.append(await sub.expect(Msg))
+            taken = [await worker.expect(Msg) for _ in frames]
+        for sid in (1, 2):
+            mine = [(m.payload, m.reply_to) for m in got if m.sid == sid]
+            assert mine == [(f.payload, f.reply_to) for f in frames]
+        assert [(m.payload, m.reply_to) for m in taken] == [(f.payload, f.reply_to) for f in frames]
+        assert all(m.subject == "stream.x" and m.headers is None for m in got + taken)
+        stats = server.hub.statistics()
+        assert stats.messages_in == len(frames)
+        assert stats.messages_out == 3 * len(frames)
+        assert stats.bytes_in == sum(len(f.payload) for f in frames)
+
+
+async def test_each_refused_pub_of_a_run_gets_its_own_error(start_server: StartServer) -> None:
+    server = await start_server(max_payload=8)
+    async with wire_client(server.port) as client:
+        await client.send(Sub(1, "ok"))
+        with trio.fail_after(10):
+            await client.send(*[Pub("$reserved", b"x")] * 20, Pub("ok", b"after"))
+            events = await client.drain()
+        assert [type(e) for e in events] == [Err] * 20 + [Msg]
+        assert {e.code for e in events if type(e) is Err} == {ErrorCode.BAD_SUBJECT.value}
+        assert events[-1] == Msg(1, "ok", b"after")
+        # A run of payloads over max_payload: the first is refused, fatally; nothing is routed.
+        await client.send(Pub("ok", b"123456789"), *[Pub("ok", b"987654321")] * 5)
+        with trio.fail_after(10):
+            rest = await client.closed()
+        assert [type(e) for e in rest] == [Err]
+        assert rest[0].code == ErrorCode.PAYLOAD_TOO_LARGE.value
+    assert server.hub.statistics().messages_in == 1
+
+
+async def test_a_run_wider_than_one_step_is_delivered_whole_in_order(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    async with wire_client(server.port) as sub, wire_client(server.port) as pub:
+        await sub.send(*[Sub(n, "wide") for n in range(FANOUT_STEP + 1)])
+        await sub.flush()
+        with trio.fail_after(20):
+            await pub.send(*[Pub("wide", b"%d" % n) for n in range(5)])
+            got = [await sub.expect(Msg) for _ in range(5 * (FANOUT_STEP + 1))]
+        for n in range(5):
+            step = got[n * (FANOUT_STEP + 1) : (n + 1) * (FANOUT_STEP + 1)]
+            assert {m.payload for m in step} == {b"%d" % n}
+            assert [m.sid for m in step] == list(range(FANOUT_STEP + 1))
