@@ -36,6 +36,7 @@ from broker.protocol import (
     PubRun,
     Role,
     Sub,
+    Welcome,
     encode_frame,
     encode_msg_tail,
     plain_tail_head,
@@ -208,6 +209,74 @@ def test_runs_stand_for_exactly_the_pubs_msgpack_would_decode(
     server.receive_data(data[position:])
     got.extend(server.events_and_tails()[0])
     assert _expand(got) == expected
+
+
+def _client() -> Connection:
+    client = Connection(Role.CLIENT)
+    client.send(Hello({}))
+    client.receive_data(encode_frame(Welcome({})))
+    assert client.next_event() == Welcome({})
+    return client
+
+
+@st.composite
+def _msgs(draw: st.DrawFn, keys: list[tuple[int, str, int]]) -> bytes:
+    sid, subject, size = draw(st.sampled_from(keys))
+    payload = bytes([draw(st.integers(0, 255))]) * size
+    shape = draw(st.sampled_from(["plain", "plain", "plain", "reply", "headers", "retained"]))
+    if shape == "reply":
+        return encode_frame(Msg(sid, subject, payload, "r"))
+    if shape == "headers":
+        return encode_frame(Msg(sid, subject, payload, None, {"k": "v"}))
+    if shape == "retained":
+        return encode_frame(Msg(sid, subject, payload, None, None, True))
+    if draw(st.booleans()):
+        # Equal to a plain MSG up to its payload, then other one-byte values than two nils.
+        tail = draw(st.sampled_from([b"\xc0\xc3", b"\xa0\xc0", b"\xc0\x00", b"\xc0\xc0"]))
+        head = msgpack.packb(["MSG", sid, subject, payload, None, None])[: -2 - len(payload)]
+        body = head + payload + tail
+        return struct.pack(">I", len(body)) + body
+    return encode_frame(Msg(sid, subject, payload))
+
+
+_keys = st.lists(st.tuples(st.sampled_from([1, 2, 300]), _subjects, _sizes), min_size=1, max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), keys=_keys, cuts=st.lists(st.integers(1, 70_000), max_size=8))
+def test_a_client_decodes_repeated_msgs_as_msgpack_does_each_alone(
+    data: st.DataObject, keys: list[tuple[int, str, int]], cuts: list[int]
+) -> None:
+    frames = data.draw(st.lists(st.lists(_msgs(keys), min_size=1, max_size=4), max_size=12))
+    # A client skips msgpack for a MSG equal to the last plain one but for its payload.
+    stream = [
+        frame for group in frames for index, frame in enumerate(group) for _ in range(1 + index % 3)
+    ]
+    joined = b"".join(stream)
+    expected: list[Any] = []
+    for frame in stream:
+        alone = _client()
+        alone.receive_data(frame)
+        try:
+            expected.append(alone.next_event())
+        except Exception as error:
+            expected.append(type(error))
+            break
+    client = _client()
+    got: list[Any] = []
+    position = 0
+    for cut in [*cuts, len(joined)]:
+        client.receive_data(joined[position : position + cut])
+        position += cut
+        try:
+            while events := client.events():
+                got.extend(events)
+        except Exception as error:
+            got.append(type(error))
+            break
+        if position >= len(joined):
+            break
+    assert got == expected
 
 
 @pytest.mark.parametrize("subject", ["a", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "é"])

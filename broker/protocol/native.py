@@ -748,6 +748,9 @@ class Connection:
         #: header), and its subject: a frame that starts with these bytes is a PUB to the same
         #: subject with a payload of the same size (see `_decode`).
         self._run: tuple[bytes, str, int] = (b"", "", 0)
+        #: The same for a client: the last plain MSG's frame up to its payload (its sid and
+        #: subject too), which the next MSG of that subscription and size repeats.
+        self._msg_run: tuple[bytes, int, str, int] = (b"", 0, "", 0)
         self._our_opening: tuple[type[Any], ...] | None = _OPENING[self.their_role]
 
     @property
@@ -829,8 +832,21 @@ class Connection:
         # frames may repeat, and the payloads of the run being collected, if it is `out`'s last.
         run_head, run_subject, run_size = self._run if forward is not None else (b"", "", 0)
         run: list[bytes] | None = None
+        msg_head, msg_sid, msg_subject, msg_size = self._msg_run
         try:
             while limit and available - position >= _HEADER_SIZE:
+                if msg_head and data.startswith(msg_head, position):
+                    # A MSG equal to the last plain one up to its payload: if it also ends
+                    # with the same two nils, it decodes to the same but for the payload.
+                    end = position + msg_size
+                    if end > available:
+                        break
+                    if data[end - 2 : end] == PLAIN_TAIL_END:
+                        payload = data[position + len(msg_head) : end - 2]
+                        append(_new_tuple(Msg, (msg_sid, msg_subject, payload, None, None, False)))
+                        position = end
+                        limit -= 1
+                        continue
                 if run_head and data.startswith(run_head, position):
                     # The bytes before the payload are those of a frame that decoded to a
                     # plain PUB, so this one decodes to the same but for its payload: msgpack
@@ -896,6 +912,13 @@ class Connection:
                     msg = _fast_msg(items)
                     if msg is not None:
                         append(msg)
+                        if len(items) == 6 and items[4] is None:
+                            # [MSG, sid, subject, payload, nil, nil]: the next MSGs for this
+                            # subscription may repeat all of it but the payload.
+                            msg_size = _HEADER_SIZE + length
+                            msg_head = data[end - msg_size : end - 2 - len(msg[2])]
+                            msg_sid = msg[0]
+                            msg_subject = msg[1]
                         continue
                 event = event_from(items)
                 append(event)
@@ -904,6 +927,7 @@ class Connection:
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
             self._run = (b"", "", 0)
+            self._msg_run = (b"", 0, "", 0)
             if position:
                 del buffer[:position]
             if out:
@@ -911,6 +935,8 @@ class Connection:
             raise
         if forward is not None:
             self._run = (run_head, run_subject, run_size)
+        elif msg_head:
+            self._msg_run = (msg_head, msg_sid, msg_subject, msg_size)
         if position:
             del buffer[:position]
         if not out and self._eof and buffer:
