@@ -402,16 +402,18 @@ class Hub:
         checks and match once, and a run that reaches no one costs nothing per message. It
         stops at the first message it cannot route as `publish` would with the same
         `FANOUT_STEP`: one `publish` would refuse (a reserved subject, no permission, a payload
-        too large), or split into steps, or whose subject is not in the match cache. The caller
-        publishes that one with `publish` and calls again for the rest. It also stops once it
-        has delivered `budget` times.
+        too large), or split into steps, or whose subject is not in the match cache, or that
+        only a response allowance (``allow_responses``) lets through, which each message uses
+        up. The caller publishes that one with `publish` and calls again for the rest. It also
+        stops once its work reaches `budget`, counted as the native adapter counts a turn's:
+        one per message, plus one per delivery.
 
         Returns:
             The index of the first payload not published, and how many deliveries it made.
         """
         permissions = origin.permissions
         if (subject[:1] == "$" and origin is not self.system) or (
-            permissions is not None and not permissions.may_publish(subject)
+            permissions is not None and not permissions.may_always_publish(subject)
         ):
             return start, 0
         table = self.table
@@ -436,15 +438,17 @@ class Hub:
                     break
                 checked = match
             if not (plain or groups):
-                # Nobody to deliver to, so nothing can change the table: the rest at once.
+                # Nobody to deliver to, so nothing can change the table: the rest at once, up
+                # to a payload too large, if any (which `publish` then refuses).
                 rest = payloads[at:] if at else payloads
-                if max(map(len, rest)) <= max_payload:
-                    messages += len(rest)
-                    counters.bytes_in += sum(map(len, rest))
-                    origin.in_bytes += sum(map(len, rest))
-                    at = end
-                    break
-            elif len(plain) > FANOUT_STEP:
+                if max(map(len, rest)) > max_payload:
+                    rest = list(itertools.takewhile(lambda p: len(p) <= max_payload, rest))
+                messages += len(rest)
+                counters.bytes_in += sum(map(len, rest))
+                origin.in_bytes += sum(map(len, rest))
+                at += len(rest)
+                break
+            if len(plain) > FANOUT_STEP:
                 break
             payload = payloads[at]
             size = len(payload)
@@ -458,7 +462,7 @@ class Hub:
             delivered += count
             sent += count * size
             at += 1
-            if delivered >= budget:
+            if messages + delivered >= budget:
                 break
         table.matches += messages
         counters.messages_in += messages

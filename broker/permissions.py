@@ -281,6 +281,12 @@ class ClientPermissions:
             allowed = self.rules.may_publish(subject)
         return allowed or (bool(self._pending) and self._take_response(subject))
 
+    def may_always_publish(self, subject: str) -> bool:
+        """Whether the publish rules alone allow `subject`: then every message to it is
+        allowed, and none uses up a response (`may_publish` would answer true each time)."""
+        allowed = self._published.get(subject)
+        return self.rules.may_publish(subject) if allowed is None else allowed
+
     def subscribe_verdict(self, pattern: str) -> Verdict:
         return self.rules.subscribe_verdict(pattern)
 

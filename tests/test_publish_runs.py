@@ -10,6 +10,7 @@ deliveries in the same order, and the same counters.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from test_hub import Recorder, make_hub
 from wire import StartServer, wire_client
 
+from broker.config import ResponsesConfig
 from broker.errors import ErrorCode
 from broker.hub import FANOUT_STEP, Hub, Refused, Subscription
 from broker.message import Message
@@ -65,24 +67,31 @@ def _expand(events: list[Any]) -> list[Event]:
 
 
 def test_pubs_that_repeat_the_last_plain_pub_up_to_their_payload_arrive_as_one_run() -> None:
-    payloads = [bytes([n]) * 10 for n in range(6)]
+    payloads = [bytes([n]) * 10 for n in range(8)]
     server = _server()
     server.receive_data(
         b"".join(encode_frame(Pub("a.b", p)) for p in payloads[:5])
         + encode_frame(Ping())
-        + encode_frame(Pub("a.b", payloads[5]))
+        + b"".join(encode_frame(Pub("a.b", p)) for p in payloads[5:7])
     )
     events, forwards = server.events_and_tails()
+    # A run starts after two alike PUBs (decoded by msgpack). Another frame ends it, and the
+    # next PUB alike to the last starts the next.
     assert events == [
         Pub("a.b", payloads[0]),
-        PubRun("a.b", payloads[1:5]),
+        Pub("a.b", payloads[1]),
+        PubRun("a.b", payloads[2:5]),
         Ping(),
-        PubRun("a.b", payloads[5:]),  # the last plain PUB's frame is remembered across others
+        Pub("a.b", payloads[5]),
+        PubRun("a.b", payloads[6:7]),
     ]
+    assert [type(f) for f in forwards] == [tuple, tuple, type(None), type(None), tuple, type(None)]
     assert forwards[0] is not None and forwards[0][0] is events[0]
-    assert forwards[1:] == [None, None, None]
     # One subject object for the run: the server's memo of the encoded tail keys on it.
-    assert events[1].subject is events[0].subject
+    assert events[2].subject is events[0].subject
+    # The run goes on in the next read.
+    server.receive_data(encode_frame(Pub("a.b", payloads[7])))
+    assert server.events_and_tails() == ([PubRun("a.b", payloads[7:])], [None])
 
 
 def test_a_different_subject_size_or_shape_starts_over_with_msgpack() -> None:
@@ -90,24 +99,38 @@ def test_a_different_subject_size_or_shape_starts_over_with_msgpack() -> None:
     frames = [
         Pub("a", b"xx"),
         Pub("a", b"yy"),
-        Pub("a", b"zzz"),  # another size: a new head
-        Pub("a", b"www"),
-        Pub("b", b"www"),  # another subject
-        Pub("b", b"vvv", "reply"),  # a reply subject: never part of a run
-        Pub("b", b"uuu", None, None, True),  # retained: neither
+        Pub("a", b"zz"),
+        Pub("a", b"www"),  # another size
+        Pub("a", b"vvv"),
+        Pub("a", b"uuu"),
+        Pub("b", b"uuu"),  # another subject
         Pub("b", b"ttt"),
+        Pub("b", b"sss"),
+        Pub("b", b"rrr", "reply"),  # a reply subject: never part of a run
+        Pub("b", b"qqq"),
+        Pub("b", b"ppp"),
+        Pub("b", b"ooo", None, None, True),  # retained: neither
+        Pub("b", b"nnn"),
+        Pub("b", b"mmm"),
     ]
     server.receive_data(b"".join(map(encode_frame, frames)))
     events, _ = server.events_and_tails()
     assert events == [
         Pub("a", b"xx"),
-        PubRun("a", [b"yy"]),
-        Pub("a", b"zzz"),
-        PubRun("a", [b"www"]),
-        Pub("b", b"www"),
-        Pub("b", b"vvv", "reply"),
-        Pub("b", b"uuu", None, None, True),
-        PubRun("b", [b"ttt"]),
+        Pub("a", b"yy"),
+        PubRun("a", [b"zz"]),
+        Pub("a", b"www"),
+        Pub("a", b"vvv"),
+        PubRun("a", [b"uuu"]),
+        Pub("b", b"uuu"),
+        Pub("b", b"ttt"),
+        PubRun("b", [b"sss"]),
+        Pub("b", b"rrr", "reply"),
+        Pub("b", b"qqq"),
+        PubRun("b", [b"ppp"]),
+        Pub("b", b"ooo", None, None, True),
+        Pub("b", b"nnn"),
+        PubRun("b", [b"mmm"]),
     ]
 
 
@@ -123,7 +146,7 @@ def test_each_frame_of_a_run_counts_towards_the_limit_and_a_partial_frame_waits(
     data = b"".join(encode_frame(Pub("a", b"%03d" % n)) for n in range(10))
     server.receive_data(data[:-3])
     first, _ = server.events_and_tails(4)
-    assert first == [Pub("a", b"000"), PubRun("a", [b"001", b"002", b"003"])]
+    assert first == [Pub("a", b"000"), Pub("a", b"001"), PubRun("a", [b"002", b"003"])]
     second, _ = server.events_and_tails(4)
     assert second == [PubRun("a", [b"%03d" % n for n in range(4, 8)])]
     third, _ = server.events_and_tails(4)
@@ -399,8 +422,8 @@ def test_a_run_stops_where_publish_must_decide() -> None:
     assert hub.publish_run(origin, "s", [b"1", b"2", b"12345", b"3"], 0, 64) == (2, 2)
     # A reserved subject, for a client.
     assert hub.publish_run(origin, "$SYS.x", [b"1"], 0, 64) == (0, 0)
-    # The budget of deliveries.
-    assert hub.publish_run(origin, "s", [b"a"] * 10, 0, 3) == (3, 3)
+    # The budget of work: one per message and one per delivery.
+    assert hub.publish_run(origin, "s", [b"a"] * 10, 0, 6) == (3, 3)
     assert [payload for _, _, payload in sub.got] == [b"0", b"1", b"2", b"a", b"a", b"a"]
 
 
@@ -411,6 +434,43 @@ def test_a_run_stops_at_a_subject_it_may_not_publish_to() -> None:
     hub.table.match("secret")
     assert hub.publish_run(origin, "secret", [b"1"], 0, 64) == (0, 0)  # type: ignore[arg-type]
     assert _publish_all(hub, origin, "secret", [b"1", b"2"]) == ["permission_denied"] * 2
+
+
+def test_a_run_of_answers_uses_up_one_allowed_response_per_message() -> None:
+    # `allow_responses`: a reply subject the rules deny may be published to max times after a
+    # request; each message uses one up, so a run may not pass them all on one check.
+    payloads = [b"%d" % n for n in range(5)]
+    results = []
+    for publish in (_one_by_one, _publish_all):
+        for subscribed in (False, True):
+            hub = make_hub()
+            responder, requester = Recorder("responder"), Recorder("requester")
+            responder.permissions = ClientPermissions(
+                Permissions(publish=Rules(deny=[">"]), responses=ResponsesConfig(max=3))
+            )
+            hub.subscribe(requester, 1, "reply.1")
+            if subscribed:
+                hub.subscribe(responder, 1, "reply.1")
+            responder.permissions.note_request("reply.1")
+            hub.table.match("reply.1")
+            refusals = publish(hub, responder, "reply.1", payloads)
+            results.append((refusals, requester.got, responder.got))
+    assert results[0] == results[2] and results[1] == results[3]
+    assert results[2][0] == ["permission_denied"] * 2
+    assert [payload for _, _, payload in results[2][1]] == payloads[:3]
+
+
+def test_a_run_counts_its_work_as_a_turn_does_one_per_message_and_delivery() -> None:
+    hub = make_hub()
+    origin, closed = Recorder(), Recorder(accepting=False)
+    hub.subscribe(closed, 1, "s")
+    hub.publish(origin, ("s", b"0", None, None, False))
+    # Deliveries refused (a closing connection) still cost the message its unit of work.
+    assert hub.publish_run(origin, "s", [b"x"] * 100, 0, 10) == (10, 0)
+    taker = Recorder()
+    hub.subscribe(taker, 1, "s")
+    hub.table.match("s")
+    assert hub.publish_run(origin, "s", [b"x"] * 100, 0, 10) == (5, 5)
 
 
 def test_a_run_goes_one_by_one_when_its_origin_receives_it_too() -> None:
@@ -436,6 +496,49 @@ def test_a_run_to_more_subscriptions_than_one_step_goes_one_by_one_in_steps() ->
     hub.publish(origin, ("wide", b"0", None, None, False))
     assert hub.publish_run(origin, "wide", [b"1"], 0, 10**6) == (0, 0)
     hub.fanouts.clear()
+
+
+def test_a_turn_looks_at_the_clock_as_often_inside_a_run_as_between_pubs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Subscriptions whose deliveries are all discarded: each message still counts one unit of
+    # work, so a turn past its deadline stops after `_WORK_PER_LOOK` of them, run or not.
+    import trio.testing
+
+    import broker.server.native as native
+    from broker.server import Server
+    from broker.server.transport import Transport
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests()).hub
+
+    def connected(client_id: int) -> native.NativeAdapter:
+        transport = Transport(hub, trio.testing.MemorySendStream(), "peer", client_id)
+        adapter = transport.adapter = native.NativeAdapter(hub, transport)
+        adapter.receive_data(encode_frame(Hello({})))
+        assert adapter.handshake()
+        return adapter
+
+    for n in range(100):
+        gone = connected(n + 2)
+        gone.receive_data(encode_frame(Sub(1, "s")))
+        assert gone.process()
+        gone.transport.accepting = False
+    publisher = connected(1)
+    publisher.receive_data(b"".join(encode_frame(Pub("s", b"%04d" % n)) for n in range(512)))
+    ticks = itertools.count()  # a second passes between two looks: each is past the deadline
+
+    class Clock:
+        perf_counter = staticmethod(lambda: float(next(ticks)))
+
+    monkeypatch.setattr(native, "time", Clock)
+    assert publisher.process()
+    assert hub.statistics().messages_in == native._WORK_PER_LOOK
+    turns = 1
+    while publisher.process():
+        turns += 1
+    assert hub.statistics().messages_in == 512
+    assert turns == 512 // native._WORK_PER_LOOK
 
 
 # -- end to end, on real sockets -----------------------------------------------------------------

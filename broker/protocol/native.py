@@ -409,6 +409,9 @@ PUB_TAIL_START: Final = 5
 #: reply_to and headers), so that every tail joins the same `msg_prefix`.
 _PADDING: Final = {3: b"\xc0\xc0", 4: b"\xc0", 5: b"", 6: b""}
 _PLAIN_PUB_START: Final = _PUB_STARTS[3]
+#: `Connection._run` outside a run, and before any PUB.
+_NO_RUN: Final[tuple[bytes, str, int, int]] = (b"", "", -1, 0)
+_NO_MSG_RUN: Final[tuple[bytes, int, str, int]] = (b"", -1, "", -1)
 _PLAIN_PADDING: Final = _PADDING[3]
 
 
@@ -744,13 +747,14 @@ class Connection:
         self._parsers = _PARSERS[our_role]
         self._sendable = _SENDABLE[our_role]
         self._their_opening: tuple[type[Any], ...] | None = _OPENING[our_role]
-        #: The last plain PUB's frame up to its payload (length header, array, op, subject, bin
-        #: header), and its subject: a frame that starts with these bytes is a PUB to the same
-        #: subject with a payload of the same size (see `_decode`).
-        self._run: tuple[bytes, str, int] = (b"", "", 0)
-        #: The same for a client: the last plain MSG's frame up to its payload (its sid and
-        #: subject too), which the next MSG of that subscription and size repeats.
-        self._msg_run: tuple[bytes, int, str, int] = (b"", 0, "", 0)
+        #: ``(head, subject, length, size)``: the last plain PUB's subject and frame length,
+        #: and, if the one before it was alike, its frame up to the payload (length header,
+        #: array, op, subject, bin header) and its whole size. A frame that starts with those
+        #: bytes is a PUB to the same subject with a payload of the same size (see `_decode`).
+        self._run: tuple[bytes, str, int, int] = _NO_RUN
+        #: The same for a client and MSGs, ``(head, sid, subject, length)``, whose next MSG of
+        #: that subscription and size repeats the head.
+        self._msg_run: tuple[bytes, int, str, int] = _NO_MSG_RUN
         self._our_opening: tuple[type[Any], ...] | None = _OPENING[self.their_role]
 
     @property
@@ -828,40 +832,51 @@ class Connection:
             (first,) = _unpack_header(buffer, 0)
             if _HEADER_SIZE + first <= available:
                 data = bytes(buffer)
-        # A run (see `PubRun`): the last plain PUB's frame up to its payload, which the next
-        # frames may repeat, and the payloads of the run being collected, if it is `out`'s last.
-        run_head, run_subject, run_size = self._run if forward is not None else (b"", "", 0)
+        # Runs (see `PubRun`): the last plain PUB's subject and frame size, and once a second
+        # PUB like it came, its frame up to the payload, which the next frames may repeat; the
+        # payloads of the run being collected, if it is `out`'s last. A client keeps the same
+        # of the last plain MSG. Looked for only after two alike, so that traffic whose
+        # subjects or sizes keep changing costs two comparisons a frame, not a slice.
+        run_head, run_subject, run_length, run_size = self._run if forward else _NO_RUN
         run: list[bytes] | None = None
-        msg_head, msg_sid, msg_subject, msg_size = self._msg_run
+        msg_run_head, msg_run_sid, msg_run_subject, msg_run_length = self._msg_run
         try:
             while limit and available - position >= _HEADER_SIZE:
-                if msg_head and data.startswith(msg_head, position):
-                    # A MSG equal to the last plain one up to its payload: if it also ends
-                    # with the same two nils, it decodes to the same but for the payload.
-                    end = position + msg_size
-                    if end > available:
-                        break
-                    if data[end - 2 : end] == PLAIN_TAIL_END:
-                        payload = data[position + len(msg_head) : end - 2]
-                        append(_new_tuple(Msg, (msg_sid, msg_subject, payload, None, None, False)))
+                if msg_run_head:
+                    if data.startswith(msg_run_head, position):
+                        # Equal to the last plain MSG up to its payload: if it also ends with
+                        # the same two nils, it decodes to the same but for the payload.
+                        end = position + _HEADER_SIZE + msg_run_length
+                        if end > available:
+                            break
+                        if data[end - 2 : end] == PLAIN_TAIL_END:
+                            payload = data[position + len(msg_run_head) : end - 2]
+                            append(
+                                _new_tuple(
+                                    Msg, (msg_run_sid, msg_run_subject, payload, None, None, False)
+                                )
+                            )
+                            position = end
+                            limit -= 1
+                            continue
+                    msg_run_head = b""
+                if run_head:
+                    if data.startswith(run_head, position):
+                        # The bytes before the payload are those of a frame that decoded to a
+                        # plain PUB, so this one decodes to the same but for its payload:
+                        # msgpack is not called, and no event is made for it.
+                        end = position + run_size
+                        if end > available:
+                            break
+                        if run is None:
+                            run = []
+                            append(_new_tuple(PubRun, (run_subject, run)))  # type: ignore[arg-type]
+                            forward(None)  # type: ignore[misc]
+                        run.append(data[position + len(run_head) : end])
                         position = end
                         limit -= 1
                         continue
-                if run_head and data.startswith(run_head, position):
-                    # The bytes before the payload are those of a frame that decoded to a
-                    # plain PUB, so this one decodes to the same but for its payload: msgpack
-                    # is not called, and no event is made for it.
-                    end = position + run_size
-                    if end > available:
-                        break
-                    if run is None:
-                        run = []
-                        append(_new_tuple(PubRun, (run_subject, run)))  # type: ignore[arg-type]
-                        forward(None)  # type: ignore[misc]
-                    run.append(data[position + len(run_head) : end])
-                    position = end
-                    limit -= 1
-                    continue
+                    run_head = b""
                 run = None
                 (length,) = _unpack_header(buffer, position)
                 if length > max_frame:
@@ -894,10 +909,13 @@ class Connection:
                             if forward is not None:
                                 if body.startswith(_PLAIN_PUB_START):
                                     forward((pub, body, length, _PLAIN_PADDING))
-                                    # The next frames may repeat everything up to the payload.
-                                    run_size = _HEADER_SIZE + length
-                                    run_head = data[end - run_size : end - len(payload)]
-                                    run_subject = subject
+                                    if length != run_length or subject != run_subject:
+                                        run_length = length
+                                        run_subject = subject
+                                    else:
+                                        # A second alike: the next may repeat it but the payload.
+                                        run_size = _HEADER_SIZE + length
+                                        run_head = data[end - run_size : end - len(payload)]
                                 else:
                                     forward(None)
                             continue
@@ -915,10 +933,18 @@ class Connection:
                         if len(items) == 6 and items[4] is None:
                             # [MSG, sid, subject, payload, nil, nil]: the next MSGs for this
                             # subscription may repeat all of it but the payload.
-                            msg_size = _HEADER_SIZE + length
-                            msg_head = data[end - msg_size : end - 2 - len(msg[2])]
-                            msg_sid = msg[0]
-                            msg_subject = msg[1]
+                            sid, subject = msg[0], msg[1]
+                            if (
+                                length != msg_run_length
+                                or sid != msg_run_sid
+                                or subject != msg_run_subject
+                            ):
+                                msg_run_length = length
+                                msg_run_sid = sid
+                                msg_run_subject = subject
+                            else:
+                                start = end - _HEADER_SIZE - length
+                                msg_run_head = data[start : end - 2 - len(msg[2])]
                         continue
                 event = event_from(items)
                 append(event)
@@ -926,17 +952,17 @@ class Connection:
                     forward(_forward(event, body) if type(event) is Pub else None)
         except RemoteProtocolError:
             # Hand back what decoded cleanly; the stored error is raised by the next call.
-            self._run = (b"", "", 0)
-            self._msg_run = (b"", 0, "", 0)
+            self._run = _NO_RUN
+            self._msg_run = _NO_MSG_RUN
             if position:
                 del buffer[:position]
             if out:
                 return out
             raise
         if forward is not None:
-            self._run = (run_head, run_subject, run_size)
-        elif msg_head:
-            self._msg_run = (msg_head, msg_sid, msg_subject, msg_size)
+            self._run = (run_head, run_subject, run_length, run_size)
+        elif fast_msg:
+            self._msg_run = (msg_run_head, msg_run_sid, msg_run_subject, msg_run_length)
         if position:
             del buffer[:position]
         if not out and self._eof and buffer:

@@ -293,6 +293,7 @@ class NativeAdapter:
                         self._deferred = events[at + 1 :], forwards[at + 1 :]
                         return True
                 elif kind is PubRun:
+                    work -= 1  # each of its messages counts, as its own PUB's event would
                     subject, payloads = cast(PubRun, event)
                     end = len(payloads)
                     done = 0
@@ -305,7 +306,8 @@ class NativeAdapter:
                                 self._overran(now - deadline, work)
                                 return True
                             work = 0
-                        stop, count = publish_run(self, subject, payloads, done, _WORK_PER_LOOK)
+                        budget = _WORK_PER_LOOK - work
+                        stop, count = publish_run(self, subject, payloads, done, budget)
                         work += stop - done + count
                         if stop > done:
                             done = stop
