@@ -498,33 +498,52 @@ def test_a_run_to_more_subscriptions_than_one_step_goes_one_by_one_in_steps() ->
     hub.fanouts.clear()
 
 
+def _in_process_adapter(hub: Hub, client_id: int) -> Any:
+    """A native client's adapter on an in-memory stream: its turns run by hand."""
+    import trio.testing
+
+    from broker.server.native import NativeAdapter
+    from broker.server.transport import Transport
+
+    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", client_id)
+    adapter = transport.adapter = NativeAdapter(hub, transport)
+    adapter.receive_data(encode_frame(Hello({})))
+    assert adapter.handshake()
+    return adapter
+
+
+def test_a_run_from_a_connection_closed_meanwhile_is_not_published() -> None:
+    from broker.server import Server
+    from broker.testing.inprocess import config_for_tests
+
+    hub = Server(config_for_tests()).hub
+    publisher = _in_process_adapter(hub, 1)
+    publisher.receive_data(b"".join(encode_frame(Pub("s", b"%02d" % n)) for n in range(3)))
+    assert publisher.process()
+    assert hub.statistics().messages_in == 3
+    # The next read is one run; another task closes the connection before its turn.
+    publisher.receive_data(b"".join(encode_frame(Pub("s", b"%02d" % n)) for n in range(10)))
+    publisher.transport.accepting = False
+    publisher.process()
+    assert hub.statistics().messages_in == 3
+
+
 def test_a_turn_looks_at_the_clock_as_often_inside_a_run_as_between_pubs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Subscriptions whose deliveries are all discarded: each message still counts one unit of
     # work, so a turn past its deadline stops after `_WORK_PER_LOOK` of them, run or not.
-    import trio.testing
-
     import broker.server.native as native
     from broker.server import Server
-    from broker.server.transport import Transport
     from broker.testing.inprocess import config_for_tests
 
     hub = Server(config_for_tests()).hub
-
-    def connected(client_id: int) -> native.NativeAdapter:
-        transport = Transport(hub, trio.testing.MemorySendStream(), "peer", client_id)
-        adapter = transport.adapter = native.NativeAdapter(hub, transport)
-        adapter.receive_data(encode_frame(Hello({})))
-        assert adapter.handshake()
-        return adapter
-
     for n in range(100):
-        gone = connected(n + 2)
+        gone = _in_process_adapter(hub, n + 2)
         gone.receive_data(encode_frame(Sub(1, "s")))
         assert gone.process()
         gone.transport.accepting = False
-    publisher = connected(1)
+    publisher = _in_process_adapter(hub, 1)
     publisher.receive_data(b"".join(encode_frame(Pub("s", b"%04d" % n)) for n in range(512)))
     ticks = itertools.count()  # a second passes between two looks: each is past the deadline
 

@@ -298,6 +298,8 @@ class NativeAdapter:
                     end = len(payloads)
                     done = 0
                     while done < end:
+                        if not transport.accepting:
+                            return True  # closed meanwhile: as after any of its PUBs
                         if work >= _WORK_PER_LOOK:
                             now = clock()
                             if now > deadline:
