@@ -488,7 +488,12 @@ class _Outbox:
         self._error: ConnectionClosed | None = None
 
     def put(self, item: _Pub, wake: Callable[[], None]) -> None:
-        """Queue `item`, in a caller's thread; call `wake` if the sender needs waking."""
+        """Queue `item`, in a caller's thread; call `wake` if the sender needs waking.
+
+        The lock is held for a few bytecodes, and `wake` (a system call) runs after it is let
+        go: a thread that loses the GIL while holding it stalls every other one that wants it
+        until it gets the GIL back, a switch interval later.
+        """
         with self._lock:
             while self._bytes > self._limit and self._error is None:
                 self._cond.wait()
@@ -496,28 +501,29 @@ class _Outbox:
                 raise _again(self._error)
             self._items.append(item)
             self._bytes += item[2]
-            if not self._scheduled:
-                self._scheduled = True
-                wake()
+            if self._scheduled:
+                return
+            self._scheduled = True
+        wake()
 
-    def take(self) -> list[_Pub]:
-        """Everything queued, in order; in the client's thread."""
-        with self._cond:
-            batch = list(self._items)
-            self._items.clear()
+    def take(self) -> deque[_Pub]:
+        """Everything queued, in order; in the client's thread. The queue is swapped, not
+        copied, so the lock is held for as long whatever the batch's size."""
+        with self._lock:
+            batch = self._items
+            self._items = deque()
             self._scheduled = False
-            return batch
+        return batch
 
     def sent(self, size: int) -> None:
         """`size` bytes taken earlier are now the client's: let waiting callers in."""
-        with self._cond:
+        with self._lock:
             self._bytes -= size
             self._cond.notify_all()
 
     @property
     def empty(self) -> bool:
-        with self._cond:
-            return not self._items
+        return not self._items  # one read of a reference: no lock needed
 
     def close(self, error: ConnectionClosed) -> None:
         """Refuse publishes from now on (the first reason wins) and release waiting callers."""
