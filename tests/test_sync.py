@@ -29,6 +29,7 @@ from broker.errors import (
     ServerShuttingDown,
     SubscriptionClosed,
 )
+from broker.protocol import Pub, encode_frame
 from broker.stats import Statistics
 from broker.testing import BrokerThread
 
@@ -219,6 +220,38 @@ def test_many_threads_publish_at_once(broker_thread: BrokerThread, client: sync.
         assert received == {f"load.{n}": list(range(per_thread)) for n in range(threads)}
         receiver.flush()
         assert sub.pending == 0 and sub.dropped == 0
+
+
+def test_batches_of_publishes_keep_the_write_buffer_bound(
+    broker_thread: BrokerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client's thread joins a batch of encoded publishes into few appends; each still
+    # waits while more than write_buffer_size bytes are queued, as `publish` does.
+    from broker.client.client import Client
+
+    limit, frame = 300, len(encode_frame(Pub("bound", b"%04d" % 0)))
+    peaks: list[int] = []
+    append = Client._append_pub
+
+    def watched(self: Client, data: bytes) -> None:
+        waited = not self._must_wait()  # `publish` appends only below the bound
+        append(self, data)
+        peaks.append(self._pending_bytes if waited else -1)
+
+    monkeypatch.setattr(Client, "_append_pub", watched)
+    with (
+        sync.connect(broker_thread.url, name="receiver") as receiver,
+        sync.connect(broker_thread.url, write_buffer_size=limit) as client,
+    ):
+        sub = receiver.subscribe("bound")
+        receiver.flush()
+        for k in range(3000):
+            client.publish("bound", b"%04d" % k)
+        client.flush()
+        got = [int(sub.next(timeout=WAIT).payload) for _ in range(3000)]
+    assert got == list(range(3000))
+    assert -1 not in peaks and max(peaks) <= limit + frame
+    assert len(peaks) < 3000  # joined: fewer appends than publishes
 
 
 def test_several_threads_share_one_subscription(client: sync.SyncClient) -> None:
