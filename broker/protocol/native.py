@@ -410,7 +410,8 @@ PUB_TAIL_START: Final = 5
 _PADDING: Final = {3: b"\xc0\xc0", 4: b"\xc0", 5: b"", 6: b""}
 _PLAIN_PUB_START: Final = _PUB_STARTS[3]
 #: `Connection._run` outside a run, and before any PUB.
-_NO_RUN: Final[tuple[bytes, str, int, int]] = (b"", "", -1, 0)
+_NO_RUN: Final[tuple[bytes, str, int]] = (b"", "", -1)
+#: `Connection._msg_run` likewise.
 _NO_MSG_RUN: Final[tuple[bytes, int, str, int]] = (b"", -1, "", -1)
 _PLAIN_PADDING: Final = _PADDING[3]
 
@@ -747,11 +748,11 @@ class Connection:
         self._parsers = _PARSERS[our_role]
         self._sendable = _SENDABLE[our_role]
         self._their_opening: tuple[type[Any], ...] | None = _OPENING[our_role]
-        #: ``(head, subject, length, size)``: the last plain PUB's subject and frame length,
-        #: and, if the one before it was alike, its frame up to the payload (length header,
-        #: array, op, subject, bin header) and its whole size. A frame that starts with those
-        #: bytes is a PUB to the same subject with a payload of the same size (see `_decode`).
-        self._run: tuple[bytes, str, int, int] = _NO_RUN
+        #: ``(head, subject, length)``: the last plain PUB's subject and body length, and, if
+        #: the one before it was alike, its frame up to the payload (length header, array, op,
+        #: subject, bin header). A frame that starts with those bytes is a PUB to the same
+        #: subject with a payload of the same size (see `_decode`).
+        self._run: tuple[bytes, str, int] = _NO_RUN
         #: The same for a client and MSGs, ``(head, sid, subject, length)``, whose next MSG of
         #: that subscription and size repeats the head.
         self._msg_run: tuple[bytes, int, str, int] = _NO_MSG_RUN
@@ -837,7 +838,7 @@ class Connection:
         # payloads of the run being collected, if it is `out`'s last. A client keeps the same
         # of the last plain MSG. Looked for only after two alike, so that traffic whose
         # subjects or sizes keep changing costs two comparisons a frame, not a slice.
-        run_head, run_subject, run_length, run_size = self._run if forward else _NO_RUN
+        run_head, run_subject, run_length = self._run if forward else _NO_RUN
         run: list[bytes] | None = None
         msg_run_head, msg_run_sid, msg_run_subject, msg_run_length = self._msg_run
         try:
@@ -865,7 +866,7 @@ class Connection:
                         # The bytes before the payload are those of a frame that decoded to a
                         # plain PUB, so this one decodes to the same but for its payload:
                         # msgpack is not called, and no event is made for it.
-                        end = position + run_size
+                        end = position + _HEADER_SIZE + run_length
                         if end > available:
                             break
                         if run is None:
@@ -914,8 +915,8 @@ class Connection:
                                         run_subject = subject
                                     else:
                                         # A second alike: the next may repeat it but the payload.
-                                        run_size = _HEADER_SIZE + length
-                                        run_head = data[end - run_size : end - len(payload)]
+                                        start = end - _HEADER_SIZE - length
+                                        run_head = data[start : end - len(payload)]
                                 else:
                                     forward(None)
                             continue
@@ -960,7 +961,7 @@ class Connection:
                 return out
             raise
         if forward is not None:
-            self._run = (run_head, run_subject, run_length, run_size)
+            self._run = (run_head, run_subject, run_length)
         elif fast_msg:
             self._msg_run = (msg_run_head, msg_run_sid, msg_run_subject, msg_run_length)
         if position:
