@@ -423,7 +423,7 @@ class Hub:
         counters = self.counters
         at = start
         end = len(payloads)
-        messages = delivered = sent = 0
+        messages = received = delivered = sent = 0
         checked = None
         while at < end:
             match = cached_match(subject)
@@ -444,8 +444,7 @@ class Hub:
                 if max(map(len, rest)) > max_payload:
                     rest = list(itertools.takewhile(lambda p: len(p) <= max_payload, rest))
                 messages += len(rest)
-                counters.bytes_in += sum(map(len, rest))
-                origin.in_bytes += sum(map(len, rest))
+                received += sum(map(len, rest))
                 at += len(rest)
                 break
             if len(plain) > FANOUT_STEP:
@@ -457,8 +456,7 @@ class Hub:
             message: Message = (subject, payload, None, None, False)
             count, _reached = deliver(origin, plain, groups, message)
             messages += 1
-            counters.bytes_in += size
-            origin.in_bytes += size
+            received += size
             delivered += count
             sent += count * size
             at += 1
@@ -466,7 +464,9 @@ class Hub:
                 break
         table.matches += messages
         counters.messages_in += messages
+        counters.bytes_in += received
         origin.in_msgs += messages
+        origin.in_bytes += received
         counters.messages_out += delivered
         counters.bytes_out += sent
         return at, delivered
