@@ -375,18 +375,17 @@ class NativeAdapter:
         if last[0] is message:
             tail = last[1]
         else:
-            subject, payload, reply_to, headers, _retain = message
-            plain = _plain_head
             forward = _next_forward
-            if plain[0] is subject and plain[1] == len(payload) and reply_to is None is headers:
-                tail = plain[2] + payload + PLAIN_TAIL_END
-            elif forward[0] is message:
+            subject, payload, reply_to, headers, _retain = message
+            if forward[0] is message:
                 # The PUB's own bytes (see `Connection.events_and_tails`): no encoding.
                 _, body, stop, pad = forward
                 tail = body[PUB_TAIL_START:stop] + pad if pad else body[PUB_TAIL_START:stop]
             elif reply_to is None is headers:
+                plain = _plain_head
                 size = len(payload)
-                _plain_head = plain = (subject, size, plain_tail_head(subject, size))
+                if plain[0] is not subject or plain[1] != size:
+                    _plain_head = plain = (subject, size, plain_tail_head(subject, size))
                 tail = plain[2] + payload + PLAIN_TAIL_END
             else:
                 tail = encode_msg_tail(subject, payload, reply_to, headers)
