@@ -8,6 +8,7 @@ do not, and a subscriber whose socket is full still gets every message once, in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -17,6 +18,7 @@ from wire import StartServer, wire_client
 
 from broker.errors import ErrorCode
 from broker.protocol import Err, Msg, Pub, Sub, encode_frame
+from broker.server import Server
 from broker.server.outbox import (
     DIRECT_WRITE_BYTES,
     DIRECT_WRITES_PER_TURN,
@@ -259,3 +261,153 @@ async def test_a_failing_direct_write_leaves_no_writer_asleep_over_queued_frames
         outboxes[0].offer(b"h", b"t")
         assert held.outboxes == [outboxes[0]]
         nursery.cancel_scope.cancel()
+
+
+# -- a reader's turn that woke no writer goes straight back to reading ---------------------------
+
+
+def test_a_turn_records_whether_it_woke_a_writer() -> None:
+    held = HeldWakes()
+    written: list[bytes] = []
+    direct = _outbox(held)
+    _direct(direct, written)
+    direct._waiting = True  # parked, as an idle writer is
+    held.holding, held.woke = True, False
+    direct.offer(b"h", b"t")
+    held.release()
+    assert written == [b"ht"] and not held.woke  # written here: no writer to wait for
+    full = _outbox(held)
+    _direct(full, written, room=1)
+    full._waiting = True
+    held.holding, held.woke = True, False
+    full.offer(b"h", b"t")
+    held.release()
+    assert held.woke  # the socket took one byte: the writer sends the rest
+    tls = _outbox(held)  # no direct writer, as on TLS
+    tls._waiting = True
+    held.holding, held.woke = True, False
+    tls.offer(b"h", b"t")
+    assert held.woke
+
+
+def _reader_steps(transport: object) -> tuple[trio.abc.Instrument, list[int]]:
+    """An instrument counting the steps of `transport`'s reader task."""
+    steps = [0]
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            coro = task.coro
+            if (
+                getattr(coro, "cr_code", None) is not None
+                and coro.cr_code.co_name == "_read_loop"  # type: ignore[attr-defined]
+                and coro.cr_frame.f_locals.get("self") is transport  # type: ignore[attr-defined]
+            ):
+                steps[0] += 1
+
+    return Steps(), steps
+
+
+async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_step(
+    start_server: StartServer,
+) -> None:
+    # Request/reply's path: each hop was three passes of the scheduler for the reader (the
+    # read, then two checkpoints for writers it had not woken); now one.
+    with trio.fail_after(10):
+        server = await start_server()
+        async with (
+            wire_client(server.port, name="sub") as sub,
+            wire_client(server.port, name="pub") as pub,
+        ):
+            await sub.send(Sub(1, "s"))
+            await sub.flush()
+            await pub.flush()
+            (transport,) = faults.connections(server, "pub")
+            await trio.testing.wait_all_tasks_blocked()
+            instrument, steps = _reader_steps(transport)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                for number in range(20):
+                    await pub.send(Pub("s", bytes([number])))
+                    msg = await sub.expect(Msg)
+                    assert msg.payload == bytes([number])
+                    await trio.testing.wait_all_tasks_blocked()
+                await pub.send(Pub("nobody", b"x"))  # delivered nowhere: one step too
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+            assert steps[0] == 21
+
+
+async def test_a_read_that_woke_a_writer_lets_it_send_before_reading_again(
+    start_server: StartServer,
+) -> None:
+    # One subscriber more than a turn writes for: its writer is woken, and the reader takes
+    # its two checkpoints (three steps) so that writer sends before the next read.
+    with trio.fail_after(20):
+        server = await start_server()
+        async with contextlib.AsyncExitStack() as stack:
+            subs = [
+                await stack.enter_async_context(wire_client(server.port, name=f"sub{n}"))
+                for n in range(DIRECT_WRITES_PER_TURN + 1)
+            ]
+            for sub in subs:
+                await sub.send(Sub(1, "s"))
+                await sub.flush()
+            pub = await stack.enter_async_context(wire_client(server.port, name="pub"))
+            await pub.flush()
+            (transport,) = faults.connections(server, "pub")
+            await trio.testing.wait_all_tasks_blocked()
+            instrument, steps = _reader_steps(transport)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                await pub.send(Pub("s", b"x"))
+                for sub in subs:
+                    assert (await sub.expect(Msg)).payload == b"x"
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+            assert steps[0] == 3
+
+
+def test_a_partial_frame_or_operation_counts_as_pending() -> None:
+    from broker.server.native import NativeAdapter
+    from broker.server.nats import NatsAdapter
+    from broker.server.transport import Transport
+    from broker.testing.inprocess import config_for_tests
+
+    server = Server(config_for_tests())
+    hub = server.hub
+    native = NativeAdapter(hub, Transport(hub, trio.testing.MemorySendStream(), "peer", 1))
+    assert not native.pending
+    native.receive_data(encode_frame(Pub("s", b"x"))[:5])
+    assert native.pending and native.buffered == 5
+    transport = Transport(hub, trio.testing.MemorySendStream(), "peer", 2)
+    nats = NatsAdapter(hub, transport, server._nats_info, max_control_line=4096)
+    assert not nats.pending
+    nats.receive_data(b"PUB s 1\r")
+    assert nats.pending
+
+
+async def test_a_read_longer_than_a_turn_still_yields_between_its_turns(
+    start_server: StartServer,
+) -> None:
+    # PUBs nobody receives wake no writer, yet a read of more than `DECODE_PER_TURN` frames
+    # must still let the other tasks run between its turns.
+    from broker.server.native import DECODE_PER_TURN
+
+    count = 8 * DECODE_PER_TURN
+    with trio.fail_after(10):
+        server = await start_server()
+        async with wire_client(server.port, name="pub") as pub:
+            await pub.flush()
+            (transport,) = faults.connections(server, "pub")
+            await trio.testing.wait_all_tasks_blocked()
+            instrument, steps = _reader_steps(transport)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                await pub.send(*[Pub("nobody", bytes([n % 256])) for n in range(count)])
+                await pub.flush()
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+            assert server.hub.statistics().messages_in == count
+            assert steps[0] >= count // DECODE_PER_TURN

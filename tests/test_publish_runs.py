@@ -553,11 +553,14 @@ def test_a_turn_looks_at_the_clock_as_often_inside_a_run_as_between_pubs(
     monkeypatch.setattr(native, "time", Clock)
     assert publisher.process()
     assert hub.statistics().messages_in == native._WORK_PER_LOOK
+    # Its rest waits in the adapter: the reader must come back for it without reading.
+    assert publisher.pending and not publisher.buffered
     turns = 1
     while publisher.process():
         turns += 1
     assert hub.statistics().messages_in == 512
     assert turns == 512 // native._WORK_PER_LOOK
+    assert not publisher.pending
 
 
 # -- end to end, on real sockets -----------------------------------------------------------------

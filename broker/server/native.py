@@ -217,6 +217,15 @@ class NativeAdapter:
     def buffered(self) -> int:
         return self.conn.buffered
 
+    @property
+    def pending(self) -> bool:
+        fanouts = self.hub.fanouts
+        return (
+            self._deferred is not None
+            or self.conn.buffered > 0
+            or (bool(fanouts) and self in fanouts)
+        )
+
     def process(self) -> str | bool:
         fanouts = self.hub.fanouts
         if fanouts and self in fanouts and not self._continue_fanout():

@@ -99,11 +99,14 @@ class HeldWakes:
     transport's non-blocking write), and wakes the writer of any it did not empty.
     """
 
-    __slots__ = ("holding", "outboxes")
+    __slots__ = ("holding", "outboxes", "woke")
 
     def __init__(self) -> None:
         self.holding = False
         self.outboxes: list[Outbox] = []
+        #: Whether a writer was woken since the reader's turn began (`Outbox.wake` sets it):
+        #: if none was, the reader has no writer to let send before it reads again.
+        self.woke = False
 
     def release(self) -> None:
         """Stop holding; write for, or wake, every outbox that was offered to meanwhile."""
@@ -482,5 +485,6 @@ class Outbox:
 
     def wake(self) -> None:
         """Wake the writer (it looks at the outbox and the session state again)."""
+        self._held.woke = True
         self._waiting = False
         self._lot.unpark_all()

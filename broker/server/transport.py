@@ -106,6 +106,12 @@ class WireAdapter(Subscriber, Protocol):
         """Bytes received but not yet a whole frame (a frame still arriving)."""
         ...
 
+    @property
+    def pending(self) -> bool:
+        """Whether `process` may have work without another read: bytes buffered, the rest of
+        a turn that ran out of time, or a fan-out still under way."""
+        ...
+
     def error_frame(
         self, code: ErrorCode, message: str, details: dict[str, Any] | None = None
     ) -> bytes:
@@ -502,9 +508,12 @@ class Transport:
                         # usually finds nothing, and its EAGAIN and epoll registration would
                         # otherwise delay their sends. Two turns, because trio runs the tasks of
                         # one turn in random order: after the second, every writer woken above
-                        # has run.
-                        await checkpoint()
-                        await checkpoint()
+                        # has run. A turn that woke none (its deliveries, if any, all written
+                        # here) and left nothing to do goes straight back to reading, whose
+                        # receive yields to the others in any case.
+                        if self._held.woke or adapter.pending:
+                            await checkpoint()
+                            await checkpoint()
                         rest = self.rest
                         if rest:
                             # Its last turn overran (one publish that matched tens of
@@ -544,6 +553,7 @@ class Transport:
         """
         held = self._held
         held.holding = True
+        held.woke = False
         try:
             return self.adapter.process()
         finally:
