@@ -1079,3 +1079,99 @@ async def test_drain_lets_responders_finish(nursery: trio.Nursery) -> None:
             service.subscribe("work")
         await caller.flush()
         assert server.statistics().subscriptions == 1  # Only the caller's inbox.
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler steps of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_consumer_waiting_for_each_message_takes_one_step_per_message(
+    nursery: trio.Nursery,
+) -> None:
+    # Request/reply's responder: with nothing queued, `async for` and `next` go straight to
+    # waiting, which is their schedule point, instead of yielding once more before it.
+    server = await start_broker(nursery)
+    async with connect(server.url) as client, client.subscribe("s") as sub:
+        await client.flush()
+        taken: list[bytes] = []
+        consumer: list[trio.lowlevel.Task] = []
+        took = trio.Event()
+
+        async def consume() -> None:
+            consumer.append(trio.lowlevel.current_task())
+            nonlocal took
+            async for message in sub:
+                taken.append(message.payload)
+                took.set()
+                if len(taken) == 10:
+                    return
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            steps = _TaskSteps(consumer[0])
+            trio.lowlevel.add_instrument(steps)
+            try:
+                with trio.fail_after(10):
+                    for number in range(10):
+                        took = trio.Event()
+                        await client.publish("s", bytes([number]))
+                        await took.wait()
+                        await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+        assert taken == [bytes([n]) for n in range(10)]
+        assert steps.steps == 10
+
+
+async def test_a_consumer_finding_messages_queued_yields_once_per_yield_every(
+    nursery: trio.Nursery,
+) -> None:
+    from broker.client.subscription import YIELD_EVERY
+
+    server = await start_broker(nursery)
+    count = 3 * YIELD_EVERY + 5
+    async with connect(server.url) as client, client.subscribe("s") as sub:
+        for number in range(count):
+            await client.publish("s", number.to_bytes(2, "big"))
+        await client.flush()
+        assert sub.pending == count
+        steps = _TaskSteps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(steps)
+        try:
+            with trio.fail_after(10):
+                taken = [await sub.next() for _ in range(count)]
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert [int.from_bytes(m.payload, "big") for m in taken] == list(range(count))
+        # A step begins after each yield: one per YIELD_EVERY messages taken, no more.
+        assert steps.steps == count // (YIELD_EVERY + 1)
+
+
+async def test_a_cancelled_consumer_sees_it_at_its_next_call_with_messages_queued(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_broker(nursery)
+    async with connect(server.url) as client, client.subscribe("s") as sub:
+        for number in range(5):
+            await client.publish("s", bytes([number]))
+        await client.flush()
+        with trio.CancelScope() as scope:
+            assert (await sub.next()).payload == b"\x00"
+            scope.cancel()
+            await sub.next()
+            pytest.fail("a cancelled consumer took a message")  # pragma: no cover
+        assert sub.pending == 4  # nothing taken by the cancelled call
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async for _message in sub:
+                pytest.fail("a cancelled async for took a message")  # pragma: no cover
+        assert sub.pending == 4

@@ -280,10 +280,18 @@ class Subscription:
         A queued message is handed over without a trip through the scheduler (that trip cost
         more than everything else a delivery does), up to `YIELD_EVERY` in a row, so a
         consumer that keeps finding messages still lets the other tasks run regularly.
-        Cancellation is seen at every call. With nothing queued (the consumer is about to
-        wait, or to learn that the subscription ended) it is a full checkpoint, as before.
+        Cancellation is seen at every call. With nothing queued it only checks for
+        cancellation too, as the consumer is about to wait for a message and that wait yields;
+        unless the subscription has ended or failed: then it is a full checkpoint, so what
+        the client's other tasks have to report (``on_error``) runs before the end is raised.
         """
-        if self._messages and self._streak < YIELD_EVERY:
+        if not self._messages:
+            self._streak = 0
+            if self._ended or self._error is not None:
+                await self._client._scheduler_checkpoint()
+            else:
+                await self._client._cancellation_check()
+        elif self._streak < YIELD_EVERY:
             self._streak += 1
             await self._client._cancellation_check()
         else:
