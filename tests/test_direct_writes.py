@@ -263,31 +263,43 @@ async def test_a_failing_direct_write_leaves_no_writer_asleep_over_queued_frames
         nursery.cancel_scope.cancel()
 
 
-# -- a reader's turn that woke no writer goes straight back to reading ---------------------------
+# -- a reader's turn that left no writer anything to send goes straight back to reading -----------
 
 
-def test_a_turn_records_whether_it_woke_a_writer() -> None:
+def test_a_turn_records_whether_it_left_a_writer_frames_to_send() -> None:
     held = HeldWakes()
     written: list[bytes] = []
     direct = _outbox(held)
     _direct(direct, written)
     direct._waiting = True  # parked, as an idle writer is
-    held.holding, held.woke = True, False
+    held.holding, held.unsent = True, False
     direct.offer(b"h", b"t")
     held.release()
-    assert written == [b"ht"] and not held.woke  # written here: no writer to wait for
+    assert written == [b"ht"] and not held.unsent  # written here: no writer to wait for
     full = _outbox(held)
     _direct(full, written, room=1)
     full._waiting = True
-    held.holding, held.woke = True, False
+    held.holding, held.unsent = True, False
     full.offer(b"h", b"t")
     held.release()
-    assert held.woke  # the socket took one byte: the writer sends the rest
+    assert held.unsent  # the socket took one byte: the writer sends the rest
     tls = _outbox(held)  # no direct writer, as on TLS
     tls._waiting = True
-    held.holding, held.woke = True, False
+    held.holding, held.unsent = True, False
     tls.offer(b"h", b"t")
-    assert held.woke
+    assert held.unsent
+    busy = _outbox(held, max_messages=1)  # its writer is not parked: a send is under way
+    _direct(busy, written)
+    held.holding, held.unsent = True, False
+    assert busy.offer(b"h", b"t")
+    assert held.unsent and held.outboxes == []  # nothing listed: its writer will send it
+    held.holding, held.unsent = True, False
+    assert not busy.offer(b"h", b"t")  # full: its writer is behind
+    assert held.unsent
+    held.holding, held.unsent = True, False
+    busy.push_control(b"pong")
+    assert held.unsent
+    held.release()
 
 
 def _reader_steps(transport: object) -> tuple[trio.abc.Instrument, list[int]]:
@@ -411,3 +423,38 @@ async def test_a_read_longer_than_a_turn_still_yields_between_its_turns(
                 trio.lowlevel.remove_instrument(instrument)
             assert server.hub.statistics().messages_in == count
             assert steps[0] >= count // DECODE_PER_TURN
+
+
+async def test_a_read_that_queued_behind_a_busy_writer_lets_it_send_before_reading_again(
+    start_server: StartServer,
+) -> None:
+    # Under load a subscriber's writer is mostly inside a send, not parked: a delivery then
+    # wakes nobody, yet the reader must let that writer send before routing the next read,
+    # or routing runs ahead of writing (and the slow-consumer policy cuts healthy clients).
+    with trio.fail_after(10):
+        server = await start_server()
+        async with (
+            wire_client(server.port, name="sub") as sub,
+            wire_client(server.port, name="pub") as pub,
+        ):
+            await sub.send(Sub(1, "s"))
+            await sub.flush()
+            await pub.flush()
+            # A stalled writer stands for one busy sending: woken by the first delivery, it
+            # is no longer parked when the second arrives.
+            faults.stall_client(server, "sub")
+            await pub.send(Pub("s", b"1"))
+            await pub.flush()
+            (transport,) = faults.connections(server, "pub")
+            await trio.testing.wait_all_tasks_blocked()
+            instrument, steps = _reader_steps(transport)
+            trio.lowlevel.add_instrument(instrument)
+            try:
+                await pub.send(Pub("s", b"2"))
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(instrument)
+            assert steps[0] == 3
+            faults.resume_client(server, "sub")
+            assert (await sub.expect(Msg)).payload == b"1"
+            assert (await sub.expect(Msg)).payload == b"2"

@@ -99,14 +99,15 @@ class HeldWakes:
     transport's non-blocking write), and wakes the writer of any it did not empty.
     """
 
-    __slots__ = ("holding", "outboxes", "woke")
+    __slots__ = ("holding", "outboxes", "unsent")
 
     def __init__(self) -> None:
         self.holding = False
         self.outboxes: list[Outbox] = []
-        #: Whether a writer was woken since the reader's turn began (`Outbox.wake` sets it):
-        #: if none was, the reader has no writer to let send before it reads again.
-        self.woke = False
+        #: Whether the reader's turn left frames for a writer to send: it woke one, queued
+        #: behind one still sending, or found an outbox full. If not (every delivery written
+        #: at the turn's end, or none made), no writer needs to send before the next read.
+        self.unsent = False
 
     def release(self) -> None:
         """Stop holding; write for, or wake, every outbox that was offered to meanwhile."""
@@ -236,6 +237,7 @@ class Outbox:
         if self.messages and (
             self.messages >= self.max_messages or self.bytes + self.sending + size > self.max_bytes
         ):
+            self._held.unsent = True  # its writer is behind
             return False
         frames = self._frames
         frames.append(head)
@@ -244,6 +246,8 @@ class Outbox:
         self.bytes += size
         if self._waiting:
             self._wake_or_hold()
+        else:
+            self._held.unsent = True  # queued behind a write still under way
         return True
 
     def offer_replay(self, frames: Iterator[tuple[bytes, bytes]], cost: int = 0) -> None:
@@ -264,6 +268,8 @@ class Outbox:
         self.replaying += 1
         if self._waiting:
             self.wake()
+        else:
+            self._held.unsent = True
 
     @property
     def replay_room(self) -> bool:
@@ -293,6 +299,8 @@ class Outbox:
         self.control_bytes += size
         if self._waiting:
             self._wake_or_hold()
+        else:
+            self._held.unsent = True
 
     def drop_oldest(self, room: int) -> list[bytes]:
         """Discard the oldest messages until a frame of `room` bytes fits; return their heads."""
@@ -485,6 +493,6 @@ class Outbox:
 
     def wake(self) -> None:
         """Wake the writer (it looks at the outbox and the session state again)."""
-        self._held.woke = True
+        self._held.unsent = True
         self._waiting = False
         self._lot.unpark_all()

@@ -508,10 +508,10 @@ class Transport:
                         # usually finds nothing, and its EAGAIN and epoll registration would
                         # otherwise delay their sends. Two turns, because trio runs the tasks of
                         # one turn in random order: after the second, every writer woken above
-                        # has run. A turn that woke none (its deliveries, if any, all written
-                        # here) and left nothing to do goes straight back to reading, whose
-                        # receive yields to the others in any case.
-                        if self._held.woke or adapter.pending:
+                        # has run. A turn that left no writer anything to send (its deliveries,
+                        # if any, all written here) and itself nothing to do goes straight back
+                        # to reading, whose receive yields to the others in any case.
+                        if self._held.unsent or adapter.pending:
                             await checkpoint()
                             await checkpoint()
                         rest = self.rest
@@ -553,7 +553,7 @@ class Transport:
         """
         held = self._held
         held.holding = True
-        held.woke = False
+        held.unsent = False
         try:
             return self.adapter.process()
         finally:
