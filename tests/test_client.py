@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import socket
 import tracemalloc
 from collections.abc import Awaitable, Callable
@@ -1175,3 +1176,12 @@ async def test_a_cancelled_consumer_sees_it_at_its_next_call_with_messages_queue
             async for _message in sub:
                 pytest.fail("a cancelled async for took a message")  # pragma: no cover
         assert sub.pending == 4
+        # With nothing queued it does not wait first: the cancellation is raised at once.
+        assert len(await take(sub, 4)) == 4
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await sub.next(timeout=math.inf)
+            pytest.fail("a cancelled consumer waited")  # pragma: no cover
+        assert scope.cancelled_caught
+        await client.publish("s", b"later")
+        assert (await sub.next()).payload == b"later"  # the cancelled call took nothing
