@@ -1,13 +1,16 @@
-"""CPU instructions a Python client spends per publish and per delivery, counted by callgrind.
+"""CPU instructions a Python client spends per message and per request, counted by callgrind.
 
 The rates of `benchmarks/clients.py` move with whatever else the machine runs; an instruction
 count does not. This runs one client process of `clients.py` under ``valgrind --tool=callgrind``
 (the server and the other side run natively), twice with different message counts, and divides
 the difference in instructions by the difference in messages, so start-up and the handshake
-cancel out. Our clients run against `broker serve`, nats-py against nats-server.
+cancel out. Our clients run against `broker serve`, nats-py against nats-server. The roles:
+``pub`` (per publish), ``sub`` (per delivery), ``req`` (the requester, per sequential request)
+and ``rep`` (the responder, per request answered).
 
-    python benchmarks/client_instructions.py                       # every client, both roles
+    python benchmarks/client_instructions.py                       # every client, pub and sub
     python benchmarks/client_instructions.py --clients trio,nats --roles pub
+    python benchmarks/client_instructions.py --roles req,rep --small 1000 --large 4000
 
 Needs valgrind on PATH, and the peers for nats (see clients.py).
 """
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +32,9 @@ sys.path.insert(0, str(HERE))
 
 import clients  # noqa: E402  (the sibling benchmark, whose workers this runs)
 
-ROLES = ("pub", "sub")
+ROLES = ("pub", "sub", "req", "rep")
+#: What one unit of each role is.
+UNITS = {"pub": "publish", "sub": "delivery", "req": "request", "rep": "request answered"}
 
 
 def _worker(kind: str, role: str, url: str, count: int, out: str | None) -> subprocess.Popen[str]:
@@ -69,6 +75,20 @@ def count(kind: str, role: str, url: str, messages: int) -> int:
             _expect(measured, "ready")
             _go(measured)
             _expect(measured, "done")
+        elif role == "req":
+            other = _worker(kind, "rep", url, 0, None)
+            _expect(other, "ready")
+            _expect(measured, "ready")
+            _go(measured)
+            _expect(measured, "done")
+        elif role == "rep":
+            _expect(measured, "ready")
+            other = _worker(kind, "req", url, messages, None)
+            _expect(other, "ready")
+            _go(other)
+            _expect(other, "done")
+            # A responder answers until stopped: interrupted, it exits and callgrind reports.
+            measured.send_signal(signal.SIGINT)
         else:
             _expect(measured, "ready")
             other = _worker(kind, "pub", url, messages, None)
@@ -97,7 +117,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default=",".join(clients.CLIENTS))
-    parser.add_argument("--roles", default=",".join(ROLES))
+    parser.add_argument("--roles", default="pub,sub", help=f"any of {','.join(ROLES)}")
     parser.add_argument("--small", type=int, default=5_000)
     parser.add_argument("--large", type=int, default=25_000)
     args = parser.parse_args()
@@ -117,8 +137,10 @@ def main() -> None:
                 small = count(kind, role, urls[kind], args.small)
                 large = count(kind, role, urls[kind], args.large)
                 per = (large - small) / (args.large - args.small)
-                what = "publish" if role == "pub" else "delivery"
-                print(f"{clients.LABELS[kind]}: {per:,.0f} instructions per {what}", flush=True)
+                print(
+                    f"{clients.LABELS[kind]}: {per:,.0f} instructions per {UNITS[role]}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
