@@ -172,3 +172,29 @@ def test_closing_does_not_wait_for_a_peer_that_stopped_reading() -> None:
             other.close()
 
     run(main)
+
+
+def test_send_now_hands_bytes_over_in_order_and_nothing_when_it_cannot() -> None:
+    async def main() -> None:
+        async with peer() as (stream, accepted):
+            other = await accepted.get()
+            loop = asyncio.get_running_loop()
+            assert stream.send_now(b"one,") == 4
+            await stream.send(b"two,")
+            assert stream.send_now(b"three") == 5
+            received = b""
+            while len(received) < 13:
+                received += await loop.sock_recv(other, 64)
+            assert received == b"one,two,three"
+            # Over the transport's high-water mark (the peer stopped reading): not taken, so
+            # the caller leaves it to the writer, which waits.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    while True:
+                        await stream.send(b"z" * 65536)
+            assert stream._protocol.write_waiter is not None
+            assert stream.send_now(b"late") == 0
+            other.close()
+        assert stream.send_now(b"closed") == 0
+
+    run(main)

@@ -68,7 +68,7 @@ from ..protocol import (
 )
 from .limits import info_float
 from .options import ClientOptions, KiB
-from .streams import connect_tcp
+from .streams import AsyncioSocketStream, connect_tcp
 
 if TYPE_CHECKING:
     from .client import Client
@@ -467,8 +467,11 @@ class _Supervisor:
         client = self._client
         stream = link.stream
         send_now: Callable[[bytes], int] | None = None
-        if self._tls is None and running_trio():
-            # Under asyncio the raw socket is asyncio's, behind a transport with its own buffer.
+        if isinstance(stream, AsyncioSocketStream):
+            # Under asyncio the raw socket is asyncio's, behind a transport with its own
+            # buffer: written through that transport, in order with the writer's sends.
+            send_now = stream.send_now
+        elif self._tls is None and running_trio():
             raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
             send_now = None if raw is None else raw.send
         try:

@@ -155,6 +155,17 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
             if protocol.lost:
                 raise anyio.BrokenResourceError from protocol.error
 
+    def send_now(self, item: bytes) -> int:
+        """Hand `item` to the transport without waiting: for the task that makes a request or
+        an answer while the client's writer is idle. Returns the bytes taken: all of them (the
+        transport writes at once and buffers any rest), or none once the connection is closed
+        or lost, or while the transport is over its high-water mark."""
+        protocol = self._protocol
+        if self._closed or protocol.lost or protocol.write_waiter is not None:
+            return 0
+        self._transport.write(item)
+        return len(item)
+
     async def send_eof(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
