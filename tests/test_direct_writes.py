@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -302,8 +303,9 @@ def test_a_turn_records_whether_it_left_a_writer_frames_to_send() -> None:
     held.release()
 
 
-def _reader_steps(transport: object) -> tuple[trio.abc.Instrument, list[int]]:
-    """An instrument counting the steps of `transport`'s reader task."""
+@contextlib.contextmanager
+def _reader_steps(transport: object) -> Iterator[list[int]]:
+    """While in the block, count the steps of `transport`'s reader task (in the one item)."""
     steps = [0]
 
     class Steps(trio.abc.Instrument):
@@ -316,7 +318,12 @@ def _reader_steps(transport: object) -> tuple[trio.abc.Instrument, list[int]]:
             ):
                 steps[0] += 1
 
-    return Steps(), steps
+    instrument = Steps()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        yield steps
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
 
 
 async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_step(
@@ -335,9 +342,7 @@ async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_ste
             await pub.flush()
             (transport,) = faults.connections(server, "pub")
             await trio.testing.wait_all_tasks_blocked()
-            instrument, steps = _reader_steps(transport)
-            trio.lowlevel.add_instrument(instrument)
-            try:
+            with _reader_steps(transport) as steps:
                 for number in range(20):
                     await pub.send(Pub("s", bytes([number])))
                     msg = await sub.expect(Msg)
@@ -345,8 +350,6 @@ async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_ste
                     await trio.testing.wait_all_tasks_blocked()
                 await pub.send(Pub("nobody", b"x"))  # delivered nowhere: one step too
                 await trio.testing.wait_all_tasks_blocked()
-            finally:
-                trio.lowlevel.remove_instrument(instrument)
             assert steps[0] == 21
 
 
@@ -369,15 +372,11 @@ async def test_a_read_that_woke_a_writer_lets_it_send_before_reading_again(
             await pub.flush()
             (transport,) = faults.connections(server, "pub")
             await trio.testing.wait_all_tasks_blocked()
-            instrument, steps = _reader_steps(transport)
-            trio.lowlevel.add_instrument(instrument)
-            try:
+            with _reader_steps(transport) as steps:
                 await pub.send(Pub("s", b"x"))
                 for sub in subs:
                     assert (await sub.expect(Msg)).payload == b"x"
                 await trio.testing.wait_all_tasks_blocked()
-            finally:
-                trio.lowlevel.remove_instrument(instrument)
             assert steps[0] == 3
 
 
@@ -414,13 +413,9 @@ async def test_a_read_longer_than_a_turn_still_yields_between_its_turns(
             await pub.flush()
             (transport,) = faults.connections(server, "pub")
             await trio.testing.wait_all_tasks_blocked()
-            instrument, steps = _reader_steps(transport)
-            trio.lowlevel.add_instrument(instrument)
-            try:
+            with _reader_steps(transport) as steps:
                 await pub.send(*[Pub("nobody", bytes([n % 256])) for n in range(count)])
                 await pub.flush()
-            finally:
-                trio.lowlevel.remove_instrument(instrument)
             assert server.hub.statistics().messages_in == count
             assert steps[0] >= count // DECODE_PER_TURN
 
@@ -447,13 +442,9 @@ async def test_a_read_that_queued_behind_a_busy_writer_lets_it_send_before_readi
             await pub.flush()
             (transport,) = faults.connections(server, "pub")
             await trio.testing.wait_all_tasks_blocked()
-            instrument, steps = _reader_steps(transport)
-            trio.lowlevel.add_instrument(instrument)
-            try:
+            with _reader_steps(transport) as steps:
                 await pub.send(Pub("s", b"2"))
                 await trio.testing.wait_all_tasks_blocked()
-            finally:
-                trio.lowlevel.remove_instrument(instrument)
             assert steps[0] == 3
             faults.resume_client(server, "sub")
             assert (await sub.expect(Msg)).payload == b"1"

@@ -106,6 +106,13 @@ def continue_fanout(hub: Hub, origin: Subscriber) -> bool:
     return True
 
 
+def work_left(hub: Hub, origin: Subscriber, deferred: object, buffered: int) -> bool:
+    """`WireAdapter.pending` for every wire's adapter: the rest of a turn kept (`deferred`),
+    bytes received and not yet taken (`buffered`), or `origin`'s fan-out still under way."""
+    fanouts = hub.fanouts
+    return deferred is not None or buffered > 0 or (bool(fanouts) and origin in fanouts)
+
+
 def rest_after_overrun(transport: Transport, by: float, work: int) -> None:
     """A turn took `by` seconds past its budget: past `OVERRUN_REST`, the reader rests.
 
@@ -219,12 +226,7 @@ class NativeAdapter:
 
     @property
     def pending(self) -> bool:
-        fanouts = self.hub.fanouts
-        return (
-            self._deferred is not None
-            or self.conn.buffered > 0
-            or (bool(fanouts) and self in fanouts)
-        )
+        return work_left(self.hub, self, self._deferred, self.conn.buffered)
 
     def process(self) -> str | bool:
         fanouts = self.hub.fanouts

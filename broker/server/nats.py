@@ -54,6 +54,7 @@ from .native import (
     TURN_SECONDS,
     continue_fanout,
     rest_after_overrun,
+    work_left,
 )
 from .outbox import replay_cost
 from .transport import DEFERRED, Transport
@@ -285,12 +286,7 @@ class NatsAdapter:
 
     @property
     def pending(self) -> bool:
-        fanouts = self.hub.fanouts
-        return (
-            self._deferred is not None
-            or self.conn.buffered > 0
-            or (bool(fanouts) and self in fanouts)
-        )
+        return work_left(self.hub, self, self._deferred, self.conn.buffered)
 
     def process(self) -> str | bool:
         fanouts = self.hub.fanouts
