@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Signal", "loop_checkpoints", "running_trio", "single_leaf"]
+__all__ = ["Signal", "loop_checkpoints", "running_trio", "single_leaf", "trio_if_running"]
 
 
 class Signal:
@@ -46,14 +47,20 @@ def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | Non
 
 def running_trio() -> bool:
     """Whether this task runs under Trio (rather than asyncio), asked without sniffio."""
+    return trio_if_running() is not None
+
+
+def trio_if_running() -> ModuleType | None:
+    """The `trio` module if this task runs under Trio, else None; found without importing
+    Trio (an asyncio program need not load it) and without sniffio."""
     trio = sys.modules.get("trio")
     if trio is None:
-        return False
+        return None
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
-        return False
-    return True
+        return None
+    return trio
 
 
 def loop_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
@@ -63,8 +70,8 @@ def loop_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awai
     check itself on a path taken once per delivered message: on asyncio, a quarter of a
     subscriber's time. Under Trio these are Trio's own functions.
     """
-    if running_trio():
-        trio = sys.modules["trio"]
+    trio = trio_if_running()
+    if trio is not None:
         return trio.lowlevel.checkpoint_if_cancelled, trio.lowlevel.checkpoint
     try:
         # anyio's own lookup, made once; private, so anything unexpected falls back to the

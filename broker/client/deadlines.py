@@ -25,15 +25,14 @@ there waits forever. This module is the async side's.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import ModuleType
 
 import anyio
 
 from .._checks import check_timeout
-from .._concurrency import running_trio
+from .._concurrency import trio_if_running
 
 __all__ = ["deadline", "expired", "own_limit"]
 
@@ -47,12 +46,17 @@ def own_limit(timeout: float | None, default: float) -> float:
     Raises:
         ValueError: `timeout` is neither None nor a number of seconds >= 0.
     """
+    return _own_limit(timeout, default, trio_if_running())
+
+
+def _own_limit(timeout: float | None, default: float, trio: ModuleType | None) -> float:
+    """`own_limit`, with the `trio` module if the caller runs under Trio (else None)."""
     check_timeout(timeout)
     if timeout is None:
-        if running_trio():
-            effective = sys.modules["trio"].current_effective_deadline()
-        else:
+        if trio is None:
             effective = anyio.current_effective_deadline()
+        else:
+            effective = trio.current_effective_deadline()
         return default if effective == math.inf else math.inf
     return float(timeout)
 
@@ -73,18 +77,15 @@ def deadline(timeout: float | None, default: float, missed: Callable[[], str]) -
         ValueError: As `own_limit`.
     """
     defaulted = timeout is None
-    limit = own_limit(timeout, default)
+    trio = trio_if_running()
+    limit = _own_limit(timeout, default, trio)
     if limit == math.inf:
         yield
         return
     # Under Trio, Trio's own scope (the client does not import Trio itself): anyio's wraps one
     # and finds the backend on every call, which made a request's bound cost twice as much,
     # all of it latency (it is entered before the request goes out, left after the reply).
-    scope: Any
-    if running_trio():
-        scope = sys.modules["trio"].move_on_after(limit)
-    else:
-        scope = anyio.move_on_after(limit)
+    scope = anyio.move_on_after(limit) if trio is None else trio.move_on_after(limit)
     with scope:
         yield
     if scope.cancelled_caught:
