@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
 import trio.testing
-from wire import StartServer, wire_client
+from wire import StartServer, WireClient, wire_client
 
 from broker.errors import ErrorCode
 from broker.protocol import Err, Msg, Pub, Sub, encode_frame
@@ -303,9 +303,12 @@ def test_a_turn_records_whether_it_left_a_writer_frames_to_send() -> None:
     held.release()
 
 
-@contextlib.contextmanager
-def _reader_steps(transport: object) -> Iterator[list[int]]:
-    """While in the block, count the steps of `transport`'s reader task (in the one item)."""
+@contextlib.asynccontextmanager
+async def _reader_steps(server: Server, name: str) -> AsyncIterator[list[int]]:
+    """Once every task is blocked, count the steps of client `name`'s reader task while in the
+    block (in the one item)."""
+    (transport,) = faults.connections(server, name)
+    await trio.testing.wait_all_tasks_blocked()
     steps = [0]
 
     class Steps(trio.abc.Instrument):
@@ -326,6 +329,19 @@ def _reader_steps(transport: object) -> Iterator[list[int]]:
         trio.lowlevel.remove_instrument(instrument)
 
 
+@contextlib.asynccontextmanager
+async def _subscribed_pair(server: Server) -> AsyncIterator[tuple[WireClient, WireClient]]:
+    """Clients ``sub`` (subscribed to ``s``) and ``pub``, both handshaken and flushed."""
+    async with (
+        wire_client(server.port, name="sub") as sub,
+        wire_client(server.port, name="pub") as pub,
+    ):
+        await sub.send(Sub(1, "s"))
+        await sub.flush()
+        await pub.flush()
+        yield sub, pub
+
+
 async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_step(
     start_server: StartServer,
 ) -> None:
@@ -333,16 +349,8 @@ async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_ste
     # read, then two checkpoints for writers it had not woken); now one.
     with trio.fail_after(10):
         server = await start_server()
-        async with (
-            wire_client(server.port, name="sub") as sub,
-            wire_client(server.port, name="pub") as pub,
-        ):
-            await sub.send(Sub(1, "s"))
-            await sub.flush()
-            await pub.flush()
-            (transport,) = faults.connections(server, "pub")
-            await trio.testing.wait_all_tasks_blocked()
-            with _reader_steps(transport) as steps:
+        async with _subscribed_pair(server) as (sub, pub):
+            async with _reader_steps(server, "pub") as steps:
                 for number in range(20):
                     await pub.send(Pub("s", bytes([number])))
                     msg = await sub.expect(Msg)
@@ -370,9 +378,7 @@ async def test_a_read_that_woke_a_writer_lets_it_send_before_reading_again(
                 await sub.flush()
             pub = await stack.enter_async_context(wire_client(server.port, name="pub"))
             await pub.flush()
-            (transport,) = faults.connections(server, "pub")
-            await trio.testing.wait_all_tasks_blocked()
-            with _reader_steps(transport) as steps:
+            async with _reader_steps(server, "pub") as steps:
                 await pub.send(Pub("s", b"x"))
                 for sub in subs:
                     assert (await sub.expect(Msg)).payload == b"x"
@@ -411,9 +417,7 @@ async def test_a_read_longer_than_a_turn_still_yields_between_its_turns(
         server = await start_server()
         async with wire_client(server.port, name="pub") as pub:
             await pub.flush()
-            (transport,) = faults.connections(server, "pub")
-            await trio.testing.wait_all_tasks_blocked()
-            with _reader_steps(transport) as steps:
+            async with _reader_steps(server, "pub") as steps:
                 await pub.send(*[Pub("nobody", bytes([n % 256])) for n in range(count)])
                 await pub.flush()
             assert server.hub.statistics().messages_in == count
@@ -428,21 +432,13 @@ async def test_a_read_that_queued_behind_a_busy_writer_lets_it_send_before_readi
     # or routing runs ahead of writing (and the slow-consumer policy cuts healthy clients).
     with trio.fail_after(10):
         server = await start_server()
-        async with (
-            wire_client(server.port, name="sub") as sub,
-            wire_client(server.port, name="pub") as pub,
-        ):
-            await sub.send(Sub(1, "s"))
-            await sub.flush()
-            await pub.flush()
+        async with _subscribed_pair(server) as (sub, pub):
             # A stalled writer stands for one busy sending: woken by the first delivery, it
             # is no longer parked when the second arrives.
             faults.stall_client(server, "sub")
             await pub.send(Pub("s", b"1"))
             await pub.flush()
-            (transport,) = faults.connections(server, "pub")
-            await trio.testing.wait_all_tasks_blocked()
-            with _reader_steps(transport) as steps:
+            async with _reader_steps(server, "pub") as steps:
                 await pub.send(Pub("s", b"2"))
                 await trio.testing.wait_all_tasks_blocked()
             assert steps[0] == 3
