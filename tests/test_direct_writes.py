@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
+from typing import Any
 
 import pytest
 import trio
@@ -20,6 +23,7 @@ from wire import StartServer, WireClient, wire_client
 from broker.errors import ErrorCode
 from broker.protocol import Err, Msg, Pub, Sub, encode_frame
 from broker.server import Server
+from broker.server.native import NativeAdapter
 from broker.server.outbox import (
     DIRECT_WRITE_BYTES,
     DIRECT_WRITES_PER_TURN,
@@ -359,6 +363,51 @@ async def test_a_read_whose_deliveries_were_all_written_costs_its_reader_one_ste
                 await pub.send(Pub("nobody", b"x"))  # delivered nowhere: one step too
                 await trio.testing.wait_all_tasks_blocked()
             assert steps[0] == 21
+
+
+@contextlib.contextmanager
+def _calls_of(function: Callable[..., Any]) -> Iterator[list[int]]:
+    """Count the calls of `function` made in the block (in the one item)."""
+    code = function.__code__
+    calls = [0]
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is code:
+            calls[0] += 1
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield calls
+    finally:
+        sys.setprofile(previous)
+
+
+async def test_a_read_decoded_whole_costs_one_turn_of_its_adapter(
+    start_server: StartServer,
+) -> None:
+    # After a turn that left nothing buffered, the reader reads again at once; it used to take
+    # another turn first, which decoded nothing (and cost a tenth of a hop's instructions).
+    with trio.fail_after(10):
+        server = await start_server()
+        async with _subscribed_pair(server) as (sub, pub):
+            await trio.testing.wait_all_tasks_blocked()
+            with _calls_of(NativeAdapter.process) as turns:
+                for number in range(20):
+                    await pub.send(Pub("s", bytes([number])))
+                    msg = await sub.expect(Msg)
+                    assert msg.payload == bytes([number])
+                    await trio.testing.wait_all_tasks_blocked()
+            assert turns[0] == 20
+            # Half a frame is a turn that finds nothing, then one more when the rest comes.
+            frame = encode_frame(Pub("s", b"late"))
+            with _calls_of(NativeAdapter.process) as turns:
+                await pub.send_raw(frame[:3])
+                await trio.testing.wait_all_tasks_blocked()
+                await pub.send_raw(frame[3:])
+                assert (await sub.expect(Msg)).payload == b"late"
+                await trio.testing.wait_all_tasks_blocked()
+            assert turns[0] == 2
 
 
 async def test_a_read_that_woke_a_writer_lets_it_send_before_reading_again(

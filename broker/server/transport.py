@@ -511,7 +511,8 @@ class Transport:
                         # has run. A turn that left no writer anything to send (its deliveries,
                         # if any, all written here) and itself nothing to do goes straight back
                         # to reading, whose receive yields to the others in any case.
-                        if self._held.unsent or adapter.pending:
+                        more = adapter.pending
+                        if self._held.unsent or more:
                             await checkpoint()
                             await checkpoint()
                         rest = self.rest
@@ -521,7 +522,10 @@ class Transport:
                             # as it took, so every other client gets at least as much time.
                             self.rest = 0.0
                             await trio.sleep(rest)
-                        continue
+                        if more:
+                            continue
+                        # Nothing left to decode: read now rather than take a turn that
+                        # would find nothing (only this task adds to what the adapter holds).
                     if adapter.closed:
                         break
                     if partial_since is None:
