@@ -33,6 +33,7 @@ from ..peerlog import PeerLog
 from ..permissions import ClientPermissions
 from ..protocol.errors import RemoteProtocolError
 from .outbox import Outbox, held_wakes
+from .receive import socket_receive
 from .security import AUTH_FAILED_MESSAGE, authenticate, recheck
 from .tls import batched_receive, tls_handshake
 
@@ -470,7 +471,8 @@ class Transport:
         otherwise hold a connection slot, and up to a frame of buffer, forever.
         """
         adapter = self.adapter
-        receive = batched_receive(self.stream) or self.stream.receive_some
+        stream = self.stream
+        receive = batched_receive(stream) or socket_receive(stream) or stream.receive_some
         checkpoint = trio.lowlevel.checkpoint
         frame_timeout = self.hub.config.frame_timeout
         #: When the bytes now buffered began to arrive (None: nothing is buffered). Bytes may be
