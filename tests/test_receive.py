@@ -1,4 +1,6 @@
-"""The reader's lean receive on plain TCP (`broker.server.receive.socket_receive`).
+"""The lean receive of a plain TCP socket's reader under Trio (`broker._receive`): the
+broker's (`broker.server.receive.socket_receive`) and the Trio client's
+(`broker.client.streams.trio_receive`).
 
 On real loopback sockets: what it returns, that it keeps trio's checkpoint and cancellation
 guarantees and tells closed from broken, and that after a read that emptied the socket it waits
@@ -7,18 +9,24 @@ before reading rather than failing a read with EAGAIN first.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import pytest
 import trio
 import trio.testing
 import trustme
 
-from broker.server import receive as receive_module
+from broker import _receive as receive_module
+from broker.client import connect
+from broker.client.streams import trio_receive
+from broker.config import Config
+from broker.server import Server
 from broker.server.receive import socket_receive
 
 Receive = Callable[[int], Awaitable[bytes]]
@@ -200,3 +208,49 @@ async def test_a_connection_reset_by_the_peer_raises_broken(
         await peer.aclose()
         with pytest.raises(trio.BrokenResourceError):
             await receive(10)
+
+
+def test_the_client_keeps_anyios_receive_under_asyncio() -> None:
+    # Only Trio has the lean receive; the asyncio client has its own stream.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        async def main() -> None:
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+            assert trio_receive(stream) is None
+            await stream.aclose()
+
+        asyncio.run(main())
+
+
+async def test_the_trio_client_reads_each_reply_in_one_read_without_eagain(
+    nursery: trio.Nursery, reads: list[str]
+) -> None:
+    # The broker's readers and, under Trio, the client's all read through lean_receive: a
+    # request is four reads (the broker's of the request, the responder's, the broker's of the
+    # answer, the requester's) and, with every reader waiting first, no read that fails.
+    server: Server = await nursery.start(Server(Config(hosts=("127.0.0.1",), port=0)).serve)
+    async with connect(server.url) as service, connect(server.url) as caller:
+        stream = caller._link.stream  # type: ignore[union-attr]
+        assert trio_receive(stream) is not None
+
+        async def respond() -> None:
+            async with service.subscribe("echo") as sub:
+                async for msg in sub:
+                    await msg.respond(msg.payload)
+
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(respond)
+            await trio.testing.wait_all_tasks_blocked()
+            await service.flush()
+            with trio.fail_after(5):
+                await caller.request("echo", b"warm")  # also sends the inbox's SUB
+                await trio.testing.wait_all_tasks_blocked()
+                reads.clear()
+                for number in range(10):
+                    assert (await caller.request("echo", bytes([number]))).payload == bytes(
+                        [number]
+                    )
+                    await trio.testing.wait_all_tasks_blocked()
+            assert reads == ["data"] * 40
+            tasks.cancel_scope.cancel()

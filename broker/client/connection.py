@@ -68,7 +68,7 @@ from ..protocol import (
 )
 from .limits import info_float
 from .options import ClientOptions, KiB
-from .streams import AsyncioSocketStream, connect_tcp
+from .streams import AsyncioSocketStream, connect_tcp, trio_receive
 
 if TYPE_CHECKING:
     from .client import Client
@@ -401,7 +401,7 @@ class _Supervisor:
 
     async def _read_loop(self, link: _Link) -> None:
         conn = link.conn
-        receive = link.stream.receive
+        receive = trio_receive(link.stream) or link.stream.receive
         data = b"-"
         while True:
             try:

@@ -7,7 +7,8 @@ pure cost. `connect_tcp` opens the connection with asyncio's own ``create_connec
 protocol that buffers what arrives, up to `READ_HIGH_WATER` bytes (then the transport pauses,
 so a reader that falls behind is still bounded), and wakes the one reader. Under Trio, and
 for TLS, the client keeps anyio's streams: Trio's stream has no such cost, and TLS stays with
-anyio's well-tried handshake.
+anyio's well-tried handshake. Under Trio, over plain TCP, the reader receives through
+`trio_receive` (`broker._receive.lean_receive`) rather than anyio's and Trio's layers.
 
 The stream speaks anyio's `ByteStream` vocabulary: ``EndOfStream`` after the peer's FIN,
 ``BrokenResourceError`` when the connection failed, ``ClosedResourceError`` after our own
@@ -18,14 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, final
 
 import anyio
 import anyio.abc
 
-__all__ = ["HAPPY_EYEBALLS_DELAY", "READ_HIGH_WATER", "AsyncioSocketStream", "connect_tcp"]
+from .._concurrency import running_trio
+from .._receive import lean_receive
+
+__all__ = [
+    "HAPPY_EYEBALLS_DELAY",
+    "READ_HIGH_WATER",
+    "AsyncioSocketStream",
+    "connect_tcp",
+    "trio_receive",
+]
 
 #: Seconds before trying a host's next address while one still connects (anyio's value).
 HAPPY_EYEBALLS_DELAY: Final = 0.25
@@ -210,3 +222,18 @@ async def connect_tcp(host: str, port: int) -> AsyncioSocketStream:
     )
     assert isinstance(transport, asyncio.Transport)
     return AsyncioSocketStream(transport, protocol)
+
+
+def trio_receive(stream: anyio.abc.ByteStream) -> Callable[[int], Awaitable[bytes]] | None:
+    """Under Trio, for anyio's plain TCP stream on POSIX, a receive for its one reader.
+
+    None otherwise (TLS, asyncio, another platform): use the stream's ``receive``. b"" is EOF
+    (where anyio's ``receive`` raises ``EndOfStream``); failures raise anyio's
+    ``ClosedResourceError`` and ``BrokenResourceError``, as the stream's own do.
+    """
+    if os.name != "posix" or not isinstance(stream, anyio.abc.SocketStream) or not running_trio():
+        return None
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if raw is None:
+        return None
+    return lean_receive(raw, closed=anyio.ClosedResourceError, broken=anyio.BrokenResourceError)
