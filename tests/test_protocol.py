@@ -35,6 +35,7 @@ from broker.protocol import (
     msg_head,
     msg_prefix,
 )
+from broker.protocol.native import PUB_PREFIX_MEMO_SIZE
 
 
 def frame(value: Any) -> bytes:
@@ -398,3 +399,39 @@ def test_encoder_checks_like_send_but_needs_no_handshake() -> None:
     with pytest.raises(LocalProtocolError) as info:
         encoder.send(Pub("a", b"x" * 100))
     assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(min_size=1, max_size=300),
+    size=st.sampled_from([0, 1, 31, 32, 255, 256, 257, 65535, 65536, 65537]),
+)
+def test_a_plain_pub_is_the_bytes_msgpack_packs(subject: str, size: int) -> None:
+    # `Encoder.pub` joins a plain PUB from parts it keeps per subject; the frame must be what
+    # packing the whole array gives, at every str and bin header size.
+    encoder = Encoder(Role.CLIENT, max_frame=1 << 20)
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    expected = frame(["PUB", subject, payload])
+    assert encoder.pub(subject, payload) == expected
+    assert encoder.pub(subject, payload) == expected  # from the kept prefix
+    assert encoder.send(Pub(subject, payload)) == expected
+
+
+def test_a_plain_pub_is_checked_against_max_frame_at_the_edge() -> None:
+    body = len(msgpack.packb(["PUB", "a", b"x" * 40]))
+    encoder = Encoder(Role.CLIENT, max_frame=body)
+    assert encoder.pub("a", b"x" * 40) == frame(["PUB", "a", b"x" * 40])
+    with pytest.raises(LocalProtocolError) as info:
+        encoder.pub("a", b"x" * 41)
+    assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+    assert f"frame of {body + 1} bytes" in info.value.message
+
+
+def test_an_encoder_keeps_at_most_pub_prefix_memo_size_subjects() -> None:
+    encoder = Encoder(Role.CLIENT)
+    for number in range(PUB_PREFIX_MEMO_SIZE):  # the edge
+        encoder.pub(f"s.{number}", b"x")
+    assert len(encoder._pub_prefixes) == PUB_PREFIX_MEMO_SIZE
+    encoder.pub("one.past", b"x")  # one past it: starts again
+    assert list(encoder._pub_prefixes) == ["one.past"]
+    assert encoder.pub("s.0", b"y") == frame(["PUB", "s.0", b"y"])

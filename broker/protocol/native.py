@@ -31,6 +31,7 @@ __all__ = [
     "NEED_DATA",
     "PLAIN_TAIL_END",
     "PROTOCOL_VERSION",
+    "PUB_PREFIX_MEMO_SIZE",
     "PUB_TAIL_START",
     "Connection",
     "Encoder",
@@ -78,6 +79,10 @@ _unpack_header = _HEADER.unpack_from
 # the packing itself for small frames. Sharing it across threads is safe: with no `default` hook,
 # pack() runs start to end under the GIL.
 _packb: Callable[[object], bytes] = msgpack.Packer().pack
+#: msgpack's bin headers for payloads shorter than 256 bytes, by length (bin 8).
+_BIN8_HEADERS: Final = tuple(bytes((0xC4, size)) for size in range(256))
+#: Subjects whose PUB prefix an `Encoder` keeps at most; past that it starts again.
+PUB_PREFIX_MEMO_SIZE: Final = 1024
 
 
 #: Codes after which the server closes the connection (`ErrorCode.fatal`). The others leave it open.
@@ -678,6 +683,8 @@ class Encoder:
     def __init__(self, role: Role, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.role = role
         self.max_frame = max_frame
+        #: A plain PUB's encoding up to its payload, by subject (`PUB_PREFIX_MEMO_SIZE`).
+        self._pub_prefixes: dict[str, bytes] = {}
 
     def send(self, event: Event) -> bytes:
         """Encode one event as a frame; `LocalProtocolError` if it breaks the contract."""
@@ -704,6 +711,30 @@ class Encoder:
         """
         if self.role is not Role.CLIENT:
             raise LocalProtocolError(ErrorCode.BAD_FRAME, "a server cannot send Pub")
+        if reply_to is None and headers is None and not retain:
+            # A plain publish, the commonest frame: the array's head, "PUB" and the subject are
+            # the same for every publish to a subject, so they are packed once and kept, and
+            # the frame is joined from parts, the payload copied once (msgpack's output is
+            # the same bytes: `tests/test_protocol_native.py`).
+            prefix = self._pub_prefixes.get(subject)
+            if prefix is None:
+                prefix = self._pub_prefix(subject)
+            size = len(payload)
+            if size < 256:
+                length = len(prefix) + 2 + size
+                bin_header = _BIN8_HEADERS[size]
+            elif size < 0x10000:
+                length = len(prefix) + 3 + size
+                bin_header = b"\xc5" + size.to_bytes(2, "big")
+            else:
+                length = len(prefix) + 5 + size
+                bin_header = b"\xc6" + size.to_bytes(4, "big")
+            if length > self.max_frame:
+                raise LocalProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {length} bytes exceeds the limit of {self.max_frame} bytes",
+                )
+            return b"".join((_pack_header(length), prefix, bin_header, payload))
         if retain:
             body = _packb(("PUB", subject, payload, reply_to, headers, True))
         elif headers is not None:
@@ -718,6 +749,15 @@ class Encoder:
                 f"frame of {len(body)} bytes exceeds the limit of {self.max_frame} bytes",
             )
         return _pack_header(len(body)) + body
+
+    def _pub_prefix(self, subject: str) -> bytes:
+        """A plain PUB's bytes before its payload's, kept for the next publish to `subject`."""
+        prefixes = self._pub_prefixes
+        if len(prefixes) >= PUB_PREFIX_MEMO_SIZE:
+            prefixes.clear()
+        # A 3-item array's head, then "PUB" and the subject as msgpack packs them in a pair.
+        prefix = prefixes[subject] = b"\x93" + _packb(("PUB", subject))[1:]
+        return prefix
 
 
 # ---------------------------------------------------------------------------------------------
