@@ -52,6 +52,8 @@ def lean_receive(
         # before reading and yields after (shielded, so bytes read are never dropped).
         try:
             if drained:
+                if sock.fileno() < 0:  # closed: trio cannot wait on -1 (ValueError)
+                    raise closed("this socket was already closed")
                 await wait_readable(sock)
                 waited = True
             else:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from wire import StartServer, WireClient, wire_client
+from wire import StartServer, WireClient, raw_frame, wire_client
 
 from broker.errors import ErrorCode
 from broker.protocol import Err, Msg, Pub, Sub, encode_frame
@@ -408,6 +408,20 @@ async def test_a_read_decoded_whole_costs_one_turn_of_its_adapter(
                 assert (await sub.expect(Msg)).payload == b"late"
                 await trio.testing.wait_all_tasks_blocked()
             assert turns[0] == 2
+
+
+async def test_a_bad_frame_after_good_ones_in_one_read_is_answered_at_once(
+    start_server: StartServer,
+) -> None:
+    # The codec hands out the good frames and keeps the error for its next call, with nothing
+    # left buffered: the reader must take that turn rather than wait for more bytes.
+    with trio.fail_after(10):
+        server = await start_server()
+        async with wire_client(server.port) as client:
+            await client.send_raw(encode_frame(Sub(1, "x")) + raw_frame(["BOGUS", 1]))
+            with trio.fail_after(1):
+                err = await client.expect(Err)
+            assert err.code == ErrorCode.UNKNOWN_OP.value
 
 
 async def test_a_read_that_woke_a_writer_lets_it_send_before_reading_again(

@@ -197,6 +197,21 @@ async def test_closing_the_stream_under_a_waiting_call_raises_closed(
             await receive(10)
 
 
+@pytest.mark.parametrize("emptied_first", [False, True])
+async def test_a_call_after_closing_raises_closed_whether_or_not_it_would_wait(
+    pair: tuple[trio.SocketStream, trio.SocketStream], emptied_first: bool
+) -> None:
+    peer, ours = pair
+    receive = _receive(ours)
+    with trio.fail_after(5):
+        if emptied_first:  # the next call would wait before reading
+            await peer.send_all(b"x")
+            assert await receive(100) == b"x"
+        await ours.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            await receive(100)
+
+
 async def test_a_connection_reset_by_the_peer_raises_broken(
     pair: tuple[trio.SocketStream, trio.SocketStream],
 ) -> None:

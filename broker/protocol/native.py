@@ -739,10 +739,8 @@ class Encoder:
             body = _packb(("PUB", subject, payload, reply_to, headers, True))
         elif headers is not None:
             body = _packb(("PUB", subject, payload, reply_to, headers))
-        elif reply_to is not None:
-            body = _packb(("PUB", subject, payload, reply_to))
         else:
-            body = _packb(("PUB", subject, payload))
+            body = _packb(("PUB", subject, payload, reply_to))
         if len(body) > self.max_frame:
             raise LocalProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
@@ -1022,6 +1020,15 @@ class Connection:
     def closed(self) -> bool:
         """Whether the peer sent EOF and every complete frame before it has been taken."""
         return self._eof and not self._buffer
+
+    @property
+    def failed(self) -> bool:
+        """Whether the peer broke the protocol: the next `events` call raises it.
+
+        A call that decoded good frames before a bad one returns them and keeps the error for
+        the next, so a reader must call again even when nothing is buffered.
+        """
+        return self._error is not None
 
     def _fail(self, code: ErrorCode, message: str) -> NoReturn:
         self._error = RemoteProtocolError(code, message)

@@ -226,7 +226,8 @@ class NativeAdapter:
 
     @property
     def pending(self) -> bool:
-        return work_left(self.hub, self, self._deferred, self.conn.buffered)
+        conn = self.conn
+        return conn.failed or work_left(self.hub, self, self._deferred, conn.buffered)
 
     def process(self) -> str | bool:
         fanouts = self.hub.fanouts
