@@ -11,6 +11,9 @@ This module only re-exports the public names. The package, one thing per module:
   (shared with `broker.sync`).
 - `broker.client.options`: the options of `connect`, their defaults and checks, `parse_url`.
 - `broker.client.deadlines`: how a call's ``timeout`` and the caller's cancel scopes bound it.
+- `broker.client.timer`: the one timer that bounds all of a client's requests.
+- `broker.client.streams`: the plain TCP streams the client reads (asyncio's own; a lean
+  receive under Trio).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ Decisions a caller can rely on:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import itertools
@@ -58,7 +59,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._concurrency import Signal, loop_checkpoints, single_leaf
+from .._concurrency import Signal, loop_checkpoints, single_leaf, trio_if_running
 from ..errors import (
     BadSubject,
     BrokerError,
@@ -102,6 +103,7 @@ from .options import (
     resolve_targets,
 )
 from .subscription import Message, Subscription, make_message
+from .timer import RequestTimer
 
 __all__ = ["Client", "connect"]
 
@@ -163,6 +165,9 @@ class Client:
         self._inbox = f"{options.inbox_prefix}.{secrets.token_hex(11)}"
         self._inbox_sid: int | None = None
         self._replies: dict[str, _Waiter] = {}
+        trio = trio_if_running()
+        clock = asyncio.get_running_loop().time if trio is None else trio.current_time
+        self._timer = RequestTimer(self._replies, clock)
         #: The first refusal that came while no flush waited; the next flush takes it.
         self._unclaimed_refusal: BrokerError | None = None
         self._reply_ids = itertools.count(1)
@@ -303,15 +308,29 @@ class Client:
             BadSubject, PayloadTooLarge, TypeError, ReconnectBufferFull: As `publish`.
         """
         self._check_open()
+        limit = own_limit(timeout, DEFAULT_REQUEST_TIMEOUT)
+        if limit == math.inf or (self._timer.running and not self._must_wait()):
+            # Bounded by the client's timer (or only by the caller's scopes): nothing below
+            # waits but for the reply, since the write buffer has room.
+            reply = await self._request(subject, payload, headers, limit)
+            if reply is None:
+                missed = f"no reply to a request on {subject!r}"
+                raise TimeoutError(expired(missed, limit, defaulted=timeout is None))
+            return reply
+        # Waiting for room in the write buffer too, or the timer is not running (the client is
+        # starting or closing): a cancel scope bounds the whole of it.
         with deadline(
             timeout, DEFAULT_REQUEST_TIMEOUT, lambda: f"no reply to a request on {subject!r}"
         ):
-            reply = await self._request(subject, payload, headers)
+            reply = await self._request(subject, payload, headers, math.inf)
+        assert reply is not None
         return reply
 
     async def _request(
-        self, subject: str, payload: Payload, headers: Mapping[str, str] | None
-    ) -> Message:
+        self, subject: str, payload: Payload, headers: Mapping[str, str] | None, limit: float
+    ) -> Message | None:
+        """Send a request and wait for its reply; None if `limit` (seconds, on the client's
+        timer; ``math.inf`` for none) passed first."""
         token = str(next(self._reply_ids))
         frame = self._encode_pub(subject, payload, f"{self._inbox}.{token}", headers)
         if self._inbox_sid is None:
@@ -324,10 +343,11 @@ class Client:
             await self._make_room()
             self._append_now(frame)
             waiter.frame = frame
+            if limit != math.inf:
+                self._timer.add(token, limit)
             reply = await waiter.wait()
         finally:
             del self._replies[token]
-        assert reply is not None
         return reply
 
     async def flush(self, timeout: float | None = None, *, raise_refused: bool = False) -> None:
@@ -488,6 +508,7 @@ class Client:
             self._supervisor.scope.cancel()
         await self._supervisor.done.wait()
         self._hooks_scope.cancel()
+        self._timer.scope.cancel()
         self._terminate(self._closed)
 
     # -- internals: the write buffer ----------------------------------------------------------
@@ -720,6 +741,7 @@ class Client:
         self._install(link, reconnected=False)
         task_group.start_soon(self._supervisor.supervise, link)
         task_group.start_soon(self._run_hooks)
+        task_group.start_soon(self._timer.run)
 
     async def _wait_for_link(self) -> _Link:
         while True:
@@ -858,6 +880,7 @@ async def open_client(
                 # The block failed: close at once rather than flush into a possibly dead peer.
                 client._supervisor.scope.cancel()
                 client._hooks_scope.cancel()
+                client._timer.scope.cancel()
                 client._terminate(ConnectionClosed("the client was closed"))
                 raise
             await client.aclose()

@@ -99,7 +99,7 @@ class _Control(bytes):
 class _Waiter:
     """One outcome to wait for: a PONG, or a request's reply."""
 
-    __slots__ = ("_event", "error", "frame", "refused", "subject", "value")
+    __slots__ = ("_event", "error", "expired", "frame", "refused", "subject", "value")
 
     def __init__(self, subject: str = "") -> None:
         self._event = anyio.Event()
@@ -110,6 +110,8 @@ class _Waiter:
         self.refused: list[BrokerError] = []
         #: The queued PUB of a request, to tell whether it reached a connection that broke.
         self.frame: bytes | None = None
+        #: A request's own limit passed first (`broker.client.timer`): `wait` returns None.
+        self.expired = False
 
     def succeed(self, value: Message | None = None) -> None:
         if not self._event.is_set():
@@ -119,6 +121,11 @@ class _Waiter:
     def fail(self, error: BrokerError) -> None:
         if not self._event.is_set():
             self.error = error
+            self._event.set()
+
+    def expire(self) -> None:
+        if not self._event.is_set():
+            self.expired = True
             self._event.set()
 
     async def wait(self) -> Message | None:
