@@ -415,6 +415,7 @@ def test_a_plain_pub_is_the_bytes_msgpack_packs(subject: str, size: int) -> None
     assert encoder.pub(subject, payload) == expected
     assert encoder.pub(subject, payload) == expected  # from the kept prefix
     assert encoder.send(Pub(subject, payload)) == expected
+    assert Encoder(Role.CLIENT, max_frame=1 << 20).pub(subject, payload, once=True) == expected
 
 
 def test_a_plain_pub_is_checked_against_max_frame_at_the_edge() -> None:
@@ -435,3 +436,5 @@ def test_an_encoder_keeps_at_most_pub_prefix_memo_size_subjects() -> None:
     encoder.pub("one.past", b"x")  # one past it: starts again
     assert list(encoder._pub_prefixes) == ["one.past"]
     assert encoder.pub("s.0", b"y") == frame(["PUB", "s.0", b"y"])
+    encoder.pub("an.inbox.7", b"answer", once=True)  # a reply's subject is not kept
+    assert "an.inbox.7" not in encoder._pub_prefixes

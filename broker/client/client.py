@@ -520,6 +520,8 @@ class Client:
         reply_to: str | None,
         headers: Mapping[str, str] | None,
         retain: bool = False,
+        *,
+        once: bool = False,
     ) -> bytes:
         if self._closed is not None:
             raise _again(self._closed)
@@ -527,7 +529,7 @@ class Client:
         wire_headers = None if headers is None else check_headers(headers)
         try:
             # The fields are checked above (types included), so the encoder need not re-parse.
-            return self._encoder.pub(subject, data, reply_to, wire_headers, bool(retain))
+            return self._encoder.pub(subject, data, reply_to, wire_headers, bool(retain), once=once)
         except LocalProtocolError as error:
             if error.code is ErrorCode.FRAME_TOO_LARGE:
                 raise PayloadTooLarge(error.message) from None
@@ -562,7 +564,7 @@ class Client:
         self, subject: str, payload: Payload, headers: Mapping[str, str] | None
     ) -> None:
         """`publish` for `Message.respond`: an answer is written at once (`_append_now`)."""
-        frame = self._encode_pub(subject, payload, None, headers, False)
+        frame = self._encode_pub(subject, payload, None, headers, False, once=True)
         await self._make_room()
         self._append_now(frame)
 

@@ -697,13 +697,16 @@ class Encoder:
         reply_to: str | None = None,
         headers: Headers | None = None,
         retain: bool = False,
+        *,
+        once: bool = False,
     ) -> bytes:
         """Encode a PUB whose fields the caller has already type-checked, as one frame.
 
         The publish hot path: `send(Pub(...))` builds the event, its item list and re-parses
         it, which cost more than the packing. The caller guarantees the types `send` would
         check (the clients do, in `ServerLimits.check_publish` and `check_headers`); the frame
-        limit is still enforced here.
+        limit is still enforced here. With `once` (a reply, to an inbox subject used once) the
+        subject's prefix is not kept for later publishes.
 
         Raises:
             LocalProtocolError: A client-only call made by a server encoder (``bad_frame``), or
@@ -711,7 +714,7 @@ class Encoder:
         """
         if self.role is not Role.CLIENT:
             raise LocalProtocolError(ErrorCode.BAD_FRAME, "a server cannot send Pub")
-        if reply_to is None and headers is None and not retain:
+        if reply_to is None and headers is None and not retain and not once:
             # A plain publish, the commonest frame: the array's head, "PUB" and the subject are
             # the same for every publish to a subject, so they are packed once and kept, and
             # the frame is joined from parts, the payload copied once (msgpack's output is
@@ -739,8 +742,10 @@ class Encoder:
             body = _packb(("PUB", subject, payload, reply_to, headers, True))
         elif headers is not None:
             body = _packb(("PUB", subject, payload, reply_to, headers))
-        else:
+        elif reply_to is not None:
             body = _packb(("PUB", subject, payload, reply_to))
+        else:
+            body = _packb(("PUB", subject, payload))
         if len(body) > self.max_frame:
             raise LocalProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
