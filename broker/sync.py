@@ -183,7 +183,7 @@ class SyncMessage:
             raise ValueError(
                 f"message on {self.subject!r} has no reply_to, so there is nobody to respond to"
             )
-        self._client.publish(self.reply_to, payload, headers=headers)
+        self._client._respond(self.reply_to, payload, headers)
 
 
 _set_subject = vars(SyncMessage)["subject"].__set__
@@ -680,6 +680,12 @@ class SyncClient:
         checked = self._checked(subject, payload, reply_to, headers, bool(retain))
         self._outbox.put(checked, self._wake_sender)
 
+    def _respond(self, subject: str, payload: Payload, headers: Mapping[str, str] | None) -> None:
+        """`publish` for `SyncMessage.respond`: a reply's inbox subject is used once, so its
+        encoding is not kept (`Encoder.pub`'s ``once``)."""
+        checked = self._checked(subject, payload, None, headers, False, once=True)
+        self._outbox.put(checked, self._wake_sender)
+
     def _checked(
         self,
         subject: str,
@@ -687,6 +693,8 @@ class SyncClient:
         reply_to: str | None,
         headers: Mapping[str, str] | None,
         retain: bool,
+        *,
+        once: bool = False,
     ) -> _Pub:
         """`broker.Client.publish`'s checks, in the caller's thread, with the same errors.
 
@@ -697,7 +705,7 @@ class SyncClient:
         copied = None if headers is None else check_headers(headers)
         frame: bytes | None
         try:
-            frame = self._encoder.pub(subject, data, reply_to, copied, retain)
+            frame = self._encoder.pub(subject, data, reply_to, copied, retain, once=once)
         except LocalProtocolError:
             frame = None  # Over max_frame: the client's thread reports it (see `publish`).
         return subject, frame, len(data), (data, reply_to, copied, retain)

@@ -785,6 +785,36 @@ async def test_dead_broker_is_noticed(nursery: trio.Nursery) -> None:
         assert client.is_closed
 
 
+async def test_a_request_behind_a_stuck_writer_still_ends_at_its_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    # The first request queues the inbox's SUB as well: when that fills the write buffer, the
+    # request waits for room, and its own limit must bound that wait too (found in review).
+    async def stops_reading(stream: trio.SocketStream, conn: Connection) -> None:
+        await read_event(stream, conn)
+        await stream.send_all(conn.send(welcome(max_payload=1 << 20, max_frame=1 << 21)))
+        await trio.sleep_forever()
+
+    port = await fake_broker(nursery, stops_reading)
+    limit = 4096
+    async with connect(f"127.0.0.1:{port}", reconnect=False, write_buffer_size=limit) as client:
+        with trio.fail_after(10):
+            # Fill the sockets until the writer is stuck in a send (not idle: no _send_now).
+            while True:
+                client.publish_nowait("fill", bytes(1 << 16))
+                await trio.testing.wait_all_tasks_blocked()
+                if client._send_now is None:
+                    break
+            # Then exactly write_buffer_size bytes queued behind it: publishing still may.
+            overhead = len(client._encoder.pub("f", bytes(300))) - 300
+            client.publish_nowait("f", bytes(limit - overhead))
+            assert client._pending_bytes == limit and not client._must_wait()
+            start = trio.current_time()
+            with pytest.raises(TimeoutError):
+                await client.request("svc", b"", timeout=0.3)
+            assert 0.3 <= trio.current_time() - start < 5
+
+
 async def test_server_pings_are_answered(nursery: trio.Nursery) -> None:
     answered = trio.Event()
 

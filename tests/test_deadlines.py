@@ -30,7 +30,9 @@ from broker.client import (
     DEFAULT_NEXT_TIMEOUT,
     DEFAULT_REQUEST_TIMEOUT,
 )
+from broker.client.connection import _Waiter
 from broker.client.timer import COMPACT_MIN
+from broker.errors import ConnectionClosed
 from broker.testing import (
     CAPTURE_CLIENT_NAME,
     DEFAULT_WAIT_TIMEOUT,
@@ -219,6 +221,17 @@ async def test_requests_end_at_their_own_limits_in_any_order(autojump_clock: Moc
                     assert len(ended) == 0 or offset == 0
         assert ended == pytest.approx({3.0: 3.0, 1.0: 1.01, 2.0: 2.02}, abs=0.02)
         assert client._timer._heap == []
+
+
+async def test_a_reply_that_came_first_is_kept_when_the_limit_passes_in_the_same_tick() -> None:
+    waiter = _Waiter("s")
+    waiter.succeed(None)  # the reply (its value is what wait returns)
+    waiter.expire()
+    assert not waiter.expired and await waiter.wait() is None
+    late = _Waiter("s")
+    late.expire()
+    late.fail(ConnectionClosed("gone"))  # what comes after the limit does not count
+    assert late.expired and late.error is None
 
 
 async def test_a_bounded_request_enters_no_cancel_scope_of_its_own(

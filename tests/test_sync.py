@@ -166,6 +166,29 @@ def test_request_reply_with_a_responder_thread(
         service.close()
 
 
+def test_replies_leave_no_subject_in_the_publish_encoders_memo(
+    broker_thread: BrokerThread, client: sync.SyncClient
+) -> None:
+    # Each reply goes to a subject used once (the requester's inbox and a token): keeping its
+    # encoded prefix, as for a publish, would only churn the memo.
+    with sync.connect(broker_thread.url, name="service") as service:
+        requests = service.subscribe("echo")
+
+        def respond() -> None:
+            for msg in requests:
+                msg.respond(msg.payload)
+
+        with running(respond):
+            service.flush()
+            assert [client.request("echo", b"%d" % n).payload for n in range(5)] == [
+                b"%d" % n for n in range(5)
+            ]
+            service.publish("news", b"")  # a publish's subject is kept
+            service.flush()
+            assert list(service._encoder._pub_prefixes) == ["news"]
+            requests.unsubscribe()
+
+
 def test_no_responders_is_immediate(client: sync.SyncClient) -> None:
     started = time.monotonic()
     with pytest.raises(NoResponders):

@@ -309,6 +309,11 @@ class Client:
         """
         self._check_open()
         limit = own_limit(timeout, DEFAULT_REQUEST_TIMEOUT)
+        if self._inbox_sid is None:
+            # Before the choice below: the inbox's SUB counts towards the write buffer.
+            self._inbox_sid = next(self._sids)
+            if self._link is not None:
+                self._queue_control(self._encoder.send(Sub(self._inbox_sid, self._inbox + ".*")))
         if limit == math.inf or (self._timer.running and not self._must_wait()):
             # Bounded by the client's timer (or only by the caller's scopes): nothing below
             # waits but for the reply, since the write buffer has room.
@@ -333,10 +338,6 @@ class Client:
         timer; ``math.inf`` for none) passed first."""
         token = str(next(self._reply_ids))
         frame = self._encode_pub(subject, payload, f"{self._inbox}.{token}", headers)
-        if self._inbox_sid is None:
-            self._inbox_sid = next(self._sids)
-            if self._link is not None:
-                self._queue_control(self._encoder.send(Sub(self._inbox_sid, self._inbox + ".*")))
         waiter = _Waiter(subject)
         self._replies[token] = waiter
         try:
