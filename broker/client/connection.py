@@ -435,7 +435,10 @@ class _Supervisor:
                 self._dispatch(link, events)
                 if link.reason is not None:
                     return
-                continue
+                if conn.buffered or conn.failed:
+                    continue
+                # Nothing left to decode (and no error kept for the next call): read now
+                # rather than decode nothing first, once per read.
             if conn.closed:
                 if link.finish_by is not None:
                     link.end(ConnectionClosed("the client was closed"))
