@@ -314,19 +314,20 @@ class Client:
             self._inbox_sid = next(self._sids)
             if self._link is not None:
                 self._queue_control(self._encoder.send(Sub(self._inbox_sid, self._inbox + ".*")))
+
+        def missed() -> str:
+            return f"no reply to a request on {subject!r}"
+
         if limit == math.inf or (self._timer.running and not self._must_wait()):
             # Bounded by the client's timer (or only by the caller's scopes): nothing below
             # waits but for the reply, since the write buffer has room.
             reply = await self._request(subject, payload, headers, limit)
             if reply is None:
-                missed = f"no reply to a request on {subject!r}"
-                raise TimeoutError(expired(missed, limit, defaulted=timeout is None))
+                raise TimeoutError(expired(missed(), limit, defaulted=timeout is None))
             return reply
         # Waiting for room in the write buffer too, or the timer is not running (the client is
         # starting or closing): a cancel scope bounds the whole of it.
-        with deadline(
-            timeout, DEFAULT_REQUEST_TIMEOUT, lambda: f"no reply to a request on {subject!r}"
-        ):
+        with deadline(timeout, DEFAULT_REQUEST_TIMEOUT, missed):
             reply = await self._request(subject, payload, headers, math.inf)
         assert reply is not None
         return reply

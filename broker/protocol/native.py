@@ -718,7 +718,7 @@ class Encoder:
             # A plain publish, the commonest frame: the array's head, "PUB" and the subject are
             # the same for every publish to a subject, so they are packed once and kept, and
             # the frame is joined from parts, the payload copied once (msgpack's output is
-            # the same bytes: `tests/test_protocol_native.py`).
+            # the same bytes: `tests/test_protocol.py`).
             prefix = self._pub_prefixes.get(subject)
             if prefix is None:
                 prefix = self._pub_prefix(subject)
