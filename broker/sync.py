@@ -53,13 +53,10 @@ thread keeps the client alive until it is closed.
 from __future__ import annotations
 
 import atexit
-import bisect
 import dataclasses
 import functools
-import itertools
 import logging
 import math
-import operator
 import threading
 import time
 from collections import deque
@@ -69,6 +66,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Final, TypeAlias, TypeVar, Unpack, cast, final
 
 import anyio
+import msgpack
 import trio
 
 from ._checks import check_timeout
@@ -92,6 +90,7 @@ from .client.options import ConnectOptions, check_options, document_options, res
 from .errors import (
     BrokerError,
     ConnectionClosed,
+    PayloadTooLarge,
     SubscriptionClosed,
     _again,
 )
@@ -112,8 +111,6 @@ log = logging.getLogger("broker.sync")
 
 #: The length prefix before each frame, which ``max_frame`` does not count.
 _FRAME_HEADER: Final = 4
-_frame_of: Final = operator.itemgetter(1)  # of a `_Pub`: its encoded frame, or None
-_size_of: Final = operator.itemgetter(2)  # of a `_Pub`: its payload's size
 #: Seconds between looks for new messages while a consumer holds one and nothing is queued.
 _HOLD_POLL: Final = 0.005
 #: Seconds `SyncClient.close` waits for the client's thread beyond the graceful close itself.
@@ -458,33 +455,53 @@ class SyncSubscription:
             self._client._soon(event.set)
 
 
-#: One publish on its way to the client's thread: its subject, its PUB frame encoded in the
-#: caller's thread, its payload size, and its other fields. The frame is None when encoding
-#: refused it (too large for ``max_frame``); the client's thread then publishes the fields,
-#: and reports the refusal as it reports any publish that fails there.
-_Pub: TypeAlias = tuple[
-    str, bytes | None, int, tuple[bytes, str | None, dict[str, str] | None, bool]
-]
+#: A publish its caller could not encode (the frame exceeds ``max_frame``): its subject,
+#: payload, reply subject, headers and retain flag, for the client's thread to publish as
+#: `broker.Client.publish` would and to report its failure.
+_Fields: TypeAlias = tuple[str, bytes, str | None, dict[str, str] | None, bool]
+#: What the client's thread takes from the outbox: chunks of joined frames, and the fields of
+#: publishes that could not be encoded, in call order.
+_Item: TypeAlias = bytearray | _Fields
+#: Bytes of joined frames after which a caller starts a new chunk. Growing a bytearray may copy
+#: it, under the outbox's lock, so a chunk stays small enough for that to take microseconds.
+_CHUNK_BYTES: Final = 64 * 1024
 
 
 @final
 class _Outbox:
     """Publishes on their way from callers' threads to the client's thread, in call order.
 
-    A caller appends and returns; the first append after the sender took a batch schedules one
-    wake-up of the client's thread, so a burst of publishes costs one thread hop, not one each.
-    Callers wait only while more than ``limit`` payload bytes are queued or being sent (the
-    sync twin of the async client's write buffer backpressure).
+    A caller joins its frame onto the current chunk and returns; the first put after the sender
+    took a batch schedules one wake-up of the client's thread, so a burst of publishes costs one
+    thread hop, not one each. The client's thread takes bytes, not the callers' objects: it no
+    longer unpacks, joins and frees a tuple and a frame per publish, memory that the caller's
+    thread wrote, often on another core. Callers wait only while more than ``limit`` payload
+    bytes are queued or being sent (the sync twin of the async client's write buffer
+    backpressure).
     """
 
-    __slots__ = ("_bytes", "_cond", "_error", "_items", "_limit", "_lock", "_scheduled")
+    __slots__ = (
+        "_bytes",
+        "_chunk",
+        "_cond",
+        "_error",
+        "_items",
+        "_limit",
+        "_lock",
+        "_longest",
+        "_scheduled",
+    )
 
     def __init__(self, limit: int) -> None:
         # The lock under the condition, taken directly on the publish path: entering a
         # Condition is a Python-level call, the lock's own __enter__ is not.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._items: deque[_Pub] = deque()
+        self._items: deque[_Item] = deque()
+        #: The chunk frames are joined onto, the last of `_items`; None: start a new one.
+        self._chunk: bytearray | None = None
+        #: The longest frame queued since the last take, checked against ``max_frame`` then.
+        self._longest = 0
         #: Payload bytes queued here or taken by the sender and not yet handed to the client.
         self._bytes = 0
         self._limit = limit
@@ -492,8 +509,9 @@ class _Outbox:
         #: Once set, publishes are refused with (a copy of) it.
         self._error: ConnectionClosed | None = None
 
-    def put(self, item: _Pub, wake: Callable[[], None]) -> None:
-        """Queue `item`, in a caller's thread; call `wake` if the sender needs waking.
+    def put(self, frame: bytes, size: int, wake: Callable[[], None]) -> None:
+        """Queue an encoded frame of `size` payload bytes, in a caller's thread; call `wake` if
+        the sender needs waking.
 
         The lock is held for a few bytecodes, and `wake` (a system call) runs after it is let
         go: a thread that loses the GIL while holding it stalls every other one that wants it
@@ -504,21 +522,47 @@ class _Outbox:
                 self._cond.wait()
             if self._error is not None:
                 raise _again(self._error)
-            self._items.append(item)
-            self._bytes += item[2]
+            chunk = self._chunk
+            if chunk is None or len(chunk) >= _CHUNK_BYTES:
+                chunk = self._chunk = bytearray()
+                self._items.append(chunk)
+            chunk += frame
+            length = len(frame)
+            if length > self._longest:
+                self._longest = length
+            self._bytes += size
             if self._scheduled:
                 return
             self._scheduled = True
         wake()
 
-    def take(self) -> deque[_Pub]:
-        """Everything queued, in order; in the client's thread. The queue is swapped, not
+    def put_fields(self, fields: _Fields, wake: Callable[[], None]) -> None:
+        """`put` for a publish its caller could not encode."""
+        with self._lock:
+            while self._bytes > self._limit and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise _again(self._error)
+            self._items.append(fields)
+            self._chunk = None  # later frames go after it
+            self._bytes += len(fields[1])
+            if self._scheduled:
+                return
+            self._scheduled = True
+        wake()
+
+    def take(self) -> tuple[deque[_Item], int, int]:
+        """Everything queued, in order, with its payload bytes and its longest frame; in the
+        client's thread, which calls `sent` before it takes again. The queue is swapped, not
         copied, so the lock is held for as long whatever the batch's size."""
         with self._lock:
             batch = self._items
             self._items = deque()
+            self._chunk = None
+            longest = self._longest
+            self._longest = 0
             self._scheduled = False
-        return batch
+            return batch, self._bytes, longest
 
     def sent(self, size: int) -> None:
         """`size` bytes taken earlier are now the client's: let waiting callers in."""
@@ -536,6 +580,28 @@ class _Outbox:
             if self._error is None:
                 self._error = error
             self._cond.notify_all()
+
+
+def _frame_end(chunk: memoryview, start: int) -> int:
+    """Where the frame that begins at `start` of `chunk` ends (frames carry their length)."""
+    return start + _FRAME_HEADER + int.from_bytes(chunk[start : start + _FRAME_HEADER], "big")
+
+
+def _cut(chunk: memoryview, start: int, room: int) -> int:
+    """The end of the last whole frame within `room` bytes of `start`; at least one frame's."""
+    stop = _frame_end(chunk, start)
+    while stop < len(chunk):
+        following = _frame_end(chunk, stop)
+        if following - start > room:
+            break
+        stop = following
+    return stop
+
+
+def _subject_of(frame: memoryview) -> str:
+    """The subject of an encoded PUB frame, for a report of its loss."""
+    fields = msgpack.unpackb(frame[_FRAME_HEADER:])
+    return str(fields[1])
 
 
 class _Busy:
@@ -677,38 +743,37 @@ class SyncClient:
             RetainedLimitExceeded: ``retain`` is set and the server retains nothing.
             ConnectionClosed: The client is closed, or its connection is gone for good.
         """
-        checked = self._checked(subject, payload, reply_to, headers, bool(retain))
-        self._outbox.put(checked, self._wake_sender)
+        self._put(subject, payload, reply_to, headers, bool(retain), False)
 
     def _respond(self, subject: str, payload: Payload, headers: Mapping[str, str] | None) -> None:
         """`publish` for `SyncMessage.respond`: a reply's inbox subject is used once, so its
         encoding is not kept (`Encoder.pub`'s ``once``)."""
-        checked = self._checked(subject, payload, None, headers, False, once=True)
-        self._outbox.put(checked, self._wake_sender)
+        self._put(subject, payload, None, headers, False, True)
 
-    def _checked(
+    def _put(
         self,
         subject: str,
         payload: Payload,
         reply_to: str | None,
         headers: Mapping[str, str] | None,
         retain: bool,
-        *,
-        once: bool = False,
-    ) -> _Pub:
-        """`broker.Client.publish`'s checks, in the caller's thread, with the same errors.
+        once: bool,
+    ) -> None:
+        """`broker.Client.publish`'s checks and encoding, in the caller's thread, with the same
+        errors; then the frame goes to the outbox.
 
-        Also copies what the caller could change after publish returns (a bytearray, the
+        The checks copy what the caller could change after publish returns (a bytearray, the
         headers mapping).
         """
         data = self._limits.check_publish(subject, payload, reply_to, retain)
         copied = None if headers is None else check_headers(headers)
-        frame: bytes | None
         try:
             frame = self._encoder.pub(subject, data, reply_to, copied, retain, once=once)
         except LocalProtocolError:
-            frame = None  # Over max_frame: the client's thread reports it (see `publish`).
-        return subject, frame, len(data), (data, reply_to, copied, retain)
+            # Over max_frame: the client's thread reports it (see `publish`).
+            self._outbox.put_fields((subject, data, reply_to, copied, retain), self._wake_sender)
+            return
+        self._outbox.put(frame, len(data), self._wake_sender)
 
     def request(
         self,
@@ -1016,64 +1081,69 @@ class SyncClient:
             await self._send_wanted.wait()
             self._send_wanted = trio.Event()
             self._sending = True
-            batch = outbox.take()
+            batch, size, longest = outbox.take()
             # A reconnection may have brought other limits; callers check against these.
             self._limits = client._limits
             max_frame = client._encoder.max_frame
             self._encoder.max_frame = max_frame
-            frames: list[bytes | None] = list(map(_frame_of, batch))
-            if (
-                frames
-                and None not in frames
-                and max(map(len, cast(list[bytes], frames))) - _FRAME_HEADER <= max_frame
-            ):
-                # All encoded by their callers, for these limits: joined, as few appends as
-                # the write buffer allows.
-                await self._hand_over_encoded(client, batch, cast(list[bytes], frames))
-            else:
-                for item in batch:
-                    await self._hand_over(client, item, max_frame)
-            outbox.sent(sum(map(_size_of, batch)))
+            fits = longest - _FRAME_HEADER <= max_frame
+            for item in batch:
+                if type(item) is not bytearray:
+                    await self._hand_over(client, cast(_Fields, item))
+                elif fits:
+                    await self._hand_over_chunk(client, item)
+                else:
+                    await self._hand_over_frames(client, memoryview(item))
+            outbox.sent(size)
             self._sending = False
             self._batch_sent.set()
             self._batch_sent = trio.Event()
 
-    async def _hand_over_encoded(
-        self, client: Client, batch: Sequence[_Pub], frames: list[bytes]
-    ) -> None:
-        """Give the async client frames its callers encoded, as `_hand_over` one by one would:
-        each waits while more than ``write_buffer_size`` bytes are queued. Those that fit go in
-        one append, so a batch costs the client's thread a few calls, not a few per publish.
-        """
-        ends = list(itertools.accumulate(map(len, frames)))
+    async def _hand_over_chunk(self, client: Client, chunk: bytearray) -> None:
+        """Give the async client frames its callers encoded and joined, as `publish` would
+        one by one: each waits while more than ``write_buffer_size`` bytes are queued. Those
+        that fit go in one append, so a batch costs the client's thread a few calls, not a few
+        per publish."""
+        view = memoryview(chunk)
         limit = client._options.write_buffer_size
         start = 0
-        while start < len(frames):
+        while start < len(view):
             if client._must_wait():
                 await client._make_room()
             if client._link is None or client._closed is not None:
                 # Disconnected meanwhile: the reconnect buffer's bound is per message.
-                for item in itertools.islice(batch, start, None):
-                    await self._hand_over(client, item, client._encoder.max_frame)
+                await self._hand_over_frames(client, view, start)
                 return
             room = limit - client._pending_bytes
-            before = ends[start - 1] if start else 0
-            stop = max(start + 1, bisect.bisect_right(ends, before + room, start))
-            client._append_pub(b"".join(frames[start:stop]))
+            stop = len(view) if len(view) - start <= room else _cut(view, start, room)
+            client._append_pub(bytes(view[start:stop]))
             start = stop
 
-    async def _hand_over(self, client: Client, item: _Pub, max_frame: int) -> None:
-        """Give the async client one publish, as `publish` would; report it if it fails."""
-        subject, frame, _size, fields = item
-        try:
-            if frame is not None and len(frame) - _FRAME_HEADER <= max_frame:
-                # Encoded by the caller: hand it over as `publish` would, after its checks
-                # (which the caller ran against the same limits).
+    async def _hand_over_frames(self, client: Client, chunk: memoryview, start: int = 0) -> None:
+        """Give the async client a chunk's frames from `start` one by one, as `publish` would,
+        and report each that fails: past the reconnect buffer while disconnected, or past a
+        ``max_frame`` that a reconnection made smaller since its caller encoded it."""
+        while start < len(chunk):
+            stop = _frame_end(chunk, start)
+            frame = chunk[start:stop]
+            start = stop
+            try:
+                length, max_frame = len(frame) - _FRAME_HEADER, client._encoder.max_frame
+                if length > max_frame:
+                    # What `publish` would raise for it, in the encoder's words.
+                    raise PayloadTooLarge(
+                        f"frame of {length} bytes exceeds the limit of {max_frame} bytes"
+                    )
                 if client._must_wait():
                     await client._make_room()
-                client._append_pub(frame)
-                return
-            payload, reply_to, headers, retain = fields
+                client._append_pub(bytes(frame))
+            except BrokerError as error:
+                self._lost(client, _subject_of(frame), error)
+
+    async def _hand_over(self, client: Client, fields: _Fields) -> None:
+        """Publish what a caller could not encode, as `publish` would; report it if it fails."""
+        subject, payload, reply_to, headers, retain = fields
+        try:
             try:
                 client.publish_nowait(
                     subject, payload, reply_to=reply_to, headers=headers, retain=retain

@@ -277,6 +277,85 @@ def test_batches_of_publishes_keep_the_write_buffer_bound(
     assert len(peaks) < 3000  # joined: fewer appends than publishes
 
 
+def test_the_outbox_joins_frames_in_call_order_into_bounded_chunks() -> None:
+    # Callers hand the client's thread bytes, not their own objects; a publish that could not be
+    # encoded keeps its place between the chunks around it.
+    outbox, wakes = sync._Outbox(1 << 30), []
+    frame = encode_frame(Pub("chunk", b"x" * 100))
+    fit = sync._CHUNK_BYTES // len(frame)  # frames that fit under the threshold
+    for _ in range(fit):
+        outbox.put(frame, 100, lambda: wakes.append(1))
+    fields = ("big", b"y" * 7, None, None, False)
+    outbox.put_fields(fields, lambda: wakes.append(1))
+    outbox.put(frame, 100, lambda: wakes.append(1))
+    batch, size, longest = outbox.take()
+    assert len(wakes) == 1  # one wake-up for the whole burst
+    assert list(batch) == [bytearray(frame * fit), fields, bytearray(frame)]
+    assert (size, longest) == (100 * (fit + 1) + 7, len(frame))
+    assert outbox.empty and outbox.take()[1:] == (size, 0)  # nothing new; size until `sent`
+    outbox.sent(size)
+
+    # A chunk takes frames while it is shorter than _CHUNK_BYTES: the edge, then one past it.
+    def frame_of(length: int) -> bytes:
+        overhead = len(encode_frame(Pub("chunk", bytes(1000)))) - 1000
+        made = encode_frame(Pub("chunk", bytes(length - overhead)))
+        assert len(made) == length
+        return made
+
+    for first, joined in ((sync._CHUNK_BYTES - 1, 2), (sync._CHUNK_BYTES, 1)):
+        for data in (frame_of(first), frame, frame):
+            outbox.put(data, 0, lambda: None)
+        batch, _, longest = outbox.take()
+        chunks = [chunk for chunk in batch if isinstance(chunk, bytearray)]
+        assert [len(chunk) for chunk in chunks] == [
+            first + (joined - 1) * len(frame),
+            (3 - joined) * len(frame),
+        ]
+        assert longest == first and b"".join(chunks) == frame_of(first) + frame + frame
+
+
+def test_frames_over_a_max_frame_made_smaller_since_are_reported(
+    broker_thread: BrokerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Callers encode against the max_frame the client's thread last saw. A frame over a smaller
+    # one found at hand-over (a reconnection may bring one) is reported, by subject, as
+    # `publish` would report it; the frames around it still go, in order.
+    errors: list[BaseException] = []
+    reported = threading.Event()
+
+    def on_error(error: BaseException) -> None:
+        errors.append(error)
+        reported.set()
+
+    with (
+        sync.connect(broker_thread.url, name="receiver") as receiver,
+        sync.connect(broker_thread.url, on_error=on_error) as client,
+    ):
+        sub = receiver.subscribe("shrink.*")
+        receiver.flush()
+        entered, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # in the client's thread, which takes nothing until released
+            client._async._encoder.max_frame = 200
+            entered.set()
+            release.wait(WAIT)
+
+        client._soon(hold)
+        assert entered.wait(WAIT)
+        client.publish("shrink.small", b"1")
+        client.publish("shrink.big", b"x" * 500)
+        client.publish("shrink.small", b"2")
+        release.set()
+        client.flush()
+        assert reported.wait(WAIT)
+        got = [sub.next(timeout=WAIT).payload for _ in range(2)]
+        assert sub.pending == 0
+    assert got == [b"1", b"2"]
+    assert [type(error) for error in errors] == [PayloadTooLarge]
+    assert "exceeds the limit of 200 bytes" in str(errors[0])
+    assert "a publish to 'shrink.big' was not sent" in caplog.text
+
+
 def test_several_threads_share_one_subscription(client: sync.SyncClient) -> None:
     sub = client.subscribe("jobs")
     taken: list[list[int]] = [[], [], []]
