@@ -13,7 +13,25 @@ from typing import Any
 import pytest
 
 from broker.client import Message, connect
-from broker.errors import ConnectionClosed, NoResponders, ServerShuttingDown
+from broker.client.streams import _Protocol
+from broker.errors import (
+    BrokerError,
+    ConnectionClosed,
+    NoResponders,
+    ProtocolViolation,
+    ServerShuttingDown,
+)
+from broker.protocol import (
+    CLOSED,
+    NEED_DATA,
+    Connection,
+    Encoder,
+    Event,
+    Msg,
+    Role,
+    Sub,
+    Welcome,
+)
 from broker.testing import BrokerThread
 
 pytestmark = pytest.mark.timeout(10)
@@ -156,5 +174,106 @@ def test_errors_from_the_block_are_not_wrapped(broker_thread: BrokerThread) -> N
         with pytest.raises(KeyError):
             async with connect(broker_thread.url):
                 raise KeyError("mine")
+
+    run(main)
+
+
+def test_what_arrives_while_the_reader_waits_is_dispatched_without_waking_it(
+    broker_thread: BrokerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under asyncio a read lands in the transport's callback. While the client's reader waits
+    # with nothing buffered, that callback decodes and dispatches it (`AsyncioSocketStream
+    # .feed_to`), so a reply wakes its requester one pass of the loop sooner: the readers of
+    # both sides stay parked through every request.
+    async def main() -> None:
+        async with connect(broker_thread.url) as service, connect(broker_thread.url) as caller:
+            sub = service.subscribe("echo")
+            await service.flush()
+
+            async def respond() -> None:
+                async for msg in sub:
+                    await msg.respond(b"re:" + msg.payload)
+
+            responder = asyncio.create_task(respond())
+            try:
+                await caller.request("echo", b"warm")
+                wakes = 0
+                wake = _Protocol._wake_reader
+
+                def counted(self: _Protocol) -> None:
+                    nonlocal wakes
+                    wakes += self.read_waiter is not None
+                    wake(self)
+
+                monkeypatch.setattr(_Protocol, "_wake_reader", counted)
+                replies = [await caller.request("echo", b"%d" % n) for n in range(10)]
+                assert [r.payload for r in replies] == [b"re:%d" % n for n in range(10)]
+                assert wakes == 0
+            finally:
+                responder.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await responder
+
+    run(main)
+
+
+async def _fake_broker(
+    script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> tuple[asyncio.Server, int]:
+    """A server on a free loopback port that runs `script` for each connection."""
+    server = await asyncio.start_server(script, "127.0.0.1", 0)
+    port: int = server.sockets[0].getsockname()[1]
+    return server, port
+
+
+async def _read_event(reader: asyncio.StreamReader, conn: Connection) -> Event | None:
+    while True:
+        event = conn.next_event()
+        if event is CLOSED:
+            return None
+        if event is not NEED_DATA:
+            return event
+        conn.receive_data(await reader.read(65536))
+
+
+_WELCOME = Welcome({"version": 1, "max_payload": 1024, "max_frame": 4096})
+
+
+@pytest.mark.parametrize(
+    ("after_sub", "error", "says"),
+    [
+        (b"\x00\x00\x00\x01\xc1", ProtocolViolation, "the server broke the wire contract"),
+        (
+            Encoder(Role.SERVER).send(Msg(1, "x", b"y" * 100))[:-50],
+            ConnectionClosed,
+            "in the middle of a frame",
+        ),
+    ],
+    ids=["garbage", "eof-mid-frame"],
+)
+def test_bad_bytes_fed_while_the_reader_waits_end_the_connection_as_the_reader_would(
+    after_sub: bytes, error: type[BrokerError], says: str
+) -> None:
+    # The bytes reach the transport's callback, not the reader (the client is idle, its
+    # subscription made): garbage is a violation of the contract, half a frame then EOF is how
+    # the broker cuts off a slow consumer, as when the reader itself finds them.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(Role.SERVER)
+        await _read_event(reader, conn)  # HELLO
+        writer.write(conn.send(_WELCOME))
+        while type(await _read_event(reader, conn)) is not Sub:
+            pass
+        writer.write(after_sub)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, port = await _fake_broker(script)
+        async with server, connect(f"127.0.0.1:{port}", reconnect=False) as client:
+            sub = client.subscribe("x")
+            with pytest.raises(error, match=says) as info:
+                await sub.next()
+            assert type(info.value) is error
+            assert client.is_closed
 
     run(main)

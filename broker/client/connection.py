@@ -96,6 +96,13 @@ class _Control(bytes):
     __slots__ = ()
 
 
+def _violation(error: RemoteProtocolError) -> ProtocolViolation:
+    """What a connection whose server broke the wire contract ends with."""
+    return ProtocolViolation(
+        f"the server broke the wire contract: {error.message}", code=error.code
+    )
+
+
 class _Waiter:
     """One outcome to wait for: a PONG, or a request's reply."""
 
@@ -407,6 +414,32 @@ class _Supervisor:
         return link.reason
 
     async def _read_loop(self, link: _Link) -> None:
+        stream = link.stream
+        if isinstance(stream, AsyncioSocketStream):
+            stream.feed_to(lambda data: self._feed(link, data))
+            try:
+                await self._read(link)
+            finally:
+                stream.feed_to(None)
+        else:
+            await self._read(link)
+
+    def _feed(self, link: _Link, data: bytes) -> None:
+        """Under asyncio, in the transport's callback while `_read` waits for bytes: decode
+        and dispatch `data` there, as `_read` would, so a reply wakes its requester (and a
+        message its consumer) one pass of the loop sooner. `_read`, when it next runs, finds
+        the connection's buffer as this left it (half a frame, say)."""
+        conn = link.conn
+        conn.receive_data(data)
+        try:
+            events = conn.events()
+        except RemoteProtocolError as error:
+            link.end(_violation(error))
+            return
+        if events and link.reason is None:
+            self._dispatch(link, events)
+
+    async def _read(self, link: _Link) -> None:
         conn = link.conn
         receive = trio_receive(link.stream) or link.stream.receive
         data = b"-"
@@ -424,12 +457,7 @@ class _Supervisor:
                         )
                     )
                 else:
-                    link.end(
-                        ProtocolViolation(
-                            f"the server broke the wire contract: {error.message}",
-                            code=error.code,
-                        )
-                    )
+                    link.end(_violation(error))
                 return
             if events:
                 self._dispatch(link, events)

@@ -5,7 +5,9 @@ starts it again at the next one: two ``epoll_ctl`` calls and a trip through anyi
 read. The client's reader always reads again at once, so on each side of a request that is
 pure cost. `connect_tcp` opens the connection with asyncio's own ``create_connection`` and a
 protocol that buffers what arrives, up to `READ_HIGH_WATER` bytes (then the transport pauses,
-so a reader that falls behind is still bounded), and wakes the one reader. Under Trio, and
+so a reader that falls behind is still bounded), and wakes the one reader; or, while that
+reader waits with nothing buffered, hands the bytes to the client's decoder in the transport's
+callback (`AsyncioSocketStream.feed_to`), a pass of the loop sooner. Under Trio, and
 for TLS, the client keeps anyio's streams: Trio's stream has no such cost, and TLS stays with
 anyio's well-tried handshake. Under Trio, over plain TCP, the reader receives through
 `trio_receive` (`broker._receive.lean_receive`) rather than anyio's and Trio's layers.
@@ -59,12 +61,18 @@ class _Protocol(asyncio.Protocol):
         self.reading_paused = False
         self.read_waiter: asyncio.Future[None] | None = None
         self.write_waiter: asyncio.Future[None] | None = None
+        #: Takes what arrives while the reader waits with nothing buffered (`feed_to`).
+        self.feed: Callable[[bytes], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        feed = self.feed
+        if feed is not None and self.read_waiter is not None and not self.chunks:
+            feed(data)
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > READ_HIGH_WATER and not self.reading_paused:
@@ -144,6 +152,14 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
             if not self._transport.is_closing():
                 self._transport.resume_reading()
         return data
+
+    def feed_to(self, feed: Callable[[bytes], None] | None) -> None:
+        """While the one reader waits in `receive` with nothing buffered, hand what arrives to
+        `feed`, in the transport's callback, instead of waking the reader: one pass of the
+        event loop sooner, for a reader that would only decode it and wake someone else. The
+        reader still gets EOF and failures, and whatever arrives while it is awake. None
+        stops it."""
+        self._protocol.feed = feed
 
     def _check_readable(self) -> None:
         protocol = self._protocol
