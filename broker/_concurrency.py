@@ -19,20 +19,22 @@ __all__ = ["Signal", "loop_checkpoints", "running_trio", "single_leaf", "trio_if
 class Signal:
     """Wake every task waiting for "something changed"; a fresh anyio Event per round."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("event",)
 
     def __init__(self) -> None:
-        self._event: anyio.Event | None = None
+        #: The round's event while a task waits, else None: a hot path that fires for every
+        #: message may test it and skip the call to `fire` while nobody waits.
+        self.event: anyio.Event | None = None
 
     def fire(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
+        if self.event is not None:
+            self.event.set()
+            self.event = None
 
     async def wait(self) -> None:
-        if self._event is None:
-            self._event = anyio.Event()
-        await self._event.wait()
+        if self.event is None:
+            self.event = anyio.Event()
+        await self.event.wait()
 
 
 def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -1232,6 +1232,51 @@ async def test_a_consumer_finding_messages_queued_yields_once_per_yield_every(
         assert steps.steps == count // (YIELD_EVERY + 1)
 
 
+async def test_a_delivery_nobody_waits_for_and_a_message_already_queued_cost_no_extra_call(
+    nursery: trio.Nursery,
+) -> None:
+    # Per message, on the reader's side no wake-up call while no consumer waits, and on the
+    # consumer's no call into the general checkpoint while messages are queued: each is a
+    # Python call for every message, and these are most messages.
+    from broker._concurrency import Signal
+
+    deliver, fire = Subscription._deliver.__code__, Signal.fire.__code__
+    checkpoint = Subscription._checkpoint.__code__
+    calls: list[str] = []
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            if frame.f_code is checkpoint:
+                calls.append("checkpoint")
+            elif frame.f_code is fire and frame.f_back and frame.f_back.f_code is deliver:
+                calls.append("fire")
+
+    server = await start_broker(nursery)
+    async with connect(server.url) as client, client.subscribe("s") as sub:
+        await client.flush()
+        with trio.fail_after(10):
+            sys.setprofile(profile)
+            try:
+                for number in range(10):
+                    await client.publish("s", bytes([number]))
+                await client.flush()  # all ten queued, nobody waiting for them
+                taken = [await sub.next(timeout=1) for _ in range(10)]
+            finally:
+                sys.setprofile(None)
+            assert [m.payload for m in taken] == [bytes([n]) for n in range(10)]
+            assert calls == []
+            # A consumer that waits is still woken, through the one call.
+            sys.setprofile(profile)
+            try:
+                async with trio.open_nursery() as tasks:
+                    tasks.start_soon(partial(sub.next, timeout=1))
+                    await trio.testing.wait_all_tasks_blocked()
+                    await client.publish("s", b"woken")
+            finally:
+                sys.setprofile(None)
+            assert calls.count("fire") == 1
+
+
 async def test_a_cancelled_consumer_sees_it_at_its_next_call_with_messages_queued(
     nursery: trio.Nursery,
 ) -> None:
