@@ -1277,6 +1277,37 @@ async def test_a_delivery_nobody_waits_for_and_a_message_already_queued_cost_no_
             assert calls.count("fire") == 1
 
 
+async def test_a_burst_of_publishes_wakes_the_writer_with_one_call(nursery: trio.Nursery) -> None:
+    # The first publish of a burst wakes the idle writer; the rest, which it will send with
+    # that one, make no call to wake it again (a Python call per publish, for nothing).
+    from broker._concurrency import Signal
+
+    append, fire = broker.client.Client._append_pub.__code__, Signal.fire.__code__
+    wakes = 0
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal wakes
+        if event == "call" and frame.f_code is fire and frame.f_back:
+            wakes += frame.f_back.f_code is append
+
+    server = await start_broker(nursery)
+    async with connect(server.url) as client, client.subscribe("burst") as sub:
+        await client.flush()
+        with trio.fail_after(10):
+            for burst in range(2):
+                sys.setprofile(profile)
+                try:
+                    for number in range(10):
+                        await client.publish("burst", bytes([number]))
+                finally:
+                    sys.setprofile(None)
+                assert wakes == burst + 1
+                await client.flush()
+            assert [(await sub.next()).payload for _ in range(20)] == [
+                bytes([n]) for n in range(10)
+            ] * 2
+
+
 async def test_a_cancelled_consumer_sees_it_at_its_next_call_with_messages_queued(
     nursery: trio.Nursery,
 ) -> None:

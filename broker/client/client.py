@@ -560,7 +560,8 @@ class Client:
                 )
         self._pending.append(frame)
         self._pending_bytes += len(frame)
-        self._writer_signal.fire()
+        if self._writer_signal.event is not None:  # the writer waits: a burst's first publish
+            self._writer_signal.fire()
 
     async def _respond(
         self, subject: str, payload: Payload, headers: Mapping[str, str] | None
