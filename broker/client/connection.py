@@ -428,16 +428,24 @@ class _Supervisor:
         """Under asyncio, in the transport's callback while `_read` waits for bytes: decode
         and dispatch `data` there, as `_read` would, so a reply wakes its requester (and a
         message its consumer) one pass of the loop sooner. `_read`, when it next runs, finds
-        the connection's buffer as this left it (half a frame, say)."""
+        the connection's buffer as this left it (half a frame, say). What this raises, `_read`
+        raises in its own task (`AsyncioSocketStream.feed_to`), as if it had decoded the bytes
+        itself."""
         conn = link.conn
         conn.receive_data(data)
-        try:
-            events = conn.events()
-        except RemoteProtocolError as error:
-            link.end(_violation(error))
-            return
-        if events and link.reason is None:
+        while link.reason is None:
+            try:
+                events = conn.events()
+            except RemoteProtocolError as error:
+                link.end(_violation(error))
+                return
+            if not events:
+                return
             self._dispatch(link, events)
+            if not (conn.buffered or conn.failed):
+                return
+            # Frames still buffered, or an error the codec keeps for its next call after the
+            # good frames it returned: as `_read` does, go on until nothing is left.
 
     async def _read(self, link: _Link) -> None:
         conn = link.conn

@@ -63,6 +63,8 @@ class _Protocol(asyncio.Protocol):
         self.write_waiter: asyncio.Future[None] | None = None
         #: Takes what arrives while the reader waits with nothing buffered (`feed_to`).
         self.feed: Callable[[bytes], None] | None = None
+        #: What `feed` raised, for the reader to raise in its own task.
+        self.feed_error: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -71,7 +73,14 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         feed = self.feed
         if feed is not None and self.read_waiter is not None and not self.chunks:
-            feed(data)
+            try:
+                feed(data)
+            except Exception as error:
+                # Raised in the reader's task instead: here asyncio would log it, close the
+                # connection and leave the reader to see only a broken one.
+                self.feed = None
+                self.feed_error = error
+                self._wake_reader()
             return
         self.chunks.append(data)
         self.buffered += len(data)
@@ -132,6 +141,10 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
                 await waiter
             finally:
                 protocol.read_waiter = None
+            error = protocol.feed_error
+            if error is not None:
+                protocol.feed_error = None
+                raise error
             if not protocol.chunks:
                 self._check_readable()
         else:
@@ -157,8 +170,8 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
         """While the one reader waits in `receive` with nothing buffered, hand what arrives to
         `feed`, in the transport's callback, instead of waking the reader: one pass of the
         event loop sooner, for a reader that would only decode it and wake someone else. The
-        reader still gets EOF and failures, and whatever arrives while it is awake. None
-        stops it."""
+        reader still gets EOF and failures, and whatever arrives while it is awake; what
+        `feed` raises, its waiting `receive` raises, and feeding stops. None stops it."""
         self._protocol.feed = feed
 
     def _check_readable(self) -> None:
