@@ -96,13 +96,6 @@ class _Control(bytes):
     __slots__ = ()
 
 
-def _violation(error: RemoteProtocolError) -> ProtocolViolation:
-    """What a connection whose server broke the wire contract ends with."""
-    return ProtocolViolation(
-        f"the server broke the wire contract: {error.message}", code=error.code
-    )
-
-
 class _Waiter:
     """One outcome to wait for: a PONG, or a request's reply."""
 
@@ -431,33 +424,22 @@ class _Supervisor:
         the connection's buffer as this left it (half a frame, say). What this raises, `_read`
         raises in its own task (`AsyncioSocketStream.feed_to`), as if it had decoded the bytes
         itself."""
+        link.conn.receive_data(data)
+        self._decode(link, eof=False)
+
+    def _decode(self, link: _Link, *, eof: bool) -> bool:
+        """Dispatch every complete frame the connection holds; False once the link has ended.
+
+        A frame that breaks the wire contract ends the link here. With `eof` (what was fed last
+        was the server's EOF), a frame cut short is not a broken contract: the server cuts off
+        a slow consumer it is writing to that way, since it cannot send ERR after half a frame.
+        """
         conn = link.conn
-        conn.receive_data(data)
         while link.reason is None:
             try:
                 events = conn.events()
             except RemoteProtocolError as error:
-                link.end(_violation(error))
-                return
-            if not events:
-                return
-            self._dispatch(link, events)
-            if not (conn.buffered or conn.failed):
-                return
-            # Frames still buffered, or an error the codec keeps for its next call after the
-            # good frames it returned: as `_read` does, go on until nothing is left.
-
-    async def _read(self, link: _Link) -> None:
-        conn = link.conn
-        receive = trio_receive(link.stream) or link.stream.receive
-        data = b"-"
-        while True:
-            try:
-                events = conn.events()
-            except RemoteProtocolError as error:
-                if not data:
-                    # EOF inside a frame: the server cuts off a slow consumer it is writing to
-                    # that way (it cannot send ERR after half a frame). Not a broken contract.
+                if eof:
                     link.end(
                         ConnectionClosed(
                             f"the server at {self._url} closed the connection in the middle of "
@@ -465,16 +447,29 @@ class _Supervisor:
                         )
                     )
                 else:
-                    link.end(_violation(error))
-                return
-            if events:
-                self._dispatch(link, events)
-                if link.reason is not None:
-                    return
-                if conn.buffered or conn.failed:
-                    continue
-                # Nothing left to decode (and no error kept for the next call): read now
-                # rather than decode nothing first, once per read.
+                    link.end(
+                        ProtocolViolation(
+                            f"the server broke the wire contract: {error.message}",
+                            code=error.code,
+                        )
+                    )
+                return False
+            if not events:
+                return True
+            self._dispatch(link, events)
+            if not (conn.buffered or conn.failed):
+                # Nothing left to decode (and no error kept for the next call): the caller
+                # reads now rather than decode nothing first, once per read.
+                return link.reason is None
+            # Frames still buffered, or an error the codec keeps for its next call after the
+            # good frames it returned: go on until nothing is left.
+        return False
+
+    async def _read(self, link: _Link) -> None:
+        conn = link.conn
+        receive = trio_receive(link.stream) or link.stream.receive
+        eof = False
+        while self._decode(link, eof=eof):
             if conn.closed:
                 if link.finish_by is not None:
                     link.end(ConnectionClosed("the client was closed"))
@@ -488,6 +483,7 @@ class _Supervisor:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
                 link.end(ConnectionClosed(f"the connection to {self._url} broke: {error!r}"))
                 return
+            eof = not data
             conn.receive_data(data)
 
     def _dispatch(self, link: _Link, events: list[Event]) -> None:
