@@ -509,9 +509,9 @@ class _Outbox:
         #: Once set, publishes are refused with (a copy of) it.
         self._error: ConnectionClosed | None = None
 
-    def put(self, frame: bytes, size: int, wake: Callable[[], None]) -> None:
-        """Queue an encoded frame of `size` payload bytes, in a caller's thread; call `wake` if
-        the sender needs waking.
+    def put(self, item: bytes | _Fields, size: int, wake: Callable[[], None]) -> None:
+        """Queue an encoded frame, or the fields of a publish its caller could not encode, of
+        `size` payload bytes, in a caller's thread; call `wake` if the sender needs waking.
 
         The lock is held for a few bytecodes, and `wake` (a system call) runs after it is let
         go: a thread that loses the GIL while holding it stalls every other one that wants it
@@ -522,30 +522,19 @@ class _Outbox:
                 self._cond.wait()
             if self._error is not None:
                 raise _again(self._error)
-            chunk = self._chunk
-            if chunk is None or len(chunk) >= _CHUNK_BYTES:
-                chunk = self._chunk = bytearray()
-                self._items.append(chunk)
-            chunk += frame
-            length = len(frame)
-            if length > self._longest:
-                self._longest = length
+            if type(item) is bytes:
+                chunk = self._chunk
+                if chunk is None or len(chunk) >= _CHUNK_BYTES:
+                    chunk = self._chunk = bytearray()
+                    self._items.append(chunk)
+                chunk += item
+                length = len(item)
+                if length > self._longest:
+                    self._longest = length
+            else:
+                self._items.append(cast(_Fields, item))
+                self._chunk = None  # later frames go after it
             self._bytes += size
-            if self._scheduled:
-                return
-            self._scheduled = True
-        wake()
-
-    def put_fields(self, fields: _Fields, wake: Callable[[], None]) -> None:
-        """`put` for a publish its caller could not encode."""
-        with self._lock:
-            while self._bytes > self._limit and self._error is None:
-                self._cond.wait()
-            if self._error is not None:
-                raise _again(self._error)
-            self._items.append(fields)
-            self._chunk = None  # later frames go after it
-            self._bytes += len(fields[1])
             if self._scheduled:
                 return
             self._scheduled = True
@@ -771,7 +760,9 @@ class SyncClient:
             frame = self._encoder.pub(subject, data, reply_to, copied, retain, once=once)
         except LocalProtocolError:
             # Over max_frame: the client's thread reports it (see `publish`).
-            self._outbox.put_fields((subject, data, reply_to, copied, retain), self._wake_sender)
+            self._outbox.put(
+                (subject, data, reply_to, copied, retain), len(data), self._wake_sender
+            )
             return
         self._outbox.put(frame, len(data), self._wake_sender)
 

@@ -286,7 +286,7 @@ def test_the_outbox_joins_frames_in_call_order_into_bounded_chunks() -> None:
     for _ in range(fit):
         outbox.put(frame, 100, lambda: wakes.append(1))
     fields = ("big", b"y" * 7, None, None, False)
-    outbox.put_fields(fields, lambda: wakes.append(1))
+    outbox.put(fields, 7, lambda: wakes.append(1))
     outbox.put(frame, 100, lambda: wakes.append(1))
     batch, size, longest = outbox.take()
     assert len(wakes) == 1  # one wake-up for the whole burst
