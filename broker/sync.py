@@ -94,7 +94,7 @@ from .errors import (
     SubscriptionClosed,
     _again,
 )
-from .protocol import Encoder, LocalProtocolError, Role
+from .protocol import Encoder, LocalProtocolError, Role, frame_too_large
 
 __all__ = [
     "DEFAULT_DRAIN_TIMEOUT",
@@ -1122,9 +1122,7 @@ class SyncClient:
                 length, max_frame = len(frame) - _FRAME_HEADER, client._encoder.max_frame
                 if length > max_frame:
                     # What `publish` would raise for it, in the encoder's words.
-                    raise PayloadTooLarge(
-                        f"frame of {length} bytes exceeds the limit of {max_frame} bytes"
-                    )
+                    raise PayloadTooLarge(frame_too_large(length, max_frame).message)
                 if client._must_wait():
                     await client._make_room()
                 client._append_pub(bytes(frame))

@@ -56,6 +56,7 @@ __all__ = [
     "encode_frame",
     "encode_msg_tail",
     "encode_retained_tail",
+    "frame_too_large",
     "msg_head",
     "msg_head_sid",
     "msg_prefix",
@@ -664,11 +665,17 @@ def _encode_checked(event: Event, role: Role, max_frame: int) -> bytes:
         raise LocalProtocolError(ErrorCode.BAD_FRAME, problem)
     data = _encode(items)
     if len(data) - _HEADER_SIZE > max_frame:
-        raise LocalProtocolError(
-            ErrorCode.FRAME_TOO_LARGE,
-            f"frame of {len(data) - _HEADER_SIZE} bytes exceeds the limit of {max_frame} bytes",
-        )
+        raise frame_too_large(len(data) - _HEADER_SIZE, max_frame)
     return data
+
+
+def frame_too_large(length: int, max_frame: int) -> LocalProtocolError:
+    """The error for sending a frame of `length` bytes past `max_frame`, in one wording for
+    every encoder (and for `broker.sync`, which finds it after encoding)."""
+    return LocalProtocolError(
+        ErrorCode.FRAME_TOO_LARGE,
+        f"frame of {length} bytes exceeds the limit of {max_frame} bytes",
+    )
 
 
 @final
@@ -733,10 +740,7 @@ class Encoder:
                 length = len(prefix) + 5 + size
                 bin_header = b"\xc6" + size.to_bytes(4, "big")
             if length > self.max_frame:
-                raise LocalProtocolError(
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"frame of {length} bytes exceeds the limit of {self.max_frame} bytes",
-                )
+                raise frame_too_large(length, self.max_frame)
             return b"".join((_pack_header(length), prefix, bin_header, payload))
         if retain:
             body = _packb(("PUB", subject, payload, reply_to, headers, True))
@@ -747,10 +751,7 @@ class Encoder:
         else:
             body = _packb(("PUB", subject, payload))
         if len(body) > self.max_frame:
-            raise LocalProtocolError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"frame of {len(body)} bytes exceeds the limit of {self.max_frame} bytes",
-            )
+            raise frame_too_large(len(body), self.max_frame)
         return _pack_header(len(body)) + body
 
     def _pub_prefix(self, subject: str) -> bytes:
