@@ -18,6 +18,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
+from services import echo_service
 
 import broker.client
 import broker.errors
@@ -251,15 +252,7 @@ async def test_requests_and_answers_are_written_at_once_while_the_writer_is_idle
             written.append(bytes(data[:sent]))
             return sent
 
-        async def respond() -> None:
-            async with service.subscribe("echo") as sub:
-                async for msg in sub:
-                    await msg.respond(b"re:" + msg.payload)
-
-        async with trio.open_nursery() as tasks:
-            tasks.start_soon(respond)
-            await trio.testing.wait_all_tasks_blocked()
-            await service.flush()
+        async with echo_service(service, b"re:"):
             with trio.fail_after(5):
                 # The first request queues the inbox's SUB too: the writer sends both.
                 assert (await caller.request("echo", b"zero")).payload == b"re:zero"
@@ -277,7 +270,6 @@ async def test_requests_and_answers_are_written_at_once_while_the_writer_is_idle
                 await caller.publish("news", b"three")  # a plain publish: through the writer
                 replies = [await caller.request("echo", b"%d" % n) for n in range(20)]
                 assert [r.payload for r in replies] == [b"re:%d" % n for n in range(20)]
-            tasks.cancel_scope.cancel()
         assert server.statistics().protocol_errors == 0
 
 
@@ -285,43 +277,36 @@ async def test_each_read_of_a_reply_is_decoded_once(nursery: trio.Nursery) -> No
     # After handing out a read's events, the reader reads again at once when nothing is left
     # buffered; it used to decode the empty buffer first, once per read.
     server = await start_broker(nursery)
-    async with connect(server.url) as service, connect(server.url) as caller:
-
-        async def respond() -> None:
-            async with service.subscribe("echo") as sub:
-                async for msg in sub:
-                    await msg.respond(msg.payload)
-
-        async with trio.open_nursery() as tasks:
-            tasks.start_soon(respond)
+    async with (
+        connect(server.url) as service,
+        connect(server.url) as caller,
+        echo_service(service),
+    ):
+        with trio.fail_after(5):
+            await caller.request("echo", b"warm")
             await trio.testing.wait_all_tasks_blocked()
-            await service.flush()
-            with trio.fail_after(5):
-                await caller.request("echo", b"warm")
-                await trio.testing.wait_all_tasks_blocked()
-                decode = Connection._decode.__code__
-                decodes = 0
+            decode = Connection._decode.__code__
+            decodes = 0
 
-                def profile(frame: FrameType, event: str, arg: object) -> None:
-                    nonlocal decodes
-                    if (
-                        event == "call"
-                        and frame.f_code is decode
-                        and frame.f_locals["self"].our_role is Role.CLIENT
-                    ):
-                        decodes += 1
+            def profile(frame: FrameType, event: str, arg: object) -> None:
+                nonlocal decodes
+                if (
+                    event == "call"
+                    and frame.f_code is decode
+                    and frame.f_locals["self"].our_role is Role.CLIENT
+                ):
+                    decodes += 1
 
-                sys.setprofile(profile)
-                try:
-                    for number in range(10):
-                        reply = await caller.request("echo", bytes([number]))
-                        assert reply.payload == bytes([number])
-                        await trio.testing.wait_all_tasks_blocked()
-                finally:
-                    sys.setprofile(None)
-            # One decode per read: the responder's of each request, the requester's of each reply.
-            assert decodes == 20
-            tasks.cancel_scope.cancel()
+            sys.setprofile(profile)
+            try:
+                for number in range(10):
+                    reply = await caller.request("echo", bytes([number]))
+                    assert reply.payload == bytes([number])
+                    await trio.testing.wait_all_tasks_blocked()
+            finally:
+                sys.setprofile(None)
+        # One decode per read: the responder's of each request, the requester's of each reply.
+        assert decodes == 20
 
 
 async def test_no_responders_raised_at_once(nursery: trio.Nursery) -> None:

@@ -21,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from services import echo_service
 
 from broker import _receive as receive_module
 from broker.client import connect
@@ -249,15 +250,7 @@ async def test_the_trio_client_reads_each_reply_in_one_read_without_eagain(
         stream = caller._link.stream  # type: ignore[union-attr]
         assert trio_receive(stream) is not None
 
-        async def respond() -> None:
-            async with service.subscribe("echo") as sub:
-                async for msg in sub:
-                    await msg.respond(msg.payload)
-
-        async with trio.open_nursery() as tasks:
-            tasks.start_soon(respond)
-            await trio.testing.wait_all_tasks_blocked()
-            await service.flush()
+        async with echo_service(service):
             with trio.fail_after(5):
                 await caller.request("echo", b"warm")  # also sends the inbox's SUB
                 await trio.testing.wait_all_tasks_blocked()
@@ -268,4 +261,3 @@ async def test_the_trio_client_reads_each_reply_in_one_read_without_eagain(
                     )
                     await trio.testing.wait_all_tasks_blocked()
             assert reads == ["data"] * 40
-            tasks.cancel_scope.cancel()
