@@ -475,9 +475,10 @@ class _Outbox:
     took a batch schedules one wake-up of the client's thread, so a burst of publishes costs one
     thread hop, not one each. The client's thread takes bytes, not the callers' objects: it no
     longer unpacks, joins and frees a tuple and a frame per publish, memory that the caller's
-    thread wrote, often on another core. Callers wait only while more than ``limit`` payload
-    bytes are queued or being sent (the sync twin of the async client's write buffer
-    backpressure).
+    thread wrote, often on another core. Callers wait only while more than ``limit`` bytes are
+    queued or being sent (the sync twin of the async client's write buffer backpressure),
+    counted as the async client counts them, by the frames' length: a publish with an empty
+    payload costs its subject's bytes all the same.
     """
 
     __slots__ = (
@@ -502,7 +503,8 @@ class _Outbox:
         self._chunk: bytearray | None = None
         #: The longest frame queued since the last take, checked against ``max_frame`` then.
         self._longest = 0
-        #: Payload bytes queued here or taken by the sender and not yet handed to the client.
+        #: Bytes queued here or taken by the sender and not yet handed to the client: frames',
+        #: or the payloads' of publishes that could not be encoded.
         self._bytes = 0
         self._limit = limit
         self._scheduled = False
@@ -510,8 +512,8 @@ class _Outbox:
         self._error: ConnectionClosed | None = None
 
     def put(self, item: bytes | _Fields, size: int, wake: Callable[[], None]) -> None:
-        """Queue an encoded frame, or the fields of a publish its caller could not encode, of
-        `size` payload bytes, in a caller's thread; call `wake` if the sender needs waking.
+        """Queue an encoded frame, or the fields of a publish its caller could not encode,
+        costing `size` bytes, in a caller's thread; call `wake` if the sender needs waking.
 
         The lock is held for a few bytecodes, and `wake` (a system call) runs after it is let
         go: a thread that loses the GIL while holding it stalls every other one that wants it
@@ -541,7 +543,7 @@ class _Outbox:
         wake()
 
     def take(self) -> tuple[deque[_Item], int, int]:
-        """Everything queued, in order, with its payload bytes and its longest frame; in the
+        """Everything queued, in order, with the bytes it costs and its longest frame; in the
         client's thread, which calls `sent` before it takes again. The queue is swapped, not
         copied, so the lock is held for as long whatever the batch's size."""
         with self._lock:
@@ -764,7 +766,7 @@ class SyncClient:
                 (subject, data, reply_to, copied, retain), len(data), self._wake_sender
             )
             return
-        self._outbox.put(frame, len(data), self._wake_sender)
+        self._outbox.put(frame, len(frame), self._wake_sender)
 
     def request(
         self,

@@ -314,6 +314,45 @@ def test_the_outbox_joins_frames_in_call_order_into_bounded_chunks() -> None:
         assert longest == first and b"".join(chunks) == frame_of(first) + frame + frame
 
 
+def test_empty_publishes_are_bounded_by_what_their_frames_cost(
+    broker_thread: BrokerThread,
+) -> None:
+    # The outbox counts what it holds at its memory cost, its frames' bytes: publishes with
+    # an empty payload, which carry a subject and cost bytes all the same, wait like any other
+    # while the client's thread is busy, instead of piling up without bound.
+    limit, count = 1000, 2000
+    frame = len(encode_frame(Pub("bound.empty", b"")))
+    with (
+        sync.connect(broker_thread.url, name="receiver") as receiver,
+        sync.connect(broker_thread.url, write_buffer_size=limit) as client,
+    ):
+        sub = receiver.subscribe("bound.empty", max_pending=count)
+        receiver.flush()
+        entered, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # in the client's thread, which takes nothing until released
+            entered.set()
+            release.wait(WAIT)
+
+        client._soon(hold)
+        assert entered.wait(WAIT)
+        publisher = threading.Thread(
+            target=lambda: [client.publish("bound.empty", b"") for _ in range(count)],
+            daemon=True,
+        )
+        publisher.start()
+        publisher.join(0.5)
+        held = client._outbox._bytes
+        assert publisher.is_alive()  # waiting for room, not done
+        release.set()
+        publisher.join(WAIT)
+        assert not publisher.is_alive()
+        client.flush()
+        got = [sub.next(timeout=WAIT).payload for _ in range(count)]
+    assert held <= limit + frame
+    assert got == [b""] * count
+
+
 def test_frames_over_a_max_frame_made_smaller_since_are_reported(
     broker_thread: BrokerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
