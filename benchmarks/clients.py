@@ -15,7 +15,10 @@ Both servers run with the same slow-consumer bounds (nats-server's defaults: 64 
 connection, no message-count limit), and subscribers queue up to nats-py's default 524,288
 messages, so a burst is measured, not cut off; a subscriber that misses messages says so.
 Each round runs the clients in a different order; the table keeps the best of the rounds
-(median for latency) and lists every round.
+(median for latency) and lists every round. Rates on a shared machine are often bimodal (a round
+runs fast when the processes happen to get a core each), so the best round is partly luck: a
+second table gives the rates by the median of the rounds. The clients' CPU per message and the
+server's per delivery (read from /proc) say where the machine's time went.
 
     python benchmarks/clients.py                      # all scenarios, 3 rounds
     python benchmarks/clients.py -s publish -s 1to1 --rounds 2 --clients trio,nats
@@ -304,6 +307,8 @@ class Figure:
     #: CPU microseconds the publisher spent per message, and the subscribers per delivery.
     pub_cpu: list[float] = field(default_factory=list)
     sub_cpu: list[float] = field(default_factory=list)
+    #: CPU microseconds the server spent per delivery (per publish with no subscribers).
+    server_cpu: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -312,10 +317,29 @@ class Throughput:
     missed: int
     pub_cpu: float
     sub_cpu: float | None
+    server_cpu: float | None
 
 
-def run_throughput(kind: str, url: str, subscribers: int, count: int) -> Throughput:
-    """Deliveries (or publishes, with no subscribers) per second, messages missed, CPU used."""
+def _number(value: object) -> float:
+    """A number from a worker's JSON line."""
+    if not isinstance(value, int | float):
+        raise RuntimeError(f"a worker sent {value!r} where a number belongs")
+    return float(value)
+
+
+def run_throughput(
+    kind: str, url: str, subscribers: int, count: int, server_pid: int | None
+) -> Throughput:
+    """Deliveries (or publishes, with no subscribers) per second, messages missed, CPU used.
+
+    The server's CPU is read from /proc around the run (None where it cannot be): with eleven
+    processes on a few cores, what the server spends per delivery is taken from the clients.
+    """
+    from broker.bench.servers import process_cpu_seconds
+
+    def server_seconds() -> float | None:
+        return None if server_pid is None else process_cpu_seconds(server_pid)
+
     with procs() as started:
         subs = [Proc(kind, "sub", url, count) for _ in range(subscribers)]
         started.extend(subs)
@@ -324,19 +348,24 @@ def run_throughput(kind: str, url: str, subscribers: int, count: int) -> Through
         pub = Proc(kind, "pub", url, count)
         started.append(pub)
         pub.expect("ready")
+        server_before = server_seconds()
         pub.go()
         done = pub.expect("done")
-        start = float(done["start"])  # type: ignore[arg-type]
-        pub_cpu = float(done["cpu"]) * 1e6 / count  # type: ignore[arg-type]
-        if not subs:
-            rate = count / (float(done["end"]) - start)  # type: ignore[arg-type]
-            return Throughput(rate, 0, pub_cpu, None)
+        start = _number(done["start"])
+        pub_cpu = _number(done["cpu"]) * 1e6 / count
         results = [sub.expect("done") for sub in subs]
-        received = sum(int(r["received"]) for r in results)  # type: ignore[call-overload]
-        end = max(float(r["end"]) for r in results)  # type: ignore[arg-type]
-        sub_cpu = sum(float(r["cpu"]) for r in results) * 1e6 / max(received, 1)  # type: ignore[arg-type]
+        server_after = server_seconds()
+        received = int(sum(_number(r["received"]) for r in results))
+        server_cpu = None
+        if server_before is not None and server_after is not None:
+            server_cpu = (server_after - server_before) * 1e6 / max(received or count, 1)
+        if not subs:
+            rate = count / (_number(done["end"]) - start)
+            return Throughput(rate, 0, pub_cpu, None, server_cpu)
+        end = max(_number(r["end"]) for r in results)
+        sub_cpu = sum(_number(r["cpu"]) for r in results) * 1e6 / max(received, 1)
         return Throughput(
-            received / (end - start), count * subscribers - received, pub_cpu, sub_cpu
+            received / (end - start), count * subscribers - received, pub_cpu, sub_cpu, server_cpu
         )
 
 
@@ -361,14 +390,17 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
     clients: list[str] = args.clients
     with contextlib.ExitStack() as stack:
         urls: dict[str, str] = {}
+        pids: dict[str, int | None] = {}
         if any(c != "nats" for c in clients):
             server = stack.enter_context(bench.start_broker(SERVER_CONFIG))
             broker_url = f"tcp://127.0.0.1:{server.target.port}"
             for kind in ("trio", "asyncio", "sync"):
                 urls[kind] = broker_url
+                pids[kind] = server.target.pid
         if "nats" in clients:
             nats_server = stack.enter_context(bench.start_nats())
             urls["nats"] = f"nats://127.0.0.1:{nats_server.target.port}"
+            pids["nats"] = nats_server.target.pid
         for round_number in range(args.rounds):
             shift = round_number % len(clients)
             order = clients[shift:] + clients[:shift]
@@ -378,12 +410,13 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
                 for kind in order:
                     figure = figures.setdefault((scenario, kind), Figure())
                     url = urls[kind]
+                    pid = pids[kind]
                     if scenario == "publish":
-                        result = run_throughput(kind, url, 0, args.count)
+                        result = run_throughput(kind, url, 0, args.count, pid)
                     elif scenario == "1to1":
-                        result = run_throughput(kind, url, 1, args.count)
+                        result = run_throughput(kind, url, 1, args.count, pid)
                     elif scenario == "1to10":
-                        result = run_throughput(kind, url, 10, args.count // 10)
+                        result = run_throughput(kind, url, 10, args.count // 10, pid)
                     else:
                         p50, p99 = run_request(kind, url, args.requests, args.requests // 10)
                         figure.values.append(p50)
@@ -402,6 +435,9 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, str], Figure]:
                     if result.sub_cpu is not None:
                         figure.sub_cpu.append(result.sub_cpu)
                         cpu += f", subscribers {result.sub_cpu:.1f} us/delivery"
+                    if result.server_cpu is not None:
+                        figure.server_cpu.append(result.server_cpu)
+                        cpu += f", server {result.server_cpu:.1f} us"
                     print(
                         f"round {round_number + 1} {scenario} {kind}: "
                         f"{result.rate / 1000:.0f}k/s ({cpu}){note}",
@@ -489,7 +525,55 @@ def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> s
                 cell += " (" + " / ".join(f"{r:.2f} x" for r in ratios) + ")"
             cells.append(cell)
         lines.append(f"| {TITLES[scenario].split(',')[0]} | " + " | ".join(cells) + " |")
+    lines += _median_tables(figures, args)
     return "\n".join(lines) + "\n\nEvery round (rates):\n\n" + "\n".join(notes)
+
+
+def _median_tables(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> list[str]:
+    """The rates by the median of the rounds, and the server's CPU per delivery.
+
+    The best round, which the first table gives, is a lottery where rates are bimodal (on a
+    shared machine a round runs fast when the processes get a core each, for every client
+    alike); the median moves far less. The server's CPU says how much of the machine the
+    broker took from the clients, beside what nats-server took.
+    """
+    clients: list[str] = args.clients
+    header = [
+        "| scenario | " + " | ".join(LABELS[c] for c in clients) + " |",
+        "|---|" + "---|" * len(clients),
+    ]
+    rates = ["", "Rates by the median of the rounds, (x) against nats-py's median:", "", *header]
+    server = [
+        "",
+        "Server CPU per delivery (per publish in publish-only), microseconds, the median of "
+        "the rounds:",
+        "",
+        *header,
+    ]
+    for scenario in args.scenario:
+        if scenario == "request":
+            continue
+        nats = figures.get((scenario, "nats"))
+        rate_cells, cpu_cells = [], []
+        for kind in clients:
+            figure = figures[(scenario, kind)]
+            median = statistics.median(figure.values)
+            cell = _k(median)
+            if nats is not None and kind != "nats":
+                cell += f" ({median / statistics.median(nats.values):.2f} x)"
+            rate_cells.append(cell)
+            if figure.server_cpu:
+                cpu = statistics.median(figure.server_cpu)
+                cell = f"{cpu:.1f}"
+                if nats is not None and nats.server_cpu and kind != "nats":
+                    cell += f" ({cpu / statistics.median(nats.server_cpu):.1f} x)"
+                cpu_cells.append(cell)
+            else:
+                cpu_cells.append("n.a.")
+        name = TITLES[scenario].split(",")[0]
+        rates.append(f"| {name} | " + " | ".join(rate_cells) + " |")
+        server.append(f"| {name} | " + " | ".join(cpu_cells) + " |")
+    return rates + server
 
 
 def versions() -> str:
