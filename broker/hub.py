@@ -44,6 +44,7 @@ __all__ = [
     "Hub",
     "Refused",
     "ReplayMemory",
+    "RunSubscriber",
     "Subscriber",
     "Subscription",
     "SystemOrigin",
@@ -102,6 +103,29 @@ class Subscriber(Protocol):
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Queue the retained messages a new subscription matches; False if none was queued."""
+        ...
+
+
+class RunSubscriber(Subscriber, Protocol):
+    """A `Subscriber` that can also take a run of plain messages to one subject in one call.
+
+    Optional: `Hub.publish_run` hands a run to each subscription at once (rather than each
+    message to every subscription in turn) when every owner it reaches has `deliver_run` and
+    owns one of them. A wire whose adapter queues frames can then append a run's frames in one
+    step, which costs a fraction of a call per message.
+    """
+
+    def deliver_run(
+        self, sub: Subscription, subject: str, payloads: list[bytes]
+    ) -> tuple[int, int]:
+        """`deliver`, in order, each of ``(subject, payload, None, None, False)`` for `sub`.
+
+        As `deliver` each message: it never blocks, counts each in ``sub.delivered`` (dropped
+        ones too), and stops at ``sub.max_msgs``, calling `Hub.remove`.
+
+        Returns:
+            How many messages were queued, and their payload bytes.
+        """
         ...
 
 
@@ -408,6 +432,12 @@ class Hub:
         stops once its work reaches `budget`, counted as the native adapter counts a turn's:
         one per message, plus one per delivery.
 
+        When every subscription it reaches is plain, unguarded and the only one of an owner
+        with `RunSubscriber.deliver_run`, each takes the messages the budget leaves room for
+        in one call, instead of each message going to every subscription in turn: a native
+        client then gets a run's frames in one append. Each connection receives the same
+        frames in the same order either way.
+
         Returns:
             The index of the first payload not published, and how many deliveries it made.
         """
@@ -419,12 +449,14 @@ class Hub:
         table = self.table
         cached_match = table.cached_match
         max_payload = self._max_payload
-        deliver = self._deliver_guarded if self._guarded else self._deliver
+        guarded = self._guarded
+        deliver = self._deliver_guarded if guarded else self._deliver
         counters = self.counters
         at = start
         end = len(payloads)
         messages = received = delivered = sent = 0
         checked = None
+        runs: list[tuple[Subscription, Callable[..., tuple[int, int]]]] | None = None
         while at < end:
             match = cached_match(subject)
             if match is None:
@@ -437,6 +469,32 @@ class Hub:
                 if (groups and origin.subscriptions) or any(s.owner is origin for s in plain):
                     break
                 checked = match
+                runs = None
+                if plain and not (groups or guarded):
+                    runs = _run_deliverers(plain)
+            if runs is not None and len(plain) <= FANOUT_STEP:
+                # Each subscription takes as much of the run as the budget leaves room for in
+                # one call: the messages the loop below would deliver before reaching it.
+                cost = 1 + len(plain)
+                stop = min(end, at - (messages + delivered - budget) // cost)
+                batch = payloads[at:stop]
+                if max(map(len, batch)) > max_payload:
+                    batch = list(itertools.takewhile(lambda p: len(p) <= max_payload, batch))
+                    if not batch:
+                        break  # `publish` refuses the next one
+                for sub, deliver_run in runs:
+                    count, size = deliver_run(sub, subject, batch)
+                    target = sub.owner
+                    target.out_msgs += count
+                    target.out_bytes += size
+                    delivered += count
+                    sent += size
+                messages += len(batch)
+                received += sum(map(len, batch))
+                at += len(batch)
+                if messages + delivered >= budget:
+                    break
+                continue
             if not (plain or groups):
                 # Nobody to deliver to, so nothing can change the table: the rest at once, up
                 # to a payload too large, if any (which `publish` then refuses).
@@ -959,6 +1017,24 @@ def _note_request(sub: Subscription, reply_to: str | None) -> None:
     """Let the queue-group member chosen for a request answer it (`allow_responses`)."""
     if sub.guard is not None and reply_to is not None:
         sub.guard.note_request(reply_to)
+
+
+def _run_deliverers(
+    plain: tuple[Subscription, ...],
+) -> list[tuple[Subscription, Callable[..., tuple[int, int]]]] | None:
+    """Each subscription with its owner's `RunSubscriber.deliver_run`, or None unless every
+    owner has one and owns one of them (so that each connection still receives a run's
+    messages in the order `publish` would interleave them)."""
+    runs = []
+    owners = set()
+    for sub in plain:
+        owner = sub.owner
+        deliver_run = getattr(owner, "deliver_run", None)
+        if deliver_run is None or id(owner) in owners:
+            return None
+        owners.add(id(owner))
+        runs.append((sub, deliver_run))
+    return runs
 
 
 def _owned_by(origin: Subscriber) -> Callable[[Subscription], bool]:

@@ -10,6 +10,7 @@ deliveries in the same order, and the same counters.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 from typing import Any
@@ -38,6 +39,7 @@ from broker.protocol import (
     PubRun,
     Role,
     Sub,
+    Unsub,
     Welcome,
     encode_frame,
     encode_msg_tail,
@@ -636,3 +638,166 @@ async def test_a_run_wider_than_one_step_is_delivered_whole_in_order(
             step = got[n * (FANOUT_STEP + 1) : (n + 1) * (FANOUT_STEP + 1)]
             assert {m.payload for m in step} == {b"%d" % n}
             assert [m.sid for m in step] == list(range(FANOUT_STEP + 1))
+
+
+# -- a run handed to each subscription at once (`RunSubscriber.deliver_run`) ---------------------
+
+
+def _native_hub(**overrides: Any) -> Hub:
+    from broker.server import Server
+    from broker.testing.inprocess import config_for_tests
+
+    return Server(config_for_tests(**overrides)).hub
+
+
+def _subscribed(hub: Hub, client_id: int, *frames: Event) -> Any:
+    adapter = _in_process_adapter(hub, client_id)
+    adapter.receive_data(b"".join(encode_frame(frame) for frame in frames))
+    assert adapter.process()
+    return adapter
+
+
+def _queued(adapter: Any) -> tuple[Any, ...]:
+    """Every byte queued for the client, and what its connection counted."""
+    outbox = adapter.outbox
+    data = b""
+    while outbox:
+        data += outbox.take_batch()
+        outbox.sent()
+    transport = adapter.transport
+    return data, transport.accepting, transport.dropped_total, adapter.out_msgs, adapter.out_bytes
+
+
+def _route(
+    subscriptions: list[list[Event]], payloads: list[bytes], runs: bool, **overrides: Any
+) -> Any:
+    """What native clients subscribed so are sent when `payloads` are published to "s", as
+    runs (what the adapter does with a `PubRun`) or one by one; in a trio run, as a slow
+    consumer's connection logs by trio's clock."""
+
+    async def route() -> Any:
+        return _route_now(subscriptions, payloads, runs, **overrides)
+
+    return trio.run(route)
+
+
+def _route_now(
+    subscriptions: list[list[Event]], payloads: list[bytes], runs: bool, **overrides: Any
+) -> Any:
+    hub = _native_hub(**overrides)
+    clients = [_subscribed(hub, n + 2, *frames) for n, frames in enumerate(subscriptions)]
+    origin = Recorder("origin")
+    hub.publish(origin, ("s", b"first", None, None, False))  # matched: now in the cache
+    refusals = (_publish_all if runs else _one_by_one)(hub, origin, "s", payloads)
+    stats = hub.statistics()
+    return (
+        [_queued(client) for client in clients],
+        refusals,
+        (stats.messages_in, stats.bytes_in, stats.messages_out, stats.bytes_out),
+        stats.dropped_messages,
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 5, 200, 300]), min_size=1, max_size=60),
+    uniform=st.booleans(),
+    subscribers=st.integers(1, 4),
+    limit=st.one_of(st.none(), st.integers(2, 30)),
+    byte_limit=st.one_of(st.none(), st.integers(1024, 3000)),
+    policy=st.sampled_from(["disconnect", "drop_newest", "drop_oldest"]),
+    max_msgs=st.one_of(st.none(), st.integers(1, 20)),
+    shared=st.booleans(),
+)
+def test_a_run_reaches_native_clients_exactly_as_its_publishes_one_by_one(
+    sizes: list[int],
+    uniform: bool,
+    subscribers: int,
+    limit: int | None,
+    byte_limit: int | None,
+    policy: str,
+    max_msgs: int | None,
+    shared: bool,
+) -> None:
+    # Byte for byte and count for count: frames, order, drops under each slow-consumer policy,
+    # both bounds (messages, and bytes at their real cost) and their edges, max_msgs reached
+    # mid-run, and a client holding two of the subscriptions (which must see them interleaved
+    # as one by one).
+    if uniform:
+        sizes = [sizes[0]] * len(sizes)
+    payloads = [bytes([n % 256]) * size for n, size in enumerate(sizes)]
+    subscriptions: list[list[Event]] = [[Sub(1, "s")] for _ in range(subscribers)]
+    if max_msgs is not None:
+        subscriptions[0].append(Unsub(1, max_msgs))
+    if shared:
+        subscriptions[-1].append(Sub(2, "*"))
+    overrides: dict[str, Any] = {"slow_consumer_policy": policy}
+    if limit is not None:
+        overrides["max_pending_messages"] = limit
+    if byte_limit is not None:
+        overrides["max_pending_bytes"] = byte_limit
+    one_by_one = _route(subscriptions, payloads, runs=False, **overrides)
+    assert _route(subscriptions, payloads, runs=True, **overrides) == one_by_one
+
+
+def test_a_run_is_queued_for_each_native_client_in_one_append(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from broker.server.native import NativeAdapter
+
+    hub = _native_hub()
+    clients = [_subscribed(hub, n + 2, Sub(1, "s")) for n in range(3)]
+    origin = Recorder("origin")
+    hub.publish(origin, ("s", b"first", None, None, False))
+    one_at_a_time = []
+    monkeypatch.setattr(
+        NativeAdapter, "deliver", lambda self, sub, message: one_at_a_time.append(message)
+    )
+    payloads = [b"%03d" % n for n in range(30)]
+    # Each message is work 1 + 3; the loop one by one stops once the work reaches the budget,
+    # so after the 16th of a budget of 63.
+    assert hub.publish_run(origin, "s", payloads, 0, 63) == (16, 48)
+    assert hub.publish_run(origin, "s", payloads, 16, 64) == (30, 42)
+    assert one_at_a_time == []
+    for client in clients:
+        assert client.outbox.messages == 31
+        assert client.out_msgs == 31
+        assert client.out_bytes == len(b"first") + 30 * 3
+
+
+async def test_a_run_too_big_for_an_outbox_goes_one_by_one_through_the_drop_policy() -> None:
+    hub = _native_hub(max_pending_messages=10, slow_consumer_policy="drop_newest")
+    client = _subscribed(hub, 2, Sub(1, "s"))
+    origin = Recorder("origin")
+    hub.publish(origin, ("s", b"first", None, None, False))
+    # Nine places left: a run of 8 fits whole; of the next 3, one fits and two are dropped.
+    assert hub.publish_run(origin, "s", [b"a"] * 8, 0, 64) == (8, 8)
+    assert hub.publish_run(origin, "s", [b"b"] * 3, 0, 64) == (3, 1)
+    assert client.outbox.messages == 10
+    assert client.transport.dropped_total == 2
+    assert hub.statistics().dropped_messages == 2
+
+
+async def test_a_run_fans_out_to_many_clients_in_order_on_real_sockets(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    async with contextlib.AsyncExitStack() as stack:
+        subscribers = [
+            await stack.enter_async_context(wire_client(server.port, name=f"sub{n}"))
+            for n in range(10)
+        ]
+        pub = await stack.enter_async_context(wire_client(server.port, name="pub"))
+        for client in subscribers:
+            await client.send(Sub(7, "fan"))
+            await client.flush()
+        payloads = [b"%06d" % n for n in range(2000)]
+        with trio.fail_after(30):
+            await pub.send(*[Pub("fan", p) for p in payloads])
+            await pub.flush()
+            for client in subscribers:
+                got = [await client.expect(Msg) for _ in payloads]
+                assert got == [Msg(7, "fan", p) for p in payloads]
+    stats = server.hub.statistics()
+    assert (stats.messages_in, stats.messages_out) == (2000, 20000)
+    assert stats.bytes_out == 10 * sum(map(len, payloads))

@@ -42,7 +42,7 @@ from ..protocol.native import (
     msg_prefix,
     plain_tail_head,
 )
-from .outbox import replay_cost
+from .outbox import MESSAGE_OVERHEAD, replay_cost
 from .transport import DEFERRED, Transport
 
 __all__ = [
@@ -88,6 +88,28 @@ _next_forward: tuple[object, bytes, int, bytes] = (None, b"", 0, b"")
 #: payload's size: a run of publishes to one subject (one publisher streaming, each decoded
 #: with the same subject object) encodes nothing, and joins its payload onto this.
 _plain_head: tuple[object, int, bytes] = (None, 0, b"")
+
+
+#: The run being delivered (`NativeAdapter.deliver_run`), keyed on its list's identity: its
+#: plain MSG tails, their one length (0 if they differ) and its payload bytes, made once for
+#: every native subscriber the run reaches. It holds the list, so no other can share its
+#: identity.
+_run_tails: tuple[object, list[bytes], int, int] = (None, [], 0, 0)
+
+
+def _plain_tails(subject: str, payloads: list[bytes]) -> tuple[list[bytes], int, int]:
+    """The plain MSG tails of ``(subject, payload)`` for each payload, their one length (0 if
+    their sizes differ), and the payloads' bytes."""
+    sizes = set(map(len, payloads))
+    if len(sizes) == 1:
+        size = sizes.pop()
+        start = plain_tail_head(subject, size)
+        tails = [start + payload + PLAIN_TAIL_END for payload in payloads]
+        return tails, len(tails[0]), size * len(payloads)
+    tails = [
+        plain_tail_head(subject, len(payload)) + payload + PLAIN_TAIL_END for payload in payloads
+    ]
+    return tails, 0, sum(map(len, payloads))
 
 
 def continue_fanout(hub: Hub, origin: Subscriber) -> bool:
@@ -411,6 +433,50 @@ class NativeAdapter:
         if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
             self.hub.remove(sub)
         return 1 if queued else 0
+
+    def deliver_run(
+        self, sub: Subscription, subject: str, payloads: list[bytes]
+    ) -> tuple[int, int]:
+        """`deliver` each plain message of a run (`RunSubscriber.deliver_run`), in one append.
+
+        The run's tails are made once for all its subscribers (`_run_tails`); each
+        subscription joins its own heads on and queues them all, if they fit. A run that does
+        not fit, or a subscription with a ``max_msgs`` to count to, goes one message at a
+        time through `deliver`, as `publish` would route them.
+        """
+        global _run_tails
+        if not self.transport.accepting:
+            return 0, 0
+        memo = _run_tails
+        if memo[0] is not payloads:
+            memo = _run_tails = (payloads, *_plain_tails(subject, payloads))
+        _, tails, length, payload_bytes = memo
+        count = len(payloads)
+        if sub.max_msgs is None:
+            prefix = sub.prefix
+            if length:
+                # One size, so one head: the usual run (a `PubRun` is one by construction).
+                head = _pack_length(len(prefix) + length) + prefix
+                frames = [head] * (2 * count)
+                frames[1::2] = tails
+                size = count * (len(head) + length + MESSAGE_OVERHEAD)
+            else:
+                frames = []
+                for tail in tails:
+                    frames += (_pack_length(len(prefix) + len(tail)) + prefix, tail)
+                size = sum(map(len, frames)) + count * MESSAGE_OVERHEAD
+            if self.outbox.offer_run(frames, count, size):
+                sub.delivered += count
+                return count, payload_bytes
+        queued = queued_bytes = 0
+        deliver = self.deliver
+        for payload in payloads:
+            if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
+                break  # `deliver` removed it from the hub at its last message
+            if deliver(sub, (subject, payload, None, None, False)):
+                queued += 1
+                queued_bytes += len(payload)
+        return queued, queued_bytes
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
         """Queue the retained messages a new subscription matches, flagged as retained.

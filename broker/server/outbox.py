@@ -250,6 +250,27 @@ class Outbox:
             self._held.unsent = True  # queued behind a write still under way
         return True
 
+    def offer_run(self, frames: list[bytes], count: int, size: int) -> bool:
+        """Queue `count` message frames at once, or nothing (False) unless they all fit.
+
+        `frames` alternates heads and tails, as `offer` queues them; `size` is what they
+        cost, `MESSAGE_OVERHEAD` each included. A run that does not fit is for the caller to
+        `offer` one frame at a time, so each goes through the bounds and the drop policy.
+        """
+        if (
+            self.messages + count > self.max_messages
+            or self.bytes + self.sending + size > self.max_bytes
+        ):
+            return False
+        self._frames.extend(frames)
+        self.messages += count
+        self.bytes += size
+        if self._waiting:
+            self._wake_or_hold()
+        else:
+            self._held.unsent = True  # queued behind a write still under way
+        return True
+
     def offer_replay(self, frames: Iterator[tuple[bytes, bytes]], cost: int = 0) -> None:
         """Queue a new subscription's retained messages, outside the bounds, in order.
 
