@@ -765,6 +765,21 @@ def test_a_run_is_queued_for_each_native_client_in_one_append(
         assert client.out_bytes == len(b"first") + 30 * 3
 
 
+def test_a_run_delivered_by_a_reader_is_not_held_after_its_turn() -> None:
+    import broker.server.native as native
+
+    hub = _native_hub()
+    clients = [_subscribed(hub, n + 2, Sub(1, "s")) for n in range(2)]
+    publisher = _in_process_adapter(hub, 1)
+    big = [bytes([n]) * 100_000 for n in range(10)]
+    publisher.receive_data(b"".join(encode_frame(Pub("s", payload)) for payload in big))
+    assert publisher.process()
+    assert [client.out_msgs for client in clients] == [10, 10]
+    # The tails made for the run's subscribers go with the outboxes, not with a memo that
+    # would pin them (and the payloads) until the next run.
+    assert native._run_tails is native._NO_RUN_TAILS
+
+
 async def test_a_run_too_big_for_an_outbox_goes_one_by_one_through_the_drop_policy() -> None:
     hub = _native_hub(max_pending_messages=10, slow_consumer_policy="drop_newest")
     client = _subscribed(hub, 2, Sub(1, "s"))

@@ -93,8 +93,9 @@ _plain_head: tuple[object, int, bytes] = (None, 0, b"")
 #: The run being delivered (`NativeAdapter.deliver_run`), keyed on its list's identity: its
 #: plain MSG tails, their one length (0 if they differ) and its payload bytes, made once for
 #: every native subscriber the run reaches. It holds the list, so no other can share its
-#: identity.
-_run_tails: tuple[object, list[bytes], int, int] = (None, [], 0, 0)
+#: identity; `NativeAdapter._dispatch` lets go of it after each `Hub.publish_run`.
+_NO_RUN_TAILS: Final[tuple[object, list[bytes], int, int]] = (None, [], 0, 0)
+_run_tails = _NO_RUN_TAILS
 
 
 def _plain_tails(subject: str, payloads: list[bytes]) -> tuple[list[bytes], int, int]:
@@ -296,7 +297,7 @@ class NativeAdapter:
         A PUB that came with its own encoding of the MSG fields (`forwards`) is published with
         that put in the memo first, so its deliveries send those bytes instead of encoding.
         """
-        global _next_forward
+        global _next_forward, _run_tails
         hub = self.hub
         publish = hub.publish
         publish_run = hub.publish_run
@@ -344,6 +345,7 @@ class NativeAdapter:
                             work = 0
                         budget = _WORK_PER_LOOK - work
                         stop, count = publish_run(self, subject, payloads, done, budget)
+                        _run_tails = _NO_RUN_TAILS  # a budget's worth of payloads: not kept
                         work += stop - done + count
                         if stop > done:
                             done = stop
