@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from types import ModuleType
+from typing import Any
+from weakref import ref
 
 import anyio
 import anyio.lowlevel
@@ -81,6 +83,54 @@ def loop_checkpoints() -> tuple[Callable[[], Awaitable[None]], Callable[[], Awai
         from anyio._core._eventloop import get_async_backend
 
         backend = get_async_backend()
-        return backend.checkpoint_if_cancelled, backend.checkpoint
+        checkpoint_if_cancelled: Callable[[], Awaitable[None]] = backend.checkpoint_if_cancelled
+        if backend.__name__ == "AsyncIOBackend":
+            checkpoint_if_cancelled = _asyncio_cancellation_check(checkpoint_if_cancelled)
+        return checkpoint_if_cancelled, backend.checkpoint
     except (ImportError, AttributeError, RuntimeError):
         return anyio.lowlevel.checkpoint_if_cancelled, anyio.lowlevel.checkpoint
+
+
+def _asyncio_cancellation_check(
+    anyio_check: Callable[[], Awaitable[None]],
+) -> Callable[[], Awaitable[None]]:
+    """anyio's `checkpoint_if_cancelled` on asyncio, walking the same cancel scopes at half
+    the cost when none is cancelled (nearly always); it calls anyio's own when one is.
+
+    anyio finds the task's scopes through a `WeakKeyDictionary` and reads each scope through
+    properties: five Python calls, a tenth of what a delivered message costs a consumer.
+    This reads the same state directly. It is anyio's private state, so it is checked once
+    here, and anything unexpected keeps anyio's own function.
+    """
+    import asyncio
+
+    try:
+        from anyio._backends._asyncio import CancelScope, _task_states
+
+        probe = CancelScope()
+        states: Any = getattr(_task_states, "data", None)  # the WeakKeyDictionary's dict
+        if not (
+            isinstance(states, dict)
+            and probe._cancel_called is False
+            and probe._shield is False
+            and probe._parent_scope is None
+        ):
+            return anyio_check
+    except (ImportError, AttributeError):
+        return anyio_check
+    current_task = asyncio.current_task
+    state_of = states.get
+
+    async def checkpoint_if_cancelled() -> None:
+        task = current_task()
+        state = None if task is None else state_of(ref(task))
+        scope = None if state is None else state.cancel_scope
+        while scope is not None:
+            if scope._cancel_called:
+                await anyio_check()  # which raises the cancellation, as anyio would
+                return
+            if scope._shield:
+                return
+            scope = scope._parent_scope
+
+    return checkpoint_if_cancelled

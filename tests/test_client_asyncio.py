@@ -307,3 +307,46 @@ def test_an_error_raised_while_dispatching_fed_bytes_comes_out_of_the_client(
         assert broker_thread.statistics().total_connections == 1
 
     run(main)
+
+
+def test_a_cancelled_consumer_sees_it_at_its_next_call_with_messages_queued(
+    broker_thread: BrokerThread,
+) -> None:
+    # The asyncio counterpart of the Trio test in test_client.py: the check each call makes
+    # walks anyio's cancel scopes itself (`broker._concurrency`), and must see what anyio's
+    # own `checkpoint_if_cancelled` would, shields and nested scopes included.
+    import anyio
+
+    async def main() -> None:
+        async with connect(broker_thread.url) as client, client.subscribe("s") as sub:
+            for number in range(8):
+                await client.publish("s", bytes([number]))
+            await client.flush()
+            assert client._cancellation_check.__module__ == "broker._concurrency"
+            with anyio.CancelScope() as scope:
+                assert (await sub.next()).payload == b"\x00"
+                scope.cancel()
+                await sub.next()
+                pytest.fail("a cancelled consumer took a message")  # pragma: no cover
+            assert scope.cancelled_caught
+            assert sub.pending == 7  # nothing taken by the cancelled call
+            with anyio.CancelScope() as outer:
+                with anyio.CancelScope():  # the cancelled scope is not the innermost
+                    outer.cancel()
+                    async for _message in sub:
+                        pytest.fail("a cancelled async for took a message")  # pragma: no cover
+            assert outer.cancelled_caught
+            assert sub.pending == 7
+            with anyio.CancelScope() as outer:
+                outer.cancel()
+                with anyio.CancelScope(shield=True):  # shielded: it takes one
+                    assert (await sub.next()).payload == b"\x01"
+            with anyio.move_on_after(-1) as expired:  # a deadline already past
+                await sub.next()
+                pytest.fail("a consumer past its deadline took a message")  # pragma: no cover
+            assert expired.cancelled_caught
+            assert [(await sub.next()).payload for _ in range(6)] == [
+                bytes([n]) for n in range(2, 8)
+            ]
+
+    run(main)
