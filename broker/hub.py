@@ -121,7 +121,9 @@ class RunSubscriber(Subscriber, Protocol):
         """`deliver`, in order, each of ``(subject, payload, None, None, False)`` for `sub`.
 
         As `deliver` each message: it never blocks, counts each in ``sub.delivered`` (dropped
-        ones too), and stops at ``sub.max_msgs``, calling `Hub.remove`.
+        ones too), and stops at ``sub.max_msgs``, calling `Hub.remove`. Unlike `deliver`, it
+        adds what it queued to its own ``out_msgs`` and ``out_bytes`` (the hub does not), as
+        it goes: a slow-consumer report made in the middle of a run sees the messages before.
 
         Returns:
             How many messages were queued, and their payload bytes.
@@ -476,17 +478,14 @@ class Hub:
                 # Each subscription takes as much of the run as the budget leaves room for in
                 # one call: the messages the loop below would deliver before reaching it.
                 cost = 1 + len(plain)
-                stop = min(end, at - (messages + delivered - budget) // cost)
+                stop = min(end, at + max(1, -((messages + delivered - budget) // cost)))
                 batch = payloads[at:stop]
                 if max(map(len, batch)) > max_payload:
                     batch = list(itertools.takewhile(lambda p: len(p) <= max_payload, batch))
                     if not batch:
                         break  # `publish` refuses the next one
                 for sub, deliver_run in runs:
-                    count, size = deliver_run(sub, subject, batch)
-                    target = sub.owner
-                    target.out_msgs += count
-                    target.out_bytes += size
+                    count, size = deliver_run(sub, subject, batch)  # counts its own out_*
                     delivered += count
                     sent += size
                 messages += len(batch)

@@ -816,3 +816,63 @@ async def test_a_run_fans_out_to_many_clients_in_order_on_real_sockets(
     stats = server.hub.statistics()
     assert (stats.messages_in, stats.messages_out) == (2000, 20000)
     assert stats.bytes_out == 10 * sum(map(len, payloads))
+
+
+async def test_subscribers_at_their_bound_share_each_tail_as_one_by_one() -> None:
+    # Under drop_oldest an outbox sits at its bound, so each run goes one message at a time:
+    # still with the tails made once for all subscribers, never a copy of a payload each.
+    def tails(hub: Hub, clients: list[Any]) -> list[list[bytes]]:
+        return [list(client.outbox._frames)[1::2] for client in clients]
+
+    def route(runs: bool) -> list[list[bytes]]:
+        hub = _native_hub(max_pending_bytes=50_000, slow_consumer_policy="drop_oldest")
+        clients = [_subscribed(hub, n + 2, Sub(1, "s")) for n in range(3)]
+        origin = Recorder("origin")
+        hub.publish(origin, ("s", b"first", None, None, False))
+        payloads = [bytes([n]) * 10_000 for n in range(40)]
+        (_publish_all if runs else _one_by_one)(hub, origin, "s", payloads)
+        return tails(hub, clients)
+
+    for queued in (route(runs=False), route(runs=True)):
+        assert len(queued[0]) == 4  # the bound holds four frames of 10 kB and their cost
+        for first, *others in zip(*queued, strict=True):
+            assert all(other is first for other in others)
+
+
+async def test_a_slow_consumer_found_mid_run_is_reported_with_the_counts_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from broker.server.transport import Transport
+
+    reported: list[tuple[int, int]] = []
+    mark_slow = Transport._mark_slow
+
+    def spy(self: Transport) -> None:
+        if not self._slow:
+            reported.append((self.adapter.out_msgs, self.adapter.out_bytes))
+        mark_slow(self)
+
+    monkeypatch.setattr(Transport, "_mark_slow", spy)
+    results = []
+    for publish in (_one_by_one, _publish_all):
+        reported.clear()
+        hub = _native_hub(max_pending_messages=6, slow_consumer_policy="drop_newest")
+        _subscribed(hub, 2, Sub(1, "s"))
+        origin = Recorder("origin")
+        hub.publish(origin, ("s", b"first", None, None, False))
+        publish(hub, origin, "s", [b"%02d" % n for n in range(20)])
+        results.append(list(reported))
+    assert results[0] == [(6, 5 + 5 * 2)]  # the sixth message fitted, the seventh did not
+    assert results[1] == results[0]
+
+
+def test_a_run_with_no_budget_left_still_delivers_one_message_as_one_by_one() -> None:
+    for subscriber in (Recorder, None):  # without deliver_run, then native clients
+        hub = _native_hub()
+        if subscriber is None:
+            _subscribed(hub, 2, Sub(1, "s"))
+        else:
+            hub.subscribe(subscriber("plain"), 1, "s")
+        origin = Recorder("origin")
+        hub.publish(origin, ("s", b"first", None, None, False))
+        assert hub.publish_run(origin, "s", [b"a", b"b"], 0, 0) == (1, 1)

@@ -344,8 +344,10 @@ class NativeAdapter:
                                 return True
                             work = 0
                         budget = _WORK_PER_LOOK - work
-                        stop, count = publish_run(self, subject, payloads, done, budget)
-                        _run_tails = _NO_RUN_TAILS  # a budget's worth of payloads: not kept
+                        try:
+                            stop, count = publish_run(self, subject, payloads, done, budget)
+                        finally:
+                            _run_tails = _NO_RUN_TAILS  # a budget's worth of payloads: not kept
                         work += stop - done + count
                         if stop > done:
                             done = stop
@@ -441,43 +443,57 @@ class NativeAdapter:
     ) -> tuple[int, int]:
         """`deliver` each plain message of a run (`RunSubscriber.deliver_run`), in one append.
 
-        The run's tails are made once for all its subscribers (`_run_tails`); each
-        subscription joins its own heads on and queues them all, if they fit. A run that does
-        not fit, or a subscription with a ``max_msgs`` to count to, goes one message at a
-        time through `deliver`, as `publish` would route them.
+        The run's tails are made once for all its subscribers (`_run_tails`), and shared by
+        their outboxes as one publish's tail is; each subscription joins its own heads on and
+        queues them all, if they fit. A run that does not fit, or a subscription with a
+        ``max_msgs`` to count to, goes one message at a time, as `deliver` would: the bounds,
+        the drop policy and ``max_msgs`` apply to each, and the counters are up to date when
+        the policy reports a slow consumer in the middle of the run.
         """
         global _run_tails
-        if not self.transport.accepting:
+        transport = self.transport
+        if not transport.accepting:
             return 0, 0
         memo = _run_tails
         if memo[0] is not payloads:
             memo = _run_tails = (payloads, *_plain_tails(subject, payloads))
         _, tails, length, payload_bytes = memo
         count = len(payloads)
+        prefix = sub.prefix
+        outbox = self.outbox
+        heads: list[bytes]
+        if length:
+            # One size, so one head: the usual run (a `PubRun` is one by construction).
+            heads = [_pack_length(len(prefix) + length) + prefix] * count
+            size = count * (len(heads[0]) + length + MESSAGE_OVERHEAD)
+        else:
+            heads = [_pack_length(len(prefix) + len(tail)) + prefix for tail in tails]
+            size = sum(map(len, heads)) + sum(map(len, tails)) + count * MESSAGE_OVERHEAD
         if sub.max_msgs is None:
-            prefix = sub.prefix
-            if length:
-                # One size, so one head: the usual run (a `PubRun` is one by construction).
-                head = _pack_length(len(prefix) + length) + prefix
-                frames = [head] * (2 * count)
-                frames[1::2] = tails
-                size = count * (len(head) + length + MESSAGE_OVERHEAD)
-            else:
-                frames = []
-                for tail in tails:
-                    frames += (_pack_length(len(prefix) + len(tail)) + prefix, tail)
-                size = sum(map(len, frames)) + count * MESSAGE_OVERHEAD
-            if self.outbox.offer_run(frames, count, size):
+            frames = heads * 2
+            frames[0::2] = heads
+            frames[1::2] = tails
+            if outbox.offer_run(frames, count, size):
                 sub.delivered += count
+                self.out_msgs += count
+                self.out_bytes += payload_bytes
                 return count, payload_bytes
         queued = queued_bytes = 0
-        deliver = self.deliver
-        for payload in payloads:
-            if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
-                break  # `deliver` removed it from the hub at its last message
-            if deliver(sub, (subject, payload, None, None, False)):
+        offer = outbox.offer
+        for head, tail, payload in zip(heads, tails, payloads, strict=True):
+            if not transport.accepting:
+                break  # the policy cut it off
+            if offer(head, tail) or transport.overflow(sub, head, tail):
                 queued += 1
                 queued_bytes += len(payload)
+                self.out_msgs += 1
+                self.out_bytes += len(payload)
+            elif not transport.accepting:
+                break
+            sub.delivered += 1
+            if sub.max_msgs is not None and sub.delivered >= sub.max_msgs:
+                self.hub.remove(sub)
+                break
         return queued, queued_bytes
 
     def replay(self, sub: Subscription, entries: list[tuple[str, Retained]]) -> bool:
