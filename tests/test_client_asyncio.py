@@ -350,3 +350,16 @@ def test_a_cancelled_consumer_sees_it_at_its_next_call_with_messages_queued(
             ]
 
     run(main)
+
+
+def test_the_fast_cancellation_check_is_used_only_where_anyio_keeps_its_scopes() -> None:
+    from anyio._backends._asyncio import CancelScope, _task_states
+
+    from broker._concurrency import _reads_as_anyio
+
+    async def main() -> None:
+        assert _reads_as_anyio(_task_states.data, CancelScope, asyncio.current_task)
+        # Where the scopes are not found (anyio keeping them elsewhere one day), anyio's own.
+        assert not _reads_as_anyio({}, CancelScope, asyncio.current_task)
+
+    run(main)
