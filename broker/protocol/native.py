@@ -533,13 +533,21 @@ _unpackb: Callable[..., Any] = msgpack.unpackb
 _new_tuple = tuple.__new__
 
 
-def _alike(data: bytes, position: int, size: int, most: int, head: bytes, end: bytes) -> int:
-    """How many frames of `size` bytes from `position` on, at most `most`, start with `head`
-    and end with `end` (a run's frames, see `Connection._decode`); at least one is assumed to.
+def _alike(
+    data: bytes, position: int, available: int, limit: int, size: int, head: bytes, end: bytes
+) -> int | None:
+    """How many whole frames of `size` bytes from `position` on (before `available`, and at
+    most `limit` if that is positive) start with `head` and end with `end`, one after the
+    other: a run's frames (see `Connection._decode`). None if the first is not all here.
 
     Compared in C (`map`) a chunk at a time, each chunk twice the last: a run of n frames
     costs a few Python steps, and a run that ends soon compares few frames past its end.
     """
+    most = (available - position) // size
+    if not most:
+        return None
+    if 0 < limit < most:
+        most = limit
     count = 0
     chunk = 8
     while count < most:
@@ -929,12 +937,11 @@ class Connection:
                         # the same two nils, it decodes to the same but for the payload. So
                         # do the frames after it that are alike, counted and cut in C.
                         size = _HEADER_SIZE + msg_run_length
-                        most = (available - position) // size
-                        if not most:
+                        count = _alike(
+                            data, position, available, limit, size, msg_run_head, PLAIN_TAIL_END
+                        )
+                        if count is None:
                             break  # the frame is not all here yet
-                        if 0 < limit < most:
-                            most = limit
-                        count = _alike(data, position, size, most, msg_run_head, PLAIN_TAIL_END)
                         if count:
                             payloads = _cut(data, position, size, count, len(msg_run_head), 2)
                             out.extend(
@@ -962,12 +969,9 @@ class Connection:
                         # msgpack is not called, and no event is made for it; nor for the
                         # frames after it that are alike, counted and cut in C.
                         size = _HEADER_SIZE + run_length
-                        most = (available - position) // size
-                        if not most:
+                        count = _alike(data, position, available, limit, size, run_head, b"")
+                        if count is None:
                             break  # the frame is not all here yet
-                        if 0 < limit < most:
-                            most = limit
-                        count = _alike(data, position, size, most, run_head, b"")
                         if run is None:
                             run = []
                             append(_new_tuple(PubRun, (run_subject, run)))  # type: ignore[arg-type]
