@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from enum import Enum
-from itertools import repeat
 from operator import and_
 from typing import Any, Final, NamedTuple, NoReturn, TypeAlias, final
 
@@ -553,10 +552,10 @@ def _alike(
     while count < most:
         take = min(chunk, most - count)
         starts = range(position + count * size, position + (count + take) * size, size)
-        found = list(map(data.startswith, repeat(head, take), starts))
+        found = list(map(data.startswith, [head] * take, starts))
         if end:
             stops = range(starts.start + size, starts.stop + size, size)
-            found = list(map(and_, found, map(data.endswith, repeat(end, take), starts, stops)))
+            found = list(map(and_, found, map(data.endswith, [end] * take, starts, stops)))
         if False in found:
             return count + found.index(False)
         count += take
@@ -944,17 +943,20 @@ class Connection:
                             break  # the frame is not all here yet
                         if count:
                             payloads = _cut(data, position, size, count, len(msg_run_head), 2)
+                            # Made by `map` and `zip` in C; lists, as `repeat` costs more.
+                            nils = [None] * count
                             out.extend(
                                 map(
                                     _new_tuple,
-                                    repeat(Msg),
+                                    [Msg] * count,
                                     zip(
-                                        repeat(msg_run_sid),
-                                        repeat(msg_run_subject),
+                                        [msg_run_sid] * count,
+                                        [msg_run_subject] * count,
                                         payloads,
-                                        repeat(None),
-                                        repeat(None),
-                                        repeat(False),
+                                        nils,
+                                        nils,
+                                        [False] * count,
+                                        strict=True,
                                     ),
                                 )
                             )
