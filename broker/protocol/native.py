@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from enum import Enum
-from operator import and_
 from typing import Any, Final, NamedTuple, NoReturn, TypeAlias, final
 
 import msgpack
@@ -530,48 +529,6 @@ _OPENING: Final = {Role.SERVER: (Hello,), Role.CLIENT: (Welcome, Err)}
 #: defaults since msgpack 1.0 (str as str, map keys only str or bytes) are what the codec needs.
 _unpackb: Callable[..., Any] = msgpack.unpackb
 _new_tuple = tuple.__new__
-
-
-def _alike(
-    data: bytes, position: int, available: int, limit: int, size: int, head: bytes, end: bytes
-) -> int | None:
-    """How many whole frames of `size` bytes from `position` on (before `available`, and at
-    most `limit` if that is positive) start with `head` and end with `end`, one after the
-    other: a run's frames (see `Connection._decode`). None if the first is not all here.
-
-    Compared in C (`map`) a chunk at a time, each chunk twice the last: a run of n frames
-    costs a few Python steps, and a run that ends soon compares few frames past its end.
-    """
-    most = (available - position) // size
-    if not most:
-        return None
-    if 0 < limit < most:
-        most = limit
-    count = 0
-    chunk = 8
-    while count < most:
-        take = min(chunk, most - count)
-        starts = range(position + count * size, position + (count + take) * size, size)
-        found = list(map(data.startswith, [head] * take, starts))
-        if end:
-            stops = range(starts.start + size, starts.stop + size, size)
-            found = list(map(and_, found, map(data.endswith, [end] * take, starts, stops)))
-        if False in found:
-            return count + found.index(False)
-        count += take
-        chunk *= 2
-    return count
-
-
-def _cut(data: bytes, position: int, size: int, count: int, skip: int, trim: int) -> list[bytes]:
-    """The payloads of `count` frames of `size` bytes from `position` on: each frame less its
-    first `skip` bytes and its last `trim`, cut in C."""
-    span = count * size
-    starts = range(position + skip, position + skip + span, size)
-    stops = range(position + size - trim, position + size - trim + span, size)
-    return list(map(data.__getitem__, map(slice, starts, stops)))
-
-
 _EMPTY_FRAME: Final = "empty frame: a frame holds one msgpack array"
 #: An HTTP request's first four bytes, read as a frame length: a health checker, curl or a
 #: browser pointed at this port. Told so, instead of "frame of 1195725856 bytes".
@@ -933,54 +890,36 @@ class Connection:
                 if msg_run_head:
                     if data.startswith(msg_run_head, position):
                         # Equal to the last plain MSG up to its payload: if it also ends with
-                        # the same two nils, it decodes to the same but for the payload. So
-                        # do the frames after it that are alike, counted and cut in C.
-                        size = _HEADER_SIZE + msg_run_length
-                        count = _alike(
-                            data, position, available, limit, size, msg_run_head, PLAIN_TAIL_END
-                        )
-                        if count is None:
-                            break  # the frame is not all here yet
-                        if count:
-                            payloads = _cut(data, position, size, count, len(msg_run_head), 2)
-                            # Made by `map` and `zip` in C; lists, as `repeat` costs more.
-                            nils = [None] * count
-                            out.extend(
-                                map(
-                                    _new_tuple,
-                                    [Msg] * count,
-                                    zip(
-                                        [msg_run_sid] * count,
-                                        [msg_run_subject] * count,
-                                        payloads,
-                                        nils,
-                                        nils,
-                                        [False] * count,
-                                        strict=True,
-                                    ),
+                        # the same two nils, it decodes to the same but for the payload.
+                        end = position + _HEADER_SIZE + msg_run_length
+                        if end > available:
+                            break
+                        if data[end - 2 : end] == PLAIN_TAIL_END:
+                            payload = data[position + len(msg_run_head) : end - 2]
+                            append(
+                                _new_tuple(
+                                    Msg, (msg_run_sid, msg_run_subject, payload, None, None, False)
                                 )
                             )
-                            position += count * size
-                            limit -= count
+                            position = end
+                            limit -= 1
                             continue
                     msg_run_head = b""
                 if run_head:
                     if data.startswith(run_head, position):
                         # The bytes before the payload are those of a frame that decoded to a
                         # plain PUB, so this one decodes to the same but for its payload:
-                        # msgpack is not called, and no event is made for it; nor for the
-                        # frames after it that are alike, counted and cut in C.
-                        size = _HEADER_SIZE + run_length
-                        count = _alike(data, position, available, limit, size, run_head, b"")
-                        if count is None:
-                            break  # the frame is not all here yet
+                        # msgpack is not called, and no event is made for it.
+                        end = position + _HEADER_SIZE + run_length
+                        if end > available:
+                            break
                         if run is None:
                             run = []
                             append(_new_tuple(PubRun, (run_subject, run)))  # type: ignore[arg-type]
                             forward(None)  # type: ignore[misc]
-                        run += _cut(data, position, size, count, len(run_head), 0)
-                        position += count * size
-                        limit -= count
+                        run.append(data[position + len(run_head) : end])
+                        position = end
+                        limit -= 1
                         continue
                     run_head = b""
                 run = None
