@@ -15,8 +15,11 @@ from typing import Any, Final
 
 __all__ = ["BRIEF_LIMIT", "brief"]
 
-#: About the most characters `brief` returns (a container may run a little past it).
+#: About the most characters `brief` shows of one value (a str, bytes or number).
 BRIEF_LIMIT: Final = 200
+#: The most characters `brief` returns of a container of values, each cut to the limit above
+#: (eight of eight of eight of them would otherwise run to 100 KB), before its "...".
+_MOST: Final = 2 * BRIEF_LIMIT
 
 
 class _Brief(reprlib.Repr):
@@ -51,4 +54,6 @@ def brief(value: Any) -> str:
     text = _BRIEF.repr(value)
     if isinstance(value, str) and len(value) > BRIEF_LIMIT:
         return f"{text} ({len(value)} characters)"
+    if len(text) > _MOST:
+        return f"{text[:_MOST]}..."
     return text

@@ -11,6 +11,7 @@ import struct
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,16 @@ def test_any_hello_is_accepted_or_refused_with_a_small_error(options: dict[str, 
     except RemoteProtocolError as error:
         assert error.code.value == "bad_handshake"
         assert len(error.message) < 1024
+
+
+def test_a_nested_hello_value_is_refused_with_a_small_error() -> None:
+    # Each string is cut, but eight of eight of them once made an error of 13 KB.
+    nested = [{str(n): "x" * 1000 for n in range(8)} for _ in range(8)]
+    conn = Connection(Role.SERVER)
+    body = msgpack.packb(["HELLO", {"version": nested}])
+    conn.receive_data(struct.pack(">I", len(body)) + body)
+    with pytest.raises(RemoteProtocolError) as refused:
+        conn.events()
+    assert refused.value.code.value == "bad_handshake"
+    assert "HELLO version must be an int, got [{'0': 'xxx" in refused.value.message
+    assert len(refused.value.message) < 1024
