@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 from services import echo_service
+from wire import read_event
 
 import broker.client
 import broker.errors
@@ -43,14 +44,11 @@ from broker.errors import (
     error_from_wire,
 )
 from broker.protocol import (
-    CLOSED,
     FATAL_ERRORS,
-    NEED_DATA,
     Connection,
     Encoder,
     Err,
     ErrorCode,
-    Event,
     Msg,
     Ping,
     Pong,
@@ -782,25 +780,15 @@ async def fake_broker(nursery: trio.Nursery, script: Script) -> int:
     return port
 
 
-async def read_event(stream: trio.SocketStream, conn: Connection) -> Event | None:
-    while True:
-        event = conn.next_event()
-        if event is CLOSED:
-            return None
-        if event is not NEED_DATA:
-            return event
-        conn.receive_data(await stream.receive_some(65536))
-
-
 def welcome(**info: Any) -> Welcome:
     return Welcome({"version": 1, "max_payload": 1024, "max_frame": 4096, **info})
 
 
 async def test_dead_broker_is_noticed(nursery: trio.Nursery) -> None:
     async def never_answers(stream: trio.SocketStream, conn: Connection) -> None:
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         await stream.send_all(conn.send(welcome(ping_interval=0.05)))
-        while await read_event(stream, conn) is not None:
+        while await read_event(stream.receive_some, conn) is not None:
             pass  # Reads our PINGs, never answers.
 
     port = await fake_broker(nursery, never_answers)
@@ -821,7 +809,7 @@ async def test_a_request_behind_a_stuck_writer_still_ends_at_its_timeout(
     # The first request queues the inbox's SUB as well: when that fills the write buffer, the
     # request waits for room, and its own limit must bound that wait too (found in review).
     async def stops_reading(stream: trio.SocketStream, conn: Connection) -> None:
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         await stream.send_all(conn.send(welcome(max_payload=1 << 20, max_frame=1 << 21)))
         await trio.sleep_forever()
 
@@ -849,9 +837,9 @@ async def test_server_pings_are_answered(nursery: trio.Nursery) -> None:
     answered = trio.Event()
 
     async def pings(stream: trio.SocketStream, conn: Connection) -> None:
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         await stream.send_all(conn.send(welcome(ping_interval=60)) + conn.send(Ping()))
-        while (event := await read_event(stream, conn)) is not None:
+        while (event := await read_event(stream.receive_some, conn)) is not None:
             if event == Pong():
                 answered.set()
 
@@ -867,12 +855,12 @@ async def test_fatal_error_reconnects_with_a_typed_reason(nursery: trio.Nursery)
     async def cut_off_once(stream: trio.SocketStream, conn: Connection) -> None:
         nonlocal connections
         connections += 1
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         await stream.send_all(conn.send(welcome(ping_interval=60)))
         if connections == 1:
             await stream.send_all(conn.send(Err(ErrorCode.SLOW_CONSUMER.value, "too slow")))
             return
-        while (event := await read_event(stream, conn)) is not None:
+        while (event := await read_event(stream.receive_some, conn)) is not None:
             if event == Ping():
                 await stream.send_all(conn.send(Pong()))
 
@@ -902,9 +890,9 @@ async def test_an_answer_made_as_its_connection_ends_goes_out_on_the_next(
         nonlocal connections
         connections += 1
         number = connections
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         await stream.send_all(conn.send(welcome(ping_interval=60)))
-        while (event := await read_event(stream, conn)) is not None:
+        while (event := await read_event(stream.receive_some, conn)) is not None:
             if number == 1 and type(event) is Sub:
                 request = Msg(event.sid, "svc", b"q", "reply.1")
                 bye = Err(ErrorCode.SHUTTING_DOWN.value, "bye")
@@ -927,9 +915,9 @@ async def test_an_answer_made_as_its_connection_ends_goes_out_on_the_next(
 
 async def test_garbage_from_the_server_is_a_protocol_violation(nursery: trio.Nursery) -> None:
     async def garbage(stream: trio.SocketStream, conn: Connection) -> None:
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         await stream.send_all(conn.send(welcome()) + b"\x00\x00\x00\x01\xc1")
-        while await read_event(stream, conn) is not None:
+        while await read_event(stream.receive_some, conn) is not None:
             pass
 
     port = await fake_broker(nursery, garbage)
@@ -945,7 +933,7 @@ async def test_eof_in_the_middle_of_a_frame_is_a_closed_connection_not_a_violati
 ) -> None:
     # How the broker cuts off a slow consumer it is writing to: half a frame, then EOF.
     async def cut_mid_frame(stream: trio.SocketStream, conn: Connection) -> None:
-        await read_event(stream, conn)
+        await read_event(stream.receive_some, conn)
         msg = conn.send(welcome()) + Encoder(Role.SERVER).send(Msg(1, "x", b"y" * 100))
         await stream.send_all(msg[:-50])
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from wire import read_event
 
 from broker.client import Message, connect
 from broker.client.streams import _Protocol
@@ -22,11 +23,8 @@ from broker.errors import (
     ServerShuttingDown,
 )
 from broker.protocol import (
-    CLOSED,
-    NEED_DATA,
     Connection,
     Encoder,
-    Event,
     Msg,
     Role,
     Sub,
@@ -226,16 +224,6 @@ async def _fake_broker(
     return server, port
 
 
-async def _read_event(reader: asyncio.StreamReader, conn: Connection) -> Event | None:
-    while True:
-        event = conn.next_event()
-        if event is CLOSED:
-            return None
-        if event is not NEED_DATA:
-            return event
-        conn.receive_data(await reader.read(65536))
-
-
 _WELCOME = Welcome({"version": 1, "max_payload": 1024, "max_frame": 4096})
 
 
@@ -262,14 +250,14 @@ def test_bad_bytes_fed_while_the_reader_waits_end_the_connection_as_the_reader_w
     # the broker cuts off a slow consumer, as when the reader itself finds them.
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(Role.SERVER)
-        await _read_event(reader, conn)  # HELLO
+        await read_event(reader.read, conn)  # HELLO
         writer.write(conn.send(_WELCOME))
-        while type(await _read_event(reader, conn)) is not Sub:
+        while type(await read_event(reader.read, conn)) is not Sub:
             pass
         writer.write(after_sub)
         await writer.drain()
         if not close:
-            await _read_event(reader, conn)  # until the client leaves
+            await read_event(reader.read, conn)  # until the client leaves
         writer.close()
 
     async def main() -> None:

@@ -38,6 +38,19 @@ from broker.server import Server
 
 E = TypeVar("E")
 
+
+async def read_event(receive: Callable[[int], Awaitable[bytes]], conn: Connection) -> Event | None:
+    """The next event `conn` decodes from what `receive(max_bytes)` reads, None at EOF: for a
+    test's own fake server (Trio's ``stream.receive_some``, asyncio's ``reader.read``)."""
+    while True:
+        event = conn.next_event()
+        if event is CLOSED:
+            return None
+        if event is not NEED_DATA:
+            return event
+        conn.receive_data(await receive(65536))
+
+
 #: The `start_server` fixture: `await start_server(**config_overrides)` -> a listening Server.
 StartServer: TypeAlias = Callable[..., Awaitable[Server]]
 
