@@ -472,9 +472,9 @@ class Hub:
                     break
                 checked = match
                 runs = None
-                if plain and not (groups or guarded):
+                if plain and not (groups or guarded) and len(plain) <= FANOUT_STEP:
                     runs = _run_deliverers(plain)
-            if runs is not None and len(plain) <= FANOUT_STEP:
+            if runs is not None:
                 # Each subscription takes as much of the run as the budget leaves room for in
                 # one call: the messages the loop below would deliver before reaching it.
                 cost = 1 + len(plain)
