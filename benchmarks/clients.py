@@ -464,12 +464,17 @@ def _k(rate: float) -> str:
     return f"{rate / 1000:.0f}k"
 
 
-def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> str:
-    clients: list[str] = args.clients
-    lines = [
+def _header(clients: list[str]) -> list[str]:
+    """A table's first two lines: a column per client."""
+    return [
         "| scenario | " + " | ".join(LABELS[c] for c in clients) + " |",
         "|---|" + "---|" * len(clients),
     ]
+
+
+def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> str:
+    clients: list[str] = args.clients
+    lines = _header(clients)
     notes = []
     for scenario in args.scenario:
         cells = []
@@ -502,8 +507,7 @@ def table(figures: dict[tuple[str, str], Figure], args: argparse.Namespace) -> s
         "than the rates on what else the machine runs): the publisher's per publish, then the "
         "subscribers' per delivery.",
         "",
-        "| scenario | " + " | ".join(LABELS[c] for c in clients) + " |",
-        "|---|" + "---|" * len(clients),
+        *_header(clients),
     ]
     for scenario in args.scenario:
         if scenario == "request":
@@ -538,10 +542,7 @@ def _median_tables(figures: dict[tuple[str, str], Figure], args: argparse.Namesp
     broker took from the clients, beside what nats-server took.
     """
     clients: list[str] = args.clients
-    header = [
-        "| scenario | " + " | ".join(LABELS[c] for c in clients) + " |",
-        "|---|" + "---|" * len(clients),
-    ]
+    header = _header(clients)
     rates = ["", "Rates by the median of the rounds, (x) against nats-py's median:", "", *header]
     server = [
         "",
